@@ -1,0 +1,55 @@
+# Two commands for a newcomer: `make demo` and `make test`. Everything else is for developers.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+APT_PACKAGES := redis-server prometheus
+
+.PHONY: demo test install system-deps lint typecheck bench soak serve clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[test,bench]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian packages the tests drive for real: redis-server (shared breaker state) and
+# prometheus/promtool (scrape and alert-rule tests). Installed only where missing.
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v prometheus >/dev/null && command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: $(STAMP)
+	$(VENV)/bin/gateway demo
+
+test: $(STAMP) system-deps
+	$(VENV)/bin/ruff check gateway tests bench
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check gateway tests bench
+	$(VENV)/bin/ruff format --check gateway tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy gateway
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+soak: $(STAMP)
+	GATEWAY_SOAK_PROFILE=long $(PY) -m pytest -q tests/test_soak.py
+
+serve: $(STAMP)
+	$(VENV)/bin/gateway serve --simulate
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

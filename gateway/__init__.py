@@ -1,0 +1,84 @@
+"""gateway: a resilient routing gateway for LLM calls.
+
+    from gateway import Router
+    router = Router.from_yaml("routing.yaml")
+    reply = await router.generate([{"role": "user", "content": "Hi"}], task="summarize")
+
+The public surface is re-exported here; everything else is private. Names are imported on
+first use, so `import gateway` stays cheap and never imports a provider SDK.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "LLMService": "gateway.providers.base",
+    "LLMFactory": "gateway.providers.registry",
+    "Router": "gateway.router",
+    "SyncRouter": "gateway.router",
+    "RoutedCompletion": "gateway.router",
+    "Policy": "gateway.policy",
+    "load_policy": "gateway.policy",
+    "Settings": "gateway.settings",
+    "Completion": "gateway.types",
+    "ChatStream": "gateway.types",
+    "Usage": "gateway.types",
+    "Attempt": "gateway.types",
+    "ErrorKind": "gateway.errors",
+    "GatewayError": "gateway.errors",
+    "ConfigurationError": "gateway.errors",
+    "UnknownProviderError": "gateway.errors",
+    "MissingCredentialsError": "gateway.errors",
+    "MissingDependencyError": "gateway.errors",
+    "PolicyError": "gateway.errors",
+    "InvalidRequestError": "gateway.errors",
+    "UnknownTaskError": "gateway.errors",
+    "ProviderError": "gateway.errors",
+    "RoutingError": "gateway.errors",
+    "AllProvidersFailed": "gateway.errors",
+    "DeadlineExceeded": "gateway.errors",
+    "StreamInterrupted": "gateway.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from gateway.errors import (
+        AllProvidersFailed,
+        ConfigurationError,
+        DeadlineExceeded,
+        ErrorKind,
+        GatewayError,
+        InvalidRequestError,
+        MissingCredentialsError,
+        MissingDependencyError,
+        PolicyError,
+        ProviderError,
+        RoutingError,
+        StreamInterrupted,
+        UnknownProviderError,
+        UnknownTaskError,
+    )
+    from gateway.policy import Policy, load_policy
+    from gateway.providers.base import LLMService
+    from gateway.providers.registry import LLMFactory
+    from gateway.router import RoutedCompletion, Router, SyncRouter
+    from gateway.settings import Settings
+    from gateway.types import Attempt, ChatStream, Completion, Usage
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gateway' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

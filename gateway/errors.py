@@ -1,0 +1,154 @@
+"""One exception hierarchy, so callers catch failures at the level they care about.
+
+    GatewayError
+    ├── ConfigurationError (ValueError)   bad settings, unknown provider, missing key
+    │   ├── UnknownProviderError
+    │   ├── MissingCredentialsError
+    │   └── PolicyError                   routing.yaml is wrong: names the key path and line
+    ├── MissingDependencyError (ImportError)  an optional SDK is not installed
+    ├── InvalidRequestError (ValueError)  the caller's messages or parameters are wrong
+    ├── UnknownTaskError (LookupError)
+    ├── ProviderError                     one upstream call failed; `kind` says how
+    └── RoutingError                      the router gave up; `attempts` says why
+        ├── AllProvidersFailed
+        ├── DeadlineExceeded (TimeoutError)
+        └── StreamInterrupted             failed after text reached the caller
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.types import Attempt
+
+
+class ErrorKind(StrEnum):
+    """How an upstream call failed. Retry and breaker policies are written in these words."""
+
+    RATE_LIMIT = "rate_limit"
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    SERVER_ERROR = "server_error"
+    OVERLOADED = "overloaded"
+    AUTH = "auth"
+    BAD_REQUEST = "bad_request"
+    NOT_FOUND = "not_found"
+    CONTEXT_LENGTH = "context_length"
+    CONTENT_FILTER = "content_filter"
+    INVALID_RESPONSE = "invalid_response"
+
+
+class GatewayError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigurationError(GatewayError, ValueError):
+    """Settings or policy that cannot work; the message says what to change."""
+
+
+class UnknownProviderError(ConfigurationError):
+    """`LLMFactory.create` was given a name no provider is registered under."""
+
+
+class MissingCredentialsError(ConfigurationError):
+    """A provider was created without the API key it needs."""
+
+
+class PolicyError(ConfigurationError):
+    """routing.yaml is invalid. `path` is the key path (e.g. `tasks.summarize.chain[1]`)."""
+
+    def __init__(
+        self, message: str, *, path: str = "", line: int | None = None, source: str = ""
+    ) -> None:
+        self.path = path
+        self.line = line
+        self.source = source
+        where = source or "policy"
+        if line is not None:
+            where += f", line {line}"
+        if path:
+            where += f", at {path}"
+        super().__init__(f"{where}: {message}")
+        self.reason = message
+
+
+class MissingDependencyError(GatewayError, ImportError):
+    """An optional SDK is not installed; the message says what to `pip install`."""
+
+
+class InvalidRequestError(GatewayError, ValueError):
+    """The caller's messages or parameters are malformed; nothing was sent upstream."""
+
+
+class UnknownTaskError(GatewayError, LookupError):
+    """A task name that the policy does not define, with no `default` task to fall back on."""
+
+
+class ProviderError(GatewayError):
+    """One call to one upstream failed.
+
+    `kind` is the provider-independent reason (the retry and breaker policies use it),
+    `status` the HTTP status when there was one, `retry_after_s` the upstream's own hint.
+    The original SDK exception is chained as `__cause__`.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: ErrorKind,
+        provider: str = "",
+        status: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = ErrorKind(kind)
+        self.provider = provider
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+    def __str__(self) -> str:
+        head = f"[{self.provider}] " if self.provider else ""
+        status = f" (HTTP {self.status})" if self.status else ""
+        return f"{head}{self.kind.value}{status}: {self.args[0]}"
+
+    def __repr__(self) -> str:
+        return (
+            f"ProviderError(kind={self.kind.value!r}, provider={self.provider!r}, "
+            f"status={self.status!r}, retry_after_s={self.retry_after_s!r})"
+        )
+
+
+class RoutingError(GatewayError):
+    """The router could not produce an answer. `attempts` lists every candidate it considered."""
+
+    def __init__(self, message: str, *, task: str = "", attempts: Sequence[Attempt] = ()) -> None:
+        super().__init__(message)
+        self.task = task
+        self.attempts = list(attempts)
+
+
+class AllProvidersFailed(RoutingError):
+    """Every candidate of the chain failed or was skipped."""
+
+
+class DeadlineExceeded(RoutingError, TimeoutError):
+    """The task's `deadline_s` ran out before any candidate answered."""
+
+
+class StreamInterrupted(RoutingError):
+    """A stream failed after text had reached the caller; `partial_text` is what was sent."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        task: str = "",
+        attempts: Sequence[Attempt] = (),
+        partial_text: str = "",
+    ) -> None:
+        super().__init__(message, task=task, attempts=attempts)
+        self.partial_text = partial_text

@@ -1,0 +1,52 @@
+"""What the router reports as it works, for metrics, logs and tests.
+
+The router calls every registered `RouterHooks` at each event. Hooks must be fast and must not
+raise (an exception in a hook is logged and swallowed, never fails a request). Every label value
+passed here comes from the policy (task and provider names, models, `ErrorKind` values), never
+from prompts or error text, so metrics built on them have bounded cardinality.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from gateway.types import Usage
+
+
+class RouterHooks(Protocol):
+    def on_request(
+        self, *, task: str, outcome: str, duration_s: float, overhead_s: float
+    ) -> None:
+        """A request ended. outcome: success, exhausted, deadline, rejected, cancelled.
+
+        overhead_s is the time spent in the router that was not spent waiting on an upstream
+        (nor in a deliberate backoff sleep).
+        """
+
+    def on_attempt(
+        self, *, task: str, provider: str, model: str, outcome: str, duration_s: float | None
+    ) -> None:
+        """A candidate was tried or skipped. outcome: success, an ErrorKind value,
+        breaker_open, saturated, skipped_context, unavailable, deadline, cancelled.
+        duration_s is None for a skipped candidate (no call was made)."""
+
+    def on_first_token(self, *, provider: str, model: str, seconds: float) -> None:
+        """A stream's first text delta arrived, `seconds` after the call started."""
+
+    def on_retry(self, *, provider: str, model: str, kind: str) -> None:
+        """A failed call of this kind is about to be retried on the same candidate."""
+
+    def on_fallback(self, *, task: str, from_provider: str, to_provider: str, kind: str) -> None:
+        """The request moves on from one candidate to the next; kind is why it left."""
+
+    def on_usage(
+        self, *, task: str, provider: str, model: str, usage: Usage, cost_usd: float | None
+    ) -> None:
+        """Tokens were billed. cost_usd is None when the model has no known price."""
+
+    def on_breaker_state(self, *, provider: str, state: str) -> None:
+        """A breaker changed state (closed, half_open, open), or was created (closed)."""
+
+    def on_policy(self, *, outcome: str, version: int | None, sha256: str | None) -> None:
+        """A policy load or reload. outcome: applied or rejected (version/sha of the file
+        that is now serving)."""

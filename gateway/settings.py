@@ -1,0 +1,51 @@
+"""Environment configuration, with the seed's variable names (`.env` is read when present)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.errors import MissingCredentialsError
+
+
+class Settings(BaseSettings):
+    """Every key is a `SecretStr`: repr, logs and errors show `**********`."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=True)
+
+    LLM_PROVIDER: str = "openai"
+
+    OPENAI_API_KEY: SecretStr | None = None
+    OPENAI_MODEL: str = "gpt-4o-mini"
+    OPENAI_BASE_URL: str | None = None
+
+    AZURE_OPENAI_API_KEY: SecretStr | None = None
+    AZURE_OPENAI_ENDPOINT: str | None = None
+    AZURE_OPENAI_DEPLOYMENT: str | None = None
+    OPENAI_API_VERSION: str = "2024-10-21"
+
+    ANTHROPIC_API_KEY: SecretStr | None = None
+    ANTHROPIC_MODEL: str = "claude-sonnet-4-5"
+    ANTHROPIC_BASE_URL: str | None = None
+
+    OLLAMA_BASE_URL: str = "http://localhost:11434"
+    LOCAL_MODEL: str = "llama3.2"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def require_key(value: SecretStr | str | None, variable: str, provider_label: str) -> str:
+    """The key as plain text, or the seed's error naming the variable to set."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if not value:
+        raise MissingCredentialsError(
+            f"{variable} is required when using {provider_label} LLM: "
+            f"export {variable}=... or pass api_key= to the provider"
+        )
+    return value

@@ -1,0 +1,163 @@
+"""Plain data shared by providers, the router and the server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.errors import InvalidRequestError
+
+Message = Mapping[str, Any]
+"""An OpenAI-style chat message: `{"role": "user", "content": "..."}`."""
+
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    """Input tokens served from the provider's prompt cache (a subset of `input_tokens`)."""
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cached_input_tokens + other.cached_input_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """One provider's whole answer to one call."""
+
+    text: str
+    model: str
+    finish_reason: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    response_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """The last event a provider's stream source yields: what is known once text is done."""
+
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    model: str | None = None
+    response_id: str | None = None
+
+
+class ChatStream:
+    """An async iterator of text deltas; once exhausted, `usage` and `finish_reason` are final.
+
+    Providers build one from an async generator that yields `str` deltas and ends with one
+    `StreamEnd`. Nothing is sent upstream until the first `__anext__`, so the caller can
+    bound the wait for the first token around that call.
+    """
+
+    def __init__(self, source: AsyncIterator[str | StreamEnd], *, model: str) -> None:
+        self._source = source
+        self.model = model
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+        self.response_id: str | None = None
+        self.done = False
+
+    def __aiter__(self) -> ChatStream:
+        return self
+
+    async def __anext__(self) -> str:
+        while True:
+            try:
+                event = await self._source.__anext__()
+            except StopAsyncIteration:
+                self.done = True
+                raise
+            if isinstance(event, StreamEnd):
+                self.usage = event.usage or self.usage
+                self.finish_reason = event.finish_reason or self.finish_reason
+                self.model = event.model or self.model
+                self.response_id = event.response_id or self.response_id
+                continue
+            if event:
+                return event
+
+    async def aclose(self) -> None:
+        """Stop early and release the upstream connection."""
+        aclose = getattr(self._source, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    async def __aenter__(self) -> ChatStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One candidate the router considered for one request."""
+
+    provider: str
+    model: str
+    outcome: str
+    """`success`, an `ErrorKind` value, `breaker_open`, `saturated`, `skipped_context`,
+    `unavailable`, `deadline` or `cancelled`."""
+    retries: int = 0
+    latency_s: float = 0.0
+    error: str | None = None
+    """A short description of the last failure, safe to show (no secrets, no prompt text)."""
+
+
+def validate_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """Check the shape every provider relies on; raise `InvalidRequestError` naming the fix."""
+    if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
+        raise InvalidRequestError(
+            f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}"
+        )
+    if not messages:
+        raise InvalidRequestError(
+            "messages is empty: pass at least one {'role': 'user', 'content': '...'}"
+        )
+    checked: list[dict[str, Any]] = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise InvalidRequestError(
+                f"messages[{i}] must be a dict with 'role' and 'content', "
+                f"got {type(message).__name__}"
+            )
+        role = message.get("role")
+        if role not in ROLES:
+            raise InvalidRequestError(
+                f"messages[{i}].role is {role!r}; use one of {sorted(ROLES)}"
+            )
+        content = message.get("content")
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, Mapping) or "type" not in part:
+                    raise InvalidRequestError(
+                        f"messages[{i}].content[{j}] must be a content part dict with a 'type' "
+                        "(e.g. {'type': 'text', 'text': '...'})"
+                    )
+        elif not isinstance(content, str) and not (content is None and role in {"assistant", "tool"}):
+            raise InvalidRequestError(
+                f"messages[{i}].content must be a string or a list of content parts, "
+                f"got {type(content).__name__}"
+            )
+        checked.append(dict(message))
+    return checked
+
+
+def content_text(content: Any) -> str:
+    """The text of a message's content, whether a string or a list of content parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(
+        str(part.get("text", "")) for part in content if part.get("type") in {"text", "input_text"}
+    )
