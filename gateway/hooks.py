@@ -47,6 +47,9 @@ class RouterHooks(Protocol):
     def on_breaker_state(self, *, provider: str, state: str) -> None:
         """A breaker changed state (closed, half_open, open), or was created (closed)."""
 
+    def on_state_backend_error(self, *, backend: str) -> None:
+        """Shared state (e.g. Redis) could not be read or written; local state is used."""
+
     def on_policy(self, *, outcome: str, version: int | None, sha256: str | None) -> None:
         """A policy load or reload. outcome: applied or rejected (version/sha of the file
         that is now serving)."""
