@@ -19,7 +19,8 @@ _EXPORTS = {
     "LLMService": "gateway.providers.base",
     "LLMFactory": "gateway.providers.registry",
     "Router": "gateway.router",
-    "SyncRouter": "gateway.router",
+    "SyncRouter": "gateway.sync",
+    "RoutedStream": "gateway.streaming",
     "RoutedCompletion": "gateway.router",
     "Policy": "gateway.policy",
     "load_policy": "gateway.policy",
@@ -66,7 +67,9 @@ if TYPE_CHECKING:
     from gateway.policy import Policy, load_policy
     from gateway.providers.base import LLMService
     from gateway.providers.registry import LLMFactory
-    from gateway.router import RoutedCompletion, Router, SyncRouter
+    from gateway.router import RoutedCompletion, Router
+    from gateway.streaming import RoutedStream
+    from gateway.sync import SyncRouter
     from gateway.settings import Settings
     from gateway.types import Attempt, ChatStream, Completion, Usage
 

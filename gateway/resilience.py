@@ -1,0 +1,253 @@
+"""Retry (tenacity) and circuit breaking (pybreaker) for one candidate's calls.
+
+pybreaker is synchronous: handing it a coroutine function would record a success the moment
+the coroutine object is created. So the breaker here is driven *around* the awaited call:
+`Breaker.admit()` before, then `success()`, `failure()` or `release()` after, replaying the
+outcome into pybreaker's state machine with `CircuitBreaker.call`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from enum import Enum
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pybreaker
+import tenacity
+
+from gateway.errors import ErrorKind, ProviderError
+
+if TYPE_CHECKING:
+    from gateway.policy import BreakerPolicy, RetryPolicy
+
+T = TypeVar("T")
+
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], float]
+
+_STATES = {
+    pybreaker.STATE_CLOSED: "closed",
+    pybreaker.STATE_HALF_OPEN: "half_open",
+    pybreaker.STATE_OPEN: "open",
+}
+
+
+class Admission(Enum):
+    CALL = "call"  # closed: call normally
+    PROBE = "probe"  # half-open: this call is the one trial call
+    REJECT = "reject"  # open, or half-open with a probe already in flight: skip
+
+
+class _Tripped(Exception):
+    """Replays a failed awaited call into pybreaker's synchronous state machine."""
+
+
+def _noop() -> None:
+    return None
+
+
+def _raise_tripped() -> None:
+    raise _Tripped
+
+
+class Breaker:
+    """One circuit breaker per provider instance, shared by every task that uses it.
+
+    Only `ErrorKind`s in the policy's `trip_on` count as failures (`failure`). Other outcomes
+    that say nothing about the provider's health, such as a caller's cancellation or a 400
+    caused by the prompt, `release()` the admission without touching the counters.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        policy: BreakerPolicy,
+        *,
+        on_state_change: Callable[[str, str], None] | None = None,
+        storage: pybreaker.CircuitBreakerStorage | None = None,
+    ) -> None:
+        self.name = name
+        self.policy = policy
+        self.trip_on = frozenset(policy.trip_on)
+        self._on_state_change = on_state_change
+        self._storage = storage or pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+        self._cb = pybreaker.CircuitBreaker(
+            fail_max=policy.fail_max,
+            reset_timeout=policy.reset_timeout_s,
+            success_threshold=policy.success_threshold,
+            state_storage=self._storage,
+            listeners=[_StateListener(self)],
+            name=name,
+            throw_new_error_on_trip=False,
+        )
+        self._probe_in_flight = False
+
+    def __repr__(self) -> str:
+        return f"Breaker({self.name!r}, state={self.state!r}, failures={self.failure_count})"
+
+    @property
+    def state(self) -> str:
+        """closed, half_open or open."""
+        return _STATES[self._cb.current_state]
+
+    @property
+    def failure_count(self) -> int:
+        return self._cb.fail_counter
+
+    def seconds_until_probe(self) -> float | None:
+        """Seconds until an open breaker lets a probe through; None unless open."""
+        if self._cb.current_state != pybreaker.STATE_OPEN:
+            return None
+        opened_at = self._storage.opened_at
+        if opened_at is None:
+            return 0.0
+        elapsed = (datetime.now(UTC) - opened_at).total_seconds()
+        return max(0.0, self.policy.reset_timeout_s - elapsed)
+
+    def admit(self) -> Admission:
+        state = self._cb.current_state
+        if state == pybreaker.STATE_CLOSED:
+            return Admission.CALL
+        if state == pybreaker.STATE_OPEN:
+            if self.seconds_until_probe():
+                return Admission.REJECT
+            self._cb.half_open()
+        if self._probe_in_flight:
+            return Admission.REJECT
+        self._probe_in_flight = True
+        return Admission.PROBE
+
+    def success(self, admission: Admission) -> None:
+        self._end(admission)
+        self._cb.call(_noop)
+
+    def failure(self, admission: Admission, kind: ErrorKind) -> None:
+        """Record a failed call; kinds outside `trip_on` only release the admission."""
+        self._end(admission)
+        if kind not in self.trip_on:
+            return
+        with contextlib.suppress(_Tripped, pybreaker.CircuitBreakerError):
+            self._cb.call(_raise_tripped)
+
+    def release(self, admission: Admission) -> None:
+        """The call ended without saying anything about the provider's health."""
+        self._end(admission)
+
+    def _end(self, admission: Admission) -> None:
+        if admission is Admission.PROBE:
+            self._probe_in_flight = False
+
+    def _notify(self, new_state: str) -> None:
+        if self._on_state_change is not None:
+            self._on_state_change(self.name, _STATES.get(new_state, new_state))
+
+
+class _StateListener(pybreaker.CircuitBreakerListener):
+    def __init__(self, breaker: Breaker) -> None:
+        self._breaker = breaker
+
+    def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+        self._breaker._notify(new_state.name)
+
+
+# --- retries -------------------------------------------------------------------------------
+
+_waits_enabled = True
+
+
+def set_waits_enabled(enabled: bool) -> None:
+    """Testing switch: with waits off, backoff sleeps return at once (the decisions, counts
+    and hooks stay the same)."""
+    global _waits_enabled
+    _waits_enabled = enabled
+
+
+def backoff_s(policy: RetryPolicy, retry_number: int, error: BaseException | None) -> float:
+    """How long to wait before retry number `retry_number` (1 = the first retry).
+
+    The upstream's Retry-After wins when it gave one; otherwise exponential backoff capped at
+    `max_backoff_s`, with jitter spreading each wait over its upper half so that replicas that
+    failed together do not retry together.
+    """
+    retry_after = getattr(error, "retry_after_s", None)
+    if retry_after is not None:
+        return max(0.0, float(retry_after))
+    wait = min(policy.max_backoff_s, policy.initial_backoff_s * (2 ** (retry_number - 1)))
+    if policy.jitter:
+        wait = random.uniform(wait / 2, wait)
+    return wait
+
+
+class RetryAborted(Exception):
+    """The next retry would not be useful: its wait runs past the deadline."""
+
+    def __init__(self, error: ProviderError, wait_s: float) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.wait_s = wait_s
+
+
+async def call_with_retries(
+    attempt: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    remaining_s: Callable[[], float | None],
+    on_retry: Callable[[ProviderError, float], None],
+    sleep: Sleep = asyncio.sleep,
+) -> T:
+    """Run `attempt` until it succeeds, raises a kind outside `policy.on`, or attempts run out.
+
+    `remaining_s()` is the time left before the request's deadline (None: no deadline); a wait
+    that would end past it is not taken, and `RetryAborted` is raised instead so the router
+    can fall through to the next candidate while there is still time.
+    """
+    retry_on = policy.on
+
+    def should_retry(exc: BaseException) -> bool:
+        return isinstance(exc, ProviderError) and exc.kind in retry_on
+
+    planned_wait = 0.0
+
+    def stop(state: tenacity.RetryCallState) -> bool:
+        nonlocal planned_wait
+        if state.attempt_number >= policy.attempts:
+            return True
+        error = state.outcome.exception() if state.outcome else None
+        planned_wait = backoff_s(policy, state.attempt_number, error)
+        left = remaining_s()
+        if left is not None and planned_wait >= left:
+            assert isinstance(error, ProviderError)
+            raise RetryAborted(error, planned_wait)
+        return False
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        assert isinstance(error, ProviderError)
+        on_retry(error, planned_wait)
+
+    async def do_sleep(seconds: float) -> None:
+        if _waits_enabled and seconds > 0:
+            await sleep(seconds)
+
+    retrying = tenacity.AsyncRetrying(
+        stop=stop,
+        wait=lambda _state: planned_wait,
+        retry=tenacity.retry_if_exception(should_retry),
+        before_sleep=before_sleep,
+        sleep=do_sleep,
+        reraise=True,
+    )
+    return await retrying(attempt)
+
+
+def as_provider_error(exc: BaseException, provider: str) -> ProviderError | None:
+    """The ProviderError an attempt's exception stands for, or None if it is not one."""
+    if isinstance(exc, ProviderError):
+        if not exc.provider:
+            exc.provider = provider
+        return exc
+    return None

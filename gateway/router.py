@@ -1,0 +1,640 @@
+"""The chain walk: for one request, try a task's candidates in order until one answers.
+
+Each candidate is guarded by its breaker (skip when open), its concurrency limit (skip when
+saturated) and a context-size pre-check; each call is bounded by the provider's `timeout_s`
+and the request's `deadline_s`, and retried on the same candidate for the kinds in `retry.on`.
+What happened to every candidate is returned in `attempts` (or carried by the error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from gateway.errors import (
+    AllProvidersFailed,
+    DeadlineExceeded,
+    ErrorKind,
+    GatewayError,
+    PolicyError,
+    ProviderError,
+)
+from gateway.hooks import RouterHooks
+from gateway.policy import Policy, TaskSpec, load_policy
+from gateway.providers.base import parse_json_object
+from gateway.resilience import Admission, RetryAborted, Sleep, call_with_retries
+from gateway.runtime import Candidate, Runtime, Step, build_runtime, close_runtime, prompt_tokens
+from gateway.streaming import RoutedStream
+from gateway.types import Attempt, Completion, Message, Usage, validate_messages
+
+log = logging.getLogger("gateway")
+
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+# Outcomes of a skipped candidate (no call was made).
+BREAKER_OPEN = "breaker_open"
+SATURATED = "saturated"
+SKIPPED_CONTEXT = "skipped_context"
+UNAVAILABLE = "unavailable"
+DEADLINE = "deadline"
+CANCELLED = "cancelled"
+SUCCESS = "success"
+
+
+@dataclass(frozen=True, slots=True)
+class RoutedCompletion:
+    """The answer to one routed request, and how it was obtained."""
+
+    text: str
+    task: str
+    provider: str
+    model: str
+    usage: Usage
+    cost_usd: float
+    latency_s: float
+    attempts: list[Attempt]
+    finish_reason: str | None = None
+    response_id: str | None = None
+
+
+@dataclass(eq=False)
+class _Request:
+    """Book-keeping for one request in flight: its deadline, attempts and time upstream."""
+
+    task: TaskSpec
+    started: float
+    deadline: float | None
+    attempts: list[Attempt] = field(default_factory=list)
+    upstream_s: float = 0.0
+    waited_s: float = 0.0
+    cost_usd: float = 0.0
+    billed: Usage = field(default_factory=Usage)
+
+    def remaining(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return self.deadline - time.perf_counter()
+
+    def attempt_timeout(self, candidate: Candidate) -> tuple[float, bool]:
+        """The bound for one call, and whether it is the deadline (not timeout_s) that binds."""
+        timeout = candidate.spec.timeout_s
+        left = self.remaining()
+        if left is not None and left < timeout:
+            return max(left, 0.0), True
+        return timeout, False
+
+
+class _Failed(Exception):
+    """One candidate is done without an answer; `outcome` says why."""
+
+    def __init__(self, outcome: str, error: ProviderError | None = None) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+        self.error = error
+
+
+class Router:
+    """Routes requests for named tasks through the policy's fallback chains.
+
+    Build one per process with `Router.from_yaml(path)` (it watches the file and applies valid
+    changes live) or `Router(policy)`, share it, and `await router.aclose()` at shutdown.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        hooks: Sequence[RouterHooks] | None = None,
+        sleep: Sleep = asyncio.sleep,
+        policy_path: str | os.PathLike[str] | None = None,
+        watch_interval_s: float | None = 1.0,
+    ) -> None:
+        if hooks is None:
+            from gateway.metrics import default_metrics
+
+            hooks = [default_metrics()]
+        self._hooks = list(hooks)
+        self._sleep = sleep
+        self._unpriced_warned: set[tuple[str, str]] = set()
+        self._runtime = build_runtime(policy, on_breaker_state=self._breaker_changed)
+        self._policy_path = Path(policy_path) if policy_path is not None else None
+        self._watch_interval_s = watch_interval_s
+        self._watcher: asyncio.Task[None] | None = None
+        self._closed = False
+        self._emit("on_policy", outcome="applied", version=policy.version, sha256=policy.sha256)
+
+    @classmethod
+    def from_yaml(
+        cls,
+        path: str | os.PathLike[str] = "routing.yaml",
+        *,
+        watch: bool = True,
+        watch_interval_s: float = 1.0,
+        **kwargs: Any,
+    ) -> Router:
+        """Load a policy file; with `watch`, poll it and apply valid changes while running."""
+        policy = load_policy(path)
+        return cls(
+            policy,
+            policy_path=path,
+            watch_interval_s=watch_interval_s if watch else None,
+            **kwargs,
+        )
+
+    # --- public API ------------------------------------------------------------------------
+
+    @property
+    def policy(self) -> Policy:
+        return self._runtime.policy
+
+    @property
+    def candidates(self) -> dict[str, Candidate]:
+        return self._runtime.candidates
+
+    async def generate(
+        self,
+        messages: Sequence[Message],
+        *,
+        task: str = "default",
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        **params: Any,
+    ) -> RoutedCompletion:
+        """One answer from the first candidate of the task's chain that gives one."""
+        routed, _ = await self._route(
+            messages, task, dict(params, temperature=temperature, max_tokens=max_tokens), None
+        )
+        return routed
+
+    async def generate_json(
+        self,
+        messages: Sequence[Message],
+        *,
+        task: str = "default",
+        schema: type[M] | None = None,
+        **params: Any,
+    ) -> Any:
+        """A JSON object (or a validated `schema` instance). A reply that is not valid JSON, or
+        does not validate, counts as `invalid_response` for that candidate and falls through."""
+
+        def check(completion: Completion, provider: str) -> Any:
+            data = parse_json_object(completion.text, provider=provider)
+            if schema is None:
+                return data
+            try:
+                return schema.model_validate(data)
+            except ValidationError as exc:
+                raise ProviderError(
+                    f"reply does not match {schema.__name__}: {exc.error_count()} error(s)",
+                    kind=ErrorKind.INVALID_RESPONSE,
+                    provider=provider,
+                ) from exc
+
+        params["json_mode"] = True
+        _, parsed = await self._route(messages, task, params, check)
+        return parsed
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        task: str = "default",
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        **params: Any,
+    ) -> RoutedStream:
+        """Text deltas from the first candidate that starts answering.
+
+        Falls through while nothing has reached the caller; after that a failure raises
+        `StreamInterrupted` (or, with `on_midstream_failure: resume`, the next candidate
+        continues from the partial text).
+        """
+        return RoutedStream(
+            self, messages, task, dict(params, temperature=temperature, max_tokens=max_tokens)
+        )
+
+    async def reload(self) -> bool:
+        """Re-read the policy file now. Returns True if a changed policy was applied.
+
+        An invalid file raises `PolicyError` (and is counted) while the old policy keeps serving.
+        """
+        if self._policy_path is None:
+            raise GatewayError("this router was not built from a file: use apply_policy()")
+        try:
+            policy = await asyncio.to_thread(load_policy, self._policy_path)
+        except PolicyError:
+            current = self._runtime.policy
+            self._emit(
+                "on_policy", outcome="rejected", version=current.version, sha256=current.sha256
+            )
+            raise
+        if policy.sha256 == self._runtime.policy.sha256:
+            return False
+        await self.apply_policy(policy)
+        return True
+
+    async def apply_policy(self, policy: Policy) -> None:
+        """Swap in a new policy atomically: requests in flight finish on the one they started
+        with; providers whose settings are unchanged keep their client and breaker."""
+        old = self._runtime
+        self._runtime = build_runtime(policy, previous=old, on_breaker_state=self._breaker_changed)
+        old.retired = True
+        if old.in_flight == 0:
+            await old.close_dropped()
+        self._emit("on_policy", outcome="applied", version=policy.version, sha256=policy.sha256)
+        log.info("policy applied (sha256 %s)", policy.sha256[:12])
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
+        await close_runtime(self._runtime)
+
+    async def __aenter__(self) -> Router:
+        self._ensure_watcher()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def explain(self, task: str, messages: Sequence[Message] = ()) -> list[dict[str, Any]]:
+        """The order a request for `task` would take now, with each candidate's state."""
+        runtime = self._runtime
+        spec = runtime.policy.task(task)
+        rows = []
+        for step in runtime.ordered(spec, messages, None):
+            c = step.candidate
+            price = runtime.prices.price(c.model, c.spec.type)
+            rows.append(
+                {
+                    "provider": c.name,
+                    "type": c.spec.type,
+                    "model": c.model,
+                    "available": c.client is not None,
+                    "unavailable_reason": c.unavailable_reason,
+                    "breaker": c.breaker.state,
+                    "in_flight": c.in_flight,
+                    "latency_ewma_s": c.latency_ewma_s,
+                    "input_usd_per_mtok": None if price is None else price.input_per_token * 1e6,
+                    "output_usd_per_mtok": None if price is None else price.output_per_token * 1e6,
+                }
+            )
+        return rows
+
+    # --- the chain walk --------------------------------------------------------------------
+
+    async def _route(
+        self,
+        messages: Sequence[Message],
+        task_name: str,
+        params: dict[str, Any],
+        check: Callable[[Completion, str], Any] | None,
+    ) -> tuple[RoutedCompletion, Any]:
+        self._ensure_watcher()
+        started = time.perf_counter()
+        runtime = self._runtime
+        runtime.in_flight += 1
+        request: _Request | None = None
+        outcome = "rejected"
+        try:
+            task = runtime.policy.task(task_name)
+            checked = validate_messages(messages)
+            request = _Request(
+                task, started, started + task.deadline_s if task.deadline_s else None
+            )
+            call_params = {k: v for k, v in params.items() if v is not None}
+            steps = runtime.ordered(task, checked, call_params.get("max_tokens"))
+            result = await self._walk(runtime, request, steps, checked, call_params, check)
+            outcome = SUCCESS
+            return result
+        except DeadlineExceeded:
+            outcome = DEADLINE
+            raise
+        except AllProvidersFailed:
+            outcome = "exhausted"
+            raise
+        except asyncio.CancelledError:
+            outcome = CANCELLED
+            raise
+        finally:
+            self._finish(task_name, request, started, outcome)
+            await runtime.release()
+
+    async def _walk(
+        self,
+        runtime: Runtime,
+        request: _Request,
+        steps: Sequence[Step],
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
+        check: Callable[[Completion, str], Any] | None,
+    ) -> tuple[RoutedCompletion, Any]:
+        task = request.task
+        input_estimate = prompt_tokens(messages)
+        previous: tuple[str, str] | None = None
+        for step in steps:
+            candidate = step.candidate
+            if previous is not None:
+                self._emit(
+                    "on_fallback",
+                    task=task.name,
+                    from_provider=previous[0],
+                    to_provider=candidate.name,
+                    kind=previous[1],
+                )
+            left = request.remaining()
+            if left is not None and left <= 0:
+                raise self._deadline(request, candidate)
+            skipped = self._skip_reason(runtime, candidate, input_estimate)
+            if skipped is not None:
+                self._record(request, candidate, skipped, None)
+                previous = (candidate.name, skipped)
+                continue
+            call_params = {**step.params, **params}
+            try:
+                completion, parsed, retries, latency = await self._call_candidate(
+                    request, candidate, messages, call_params, check
+                )
+            except _Failed as failed:
+                if failed.outcome == DEADLINE:
+                    raise self._deadline(request, None) from failed.error
+                previous = (candidate.name, failed.outcome)
+                continue
+            self._record(request, candidate, SUCCESS, latency, retries=retries)
+            routed = RoutedCompletion(
+                text=completion.text,
+                task=task.name,
+                provider=candidate.name,
+                model=completion.model or candidate.model,
+                usage=completion.usage,
+                cost_usd=request.cost_usd,
+                latency_s=time.perf_counter() - request.started,
+                attempts=request.attempts,
+                finish_reason=completion.finish_reason,
+                response_id=completion.response_id,
+            )
+            return routed, parsed
+        raise AllProvidersFailed(
+            _summary(task.name, request.attempts), task=task.name, attempts=request.attempts
+        )
+
+    def _skip_reason(self, runtime: Runtime, candidate: Candidate, input_tokens: int) -> str | None:
+        if candidate.client is None:
+            return UNAVAILABLE
+        if candidate.saturated:
+            return SATURATED
+        window = runtime.context_window(candidate)
+        if window is not None and input_tokens > window:
+            return SKIPPED_CONTEXT
+        return None
+
+    async def _call_candidate(
+        self,
+        request: _Request,
+        candidate: Candidate,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
+        check: Callable[[Completion, str], Any] | None,
+    ) -> tuple[Completion, Any, int, float]:
+        """Call one candidate with retries. Returns (completion, parsed, retries, latency)."""
+        client = candidate.client
+        assert client is not None
+        retries = 0
+        total_latency = 0.0
+        last_error: ProviderError | None = None
+
+        async def attempt() -> tuple[Completion, Any]:
+            nonlocal total_latency
+            timeout, deadline_binds = request.attempt_timeout(candidate)
+            admission = candidate.breaker.admit()
+            if admission is Admission.REJECT:
+                raise _Failed(BREAKER_OPEN)
+            candidate.in_flight += 1
+            began = time.perf_counter()
+            try:
+                async with asyncio.timeout(timeout):
+                    completion = await client.complete(messages, timeout_s=timeout, **params)
+            except TimeoutError as exc:
+                candidate.breaker.failure(admission, ErrorKind.TIMEOUT)
+                if deadline_binds:
+                    raise _Failed(DEADLINE) from exc
+                raise ProviderError(
+                    f"no answer within timeout_s={timeout:g}",
+                    kind=ErrorKind.TIMEOUT,
+                    provider=candidate.name,
+                ) from exc
+            except ProviderError as exc:
+                nonlocal last_error
+                last_error = exc
+                candidate.breaker.failure(admission, exc.kind)
+                exc.provider = exc.provider or candidate.name
+                raise
+            except BaseException:
+                # Cancellation, or a bug below us: neither says the provider is unhealthy.
+                candidate.breaker.release(admission)
+                raise
+            finally:
+                elapsed = time.perf_counter() - began
+                total_latency += elapsed
+                request.upstream_s += elapsed
+                candidate.in_flight -= 1
+            self._bill(request, candidate, completion.model, completion.usage)
+            parsed = None
+            if check is not None:
+                try:
+                    parsed = check(completion, candidate.name)
+                except ProviderError:
+                    candidate.breaker.release(admission)
+                    raise
+            candidate.breaker.success(admission)
+            candidate.observe_latency(elapsed)
+            return completion, parsed
+
+        def on_retry(error: ProviderError, wait_s: float) -> None:
+            nonlocal retries
+            retries += 1
+            request.waited_s += wait_s
+            self._emit(
+                "on_retry", provider=candidate.name, model=candidate.model, kind=error.kind.value
+            )
+
+        try:
+            completion, parsed = await call_with_retries(
+                attempt,
+                candidate.spec.retry,
+                remaining_s=request.remaining,
+                on_retry=on_retry,
+                sleep=self._sleep,
+            )
+        except _Failed as failed:
+            if failed.outcome == BREAKER_OPEN and last_error is not None:
+                # The breaker opened between our own retries: the real cause is the last error.
+                self._fail(request, candidate, last_error, total_latency, retries)
+            self._record(request, candidate, failed.outcome, total_latency or None, retries=retries)
+            raise
+        except RetryAborted as aborted:
+            self._fail(request, candidate, aborted.error, total_latency, retries)
+        except ProviderError as error:
+            self._fail(request, candidate, error, total_latency, retries)
+        except asyncio.CancelledError:
+            self._record(request, candidate, CANCELLED, total_latency, retries=retries)
+            raise
+        return completion, parsed, retries, total_latency
+
+    def _fail(
+        self,
+        request: _Request,
+        candidate: Candidate,
+        error: ProviderError,
+        latency: float,
+        retries: int,
+    ) -> None:
+        self._record(
+            request, candidate, error.kind.value, latency, retries=retries, error=str(error)
+        )
+        raise _Failed(error.kind.value, error)
+
+    # --- book-keeping -----------------------------------------------------------------------
+
+    def _bill(self, request: _Request, candidate: Candidate, model: str, usage: Usage) -> None:
+        model = model or candidate.model
+        cost = self._runtime.prices.cost(model, usage, candidate.spec.type)
+        if cost is None:
+            key = (candidate.name, model)
+            if key not in self._unpriced_warned:
+                self._unpriced_warned.add(key)
+                log.warning(
+                    "no price for model %r (provider %s): its cost counts as 0; add it under "
+                    "`prices:` in the policy",
+                    model,
+                    candidate.name,
+                )
+        request.cost_usd += cost or 0.0
+        request.billed = request.billed + usage
+        self._emit(
+            "on_usage",
+            task=request.task.name,
+            provider=candidate.name,
+            model=candidate.model,
+            usage=usage,
+            cost_usd=cost,
+        )
+
+    def _record(
+        self,
+        request: _Request,
+        candidate: Candidate,
+        outcome: str,
+        latency: float | None,
+        *,
+        retries: int = 0,
+        error: str | None = None,
+    ) -> None:
+        request.attempts.append(
+            Attempt(candidate.name, candidate.model, outcome, retries, latency or 0.0, error)
+        )
+        self._emit(
+            "on_attempt",
+            task=request.task.name,
+            provider=candidate.name,
+            model=candidate.model,
+            outcome=outcome,
+            duration_s=latency,
+        )
+
+    def _deadline(self, request: _Request, candidate: Candidate | None) -> DeadlineExceeded:
+        if candidate is not None:
+            request.attempts.append(Attempt(candidate.name, candidate.model, DEADLINE))
+        return DeadlineExceeded(
+            f"task {request.task.name!r}: deadline_s={request.task.deadline_s:g} ran out; "
+            + _summary(request.task.name, request.attempts, header=False),
+            task=request.task.name,
+            attempts=request.attempts,
+        )
+
+    def _finish(
+        self, task_name: str, request: _Request | None, started: float, outcome: str
+    ) -> None:
+        duration = time.perf_counter() - started
+        overhead = duration
+        if request is not None:
+            task_name = request.task.name
+            overhead = max(0.0, duration - request.upstream_s - request.waited_s)
+        self._emit(
+            "on_request", task=task_name, outcome=outcome, duration_s=duration, overhead_s=overhead
+        )
+
+    def _breaker_changed(self, provider: str, state: str) -> None:
+        self._emit("on_breaker_state", provider=provider, state=state)
+        if state == "open":
+            log.warning("circuit breaker for %s opened", provider)
+        elif state == "closed":
+            log.info("circuit breaker for %s is closed", provider)
+
+    def _emit(self, event: str, **kwargs: Any) -> None:
+        for hook in self._hooks:
+            method = getattr(hook, event, None)
+            if method is None:
+                continue
+            try:
+                method(**kwargs)
+            except Exception:  # a broken hook must never fail a request
+                log.exception("router hook %s.%s failed", type(hook).__name__, event)
+
+    # --- live reload ------------------------------------------------------------------------
+
+    def _ensure_watcher(self) -> None:
+        if (
+            self._watcher is None
+            and not self._closed
+            and self._policy_path is not None
+            and self._watch_interval_s
+        ):
+            self._watcher = asyncio.get_running_loop().create_task(
+                self._watch(self._watch_interval_s), name="gateway-policy-watch"
+            )
+
+    async def _watch(self, interval_s: float) -> None:
+        assert self._policy_path is not None
+        last_seen = _stat(self._policy_path)
+        while True:
+            await asyncio.sleep(interval_s)
+            seen = _stat(self._policy_path)
+            if seen == last_seen:
+                continue
+            last_seen = seen
+            try:
+                await self.reload()
+            except PolicyError as exc:
+                log.error("policy change rejected, the previous policy keeps serving: %s", exc)
+            except Exception:
+                log.exception("policy reload failed, the previous policy keeps serving")
+
+
+def _stat(path: Path) -> tuple[float, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime, st.st_size)
+
+
+def _summary(task: str, attempts: Sequence[Attempt], *, header: bool = True) -> str:
+    parts = []
+    for a in attempts:
+        detail = f": {a.error}" if a.error else ""
+        retried = f" after {a.retries} retr{'y' if a.retries == 1 else 'ies'}" if a.retries else ""
+        parts.append(f"{a.provider} ({a.model}) {a.outcome}{retried}{detail}")
+    listing = "; ".join(parts) or "no candidates"
+    return f"every provider for task {task!r} failed: {listing}" if header else listing

@@ -1,0 +1,75 @@
+"""`SyncRouter`: the router for apps without an event loop.
+
+The router's clients hold connection pools bound to one event loop, so the facade owns a
+private loop on a daemon thread and runs every call there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine, Iterator, Sequence
+from typing import Any, TypeVar
+
+from gateway.router import RoutedCompletion, Router
+from gateway.types import Message
+
+T = TypeVar("T")
+
+
+class SyncRouter:
+    """`Router` with blocking methods. Close it (or use `with`) to stop its loop thread."""
+
+    def __init__(self, factory: Any, *args: Any, **kwargs: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="gateway-sync-router", daemon=True
+        )
+        self._thread.start()
+
+        async def build() -> Router:
+            return factory(*args, **kwargs)
+
+        self.router: Router = self._run(build())
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str] = "routing.yaml", **kwargs: Any) -> SyncRouter:
+        return cls(Router.from_yaml, path, **kwargs)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def generate(self, messages: Sequence[Message], **kwargs: Any) -> RoutedCompletion:
+        return self._run(self.router.generate(messages, **kwargs))
+
+    def generate_json(self, messages: Sequence[Message], **kwargs: Any) -> Any:
+        return self._run(self.router.generate_json(messages, **kwargs))
+
+    def stream(self, messages: Sequence[Message], **kwargs: Any) -> Iterator[str]:
+        stream = self.router.stream(messages, **kwargs)
+        try:
+            while True:
+                try:
+                    yield self._run(stream.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(stream.aclose())
+
+    def reload(self) -> bool:
+        return self._run(self.router.reload())
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._run(self.router.aclose())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+    def __enter__(self) -> SyncRouter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
