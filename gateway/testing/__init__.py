@@ -1,0 +1,58 @@
+"""Test doubles for the gateway and for code that uses it.
+
+- `FakeUpstream`: a real HTTP server speaking the OpenAI, Azure OpenAI, Anthropic and Ollama
+  APIs, with scriptable faults (`Fault`), for tests through the real SDKs.
+- `FakeUpstreamClient` / `FakeUpstream.spawn()`: drive one in another process.
+- `FakeLLM`: a scripted in-process `LLMService`, for unit tests with no HTTP.
+
+Names are imported on first use, so `python -m gateway.testing.fake_upstream` runs cleanly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "FakeUpstream": "gateway.testing.fake_upstream",
+    "ReceivedRequest": "gateway.testing.fake_upstream",
+    "DEFAULT_CHAOS_RATES": "gateway.testing.fake_upstream",
+    "Fault": "gateway.testing._faults",
+    "fake_usage": "gateway.testing._replies",
+    "FakeUpstreamClient": "gateway.testing._client",
+    "SpawnedFakeUpstream": "gateway.testing._client",
+    "ControlAPIError": "gateway.testing._client",
+    "FakeLLM": "gateway.testing.fake_llm",
+}
+
+__all__ = [
+    "DEFAULT_CHAOS_RATES",
+    "ControlAPIError",
+    "FakeLLM",
+    "FakeUpstream",
+    "FakeUpstreamClient",
+    "Fault",
+    "ReceivedRequest",
+    "SpawnedFakeUpstream",
+    "fake_usage",
+]
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports lazily
+    from gateway.testing._client import ControlAPIError, FakeUpstreamClient, SpawnedFakeUpstream
+    from gateway.testing._faults import Fault
+    from gateway.testing._replies import fake_usage
+    from gateway.testing.fake_llm import FakeLLM
+    from gateway.testing.fake_upstream import DEFAULT_CHAOS_RATES, FakeUpstream, ReceivedRequest
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gateway.testing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

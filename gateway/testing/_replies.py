@@ -1,0 +1,95 @@
+"""What a healthy FakeUpstream answer says, and the token counts it reports for it."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.types import Message, Usage, content_text
+
+_WORD = re.compile(r"\s*\S+")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplySpec:
+    """How healthy answers for one model look (set with `FakeUpstream.reply`)."""
+
+    text: str | None = None
+    """None: the default text, or a small JSON object when the request asked for JSON mode."""
+    cached_input_tokens: int = 0
+    latency_s: float = 0.0
+    """Wait before the response headers."""
+    chunk_delay_s: float = 0.0
+    """Wait between stream chunks."""
+
+    def __post_init__(self) -> None:
+        if self.text is not None and not isinstance(self.text, str):
+            raise ValueError(f"reply text must be a string, got {type(self.text).__name__}")
+        if (
+            isinstance(self.cached_input_tokens, bool)
+            or not isinstance(self.cached_input_tokens, int)
+            or self.cached_input_tokens < 0
+        ):
+            raise ValueError(
+                f"cached_input_tokens must be an int >= 0, got {self.cached_input_tokens!r}"
+            )
+        for name in ("latency_s", "chunk_delay_s"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+
+    def text_for(self, model: str, *, json_mode: bool) -> str:
+        if self.text is not None:
+            return self.text
+        if json_mode:
+            return json.dumps({"model": model, "answer": "hello", "ok": True})
+        return default_text(model)
+
+
+def default_text(model: str) -> str:
+    return f"Hello from {model}. This is a fake reply."
+
+
+def split_words(text: str) -> list[str]:
+    """The stream deltas for `text`: one a word, each with the whitespace before it.
+
+    Joined, they give back `text` exactly; their number is the reply's output token count.
+    """
+    pieces = _WORD.findall(text)
+    tail = text[sum(map(len, pieces)) :]
+    if tail:
+        if pieces:
+            pieces[-1] += tail
+        else:
+            pieces.append(tail)
+    return pieces
+
+
+def prompt_tokens(messages: Sequence[Message]) -> int:
+    """The fake input token count: all message text, about four characters a token."""
+    characters = sum(len(content_text(message.get("content"))) for message in messages)
+    return max(1, characters // 4)
+
+
+def fake_usage(messages: Sequence[Message], text: str, cached_input_tokens: int = 0) -> Usage:
+    """The usage FakeUpstream reports for a prompt of `messages` answered with `text`.
+
+    `input_tokens` = characters of all message contents // 4 (at least 1; a system prompt sent
+    as Anthropic's `system` field counts like a system message), `output_tokens` = the number of
+    stream deltas (words), `cached_input_tokens` = what `reply(..., cached_input_tokens=)` set,
+    capped at the input tokens. Every protocol reports these same numbers in its own fields.
+    """
+    input_tokens = prompt_tokens(messages)
+    return Usage(
+        input_tokens=input_tokens,
+        output_tokens=len(split_words(text)),
+        cached_input_tokens=min(cached_input_tokens, input_tokens),
+    )

@@ -1,0 +1,603 @@
+"""FakeUpstream: a real HTTP server on 127.0.0.1 that answers like OpenAI, Azure OpenAI,
+Anthropic and Ollama, and misbehaves on request.
+
+    async with FakeUpstream() as up:
+        up.script("gpt-4o", Fault.rate_limit(retry_after=1), Fault.ok())
+        client = openai.AsyncOpenAI(base_url=up.openai_base_url, api_key="test")
+        ...
+        assert up.count("gpt-4o") == 2
+
+Faults for a request are chosen in this order: `script_next` (any model), then the model's
+`script`, then its `fail_always`, then `chaos`; with none of them it answers healthily.
+
+Run it as its own process (benchmarks, the server's --simulate mode):
+
+    python -m gateway.testing.fake_upstream --port 0
+    # prints FAKE_UPSTREAM_URL=http://127.0.0.1:PORT, serves until SIGTERM/SIGINT
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import re
+import signal
+import sys
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from gateway.testing._faults import STATUS_SHORTCUTS, Fault
+from gateway.testing._http import BadHttpRequest, HttpConnection, HttpRequest, HttpServer
+from gateway.testing._protocols import (
+    WIRES,
+    Answer,
+    Call,
+    RequestRejected,
+    Wire,
+    new_id,
+    now,
+)
+from gateway.testing._replies import ReplySpec, fake_usage, split_words
+
+if TYPE_CHECKING:
+    from gateway.testing._client import SpawnedFakeUpstream
+
+__all__ = ["DEFAULT_CHAOS_RATES", "FakeUpstream", "ReceivedRequest"]
+
+DEFAULT_CHAOS_RATES: dict[str, float] = {
+    "rate_limit": 0.05,
+    "server_error": 0.05,
+    "overloaded": 0.03,
+    "hang": 0.01,
+    "reset": 0.02,
+    "cut_stream": 0.03,
+}
+
+SECRET_HEADERS = frozenset(
+    {"authorization", "x-api-key", "api-key", "proxy-authorization", "cookie"}
+)
+
+_AZURE_PATH = re.compile(r"^/openai/deployments/([^/]+)/chat/completions$")
+_ROUTES = {
+    "/v1/chat/completions": "openai",
+    "/v1/messages": "anthropic",
+    "/api/chat": "ollama",
+}
+
+
+@dataclass(slots=True)
+class ReceivedRequest:
+    """One API request FakeUpstream parsed, recorded before any fault was applied to it."""
+
+    protocol: str
+    """"openai", "azure", "anthropic" or "ollama"."""
+    model: str
+    """The requested model; for Azure, the deployment name."""
+    path: str
+    stream: bool
+    body: dict[str, Any]
+    headers: dict[str, str]
+    """Lower-case names. Credentials are here for tests to check; `repr` and `to_dict` hide them."""
+    query: dict[str, str] = field(default_factory=dict)
+
+    def safe_headers(self) -> dict[str, str]:
+        return {k: ("<redacted>" if k in SECRET_HEADERS else v) for k, v in self.headers.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "protocol": self.protocol,
+            "model": self.model,
+            "path": self.path,
+            "stream": self.stream,
+            "body": self.body,
+            "headers": self.safe_headers(),
+            "query": self.query,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"ReceivedRequest(protocol={self.protocol!r}, model={self.model!r}, "
+            f"path={self.path!r}, stream={self.stream!r}, headers={self.safe_headers()!r})"
+        )
+
+
+class _Chaos:
+    """Seeded random faults for soak tests."""
+
+    def __init__(
+        self,
+        seed: int | str | None,
+        rates: Mapping[str, float],
+        retry_after: float | None,
+        hang_s: float | None,
+    ) -> None:
+        allowed = sorted(
+            set(STATUS_SHORTCUTS)
+            | {
+                "content_filter",
+                "reset",
+                "hang",
+                "slow_first_byte",
+                "cut_stream",
+                "malformed_json",
+                "midstream_error",
+            }
+        )
+        for kind, rate in rates.items():
+            if kind not in allowed:
+                raise ValueError(f"chaos rates: unknown fault kind {kind!r}; use one of {allowed}")
+            if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
+                raise ValueError(f"chaos rates[{kind!r}] is {rate!r}; use a number in [0, 1]")
+        total = sum(rates.values())
+        if total > 1:
+            raise ValueError(f"chaos rates add up to {total:.3f}; keep the sum at or below 1")
+        self._rng = random.Random(seed)
+        self._faults = [
+            (rate, _chaos_fault(kind, retry_after, hang_s)) for kind, rate in rates.items()
+        ]
+
+    def pick(self) -> Fault | None:
+        roll = self._rng.random()
+        for rate, fault in self._faults:
+            if roll < rate:
+                return fault
+            roll -= rate
+        return None
+
+
+def _chaos_fault(kind: str, retry_after: float | None, hang_s: float | None) -> Fault:
+    if kind in {"rate_limit", "overloaded", "unavailable"}:
+        return Fault(kind, code=STATUS_SHORTCUTS[kind], retry_after=retry_after)
+    if kind in STATUS_SHORTCUTS:
+        return Fault(kind, code=STATUS_SHORTCUTS[kind])
+    if kind == "hang":
+        return Fault.hang(hang_s)
+    if kind == "slow_first_byte":
+        return Fault.slow_first_byte(hang_s if hang_s is not None else 1.0)
+    if kind == "cut_stream":
+        return Fault.cut_stream(1)
+    if kind == "midstream_error":
+        return Fault.midstream_error(1)
+    return Fault(kind)
+
+
+class FakeUpstream:
+    """An HTTP server speaking the OpenAI, Azure OpenAI, Anthropic and Ollama chat APIs."""
+
+    def __init__(
+        self, *, host: str = "127.0.0.1", port: int = 0, max_recorded_requests: int = 10_000
+    ) -> None:
+        self._server = HttpServer(self._handle, on_bad_request=self._bad_http, host=host, port=port)
+        self._max_recorded = max_recorded_requests
+        self._replies: dict[str | None, ReplySpec] = {}
+        self._scripts: dict[str, deque[Fault]] = {}
+        self._next: deque[Fault] = deque()
+        self._always: dict[str, Fault] = {}
+        self._chaos: _Chaos | None = None
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self.requests: list[ReceivedRequest] = []
+        self.injected: Counter[str] = Counter()
+        """Faults actually applied, by kind (healthy answers are not counted)."""
+        self._started = False
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> FakeUpstream:
+        if not self._started:
+            await self._server.start()
+            self._started = True
+        return self
+
+    async def close(self) -> None:
+        """Close every client connection and cancel handlers still waiting (hung requests)."""
+        await self._server.close()
+
+    async def __aenter__(self) -> FakeUpstream:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @classmethod
+    def spawn(
+        cls, *, host: str = "127.0.0.1", port: int = 0, ready_timeout_s: float = 15.0
+    ) -> SpawnedFakeUpstream:
+        """Start one in a subprocess; use as a context manager or call `.terminate()`."""
+        from gateway.testing._client import SpawnedFakeUpstream
+
+        return SpawnedFakeUpstream.start(host=host, port=port, ready_timeout_s=ready_timeout_s)
+
+    # --- addresses --------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        if not self._started:
+            raise RuntimeError("FakeUpstream is not started: use `async with FakeUpstream() as up`")
+        return f"http://{self._server.host}:{self._server.port}"
+
+    @property
+    def openai_base_url(self) -> str:
+        return self.url + "/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        return self.url
+
+    @property
+    def ollama_base_url(self) -> str:
+        return self.url
+
+    @property
+    def azure_endpoint(self) -> str:
+        return self.url
+
+    @property
+    def open_connections(self) -> int:
+        return self._server.open_connections
+
+    # --- behaviour --------------------------------------------------------------------------
+
+    def reply(
+        self,
+        model: str | None,
+        text: str | None = None,
+        *,
+        cached_input_tokens: int = 0,
+        latency_s: float = 0.0,
+        chunk_delay_s: float = 0.0,
+    ) -> None:
+        """How healthy answers for `model` look; `model=None` sets it for every other model."""
+        self._replies[model] = ReplySpec(text, cached_input_tokens, latency_s, chunk_delay_s)
+
+    def script(self, model: str, *faults: Fault) -> None:
+        """The next len(faults) requests for `model` get these faults in order."""
+        self._scripts.setdefault(model, deque()).extend(_faults(faults))
+
+    def script_next(self, *faults: Fault) -> None:
+        """The next len(faults) requests, whatever their model, get these faults in order."""
+        self._next.extend(_faults(faults))
+
+    def fail_always(self, model: str, fault: Fault) -> None:
+        """Every request for `model` gets `fault` until `heal(model)`."""
+        self._always[model] = Fault.from_dict(fault)
+
+    def heal(self, model: str | None = None) -> None:
+        """Forget scripts and fail_always for `model`; with no model, for all, and stop chaos."""
+        if model is None:
+            self._scripts.clear()
+            self._always.clear()
+            self._next.clear()
+            self._chaos = None
+        else:
+            self._scripts.pop(model, None)
+            self._always.pop(model, None)
+
+    def chaos(
+        self,
+        seed: int | str | None,
+        rates: Mapping[str, float] | None = None,
+        *,
+        retry_after: float | None = 0.05,
+        hang_s: float | None = None,
+    ) -> None:
+        """Give each request a random fault at `rates` (kind -> probability), from a seeded RNG.
+
+        `hang_s=None` holds hung requests until the client gives up.
+        """
+        self._chaos = _Chaos(
+            seed, DEFAULT_CHAOS_RATES if rates is None else rates, retry_after, hang_s
+        )
+
+    def stop_chaos(self) -> None:
+        self._chaos = None
+
+    # --- observation ------------------------------------------------------------------------
+
+    def count(self, model: str | None = None, protocol: str | None = None) -> int:
+        return sum(
+            n
+            for (p, m), n in self._counts.items()
+            if (model is None or m == model) and (protocol is None or p == protocol)
+        )
+
+    def reset_counts(self) -> None:
+        """Forget recorded requests, counts and the injected-fault tally."""
+        self._counts.clear()
+        self.requests.clear()
+        self.injected.clear()
+
+    def counts_summary(self) -> dict[str, Any]:
+        by_model: Counter[str] = Counter()
+        by_protocol: Counter[str] = Counter()
+        for (protocol, model), n in self._counts.items():
+            by_model[model] += n
+            by_protocol[protocol] += n
+        return {
+            "total": sum(self._counts.values()),
+            "by_model": dict(by_model),
+            "by_protocol": dict(by_protocol),
+            "injected": dict(self.injected),
+            "open_connections": self.open_connections,
+        }
+
+    # --- request handling -------------------------------------------------------------------
+
+    async def _handle(self, request: HttpRequest, conn: HttpConnection) -> None:
+        path = request.path
+        if path.startswith("/_fake/"):
+            from gateway.testing._control import handle_control
+
+            await handle_control(self, request, conn)
+            return
+        protocol = _ROUTES.get(path)
+        deployment: str | None = None
+        if protocol is None and (match := _AZURE_PATH.match(path)):
+            protocol, deployment = "azure", match.group(1)
+        if protocol is None or request.method != "POST":
+            await self._handle_other(request, conn)
+            return
+        wire = WIRES[protocol]
+        try:
+            body = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError):
+            await self._send_error(
+                conn, wire, 400, message="We could not parse the JSON body of your request."
+            )
+            return
+        if not isinstance(body, dict):
+            await self._send_error(conn, wire, 400, message="The request body must be an object.")
+            return
+        try:
+            call = wire.parse(body, deployment)
+        except RequestRejected as exc:
+            await self._send_error(conn, wire, 400, message=exc.message, param=exc.param)
+            return
+        self._record(request, call, body)
+        fault = self._pick_fault(call.model)
+        if fault is not None and fault.kind != "ok":
+            self.injected[fault.kind] += 1
+        await self._respond(conn, wire, call, fault)
+
+    async def _handle_other(self, request: HttpRequest, conn: HttpConnection) -> None:
+        if request.method == "GET" and request.path == "/v1/models":
+            data = [
+                {"id": m, "object": "model", "created": 0, "owned_by": "fake-upstream"}
+                for m in self._known_models()
+            ]
+            await conn.send(200, json.dumps({"object": "list", "data": data}).encode())
+        elif request.method == "GET" and request.path == "/api/tags":
+            models = [
+                {"name": m, "model": m, "size": 0, "digest": ""} for m in self._known_models()
+            ]
+            await conn.send(200, json.dumps({"models": models}).encode())
+        else:
+            # OpenAI's own answer to a path it does not serve.
+            error = {
+                "message": f"Invalid URL ({request.method} {request.path})",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": None,
+            }
+            await conn.send(404, json.dumps({"error": error}).encode())
+
+    def _known_models(self) -> list[str]:
+        names = {m for m in self._replies if m is not None} | {m for _, m in self._counts}
+        return sorted(names)
+
+    async def _bad_http(self, error: BadHttpRequest, conn: HttpConnection) -> None:
+        await self._send_error(conn, WIRES["openai"], error.status, message=str(error))
+
+    def _record(self, request: HttpRequest, call: Call, body: dict[str, Any]) -> None:
+        self._counts[(call.protocol, call.model)] += 1
+        self.requests.append(
+            ReceivedRequest(
+                call.protocol,
+                call.model,
+                request.path,
+                call.stream,
+                body,
+                request.headers,
+                request.query,
+            )
+        )
+        if len(self.requests) > self._max_recorded:
+            del self.requests[: len(self.requests) - self._max_recorded // 2]
+
+    def _pick_fault(self, model: str) -> Fault | None:
+        if self._next:
+            return self._next.popleft()
+        queue = self._scripts.get(model)
+        if queue:
+            fault = queue.popleft()
+            if not queue:
+                del self._scripts[model]
+            return fault
+        always = self._always.get(model)
+        if always is not None:
+            return always
+        if self._chaos is not None:
+            return self._chaos.pick()
+        return None
+
+    async def _respond(
+        self, conn: HttpConnection, wire: Wire, call: Call, fault: Fault | None
+    ) -> None:
+        kind = fault.kind if fault is not None else "ok"
+        if fault is not None and fault.code is not None:
+            await self._send_error(
+                conn,
+                wire,
+                wire.error_status(fault),
+                fault_kind=kind,
+                message=fault.message,
+                model=call.model,
+                retry_after=fault.retry_after,
+            )
+            return
+        if kind == "reset":
+            conn.reset()
+            return
+        if kind in {"hang", "slow_first_byte"}:
+            assert fault is not None
+            if await conn.wait_for_disconnect(fault.seconds):
+                return
+        spec = self._replies.get(call.model) or self._replies.get(None) or _DEFAULT_REPLY
+        filtered = kind == "content_filter" and wire.name != "ollama"  # Ollama has no filter
+        answer = _answer(call, spec, filtered=filtered)
+        if spec.latency_s:
+            await asyncio.sleep(spec.latency_s)
+        headers = _response_headers(wire)
+        if kind == "midstream_error" and not call.stream:
+            # A whole-body request cannot fail "mid-stream": it gets the matching status.
+            assert fault is not None and fault.error_kind is not None
+            status_fault = Fault(fault.error_kind, code=STATUS_SHORTCUTS[fault.error_kind])
+            await self._send_error(conn, wire, wire.error_status(status_fault), model=call.model)
+        elif call.stream:
+            await self._stream(conn, wire, call, answer, spec, fault, headers)
+        elif kind == "malformed_json":
+            await conn.send(200, wire.malformed_body(call, answer), headers=headers)
+        elif kind == "cut_stream":
+            await conn.send_truncated(
+                200, wire.encode(wire.completion(call, answer)), headers=headers
+            )
+        else:
+            await conn.send(200, wire.encode(wire.completion(call, answer)), headers=headers)
+
+    async def _stream(
+        self,
+        conn: HttpConnection,
+        wire: Wire,
+        call: Call,
+        answer: Answer,
+        spec: ReplySpec,
+        fault: Fault | None,
+        headers: dict[str, str],
+    ) -> None:
+        kind = fault.kind if fault is not None else "ok"
+        pieces = answer.pieces
+        if kind in {"cut_stream", "midstream_error"}:
+            assert fault is not None and fault.after_chunks is not None
+            pieces = pieces[: fault.after_chunks]
+        elif kind == "malformed_json":
+            pieces = []
+        opening = b"".join(wire.stream_open(call, answer))
+        deltas = [wire.stream_delta(call, answer, piece) for piece in pieces]
+        if kind == "malformed_json":
+            closing = wire.malformed_event(call, answer)
+        elif kind == "midstream_error":
+            assert fault is not None and fault.error_kind is not None
+            closing = wire.stream_error(call, fault.error_kind)
+        elif kind == "cut_stream":
+            closing = b""
+        else:
+            closing = b"".join(wire.stream_close(call, answer))
+
+        if spec.chunk_delay_s:
+            await conn.start_stream(200, wire.stream_content_type, headers, first_chunk=opening)
+            for delta in deltas:
+                await asyncio.sleep(spec.chunk_delay_s)
+                await conn.send_chunk(delta)
+            await conn.send_chunk(closing)
+        else:
+            # No pacing asked for: one write is what keeps the server cheap in benchmarks.
+            body = opening + b"".join(deltas) + closing
+            await conn.start_stream(200, wire.stream_content_type, headers, first_chunk=body)
+        if kind == "cut_stream":
+            await conn.cut()
+        else:
+            await conn.end_stream()
+
+    async def _send_error(
+        self,
+        conn: HttpConnection,
+        wire: Wire,
+        status: int,
+        *,
+        fault_kind: str = "status",
+        message: str | None = None,
+        model: str = "",
+        param: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        body = wire.error_body(
+            status, fault_kind=fault_kind, message=message, model=model, param=param
+        )
+        headers = _response_headers(wire)
+        if retry_after is not None:
+            headers["retry-after"] = _format_seconds(retry_after)
+        await conn.send(status, wire.encode(body), headers=headers)
+
+
+_DEFAULT_REPLY = ReplySpec()
+
+
+def _faults(faults: Iterable[Fault | Mapping[str, Any]]) -> list[Fault]:
+    return [Fault.from_dict(f) if not isinstance(f, Fault) else f for f in faults]
+
+
+def _answer(call: Call, spec: ReplySpec, *, filtered: bool) -> Answer:
+    text = "" if filtered else spec.text_for(call.model, json_mode=call.json_mode)
+    prefix = {"anthropic": "msg_", "ollama": ""}.get(call.protocol, "chatcmpl-")
+    return Answer(
+        id=new_id(prefix),
+        created=now(),
+        model=call.model,
+        text=text,
+        pieces=split_words(text),
+        usage=fake_usage(call.messages, text, spec.cached_input_tokens),
+        filtered=filtered,
+    )
+
+
+def _response_headers(wire: Wire) -> dict[str, str]:
+    request_id = new_id("req_")
+    if wire.name == "anthropic":
+        return {"request-id": request_id}
+    return {"x-request-id": request_id}
+
+
+def _format_seconds(seconds: float) -> str:
+    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
+
+
+# --- subprocess entry point ---------------------------------------------------------------
+
+
+async def _serve_until_signalled(host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with FakeUpstream(host=host, port=port) as upstream:
+        print(f"FAKE_UPSTREAM_URL={upstream.url}", flush=True)
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.testing.fake_upstream",
+        description="Serve fake OpenAI/Azure/Anthropic/Ollama APIs; script them via /_fake/.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one")
+    args = parser.parse_args(argv)
+    try:
+        asyncio.run(_serve_until_signalled(args.host, args.port))
+    except OSError as exc:
+        print(f"fake_upstream: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
