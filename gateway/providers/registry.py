@@ -73,8 +73,12 @@ class LLMFactory:
         cls._registry.pop(name, None)
 
     @classmethod
-    def create(cls, name: str | None = None, **options: Any) -> LLMService:
-        """Create a provider. With no name, `LLM_PROVIDER` from the settings (default `openai`)."""
+    def create(cls, name: str | None = None, /, **options: Any) -> LLMService:
+        """Create a provider. With no name, `LLM_PROVIDER` from the settings (default `openai`).
+
+        `name` is positional-only so `options` may carry the instance's own `name=` (a policy
+        provider's key, e.g. "mini"), which is what `ProviderSpec.factory_options()` passes.
+        """
         if name is None:
             from gateway.settings import get_settings
 
