@@ -1,0 +1,237 @@
+"""Pieces every provider's error mapping shares: status → kind, Retry-After, transport errors.
+
+Each provider module has one function that turns its SDK's exceptions into `ProviderError`;
+these helpers keep those functions short and the taxonomy the same across providers.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import anyio
+import httpx
+from pydantic import ValidationError
+
+from gateway.errors import ErrorKind, ProviderError
+from gateway.types import content_text
+
+# The official SDKs speak httpx2; Ollama and LiteLLM speak httpx. Each raises its own classes.
+_TIMEOUTS: tuple[type[Exception], ...] = (httpx.TimeoutException, TimeoutError)
+# anyio's and the OS's own errors can escape an SDK's stream parser unwrapped.
+_TRANSPORT: tuple[type[Exception], ...] = (
+    httpx.TransportError,
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
+    ConnectionError,
+)
+_DECODING: tuple[type[Exception], ...] = (httpx.DecodingError,)
+try:
+    import httpx2
+except ImportError:  # only the SDKs bring httpx2; Ollama works without it
+    pass
+else:
+    _TIMEOUTS += (httpx2.TimeoutException,)
+    _TRANSPORT += (httpx2.TransportError,)
+    _DECODING += (httpx2.DecodingError,)
+
+_STATUS_KINDS: dict[int, ErrorKind] = {
+    400: ErrorKind.BAD_REQUEST,
+    401: ErrorKind.AUTH,
+    403: ErrorKind.AUTH,
+    404: ErrorKind.NOT_FOUND,
+    408: ErrorKind.TIMEOUT,
+    413: ErrorKind.CONTEXT_LENGTH,
+    422: ErrorKind.BAD_REQUEST,
+    429: ErrorKind.RATE_LIMIT,
+    503: ErrorKind.OVERLOADED,
+    529: ErrorKind.OVERLOADED,
+}
+
+# Structured error `type`/`code` values the upstreams send, in bodies and in-stream error events.
+_TYPE_KINDS: dict[str, ErrorKind] = {
+    "invalid_request_error": ErrorKind.BAD_REQUEST,
+    "authentication_error": ErrorKind.AUTH,
+    "permission_error": ErrorKind.AUTH,
+    "invalid_api_key": ErrorKind.AUTH,
+    "not_found_error": ErrorKind.NOT_FOUND,
+    "model_not_found": ErrorKind.NOT_FOUND,
+    "request_too_large": ErrorKind.CONTEXT_LENGTH,
+    "context_length_exceeded": ErrorKind.CONTEXT_LENGTH,
+    "content_filter": ErrorKind.CONTENT_FILTER,
+    "rate_limit_error": ErrorKind.RATE_LIMIT,
+    "rate_limit_exceeded": ErrorKind.RATE_LIMIT,
+    "requests": ErrorKind.RATE_LIMIT,
+    "tokens": ErrorKind.RATE_LIMIT,
+    "timeout_error": ErrorKind.TIMEOUT,
+    "timeout": ErrorKind.TIMEOUT,
+    "api_error": ErrorKind.SERVER_ERROR,
+    "server_error": ErrorKind.SERVER_ERROR,
+    "internal_error": ErrorKind.SERVER_ERROR,
+    "overloaded_error": ErrorKind.OVERLOADED,
+    "overloaded": ErrorKind.OVERLOADED,
+    "service_unavailable": ErrorKind.OVERLOADED,
+    "service_unavailable_error": ErrorKind.OVERLOADED,
+}
+
+# Normalised finish reasons, so callers need not know each upstream's words.
+_FINISH_REASONS: dict[str, str] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+MAX_MESSAGE_CHARS = 200
+_MIN_REDACTED_CHARS = 8  # shorter prompt texts are common words, not worth hiding
+
+
+def kind_for_status(status: int) -> ErrorKind:
+    """The kind an HTTP error status means on its own, without the body."""
+    kind = _STATUS_KINDS.get(status)
+    if kind is not None:
+        return kind
+    if status >= 500:
+        return ErrorKind.SERVER_ERROR
+    if 400 <= status < 500:
+        return ErrorKind.BAD_REQUEST
+    return ErrorKind.INVALID_RESPONSE
+
+
+def kind_for_error_type(*names: object) -> ErrorKind | None:
+    """The kind a structured error type or code names (first known one wins), if any."""
+    for name in names:
+        if isinstance(name, str) and name in _TYPE_KINDS:
+            return _TYPE_KINDS[name]
+    return None
+
+
+def transport_kind(exc: BaseException) -> ErrorKind | None:
+    """TIMEOUT or CONNECTION for a raw httpx/httpx2 transport failure, else None."""
+    if isinstance(exc, _TIMEOUTS):
+        return ErrorKind.TIMEOUT
+    if isinstance(exc, _DECODING):
+        return ErrorKind.INVALID_RESPONSE
+    if isinstance(exc, _TRANSPORT):
+        return ErrorKind.CONNECTION
+    return None
+
+
+def is_malformed_body(exc: BaseException) -> bool:
+    """A body that is not the JSON the protocol promises (decode or schema failure)."""
+    return isinstance(exc, json.JSONDecodeError | ValidationError | UnicodeDecodeError)
+
+
+def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
+    """The upstream's wait hint: `retry-after-ms`, or `Retry-After` as seconds or an HTTP date."""
+    if not headers:
+        return None
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def finish_reason(raw: str | None) -> str | None:
+    """The upstream's finish reason in OpenAI's words (stop, length, tool_calls, content_filter)."""
+    if raw is None:
+        return None
+    return _FINISH_REASONS.get(raw, raw)
+
+
+class Redactor:
+    """Removes the API key and the prompt's texts from upstream error text before we show it.
+
+    Upstreams sometimes echo a (masked or not) key or part of the request in their messages;
+    our errors end up in logs and API responses, so neither may pass through.
+    """
+
+    def __init__(self, secrets: Iterable[str | None] = (), messages: Iterable[Any] = ()) -> None:
+        texts = [s for s in secrets if s]
+        for message in messages:
+            if isinstance(message, Mapping):
+                text = content_text(message.get("content"))
+                if len(text) >= _MIN_REDACTED_CHARS:
+                    texts.append(text)
+        # Longest first, so a text that contains another is removed whole.
+        self._texts = sorted(set(texts), key=len, reverse=True)
+
+    def __call__(self, text: object) -> str:
+        clean = " ".join(str(text).split())
+        for secret in self._texts:
+            if secret in clean:
+                clean = clean.replace(secret, "[redacted]")
+        if len(clean) > MAX_MESSAGE_CHARS:
+            clean = clean[: MAX_MESSAGE_CHARS - 3] + "..."
+        return clean
+
+
+def provider_error(
+    message: str,
+    kind: ErrorKind,
+    *,
+    provider: str,
+    status: int | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> ProviderError:
+    return ProviderError(
+        message,
+        kind=kind,
+        provider=provider,
+        status=status,
+        retry_after_s=retry_after_seconds(headers),
+    )
+
+
+def transport_error(exc: BaseException, kind: ErrorKind, *, provider: str) -> ProviderError:
+    """A failure with no HTTP response: named by its exception class, never by its text."""
+    what = {
+        ErrorKind.TIMEOUT: "upstream did not answer in time",
+        ErrorKind.CONNECTION: "connection to upstream failed or was cut",
+        ErrorKind.INVALID_RESPONSE: "upstream response could not be decoded",
+    }.get(kind, "upstream call failed")
+    return ProviderError(f"{what} ({type(exc).__name__})", kind=kind, provider=provider)
+
+
+def malformed_error(exc: BaseException, *, provider: str) -> ProviderError:
+    return ProviderError(
+        f"upstream sent a body that is not valid for its protocol ({type(exc).__name__})",
+        kind=ErrorKind.INVALID_RESPONSE,
+        provider=provider,
+    )
+
+
+def truncated_stream_error(*, provider: str) -> ProviderError:
+    return ProviderError(
+        "stream ended before the upstream said it was finished",
+        kind=ErrorKind.CONNECTION,
+        provider=provider,
+    )
+
+
+def content_filter_error(*, provider: str, reason: str) -> ProviderError:
+    return ProviderError(
+        f"upstream refused to answer (finish reason {reason!r})",
+        kind=ErrorKind.CONTENT_FILTER,
+        provider=provider,
+    )

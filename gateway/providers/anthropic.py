@@ -1,0 +1,267 @@
+"""Anthropic's Messages API through the official `anthropic` SDK.
+
+Message conversion (system prompt, merged turns, tool results) is described in
+`gateway.providers._messages`. Anthropic has no JSON mode: `json_mode=True` adds an
+instruction to the system prompt to answer with one JSON object only, and `generate_json`
+parses (and rejects) the reply like any other provider's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+try:
+    import anthropic
+except ImportError as exc:
+    from gateway.errors import MissingDependencyError
+
+    raise MissingDependencyError(
+        "anthropic package required. Install with: pip install anthropic"
+    ) from exc
+
+from gateway.errors import ErrorKind, ProviderError
+from gateway.providers import _errors
+from gateway.providers._http import check_limits, httpx2_client
+from gateway.providers._messages import to_anthropic
+from gateway.providers.base import LLMService
+from gateway.settings import get_settings, require_key
+from gateway.types import ChatStream, Completion, Message, StreamEnd, Usage, validate_messages
+
+DEFAULT_MAX_TOKENS = 4096
+"""Anthropic requires `max_tokens` on every call; this is what a call without one asks for."""
+
+
+class AnthropicService(LLMService):
+    """Claude models over /v1/messages."""
+
+    type_name = "anthropic"
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        model: str | None = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout_s: float | None = None,
+        max_connections: int | None = None,
+        default_max_tokens: int = DEFAULT_MAX_TOKENS,
+        default_headers: dict[str, str] | None = None,
+    ) -> None:
+        settings = get_settings()
+        super().__init__(
+            name=name,
+            model=model or settings.ANTHROPIC_MODEL,
+            timeout_s=timeout_s,
+            max_connections=max_connections,
+        )
+        check_limits(self.name, self.timeout_s, self.max_connections)
+        key = require_key(api_key or settings.ANTHROPIC_API_KEY, "ANTHROPIC_API_KEY", "Anthropic")
+        self.default_max_tokens = default_max_tokens
+        self._http = httpx2_client(self.timeout_s, self.max_connections)
+        self._client = anthropic.AsyncAnthropic(
+            api_key=key,
+            base_url=base_url or settings.ANTHROPIC_BASE_URL,
+            default_headers=default_headers,
+            timeout=self.timeout_s,
+            max_retries=0,
+            http_client=self._http,
+        )
+
+    async def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        json_mode: bool = False,
+        timeout_s: float | None = None,
+        **params: Any,
+    ) -> Completion:
+        checked = validate_messages(messages)
+        request = self._request(checked, temperature, max_tokens, json_mode, params)
+        try:
+            response = await self._client.messages.create(
+                **request, timeout=timeout_s or self.timeout_s
+            )
+        except Exception as exc:
+            raise self._error(exc, checked) from exc
+        if response.stop_reason == "refusal":
+            raise _errors.content_filter_error(provider=self.name, reason=response.stop_reason)
+        text = "".join(block.text for block in response.content if block.type == "text")
+        return Completion(
+            text=text,
+            model=response.model or self.model,
+            finish_reason=_errors.finish_reason(response.stop_reason),
+            usage=_usage(response.usage),
+            response_id=response.id,
+        )
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        timeout_s: float | None = None,
+        json_mode: bool = False,
+        **params: Any,
+    ) -> ChatStream:
+        checked = validate_messages(messages)
+        request = self._request(checked, temperature, max_tokens, json_mode, params)
+        events = self._stream_events(request, checked, timeout_s or self.timeout_s)
+        return ChatStream(events, model=self.model)
+
+    async def _stream_events(
+        self, request: dict[str, Any], checked: list[dict[str, Any]], timeout_s: float
+    ) -> AsyncIterator[str | StreamEnd]:
+        start_usage: Any = None
+        delta_usage: Any = None
+        stop_reason: str | None = None
+        model: str | None = None
+        response_id: str | None = None
+        finished = False
+        try:
+            stream = await self._client.messages.create(**request, stream=True, timeout=timeout_s)
+            async with stream:
+                async for event in stream:
+                    if event.type == "message_start":
+                        start_usage = event.message.usage
+                        model = event.message.model
+                        response_id = event.message.id
+                    elif event.type == "content_block_delta":
+                        if event.delta.type == "text_delta" and event.delta.text:
+                            yield event.delta.text
+                    elif event.type == "message_delta":
+                        stop_reason = event.delta.stop_reason or stop_reason
+                        delta_usage = event.usage
+                    elif event.type == "message_stop":
+                        finished = True
+        except Exception as exc:
+            raise self._error(exc, checked) from exc
+        if not finished:
+            raise _errors.truncated_stream_error(provider=self.name)
+        if stop_reason == "refusal":
+            raise _errors.content_filter_error(provider=self.name, reason=stop_reason)
+        usage = _stream_usage(start_usage, delta_usage)
+        yield StreamEnd(usage, _errors.finish_reason(stop_reason), model, response_id)
+
+    def _request(
+        self,
+        messages: list[dict[str, Any]],
+        temperature: float | None,
+        max_tokens: int | None,
+        json_mode: bool,
+        params: dict[str, Any],
+    ) -> dict[str, Any]:
+        system, turns = to_anthropic(messages, json_mode=json_mode)
+        request: dict[str, Any] = {
+            "model": self.model,
+            "messages": turns,
+            "max_tokens": max_tokens or self.default_max_tokens,
+        }
+        if system:
+            request["system"] = system
+        if temperature is not None:
+            request["temperature"] = temperature
+        params = dict(params)
+        stop = params.pop("stop", None)
+        if stop is not None:
+            # OpenAI's `stop`, in Anthropic's words.
+            request["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+        request.update(params)
+        return request
+
+    def _error(self, exc: Exception, messages: list[dict[str, Any]]) -> Exception:
+        """The `ProviderError` for an SDK failure, or the exception itself when it is not one."""
+        redact = _errors.Redactor([self._client.api_key], messages)
+        return anthropic_error(exc, provider=self.name, redact=redact) or exc
+
+    async def aclose(self) -> None:
+        await self._client.close()
+        await self._http.aclose()
+
+
+def _usage(usage: Any) -> Usage:
+    """Anthropic's `input_tokens` leaves out cache reads and writes: add them back."""
+    cache_read = getattr(usage, "cache_read_input_tokens", None) or 0
+    cache_write = getattr(usage, "cache_creation_input_tokens", None) or 0
+    return Usage(
+        input_tokens=(usage.input_tokens or 0) + cache_read + cache_write,
+        output_tokens=usage.output_tokens or 0,
+        cached_input_tokens=cache_read,
+    )
+
+
+def _stream_usage(start: Any, delta: Any) -> Usage | None:
+    """Input counts come in message_start; message_delta's counts are cumulative and win."""
+    if start is None and delta is None:
+        return None
+
+    def pick(field: str) -> int:
+        for source in (delta, start):
+            value = getattr(source, field, None)
+            if value is not None:
+                return int(value)
+        return 0
+
+    cache_read = pick("cache_read_input_tokens")
+    return Usage(
+        input_tokens=pick("input_tokens") + cache_read + pick("cache_creation_input_tokens"),
+        output_tokens=pick("output_tokens"),
+        cached_input_tokens=cache_read,
+    )
+
+
+def anthropic_error(
+    exc: BaseException, *, provider: str, redact: _errors.Redactor
+) -> ProviderError | None:
+    """Map one `anthropic` SDK (or transport) exception to the gateway's taxonomy."""
+    if isinstance(exc, anthropic.APITimeoutError):
+        return _errors.transport_error(exc.__cause__ or exc, ErrorKind.TIMEOUT, provider=provider)
+    if isinstance(exc, anthropic.APIConnectionError):
+        kind = _errors.transport_kind(exc.__cause__) if exc.__cause__ else None
+        return _errors.transport_error(
+            exc.__cause__ or exc, kind or ErrorKind.CONNECTION, provider=provider
+        )
+    if isinstance(exc, anthropic.APIStatusError):
+        status = exc.status_code
+        error_type = getattr(exc, "type", None)
+        api_message = getattr(exc, "api_message", None) or ""
+        in_stream = status < 400  # an `event: error` after HTTP 200 was sent
+        if error_type == "overloaded_error":
+            kind = ErrorKind.OVERLOADED
+        elif error_type == "invalid_request_error" and _is_prompt_too_long(api_message):
+            kind = ErrorKind.CONTEXT_LENGTH
+        elif in_stream:
+            kind = _errors.kind_for_error_type(error_type) or ErrorKind.SERVER_ERROR
+        else:
+            kind = _errors.kind_for_status(status)
+        described = redact(f"{api_message or type(exc).__name__} (type {error_type})")
+        return _errors.provider_error(
+            f"error inside the stream: {described}" if in_stream else described,
+            kind,
+            provider=provider,
+            status=None if in_stream else status,
+            headers=exc.response.headers,
+        )
+    if isinstance(exc, anthropic.APIResponseValidationError):
+        return _errors.malformed_error(exc, provider=provider)
+    kind = _errors.transport_kind(exc)
+    if kind is not None:
+        return _errors.transport_error(exc, kind, provider=provider)
+    if _errors.is_malformed_body(exc):
+        return _errors.malformed_error(exc, provider=provider)
+    return None
+
+
+def _is_prompt_too_long(message: str) -> bool:
+    """Whether an invalid_request_error is a context-window overflow.
+
+    Anthropic gives this case no error code of its own (type is the generic
+    invalid_request_error), so its message is the only signal: "prompt is too long: N tokens
+    > M maximum", or "input length and `max_tokens` exceed context limit: ...".
+    """
+    lowered = message.lower()
+    return "prompt is too long" in lowered or "exceed context limit" in lowered

@@ -1,0 +1,277 @@
+"""Any model LiteLLM can reach (`model="<provider>/<name>"`), through `litellm.acompletion`.
+
+LiteLLM keeps its own HTTP clients, so `max_connections` bounds the calls in flight from this
+provider instead of a pool. Its retries are off (`num_retries=0`, `max_retries=0`): the
+router owns retries. Keys not passed as `api_key` are LiteLLM's business (its env variables).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from pydantic import SecretStr
+
+from gateway.errors import ConfigurationError, ErrorKind, MissingDependencyError, ProviderError
+from gateway.providers import _errors
+from gateway.providers._http import check_limits
+from gateway.providers.base import LLMService
+from gateway.types import ChatStream, Completion, Message, StreamEnd, Usage, validate_messages
+
+# Without this LiteLLM downloads its price map from GitHub at import time.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+try:
+    import litellm
+    import openai
+except ImportError as exc:
+    raise MissingDependencyError(
+        "litellm package required. Install with: pip install litellm"
+    ) from exc
+
+litellm.suppress_debug_info = True  # its "Give Feedback / Get Help" banners go to stdout
+litellm.telemetry = False
+if "LITELLM_LOG" not in os.environ:
+    # Failures reach callers as ProviderError; LiteLLM's own log lines would repeat them
+    # (with request details). LITELLM_LOG=DEBUG still turns them back on.
+    for _logger in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+        logging.getLogger(_logger).setLevel(logging.CRITICAL)
+
+
+class LiteLLMService(LLMService):
+    """One LiteLLM model string, e.g. `openai/gpt-4o-mini` or `bedrock/anthropic.claude-3`."""
+
+    type_name = "litellm"
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        model: str | None = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout_s: float | None = None,
+        max_connections: int | None = None,
+        api_version: str | None = None,
+    ) -> None:
+        super().__init__(
+            name=name, model=model, timeout_s=timeout_s, max_connections=max_connections
+        )
+        check_limits(self.name, self.timeout_s, self.max_connections)
+        if not self.model:
+            raise ConfigurationError(
+                f"{self.name}: model is required for litellm: pass model='<provider>/<model>', "
+                "e.g. model='openai/gpt-4o-mini'"
+            )
+        self.base_url = base_url
+        self.api_version = api_version
+        self._api_key = SecretStr(api_key) if api_key else None
+        self._slots = asyncio.Semaphore(self.max_connections)
+
+    async def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        json_mode: bool = False,
+        timeout_s: float | None = None,
+        **params: Any,
+    ) -> Completion:
+        checked = validate_messages(messages)
+        request = self._request(checked, temperature, max_tokens, json_mode, timeout_s, params)
+        async with self._slots:
+            try:
+                response = await litellm.acompletion(**request, stream=False)
+            except Exception as exc:
+                raise self._error(exc, checked) from exc
+        if not response.choices:
+            raise ProviderError(
+                "reply has no choices", kind=ErrorKind.INVALID_RESPONSE, provider=self.name
+            )
+        choice = response.choices[0]
+        if choice.finish_reason == "content_filter":
+            raise _errors.content_filter_error(provider=self.name, reason=choice.finish_reason)
+        return Completion(
+            text=choice.message.content or "",
+            model=response.model or self.model,
+            finish_reason=_errors.finish_reason(choice.finish_reason),
+            usage=_usage(getattr(response, "usage", None)) or Usage(),
+            response_id=response.id,
+        )
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        timeout_s: float | None = None,
+        json_mode: bool = False,
+        **params: Any,
+    ) -> ChatStream:
+        checked = validate_messages(messages)
+        request = self._request(checked, temperature, max_tokens, json_mode, timeout_s, params)
+        request["stream_options"] = {"include_usage": True}
+        return ChatStream(self._stream_events(request, checked), model=self.model)
+
+    async def _stream_events(
+        self, request: dict[str, Any], checked: list[dict[str, Any]]
+    ) -> AsyncIterator[str | StreamEnd]:
+        usage: Usage | None = None
+        finish: str | None = None
+        model: str | None = None
+        response_id: str | None = None
+        async with self._slots:
+            try:
+                stream = await litellm.acompletion(**request, stream=True)
+                async with stream:
+                    async for chunk in stream:
+                        response_id = response_id or chunk.id
+                        model = chunk.model or model
+                        chunk_usage = getattr(chunk, "usage", None)
+                        if chunk_usage is not None:
+                            usage = _usage(chunk_usage)
+                        for choice in chunk.choices:
+                            if choice.delta is not None and choice.delta.content:
+                                yield choice.delta.content
+                            if choice.finish_reason:
+                                finish = choice.finish_reason
+            except ProviderError:
+                raise
+            except Exception as exc:
+                raise self._error(exc, checked) from exc
+        if finish is None:
+            raise _errors.truncated_stream_error(provider=self.name)
+        if finish == "content_filter":
+            raise _errors.content_filter_error(provider=self.name, reason=finish)
+        yield StreamEnd(usage, _errors.finish_reason(finish), model, response_id)
+
+    def _request(
+        self,
+        messages: list[dict[str, Any]],
+        temperature: float | None,
+        max_tokens: int | None,
+        json_mode: bool,
+        timeout_s: float | None,
+        params: dict[str, Any],
+    ) -> dict[str, Any]:
+        request: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "timeout": timeout_s or self.timeout_s,
+            "num_retries": 0,
+            "max_retries": 0,
+            **params,
+        }
+        if self._api_key is not None:
+            request["api_key"] = self._api_key.get_secret_value()
+        if self.base_url:
+            request["api_base"] = self.base_url
+        if self.api_version:
+            request["api_version"] = self.api_version
+        if temperature is not None:
+            request["temperature"] = temperature
+        if max_tokens is not None:
+            request["max_tokens"] = max_tokens
+        if json_mode:
+            request["response_format"] = {"type": "json_object"}
+        return request
+
+    def _error(self, exc: Exception, messages: list[dict[str, Any]]) -> Exception:
+        secret = self._api_key.get_secret_value() if self._api_key else None
+        redact = _errors.Redactor([secret], messages)
+        return litellm_error(exc, provider=self.name, redact=redact) or exc
+
+
+def _usage(usage: Any) -> Usage | None:
+    if usage is None:
+        return None
+    details = getattr(usage, "prompt_tokens_details", None)
+    return Usage(
+        input_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+        output_tokens=getattr(usage, "completion_tokens", 0) or 0,
+        cached_input_tokens=getattr(details, "cached_tokens", 0) or 0,
+    )
+
+
+def litellm_error(
+    exc: BaseException, *, provider: str, redact: _errors.Redactor
+) -> ProviderError | None:
+    """Map one LiteLLM exception to the gateway's taxonomy.
+
+    LiteLLM re-labels failures (a reset connection arrives as an InternalServerError with
+    status 500, a cut stream as MidStreamFallbackError), so its own class and status come
+    last: the exceptions it wrapped, innermost first, say what really happened.
+    """
+    status: int | None = None
+    kind: ErrorKind | None
+    if isinstance(exc, litellm.ContextWindowExceededError):
+        kind, status = ErrorKind.CONTEXT_LENGTH, 400
+    elif isinstance(exc, litellm.ContentPolicyViolationError):
+        kind, status = ErrorKind.CONTENT_FILTER, 400
+    else:
+        kind, status = _kind_from_chain(exc)
+    if kind is None:
+        return None
+    message = getattr(exc, "message", None) or type(exc).__name__
+    return _errors.provider_error(
+        redact(message), kind, provider=provider, status=status, headers=_headers(exc)
+    )
+
+
+def _kind_from_chain(exc: BaseException) -> tuple[ErrorKind | None, int | None]:
+    """(kind, HTTP status) from the innermost exception that says what went wrong."""
+    for error in reversed(_chain(exc)):
+        kind = _errors.transport_kind(error)
+        if kind is not None:
+            return kind, None
+        if _errors.is_malformed_body(error):
+            return ErrorKind.INVALID_RESPONSE, None
+        if isinstance(error, openai.APITimeoutError):
+            return ErrorKind.TIMEOUT, None
+        if isinstance(error, openai.APIConnectionError):
+            return ErrorKind.CONNECTION, None
+        status = getattr(error, "status_code", None)
+        if isinstance(error, openai.APIStatusError):
+            specific = _errors.kind_for_error_type(error.code)
+            if specific in (ErrorKind.CONTEXT_LENGTH, ErrorKind.CONTENT_FILTER):
+                return specific, error.status_code
+            return _errors.kind_for_status(error.status_code), error.status_code
+        if isinstance(error, openai.APIError):
+            if isinstance(status, int):
+                return _errors.kind_for_status(status), status
+            # An in-stream `{"error": ...}` chunk: only its own type/code says what it was.
+            return _errors.kind_for_error_type(
+                error.code, error.type
+            ) or ErrorKind.INVALID_RESPONSE, None
+    return None, None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and the exceptions it wraps, outermost first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = (
+            current.__cause__ or getattr(current, "original_exception", None) or current.__context__
+        )
+    return chain
+
+
+def _headers(exc: BaseException) -> dict[str, str]:
+    """Response headers LiteLLM kept on the exception (where it keeps them varies by class)."""
+    headers: dict[str, str] = {}
+    response = getattr(exc, "response", None)
+    for source in (
+        getattr(response, "headers", None),
+        getattr(exc, "litellm_response_headers", None),
+        getattr(exc, "headers", None),
+    ):
+        if source:
+            headers.update({str(k).lower(): str(v) for k, v in dict(source).items()})
+    return headers
