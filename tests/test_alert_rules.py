@@ -271,3 +271,12 @@ def test_dashboard_covers_every_series_family(series_names):
     family = re.compile(r"_(bucket|sum|count)$")
 
     assert {family.sub("", n) for n in series_names} <= {family.sub("", n) for n in read}
+
+
+def test_docs_table_lists_every_series(series_names):
+    documented = set(
+        re.findall(r"^\| `(gateway_\w+)` \|", (ROOT / "docs/metrics.md").read_text(), re.M)
+    )
+    family = re.compile(r"_(bucket|sum|count)$")
+
+    assert documented == {family.sub("", n) for n in series_names}
