@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import threading
-import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
@@ -119,19 +118,19 @@ class GatewayMetrics:
     (unknown vocabulary as `other`, non-finite or negative numbers dropped).
     """
 
-    _instances: weakref.WeakKeyDictionary[CollectorRegistry, GatewayMetrics] = (
-        weakref.WeakKeyDictionary()
-    )
     _instances_lock = threading.Lock()
+    # The instance is kept on its registry, not in a module-level map: the two live and die
+    # together, and a registry dropped by its owner (tests make many) is not kept alive.
+    _ATTRIBUTE: Final = "_gateway_metrics"
 
     def __new__(cls, registry: CollectorRegistry | None = None) -> GatewayMetrics:
         registry = REGISTRY if registry is None else registry
         with cls._instances_lock:
-            instance = cls._instances.get(registry)
-            if instance is None:
+            instance = getattr(registry, cls._ATTRIBUTE, None)
+            if not isinstance(instance, GatewayMetrics):
                 instance = super().__new__(cls)
                 instance._build(registry)
-                cls._instances[registry] = instance
+                setattr(registry, cls._ATTRIBUTE, instance)
             return instance
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -361,11 +360,11 @@ class GatewayMetrics:
             if level is None:
                 self._warn_once("state", state)
                 return
-            with self._lock:
+            with self._lock:  # so concurrent reports cannot leave the gauge on an older state
                 # A new breaker announces itself as closed; that is a birth, not a transition.
                 previous = self._breaker_states.get(provider, "closed")
                 self._breaker_states[provider] = state
-            self.circuit_state.get(provider).set(level)
+                self.circuit_state.get(provider).set(level)
             if state != previous:
                 self.circuit_transitions.get(provider, state).inc()
         except Exception as exc:

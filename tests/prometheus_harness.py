@@ -23,7 +23,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, BinaryIO, Self
 
 Labels = tuple[tuple[str, str], ...]
 """A sample's labels, sorted, without __name__: hashable, comparable, printable."""
@@ -56,6 +56,7 @@ class PrometheusServer:
         self._binary = binary
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir: Path | None = None
+        self._log: BinaryIO | None = None
         self.port = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -107,8 +108,9 @@ class PrometheusServer:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=5)
-        if getattr(self, "_log", None) is not None:
+        if self._log is not None:
             self._log.close()
+            self._log = None
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
 import math
 import urllib.request
+import weakref
 from collections.abc import Callable
 
 import httpx
@@ -496,3 +498,14 @@ def test_mark_process_dead_without_a_directory_says_what_to_set(monkeypatch):
 
     with pytest.raises(ValueError, match="PROMETHEUS_MULTIPROC_DIR"):
         mark_process_dead(12345)
+
+
+def test_a_dropped_registry_is_not_kept_alive_by_the_instance_cache():
+    registry = CollectorRegistry()
+    GatewayMetrics(registry).on_retry(provider="p", model="m", kind="timeout")
+    alive = weakref.ref(registry)
+
+    del registry
+    gc.collect()
+
+    assert alive() is None
