@@ -60,6 +60,7 @@ __all__ = [
     "load_policy",
     "parse_policy",
     "policy_json_schema",
+    "read_policy_yaml",
 ]
 
 DEFAULT_TASK = "default"
@@ -689,9 +690,19 @@ class _TreeBuilder:
         return key
 
 
+def read_policy_yaml(text: str, *, source: str = "<string>") -> Any:
+    """The plain data tree of a policy file, read the way `parse_policy` reads it.
+
+    YAML 1.2 booleans, dates kept as text, duplicate keys rejected; no `${VAR}` substitution
+    and no validation. For tools that check the file form (e.g. against the JSON Schema).
+    """
+    return _read_yaml(text, source)[0]
+
+
 def _read_yaml(text: str, source: str) -> tuple[Any, dict[KeyPath, int]]:
-    loader = _PolicyLoader(text)
+    loader: _PolicyLoader | None = None
     try:
+        loader = _PolicyLoader(text)
         node = loader.get_single_node()
         if node is None:
             return None, {}
@@ -708,9 +719,11 @@ def _read_yaml(text: str, source: str) -> tuple[Any, dict[KeyPath, int]]:
             source=source,
         ) from None
     except yaml.YAMLError as exc:
+        # Reader errors (control characters, bad encodings) carry a position but no line.
         raise PolicyError(f"unreadable YAML: {exc}", source=source) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 # --------------------------------------------------------------------------------------------
@@ -1236,8 +1249,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if spec.unavailable_reason
         ]
         note = f"; unavailable: {', '.join(unavailable)}" if unavailable else ""
-        print(f"{file}: ok, {len(policy.providers)} providers, {len(policy.tasks)} tasks{note}")
+        counts = f"{_count(policy.providers, 'provider')}, {_count(policy.tasks, 'task')}"
+        print(f"{file}: ok, {counts}{note}")
     return status
+
+
+def _count(items: Mapping[str, Any], noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
 
 
 if __name__ == "__main__":
