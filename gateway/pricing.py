@@ -33,6 +33,7 @@ BUNDLED_FILE = "model_prices_and_context_window_backup.json"
 # provider type names differ from LiteLLM's, this says which prefix to look under.
 _BUNDLED_PREFIX: Mapping[str, str] = MappingProxyType({"azure_openai": "azure", "local": "ollama"})
 _CACHE_LIMIT = 4096
+_DOCUMENTATION_ENTRY = "sample_spec"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,8 @@ def bundled_price_map() -> Mapping[str, Any]:
     if not isinstance(data, dict):
         logger.warning("the bundled price map %s is not a JSON object: costs unknown", path)
         return MappingProxyType({})
+    # The map documents its own fields in an entry with zero prices; it is not a model.
+    data.pop(_DOCUMENTATION_ENTRY, None)
     return MappingProxyType(data)
 
 
