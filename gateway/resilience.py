@@ -210,24 +210,32 @@ async def call_with_retries(
     def should_retry(exc: BaseException) -> bool:
         return isinstance(exc, ProviderError) and exc.kind in retry_on
 
-    planned_wait = 0.0
+    # tenacity asks `wait` and `stop` in an order that has changed between versions; both
+    # read the same plan, made once per failed attempt.
+    plan: dict[int, float] = {}
+
+    def planned_wait(state: tenacity.RetryCallState) -> float:
+        wait = plan.get(state.attempt_number)
+        if wait is None:
+            error = state.outcome.exception() if state.outcome else None
+            wait = plan[state.attempt_number] = backoff_s(policy, state.attempt_number, error)
+        return wait
 
     def stop(state: tenacity.RetryCallState) -> bool:
-        nonlocal planned_wait
         if state.attempt_number >= policy.attempts:
             return True
-        error = state.outcome.exception() if state.outcome else None
-        planned_wait = backoff_s(policy, state.attempt_number, error)
+        wait = planned_wait(state)
         left = remaining_s()
-        if left is not None and planned_wait >= left:
+        if left is not None and wait >= left:
+            error = state.outcome.exception() if state.outcome else None
             assert isinstance(error, ProviderError)
-            raise RetryAborted(error, planned_wait)
+            raise RetryAborted(error, wait)
         return False
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         assert isinstance(error, ProviderError)
-        on_retry(error, planned_wait)
+        on_retry(error, planned_wait(state))
 
     async def do_sleep(seconds: float) -> None:
         if _waits_enabled and seconds > 0:
@@ -235,7 +243,7 @@ async def call_with_retries(
 
     retrying = tenacity.AsyncRetrying(
         stop=stop,
-        wait=lambda _state: planned_wait,
+        wait=planned_wait,
         retry=tenacity.retry_if_exception(should_retry),
         before_sleep=before_sleep,
         sleep=do_sleep,

@@ -1,0 +1,135 @@
+"""`gateway` command line: check a policy, explain a task's route, run the demo, serve HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+
+from gateway.errors import GatewayError, PolicyError
+
+
+def _check(args: argparse.Namespace) -> int:
+    from gateway.policy import load_policy
+    from gateway.runtime import build_runtime
+
+    try:
+        policy = load_policy(args.file)
+    except PolicyError as exc:
+        print(f"invalid: {exc}", file=sys.stderr)
+        return 1
+    runtime = build_runtime(policy)
+    print(f"{args.file}: valid (version {policy.version}, sha256 {policy.sha256[:12]})")
+    for name, task in policy.tasks.items():
+        print(f"task {name} ({task.strategy}):")
+        for step in runtime.chain(task):
+            c = step.candidate
+            status = "available" if c.client is not None else f"unavailable: {c.unavailable_reason}"
+            print(f"  {c.name:<12} {c.spec.type:<13} {c.model:<28} {status}")
+    asyncio.run(_close(runtime))
+    return 0
+
+
+async def _close(runtime: object) -> None:
+    from gateway.runtime import Runtime, close_runtime
+
+    assert isinstance(runtime, Runtime)
+    await close_runtime(runtime)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from gateway.metrics import GatewayMetrics
+    from gateway.router import Router
+
+    async def run() -> list[dict[str, object]]:
+        router = Router.from_yaml(
+            args.policy, watch=False, hooks=[GatewayMetrics(CollectorRegistry())]
+        )
+        try:
+            return router.explain(args.task)
+        finally:
+            await router.aclose()
+
+    try:
+        rows = asyncio.run(run())
+    except GatewayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"task {args.task}: a request would try, in order:")
+    for i, row in enumerate(rows, 1):
+        price = (
+            f"${row['input_usd_per_mtok']:.2f}/${row['output_usd_per_mtok']:.2f} per Mtok"
+            if row["input_usd_per_mtok"] is not None
+            else "unpriced"
+        )
+        status = "available" if row["available"] else f"unavailable: {row['unavailable_reason']}"
+        print(
+            f"  {i}. {row['provider']:<12} {row['model']!s:<28} breaker {row['breaker']:<9} "
+            f"{price:<28} {status}"
+        )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gateway.demo import main
+
+    return main()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.server import serve
+
+    return serve(
+        policy_path=args.policy,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        simulate=args.simulate,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    check = sub.add_parser("check", help="validate a policy file and show each task's chain")
+    check.add_argument("file", nargs="?", default="routing.yaml")
+    check.set_defaults(func=_check)
+
+    explain = sub.add_parser("explain", help="the order a request for TASK would take now")
+    explain.add_argument("task")
+    explain.add_argument("--policy", default="routing.yaml")
+    explain.add_argument("--json", action="store_true")
+    explain.set_defaults(func=_explain)
+
+    demo = sub.add_parser("demo", help="the router's story on embedded fake upstreams")
+    demo.set_defaults(func=_demo)
+
+    serve = sub.add_parser("serve", help="the OpenAI-compatible HTTP gateway")
+    serve.add_argument("--policy", default="routing.yaml")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--simulate",
+        action="store_true",
+        help="start fake upstreams beside the server with the demo policy",
+    )
+    serve.set_defaults(func=_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
