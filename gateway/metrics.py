@@ -142,7 +142,7 @@ class GatewayMetrics:
         self._breaker_states: dict[str, str] = {}
         self._policy_labels: tuple[str, str] | None = None
         self._warned: set[tuple[str, str]] = set()
-        if os.environ.get(MULTIPROC_ENV) and not getattr(values.ValueClass, "_multiprocess", False):
+        if _multiprocess_dir() and not _values_in_files():
             log.warning(
                 "%s is set but prometheus_client was imported before it was: this process's "
                 "metrics stay in memory and are missing from the aggregated exposition; "
@@ -392,7 +392,7 @@ class GatewayMetrics:
         with self._lock:
             previous, self._policy_labels = self._policy_labels, labels
             if previous is not None and previous != labels:
-                if _multiprocess_dir():
+                if _values_in_files():
                     # prometheus_client cannot delete a series from a worker's mmap file;
                     # zero it instead, and the aggregating collector drops zeroed info series.
                     self.policy_info.labels(*previous).set(0)
@@ -452,6 +452,11 @@ def default_metrics() -> GatewayMetrics:
 
 def _multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or None
+
+
+def _values_in_files() -> bool:
+    """Whether this process stores values in multiprocess files (fixed when the client loaded)."""
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
 
 
 class _AllProcesses(Collector):
