@@ -95,13 +95,19 @@ class RetryPolicy(BaseModel):
     model_config = _CONFIG
 
     attempts: int = Field(
-        3, ge=1, description="Calls to one provider for one request, the first one included."
+        default=3,
+        ge=1,
+        description="Calls to one provider for one request, the first one included.",
     )
-    initial_backoff_s: Seconds = Field(0.25, description="Wait before the first retry.")
-    max_backoff_s: Seconds = Field(8.0, description="Cap on the exponentially growing wait.")
-    jitter: bool = Field(True, description="Randomise each wait so clients do not retry in step.")
+    initial_backoff_s: Seconds = Field(default=0.25, description="Wait before the first retry.")
+    max_backoff_s: Seconds = Field(
+        default=8.0, description="Cap on the exponentially growing wait."
+    )
+    jitter: bool = Field(
+        default=True, description="Randomise each wait so clients do not retry in step."
+    )
     on: frozenset[ErrorKind] = Field(
-        DEFAULT_RETRY_ON,
+        default=DEFAULT_RETRY_ON,
         description="Error kinds worth retrying on the same provider.",
         json_schema_extra=_kinds_schema(DEFAULT_RETRY_ON),
     )
@@ -123,15 +129,20 @@ class RetryPolicy(BaseModel):
 class BreakerPolicy(BaseModel):
     model_config = _CONFIG
 
-    fail_max: int = Field(5, ge=1, description="Consecutive failures that open the breaker.")
+    fail_max: int = Field(
+        default=5, ge=1, description="Consecutive failures that open the breaker."
+    )
     reset_timeout_s: Seconds = Field(
-        30.0, description="How long an open breaker rejects calls before letting one through."
+        default=30.0,
+        description="How long an open breaker rejects calls before letting one through.",
     )
     success_threshold: int = Field(
-        1, ge=1, description="Successes in the half-open state that close the breaker again."
+        default=1,
+        ge=1,
+        description="Successes in the half-open state that close the breaker again.",
     )
     trip_on: frozenset[ErrorKind] = Field(
-        DEFAULT_TRIP_ON,
+        default=DEFAULT_TRIP_ON,
         description="Error kinds that count as a failure of the provider (not of the request).",
         json_schema_extra=_kinds_schema(DEFAULT_TRIP_ON),
     )
@@ -144,9 +155,9 @@ class BreakerPolicy(BaseModel):
 class Defaults(BaseModel):
     model_config = _CONFIG
 
-    timeout_s: Seconds = Field(30.0, description="Time allowed for one attempt.")
-    retry: RetryPolicy = Field(default_factory=RetryPolicy)
-    breaker: BreakerPolicy = Field(default_factory=BreakerPolicy)
+    timeout_s: Seconds = Field(default=30.0, description="Time allowed for one attempt.")
+    retry: RetryPolicy = RetryPolicy()
+    breaker: BreakerPolicy = BreakerPolicy()
 
 
 class Price(BaseModel):
@@ -157,10 +168,10 @@ class Price(BaseModel):
     input: float = Field(ge=0, description="USD per 1M input tokens.")
     output: float = Field(ge=0, description="USD per 1M output tokens.")
     cached_input: float | None = Field(
-        None, ge=0, description="USD per 1M input tokens read from the prompt cache."
+        default=None, ge=0, description="USD per 1M input tokens read from the prompt cache."
     )
     max_input_tokens: int | None = Field(
-        None, ge=1, description="The model's context window, when the bundled map lacks it."
+        default=None, ge=1, description="The model's context window, when the bundled map lacks it."
     )
 
 
@@ -168,11 +179,14 @@ class StateSpec(BaseModel):
     model_config = _CONFIG
 
     backend: Literal["memory", "redis"] = Field(
-        "memory", description="Where breaker state lives: this process, or Redis shared by all."
+        default="memory",
+        description="Where breaker state lives: this process, or Redis shared by all.",
     )
-    url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (backend: redis).")
+    url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis URL (backend: redis).")
     namespace: str = Field(
-        "gateway", min_length=1, description="Prefix of every Redis key this gateway writes."
+        default="gateway",
+        min_length=1,
+        description="Prefix of every Redis key this gateway writes.",
     )
 
     @field_validator("url")
@@ -218,12 +232,12 @@ class ProviderSpec(BaseModel):
     model: str | None = None
     base_url: str | None = None
     api_key: SecretStr | None = None
-    weight: float = Field(1.0, ge=0)
-    max_concurrency: int | None = Field(None, ge=1)
-    max_input_tokens: int | None = Field(None, ge=1)
+    weight: float = Field(default=1.0, ge=0)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    max_input_tokens: int | None = Field(default=None, ge=1)
     timeout_s: Seconds = 30.0
-    retry: RetryPolicy = Field(default_factory=RetryPolicy)
-    breaker: BreakerPolicy = Field(default_factory=BreakerPolicy)
+    retry: RetryPolicy = RetryPolicy()
+    breaker: BreakerPolicy = BreakerPolicy()
     options: dict[str, Any] = Field(default_factory=dict)
     unavailable_reason: str | None = None
 
@@ -279,11 +293,11 @@ class Policy(BaseModel):
     model_config = _CONFIG
 
     version: Literal[1] = 1
-    defaults: Defaults = Field(default_factory=Defaults)
+    defaults: Defaults = Defaults()
     providers: dict[str, ProviderSpec] = Field(default_factory=dict)
     prices: dict[str, Price] = Field(default_factory=dict)
     tasks: dict[str, TaskSpec] = Field(default_factory=dict)
-    state: StateSpec = Field(default_factory=StateSpec)
+    state: StateSpec = StateSpec()
     sha256: str = ""
     source: str = "<object>"
     loaded_at: float = Field(default_factory=time.time)
@@ -358,15 +372,17 @@ class RetryOverrides(BaseModel):
 
     model_config = _CONFIG
 
-    attempts: int | None = Field(None, ge=1, description=_described(RetryPolicy, "attempts"))
+    attempts: int | None = Field(
+        default=None, ge=1, description=_described(RetryPolicy, "attempts")
+    )
     initial_backoff_s: Seconds | None = Field(
-        None, description=_described(RetryPolicy, "initial_backoff_s")
+        default=None, description=_described(RetryPolicy, "initial_backoff_s")
     )
     max_backoff_s: Seconds | None = Field(
-        None, description=_described(RetryPolicy, "max_backoff_s")
+        default=None, description=_described(RetryPolicy, "max_backoff_s")
     )
-    jitter: bool | None = Field(None, description=_described(RetryPolicy, "jitter"))
-    on: frozenset[ErrorKind] | None = Field(None, description=_described(RetryPolicy, "on"))
+    jitter: bool | None = Field(default=None, description=_described(RetryPolicy, "jitter"))
+    on: frozenset[ErrorKind] | None = Field(default=None, description=_described(RetryPolicy, "on"))
 
 
 class BreakerOverrides(BaseModel):
@@ -374,15 +390,17 @@ class BreakerOverrides(BaseModel):
 
     model_config = _CONFIG
 
-    fail_max: int | None = Field(None, ge=1, description=_described(BreakerPolicy, "fail_max"))
+    fail_max: int | None = Field(
+        default=None, ge=1, description=_described(BreakerPolicy, "fail_max")
+    )
     reset_timeout_s: Seconds | None = Field(
-        None, description=_described(BreakerPolicy, "reset_timeout_s")
+        default=None, description=_described(BreakerPolicy, "reset_timeout_s")
     )
     success_threshold: int | None = Field(
-        None, ge=1, description=_described(BreakerPolicy, "success_threshold")
+        default=None, ge=1, description=_described(BreakerPolicy, "success_threshold")
     )
     trip_on: frozenset[ErrorKind] | None = Field(
-        None, description=_described(BreakerPolicy, "trip_on")
+        default=None, description=_described(BreakerPolicy, "trip_on")
     )
 
 
@@ -390,19 +408,24 @@ class ProviderEntry(BaseModel):
     model_config = _CONFIG
 
     type: str = Field(description="The LLMFactory name: openai, anthropic, ollama, ...")
-    model: str | None = Field(None, description="The upstream model name.")
-    base_url: str | None = Field(None, description="Override the upstream endpoint.")
+    model: str | None = Field(default=None, description="The upstream model name.")
+    base_url: str | None = Field(default=None, description="Override the upstream endpoint.")
     api_key: str | None = Field(
-        None, description='Usually "${SOME_API_KEY}"; unset leaves the provider unavailable.'
+        default=None,
+        description='Usually "${SOME_API_KEY}"; unset leaves the provider unavailable.',
     )
-    weight: float = Field(1.0, ge=0, description="Share of traffic under strategy: weighted.")
+    weight: float = Field(
+        default=1.0, ge=0, description="Share of traffic under strategy: weighted."
+    )
     max_concurrency: int | None = Field(
-        None, ge=1, description="In-flight calls allowed; more are skipped as saturated."
+        default=None, ge=1, description="In-flight calls allowed; more are skipped as saturated."
     )
     max_input_tokens: int | None = Field(
-        None, ge=1, description="Skip this provider for prompts larger than this."
+        default=None, ge=1, description="Skip this provider for prompts larger than this."
     )
-    timeout_s: Seconds | None = Field(None, description="One attempt; default defaults.timeout_s.")
+    timeout_s: Seconds | None = Field(
+        default=None, description="One attempt; default defaults.timeout_s."
+    )
     retry: RetryOverrides | None = None
     breaker: BreakerOverrides | None = None
     options: dict[str, Any] = Field(
@@ -451,15 +474,19 @@ class TaskEntry(BaseModel):
     chain: list[ChainItem] = Field(
         min_length=1, description="Providers to try, in order (or as the strategy ranks them)."
     )
-    strategy: Strategy = Field("ordered", description="How the chain is ordered per request.")
+    strategy: Strategy = Field(
+        default="ordered", description="How the chain is ordered per request."
+    )
     deadline_s: Seconds | None = Field(
-        None, description="The whole request: all candidates, retries and waits included."
+        default=None, description="The whole request: all candidates, retries and waits included."
     )
     first_token_timeout_s: Seconds | None = Field(
-        None, description="Streaming: give up on a candidate that sends nothing for this long."
+        default=None,
+        description="Streaming: give up on a candidate that sends nothing for this long.",
     )
     on_midstream_failure: Literal["raise", "resume"] = Field(
-        "raise", description="A stream that breaks after sending text: raise, or resume elsewhere."
+        default="raise",
+        description="A stream that breaks after sending text: raise, or resume elsewhere.",
     )
 
 
@@ -472,7 +499,7 @@ class PolicyDocument(BaseModel):
 
     version: Literal[1] = Field(description="The file format version; always 1.")
     defaults: Defaults = Field(
-        default_factory=Defaults, description="Apply to every provider unless it overrides them."
+        default=Defaults(), description="Apply to every provider unless it overrides them."
     )
     providers: dict[str, ProviderEntry] = Field(
         description="Named provider instances; chains refer to these names."
@@ -484,7 +511,7 @@ class PolicyDocument(BaseModel):
     tasks: dict[str, TaskEntry] = Field(
         min_length=1, description="Named routes; a task called `default` catches unknown names."
     )
-    state: StateSpec = Field(default_factory=StateSpec)
+    state: StateSpec = StateSpec()
 
 
 _ENV_REFERENCE_SCHEMA = {
@@ -909,7 +936,8 @@ def _explain(error: Mapping[str, Any], loc: KeyPath) -> str:
         return f"`{field}` is required here: {_missing_hint(field)}"
     if kind == "extra_forbidden":
         model = _annotation_at(loc[:-1])
-        valid = list(model.model_fields) if isinstance(model, type) else []
+        is_model = isinstance(model, type) and issubclass(model, BaseModel)
+        valid = list(model.model_fields) if is_model else []
         listing = f" Valid keys here: {', '.join(valid)}." if valid else ""
         return f"unknown key {field!r}{_did_you_mean(field, valid)}.{listing}"
     if kind in {"greater_than", "greater_than_equal"}:
