@@ -1,0 +1,45 @@
+"""Where breaker state lives: in this process (`memory`) or shared by replicas (`redis`).
+
+The policy's `state:` block picks the backend; the router builds every breaker through the
+backend's `breaker_factory` and closes the backend with itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from gateway.policy import ProviderSpec, StateSpec
+    from gateway.resilience import Breaker
+
+__all__ = ["StateBackend", "open_state_backend"]
+
+
+class StateBackend(Protocol):
+    backend: str
+    spec: StateSpec
+
+    def breaker_factory(
+        self, on_state_change: Callable[[str, str], None] | None = None
+    ) -> Callable[[ProviderSpec], Breaker]:
+        """Builds one provider's breaker; `on_state_change(provider, state)` hears its moves."""
+
+    async def aclose(self) -> None:
+        """Stop background work and close connections."""
+
+
+def open_state_backend(
+    spec: StateSpec, *, on_error: Callable[[str], None] | None = None
+) -> StateBackend:
+    """The backend `spec` names. Never blocks: a Redis backend connects in the background.
+
+    `on_error(backend)` is told of every failed round trip to shared storage.
+    """
+    if spec.backend == "redis":
+        from gateway.state.redis import RedisState
+
+        return RedisState(spec, on_error=on_error)
+    from gateway.state.memory import MemoryState
+
+    return MemoryState(spec)

@@ -1,0 +1,290 @@
+"""`SharedBreaker`: a `Breaker` that mirrors a breaker record kept in shared storage.
+
+The request path reads memory only. While shared state is in use, `admit()` reads a local
+view of the shared record (kept fresh by the backend's background task) and the outcomes of
+calls are handed to the backend as `Op`s, applied atomically in storage and echoed back into
+the view; the local pybreaker state machine is not driven then. While the backend is out of
+reach, the same object behaves as a plain local `Breaker`, starting from the last view, until
+the backend is back and its record replaces the local state.
+
+Half-open probing across replicas goes through a lease: a replica probes only after the
+backend has granted it the lease, which the background task asks for as soon as this replica
+wants to call a provider whose breaker may be probed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from typing import TYPE_CHECKING, Protocol
+
+import pybreaker
+
+from gateway.errors import ErrorKind
+from gateway.resilience import Admission, Breaker
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from gateway.policy import ProviderSpec
+
+# An unused probe lease is given back after this long, so that a replica that asked for one
+# and then got no more traffic for the provider does not keep the others from probing.
+DEFAULT_GRANT_HOLD_S = 2.0
+# A breaker that rejected a request within this window still "wants" a probe: the background
+# task asks for the lease on its behalf as soon as the reset timeout has passed.
+PROBE_DEMAND_WINDOW_S = 60.0
+# Extra lifetime of a lease beyond hold + call timeout, for a probe that starts at the end of
+# the hold and runs to its timeout.
+LEASE_MARGIN_S = 1.0
+
+_TO_PYBREAKER = {
+    "closed": pybreaker.STATE_CLOSED,
+    "open": pybreaker.STATE_OPEN,
+    "half_open": pybreaker.STATE_HALF_OPEN,
+}
+
+
+class OpKind(Enum):
+    SNAPSHOT = "snapshot"
+    FAILURE = "failure"
+    SUCCESS = "success"
+    ACQUIRE_PROBE = "acquire_probe"
+    RELEASE_PROBE = "release_probe"
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One change to (or read of) a shared breaker, for the backend to apply in order."""
+
+    kind: OpKind
+    breaker: SharedBreaker
+    probe: bool = False
+    error_kind: ErrorKind | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A shared breaker as the backend last saw it."""
+
+    state: str  # closed, open or half_open
+    failures: int
+    successes: int
+    open_for_s: float  # time since it opened, on the backend's clock; 0 when closed
+
+
+class StateLink(Protocol):
+    """What a SharedBreaker needs from its backend; every method returns at once."""
+
+    @property
+    def shared(self) -> bool:
+        """True while the backend is reachable (or not yet known to be unreachable)."""
+
+    def submit(self, op: Op) -> bool:
+        """Queue an op; False if it cannot be queued (then the breaker applies it locally)."""
+
+    def want_probe(self) -> None:
+        """A breaker wants a probe lease: ask for it soon rather than at the next refresh."""
+
+    def ensure_running(self) -> None:
+        """Start the background task on the running loop if it is not running."""
+
+
+class _ViewStorage(pybreaker.CircuitBreakerStorage):
+    """pybreaker storage in memory that the shared record can overwrite."""
+
+    def __init__(self) -> None:
+        super().__init__("shared-view")
+        self._state: str = pybreaker.STATE_CLOSED
+        self._failures = 0
+        self._successes = 0
+        self._opened_at: datetime | None = None
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @state.setter
+    def state(self, state: str) -> None:
+        self._state = state
+
+    def increment_counter(self) -> None:
+        self._failures += 1
+
+    def reset_counter(self) -> None:
+        self._failures = 0
+
+    def increment_success_counter(self) -> None:
+        self._successes += 1
+
+    def reset_success_counter(self) -> None:
+        self._successes = 0
+
+    @property
+    def counter(self) -> int:
+        return self._failures
+
+    @property
+    def success_counter(self) -> int:
+        return self._successes
+
+    @property
+    def opened_at(self) -> datetime | None:
+        return self._opened_at
+
+    @opened_at.setter
+    def opened_at(self, value: datetime) -> None:
+        self._opened_at = value
+
+    def overwrite_counts(self, failures: int, successes: int, opened_at: datetime | None) -> None:
+        self._failures = failures
+        self._successes = successes
+        self._opened_at = opened_at
+
+
+class SharedBreaker(Breaker):
+    """The breaker of one provider instance, shared by every replica through a `StateLink`."""
+
+    def __init__(
+        self,
+        spec: ProviderSpec,
+        link: StateLink,
+        *,
+        key: str,
+        on_state_change: Callable[[str, str], None] | None = None,
+        grant_hold_s: float = DEFAULT_GRANT_HOLD_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._view = _ViewStorage()
+        super().__init__(
+            spec.name, spec.breaker, on_state_change=on_state_change, storage=self._view
+        )
+        self.key = key
+        self._link = link
+        self._clock = clock
+        self._grant_hold_s = grant_hold_s
+        # The lease outlives the hold by one full call, so a probe started at the last moment
+        # of the hold still holds it until its own timeout.
+        self.lease_s = grant_hold_s + spec.timeout_s + LEASE_MARGIN_S
+        self._grant_until: float | None = None
+        self._acquiring = False
+        self._last_acquire_at: float | None = None
+        self._wants_probe_at: float | None = None
+
+    # --- the Breaker interface the router drives --------------------------------------------
+
+    def admit(self) -> Admission:
+        self._link.ensure_running()
+        if not self._link.shared:
+            return super().admit()
+        state = self._cb.current_state
+        if state == pybreaker.STATE_CLOSED:
+            return Admission.CALL
+        now = self._clock()
+        self._wants_probe_at = now
+        if state == pybreaker.STATE_OPEN and self.seconds_until_probe():
+            return Admission.REJECT
+        if self._probe_in_flight:
+            return Admission.REJECT
+        if self._grant_until is not None and now < self._grant_until:
+            self._grant_until = None
+            self._probe_in_flight = True
+            return Admission.PROBE
+        self._link.want_probe()
+        return Admission.REJECT
+
+    def success(self, admission: Admission) -> None:
+        if not self._link.shared:
+            super().success(admission)
+            return
+        self._end(admission)
+        idle = self._cb.current_state == pybreaker.STATE_CLOSED and self._view.counter == 0
+        if admission is Admission.CALL and idle:
+            return  # nothing to reset; other replicas' failures are reset by their next success
+        self._submit(Op(OpKind.SUCCESS, self, probe=admission is Admission.PROBE))
+
+    def failure(self, admission: Admission, kind: ErrorKind) -> None:
+        if not self._link.shared:
+            super().failure(admission, kind)
+            return
+        self._end(admission)
+        probe = admission is Admission.PROBE
+        if kind in self.trip_on:
+            self._submit(Op(OpKind.FAILURE, self, probe=probe, error_kind=kind))
+        elif probe:
+            self._submit(Op(OpKind.RELEASE_PROBE, self))
+
+    def release(self, admission: Admission) -> None:
+        if not self._link.shared:
+            super().release(admission)
+            return
+        self._end(admission)
+        if admission is Admission.PROBE:
+            self._submit(Op(OpKind.RELEASE_PROBE, self))
+
+    # --- for the backend --------------------------------------------------------------------
+
+    def apply_snapshot(self, snapshot: Snapshot) -> None:
+        """Make the shared record this breaker's state (listeners hear of any change)."""
+        self._view.state = _TO_PYBREAKER[snapshot.state]
+        # Reading `state` makes pybreaker notice the change and notify listeners; entering
+        # closed resets its counter, so the counts are written after.
+        _ = self._cb.state
+        opened_at = None
+        if snapshot.state != "closed":
+            opened_at = datetime.now(UTC) - timedelta(seconds=snapshot.open_for_s)
+        self._view.overwrite_counts(snapshot.failures, snapshot.successes, opened_at)
+        if snapshot.state == "closed":
+            self._wants_probe_at = None
+            self._grant_until = None
+
+    def acquired(self, granted: bool, asked_at: float) -> None:
+        """The answer to this breaker's ACQUIRE_PROBE (sent at `asked_at`)."""
+        self._acquiring = False
+        if granted:
+            self._grant_until = asked_at + self._grant_hold_s
+
+    def apply_locally(self, op: Op) -> None:
+        """Apply an op the backend could not take to the local state machine instead."""
+        if op.kind is OpKind.FAILURE and op.error_kind is not None:
+            Breaker.failure(self, Admission.CALL, op.error_kind)
+        elif op.kind is OpKind.SUCCESS:
+            Breaker.success(self, Admission.CALL)
+        elif op.kind is OpKind.ACQUIRE_PROBE:
+            self._acquiring = False
+
+    def housekeeping(self, now: float, min_interval_s: float) -> list[Op]:
+        """Lease requests and returns due now (called by the backend's background task)."""
+        if self._grant_until is not None:
+            if now < self._grant_until:
+                return []
+            self._grant_until = None
+            return [Op(OpKind.RELEASE_PROBE, self)]
+        if not self._wants_probe() or self._acquiring or self._probe_in_flight:
+            return []
+        if self._last_acquire_at is not None and now - self._last_acquire_at < min_interval_s:
+            return []
+        self._acquiring = True
+        self._last_acquire_at = now
+        return [Op(OpKind.ACQUIRE_PROBE, self)]
+
+    def forget_lease(self) -> None:
+        """The backend went away: any lease it granted is void (it expires on its own)."""
+        self._grant_until = None
+        self._acquiring = False
+
+    def _wants_probe(self) -> bool:
+        if self._wants_probe_at is None:
+            return False
+        if self._clock() - self._wants_probe_at > PROBE_DEMAND_WINDOW_S:
+            return False
+        state = self._cb.current_state
+        if state == pybreaker.STATE_HALF_OPEN:
+            return True
+        return state == pybreaker.STATE_OPEN and not self.seconds_until_probe()
+
+    def _submit(self, op: Op) -> None:
+        if not self._link.submit(op):
+            self.apply_locally(op)
