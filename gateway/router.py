@@ -32,6 +32,7 @@ from gateway.policy import Policy, TaskSpec, load_policy
 from gateway.providers.base import parse_json_object
 from gateway.resilience import Admission, RetryAborted, Sleep, call_with_retries
 from gateway.runtime import Candidate, Runtime, Step, build_runtime, close_runtime, prompt_tokens
+from gateway.state import StateBackend, open_state_backend
 from gateway.streaming import RoutedStream
 from gateway.types import Attempt, Completion, Message, Usage, validate_messages
 
@@ -117,6 +118,7 @@ class Router:
         sleep: Sleep = asyncio.sleep,
         policy_path: str | os.PathLike[str] | None = None,
         watch_interval_s: float | None = 1.0,
+        state: StateBackend | None = None,
     ) -> None:
         if hooks is None:
             from gateway.metrics import default_metrics
@@ -125,7 +127,14 @@ class Router:
         self._hooks = list(hooks)
         self._sleep = sleep
         self._unpriced_warned: set[tuple[str, str]] = set()
-        self._runtime = build_runtime(policy, on_breaker_state=self._breaker_changed)
+        # Where breaker state lives (policy `state:`); `state=` overrides it, for tests.
+        if state is None:
+            state = open_state_backend(policy.state, on_error=self._state_error)
+        self._state = state
+        self._new_breaker = self._state.breaker_factory(self._breaker_changed)
+        self._runtime = build_runtime(
+            policy, on_breaker_state=self._breaker_changed, breaker_factory=self._new_breaker
+        )
         self._policy_path = Path(policy_path) if policy_path is not None else None
         self._watch_interval_s = watch_interval_s
         self._watcher: asyncio.Task[None] | None = None
@@ -246,7 +255,14 @@ class Router:
         """Swap in a new policy atomically: requests in flight finish on the one they started
         with; providers whose settings are unchanged keep their client and breaker."""
         old = self._runtime
-        self._runtime = build_runtime(policy, previous=old, on_breaker_state=self._breaker_changed)
+        if policy.state != old.policy.state:
+            log.warning("the policy's `state:` changed; it takes effect when the gateway restarts")
+        self._runtime = build_runtime(
+            policy,
+            previous=old,
+            on_breaker_state=self._breaker_changed,
+            breaker_factory=self._new_breaker,
+        )
         old.retired = True
         if old.in_flight == 0:
             await old.close_dropped()
@@ -260,6 +276,7 @@ class Router:
             await asyncio.gather(self._watcher, return_exceptions=True)
             self._watcher = None
         await close_runtime(self._runtime)
+        await self._state.aclose()
 
     async def __aenter__(self) -> Router:
         self._ensure_watcher()
@@ -581,6 +598,9 @@ class Router:
             log.warning("circuit breaker for %s opened", provider)
         elif state == "closed":
             log.info("circuit breaker for %s is closed", provider)
+
+    def _state_error(self, backend: str) -> None:
+        self._emit("on_state_backend_error", backend=backend)
 
     def _emit(self, event: str, **kwargs: Any) -> None:
         for hook in self._hooks:
