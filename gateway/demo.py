@@ -26,6 +26,7 @@ from gateway.types import Usage
 TASK = "summarize"
 PRIMARY, BACKUP = "sonnet", "mini"
 PRIMARY_MODEL = "claude-sonnet-4-5"
+SKIPS = {"breaker_open", "saturated", "skipped_context", "unavailable"}
 
 
 def demo_policy_text() -> str:
@@ -84,13 +85,14 @@ class DemoView:
             f"{'provider':<10}{'served':>8}{'retries':>9}{'failed':>8}{'p50 ms':>9}  breaker"
         )
         for provider in sorted(self.breakers):
-            failed = sum(
-                n for (p, o), n in self.attempts.items() if p == provider and o != "success"
-            )
+            outcomes = {o: n for (p, o), n in self.attempts.items() if p == provider}
+            skipped = sum(n for o, n in outcomes.items() if o in SKIPS)
+            errors = sum(outcomes.values()) - skipped - outcomes.get("success", 0)
             lat = sorted(self.latencies.get(provider, []))
             p50 = f"{lat[len(lat) // 2] * 1000:.1f}" if lat else "-"
             lines.append(
-                f"{provider:<10}{self.served[provider]:>8}{self.retries[provider]:>9}{failed:>8}"
+                f"{provider:<10}{self.served[provider]:>8}{self.retries[provider]:>9}{errors:>8}"
+                f"{skipped:>9}"
                 f"{p50:>9}  {self.breakers[provider]}"
             )
         lines.append("")
