@@ -1,0 +1,436 @@
+"""The FastAPI app: routes, auth, limits and error shapes around one shared `Router`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Depends, FastAPI, Header, Request, Security
+from fastapi.openapi.utils import get_openapi
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+from starlette.responses import JSONResponse, Response
+
+import gateway
+from gateway.errors import GatewayError, PolicyError
+from gateway.metrics import default_metrics, exposition
+from gateway.router import Router
+from gateway.server import monitoring
+from gateway.server.auth import Access, Denial, KeyChecker, denial
+from gateway.server.chat import TASK_HEADER, chat_completion
+from gateway.server.config import MAX_MESSAGES_ENV, ServerSettings
+from gateway.server.errors import (
+    error_response,
+    install_handlers,
+    internal_error_body,
+    routing_failure,
+)
+from gateway.server.middleware import AccessLog, BodyLimit, access_record
+from gateway.server.openai_compat import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+)
+from gateway.server.trace import TraceHooks
+
+log = logging.getLogger("gateway.server")
+
+POLICY_ENV = "GATEWAY_SERVE_POLICY"
+"""How `serve` hands the policy path to worker processes (which build the app themselves)."""
+SIGHUP_ENV = "GATEWAY_SERVE_SIGHUP"
+
+
+@dataclass(eq=False)
+class ServerState:
+    router: Router
+    settings: ServerSettings
+    keys: KeyChecker
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def reload(self, origin: str) -> bool:
+        """Re-read the policy file now; PolicyError leaves the old policy serving."""
+        async with self.reload_lock:
+            try:
+                applied = await self.router.reload()
+            except PolicyError as exc:
+                log.error(
+                    "policy reload (%s) rejected, the previous policy keeps serving: %s",
+                    origin,
+                    exc,
+                )
+                raise
+        sha = self.router.policy.sha256
+        log.info(
+            "policy reload (%s): %s (sha256 %s)",
+            origin,
+            "applied" if applied else "unchanged",
+            sha[:12],
+        )
+        return applied
+
+
+class AccessDenied(Exception):
+    def __init__(self, denial: Denial) -> None:
+        super().__init__(denial.message)
+        self.denial = denial
+
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="A key from GATEWAY_API_KEYS (GATEWAY_ADMIN_KEYS for admin routes).",
+)
+
+_ERROR = {"model": ErrorResponse}
+_CLIENT_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {**_ERROR, "description": "Missing or unknown API key."},
+}
+_ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_CLIENT_ERRORS,
+    403: {**_ERROR, "description": "Not an admin key, or admin routes are disabled."},
+}
+
+_GATEWAY_HEADERS = {
+    "x-gateway-task": {"description": "The task that was routed.", "schema": {"type": "string"}},
+    "x-gateway-provider": {
+        "description": "The provider instance that answered.",
+        "schema": {"type": "string"},
+    },
+    "x-gateway-attempts": {
+        "description": "How many candidates were tried or skipped.",
+        "schema": {"type": "string"},
+    },
+    "x-gateway-attempts-detail": {
+        "description": "provider:outcome for each candidate, e.g. mini:server_error,sonnet:success "
+        "(a stream shows its answering provider as `streaming`).",
+        "schema": {"type": "string"},
+    },
+    "x-gateway-cost-usd": {
+        "description": "Estimated cost in USD (not sent for streams).",
+        "schema": {"type": "string"},
+    },
+}
+
+_CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The answer; with `stream: true`, Server-Sent Events of "
+        "chat.completion.chunk objects ending in `data: [DONE]`, or in an error event "
+        '(`data: {"error": {...}}`, no [DONE]) if the stream fails after it began.',
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "headers": _GATEWAY_HEADERS,
+    },
+    400: {**_ERROR, "description": "Malformed JSON, a field outside the schema, bad messages."},
+    **_CLIENT_ERRORS,
+    404: {**_ERROR, "description": "Unknown task and the policy has no `default` task."},
+    413: {**_ERROR, "description": "The body is over GATEWAY_MAX_BODY_BYTES."},
+    502: {**_ERROR, "description": "Every provider failed; `error.attempts` lists them."},
+    504: {**_ERROR, "description": "The task's deadline_s ran out; `error.attempts` lists them."},
+}
+
+
+def _state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.gateway
+    return state
+
+
+def _peer(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _key(credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    return credentials.credentials if credentials is not None else None
+
+
+def require_client(
+    request: Request, credentials: HTTPAuthorizationCredentials | None = Security(_bearer)
+) -> None:
+    access = _state(request).keys.client(_key(credentials), _peer(request))
+    if access is not Access.GRANTED:
+        raise AccessDenied(denial(access))
+
+
+def require_admin(
+    request: Request, credentials: HTTPAuthorizationCredentials | None = Security(_bearer)
+) -> None:
+    access = _state(request).keys.admin(_key(credentials), _peer(request))
+    if access is not Access.GRANTED:
+        raise AccessDenied(denial(access))
+
+
+def create_app(
+    policy_path: str | os.PathLike[str],
+    *,
+    settings: ServerSettings | None = None,
+    handle_sighup: bool = False,
+) -> FastAPI:
+    """The gateway's ASGI app. The router is built at startup and closed at shutdown.
+
+    `handle_sighup` makes SIGHUP reload the policy (for the process that owns the signal:
+    `serve` sets it; an app embedded elsewhere should leave signals to its host).
+    """
+    settings = settings or ServerSettings.from_env()
+    path = os.fspath(policy_path)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            router = Router.from_yaml(
+                path,
+                watch=settings.policy_watch_s is not None,
+                watch_interval_s=settings.policy_watch_s or 1.0,
+                hooks=[default_metrics(), TraceHooks()],
+            )
+            await stack.enter_async_context(router)
+            state = ServerState(router, settings, KeyChecker(settings))
+            app.state.gateway = state
+            if handle_sighup:
+                _install_sighup(state, stack)
+            log.info(
+                "gateway serving policy %s (sha256 %s); %s",
+                path,
+                router.policy.sha256[:12],
+                "no API keys (loopback clients only)"
+                if settings.open_mode
+                else "API keys required",
+            )
+            yield
+
+    app = FastAPI(
+        title="gateway",
+        version=gateway.__version__,
+        summary="A resilient routing gateway for LLM calls, OpenAI-compatible.",
+        lifespan=lifespan,
+    )
+    install_handlers(app, _request_fields())
+
+    async def on_denied(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, AccessDenied)
+        headers = {"www-authenticate": "Bearer"} if exc.denial.status == 401 else None
+        return error_response(
+            exc.denial.message, status=exc.denial.status, code=exc.denial.code, headers=headers
+        )
+
+    async def on_gateway_error(request: Request, exc: Exception) -> Response:
+        failure = routing_failure(exc)
+        if failure is None:
+            log.error("unhandled gateway error on %s", request.url.path, exc_info=exc)
+            return JSONResponse(internal_error_body(), status_code=500)
+        status, body = failure
+        access = access_record(request.scope)
+        access.outcome = body["error"]["code"]
+        return JSONResponse(body, status_code=status)
+
+    app.add_exception_handler(AccessDenied, on_denied)
+    app.add_exception_handler(GatewayError, on_gateway_error)
+    _add_routes(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessLog)
+    app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The app factory `serve` gives uvicorn (each worker process calls it)."""
+    path = os.environ.get(POLICY_ENV)
+    if not path:
+        raise GatewayError(f"{POLICY_ENV} is not set: start the server with `gateway serve`")
+    return create_app(path, handle_sighup=os.environ.get(SIGHUP_ENV) == "1")
+
+
+def _install_sighup(state: ServerState, stack: AsyncExitStack) -> None:
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        try:
+            await state.reload("SIGHUP")
+        except PolicyError:
+            pass  # logged by reload(); the old policy keeps serving
+        except Exception:
+            log.exception("policy reload on SIGHUP failed")
+
+    def on_hup() -> None:
+        task = loop.create_task(reload(), name="gateway-sighup-reload")
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+
+
+def _add_routes(app: FastAPI) -> None:
+    client = [Depends(require_client)]
+
+    @app.post(
+        "/v1/chat/completions",
+        response_model=ChatCompletion,
+        responses=_CHAT_RESPONSES,
+        dependencies=client,
+        tags=["openai"],
+    )
+    async def chat_completions(
+        body: ChatCompletionRequest,
+        request: Request,
+        x_gateway_task: str | None = Header(
+            None,
+            alias=TASK_HEADER,
+            max_length=256,
+            description="Names the task to route; `model` is then ignored for routing.",
+        ),
+    ) -> Response:
+        state = _state(request)
+        limit = state.settings.max_messages
+        if len(body.messages) > limit:
+            return error_response(
+                f"messages has {len(body.messages)} entries; send at most {limit} "
+                f"(the server's limit is {MAX_MESSAGES_ENV})",
+                status=400,
+                code="too_many_messages",
+                param="messages",
+            )
+        return await chat_completion(
+            state.router,
+            body,
+            task_header=x_gateway_task,
+            receive=request.receive,
+            access=access_record(request.scope),
+        )
+
+    @app.get(
+        "/v1/models",
+        response_model=ModelList,
+        responses=_CLIENT_ERRORS,
+        dependencies=client,
+        tags=["openai"],
+    )
+    async def list_models(request: Request) -> ModelList:
+        policy = _state(request).router.policy
+        created = int(policy.loaded_at)
+        return ModelList(data=[ModelCard(id=name, created=created) for name in policy.tasks])
+
+    @app.get(
+        "/api/v1/monitoring/providers",
+        response_model=monitoring.ProvidersReport,
+        responses=_CLIENT_ERRORS,
+        dependencies=client,
+        tags=["monitoring"],
+    )
+    async def providers(request: Request) -> monitoring.ProvidersReport:
+        router = _state(request).router
+        return monitoring.providers_report(router.policy, router.candidates)
+
+    @app.get(
+        "/api/v1/monitoring/breakers",
+        response_model=monitoring.BreakersReport,
+        responses=_CLIENT_ERRORS,
+        dependencies=client,
+        tags=["monitoring"],
+    )
+    async def breakers(request: Request) -> monitoring.BreakersReport:
+        return monitoring.breakers_report(_state(request).router.candidates)
+
+    @app.get(
+        "/api/v1/policy",
+        response_model=monitoring.PolicyReport,
+        responses=_CLIENT_ERRORS,
+        dependencies=client,
+        tags=["policy"],
+    )
+    async def policy(request: Request) -> monitoring.PolicyReport:
+        return monitoring.policy_report(_state(request).router.policy)
+
+    @app.post(
+        "/api/v1/policy/reload",
+        response_model=monitoring.ReloadReport,
+        responses={
+            **_ADMIN_ERRORS,
+            422: {**_ERROR, "description": "The file is invalid; the old policy keeps serving."},
+        },
+        dependencies=[Depends(require_admin)],
+        tags=["policy"],
+    )
+    async def reload_policy(request: Request) -> monitoring.ReloadReport:
+        state = _state(request)
+        applied = await state.reload("HTTP")
+        current = state.router.policy
+        return monitoring.ReloadReport(
+            applied=applied, sha256=current.sha256, loaded_at=current.loaded_at
+        )
+
+    @app.get("/healthz", response_model=monitoring.Health, tags=["health"])
+    async def healthz() -> monitoring.Health:
+        return monitoring.Health()
+
+    @app.get(
+        "/readyz",
+        response_model=monitoring.Readiness,
+        responses={503: {"model": monitoring.Readiness, "description": "Not ready: see reasons."}},
+        tags=["health"],
+    )
+    async def readyz(request: Request) -> Response:
+        state: ServerState | None = getattr(request.app.state, "gateway", None)
+        if state is None:
+            report = monitoring.readiness(None, {})
+        else:
+            report = monitoring.readiness(state.router.policy, state.router.candidates)
+        return JSONResponse(
+            report.model_dump(mode="json"), status_code=200 if report.ready else 503
+        )
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={
+            200: {
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+                "description": "Prometheus text exposition.",
+            }
+        },
+        tags=["health"],
+    )
+    async def metrics() -> Response:
+        body, content_type = exposition()
+        return Response(body, media_type=content_type)
+
+
+def _request_fields() -> frozenset[str]:
+    """Every field name of the request models, to tell real fields from union labels in
+    validation error locations."""
+    from gateway.server import openai_compat
+
+    names: set[str] = set()
+    for value in vars(openai_compat).values():
+        if isinstance(value, type) and issubclass(value, BaseModel):
+            names.update(value.model_fields)
+    return frozenset(names)
+
+
+def _openapi(app: FastAPI, settings: ServerSettings) -> dict[str, Any]:
+    """FastAPI's document, corrected to what the server does: validation errors are 400
+    (never 422) and `messages` is capped at the configured limit."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title, version=app.version, summary=app.summary, routes=app.routes
+    )
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            if path != "/api/v1/policy/reload":
+                responses.pop("422", None)
+    components = schema.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    request_schema = components.get("ChatCompletionRequest", {})
+    messages = request_schema.get("properties", {}).get("messages")
+    if messages is not None:
+        messages["maxItems"] = settings.max_messages
+    app.openapi_schema = schema
+    return schema

@@ -1,0 +1,205 @@
+"""Every failure as OpenAI's error body `{"error": {"message", "type", "param", "code"}}`.
+
+The status follows the exception type: the caller's mistake 400, an unknown task 404, every
+provider failed 502 (with the attempts), the deadline ran out 504. The messages come from our
+own exceptions, which carry no keys and no prompt text.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.errors import (
+    AllProvidersFailed,
+    DeadlineExceeded,
+    InvalidRequestError,
+    PolicyError,
+    RoutingError,
+    StreamInterrupted,
+    UnknownTaskError,
+)
+from gateway.server.openai_compat import AttemptReport, ErrorDetail, ErrorResponse
+from gateway.types import Attempt
+
+log = logging.getLogger("gateway.server")
+
+# The longest part of a client's own value quoted back in a validation error.
+_QUOTE_CHARS = 80
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    500: "server_error",
+    502: "upstream_error",
+    503: "server_error",
+    504: "timeout_error",
+}
+
+
+def error_body(
+    message: str,
+    *,
+    status: int,
+    code: str | None = None,
+    param: str | None = None,
+    attempts: Sequence[Attempt] | None = None,
+) -> dict[str, Any]:
+    detail = ErrorDetail(
+        message=message,
+        type=ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
+        param=param,
+        code=code,
+        attempts=None if attempts is None else [AttemptReport.of(a) for a in attempts],
+    )
+    return ErrorResponse(error=detail).model_dump(mode="json", exclude_none=False)
+
+
+def error_response(
+    message: str,
+    *,
+    status: int,
+    code: str | None = None,
+    param: str | None = None,
+    attempts: Sequence[Attempt] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    body = error_body(message, status=status, code=code, param=param, attempts=attempts)
+    if attempts is None:
+        body["error"].pop("attempts")
+    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+def routing_failure(exc: Exception) -> tuple[int, dict[str, Any]] | None:
+    """(status, body) for an exception the router raises on purpose; None for anything else."""
+    if isinstance(exc, UnknownTaskError):
+        return 404, _body(exc, 404, "model_not_found", "model")
+    if isinstance(exc, InvalidRequestError):
+        return 400, _body(exc, 400, "invalid_request", "messages")
+    if isinstance(exc, DeadlineExceeded):
+        return 504, _body(exc, 504, "deadline_exceeded", None, exc.attempts)
+    if isinstance(exc, StreamInterrupted):
+        return 502, _body(exc, 502, "stream_interrupted", None, exc.attempts)
+    if isinstance(exc, AllProvidersFailed):
+        return 502, _body(exc, 502, "all_providers_failed", None, exc.attempts)
+    if isinstance(exc, RoutingError):
+        return 502, _body(exc, 502, "routing_failed", None, exc.attempts)
+    if isinstance(exc, PolicyError):
+        return 422, _body(exc, 422, "invalid_policy", exc.path or None)
+    return None
+
+
+def _body(
+    exc: Exception,
+    status: int,
+    code: str,
+    param: str | None,
+    attempts: Sequence[Attempt] | None = None,
+) -> dict[str, Any]:
+    body = error_body(str(exc), status=status, code=code, param=param, attempts=attempts)
+    if attempts is None:
+        body["error"].pop("attempts")
+    return body
+
+
+def internal_error_body() -> dict[str, Any]:
+    body = error_body(
+        "the gateway failed unexpectedly; the server log has the details",
+        status=500,
+        code="internal_error",
+    )
+    body["error"].pop("attempts")
+    return body
+
+
+# --- request validation -----------------------------------------------------------------------
+
+
+def _param(loc: Sequence[str | int], fields: frozenset[str]) -> str | None:
+    """`messages[0].content` from pydantic's location, leaving out union branch labels."""
+    parts: list[str] = []
+    for item in loc[1:] if loc and loc[0] == "body" else loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in fields:
+            parts.append(("." if parts else "") + item)
+    return "".join(parts) or None
+
+
+def _quote(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _QUOTE_CHARS else text[: _QUOTE_CHARS - 3] + "..."
+
+
+def validation_message(
+    errors: Sequence[Mapping[str, Any]], fields: frozenset[str]
+) -> tuple[str, str | None]:
+    """One readable message for FastAPI's validation errors, and the field it is about."""
+    first = errors[0]
+    kind = first.get("type", "")
+    if kind == "json_invalid":
+        ctx = first.get("ctx") or {}
+        reason = ctx.get("error", "malformed JSON")
+        return f"the request body is not valid JSON ({reason}); send a JSON object", None
+    loc = list(first.get("loc", ()))
+    param = _param(loc, fields)
+    if kind == "missing" and param is None:
+        return "the request body is missing; send a JSON object", None
+    where = param or "the request body"
+    message = f"{where}: {first.get('msg', 'invalid value')}"
+    if kind not in {"missing", "extra_forbidden"} and "input" in first:
+        message += f" (got {_quote(first['input'])})"
+    if kind == "extra_forbidden":
+        message += "; remove it (this gateway passes on only the fields in its OpenAPI schema)"
+    more = len(errors) - 1
+    if more:
+        message += f"; and {more} more problem{'s' if more > 1 else ''}"
+    return message, param
+
+
+def install_handlers(app: Any, fields: frozenset[str]) -> None:
+    """Make FastAPI's own errors (validation, 404, 405) speak OpenAI's error shape."""
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        message, param = validation_message(exc.errors(), fields)
+        return error_response(message, status=400, code="invalid_request", param=param)
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        status = exc.status_code
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if status == 404:
+            message = f"no route {request.url.path!r}; see /openapi.json for the routes"
+        elif status == 405:
+            message = f"{request.method} is not allowed on {request.url.path!r}"
+        return error_response(message, status=status, code=_http_code(status), headers=exc.headers)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(internal_error_body(), status_code=500)
+
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(HTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+def _http_code(status: int) -> str:
+    return {
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "request_too_large",
+        415: "unsupported_media_type",
+    }.get(status, "http_error")

@@ -1,0 +1,190 @@
+"""ASGI middleware: the request body size cap, and one access-log line per request.
+
+The access line names the route, status, time, task, provider, attempts and cost; never the
+prompt, the answer, the query string or any header (keys travel in headers).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.server.config import MAX_BODY_BYTES_ENV
+from gateway.server.errors import error_body
+
+access_log = logging.getLogger("gateway.access")
+
+ACCESS_KEY = "gateway.access"
+"""The scope key under which handlers leave what the access line should say."""
+
+CLIENT_CLOSED = 499
+"""Logged (never sent) when the client went away before its answer was ready."""
+
+
+@dataclass(eq=False)
+class AccessRecord:
+    task: str | None = None
+    provider: str | None = None
+    attempts: list[tuple[str, str]] = field(default_factory=list)
+    cost_usd: float | None = None
+    outcome: str | None = None
+    status: int | None = None
+    """Overrides the HTTP status in the log, e.g. a stream that ended with an error event."""
+
+
+def access_record(scope: Scope) -> AccessRecord:
+    record = scope.get(ACCESS_KEY)
+    if not isinstance(record, AccessRecord):
+        record = scope[ACCESS_KEY] = AccessRecord()
+    return record
+
+
+class AccessLog:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        record = access_record(scope)
+        status = 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(_line(scope, record, status, time.perf_counter() - started))
+
+
+def _line(scope: Scope, record: AccessRecord, status: int, seconds: float) -> str:
+    client = scope.get("client")
+    parts = [
+        f'{client[0] if client else "-"} "{scope["method"]} {scope["path"]}"',
+        str(record.status or status),
+        f"{seconds * 1000:.1f}ms",
+    ]
+    if record.task is not None:
+        parts.append(f"task={record.task}")
+    if record.provider is not None:
+        parts.append(f"provider={record.provider}")
+    if record.attempts:
+        parts.append("attempts=" + ",".join(f"{p}:{o}" for p, o in record.attempts))
+    if record.cost_usd is not None:
+        parts.append(f"cost_usd={record.cost_usd:.8f}")
+    if record.outcome is not None:
+        parts.append(f"outcome={record.outcome}")
+    return " ".join(parts)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Refuse request bodies over `max_bytes` with 413, before the app parses any of them.
+
+    A declared Content-Length is checked up front; a chunked body is read (at most
+    `max_bytes` + one chunk) and replayed to the app.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in {"GET", "HEAD", "OPTIONS"}:
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await self._refuse(send)
+            return
+        try:
+            body, more = await self._read(receive)
+        except _TooLarge:
+            await self._refuse(send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        if more is not None:  # the client went away while sending
+            await self.app(scope, _first(more, receive), send)
+            return
+        await self.app(scope, replay, send)
+
+    async def _read(self, receive: Receive) -> tuple[bytes, Message | None]:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"".join(chunks), message
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise _TooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks), None
+
+    async def _refuse(self, send: Send) -> None:
+        body = error_body(
+            f"the request body is over {self.max_bytes} bytes; send less (the server's limit "
+            f"is {MAX_BODY_BYTES_ENV})",
+            status=413,
+            code="request_too_large",
+        )
+        payload = json.dumps(body).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _first(message: Message, receive: Receive) -> Receive:
+    sent = False
+
+    async def again() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return message
+        return await receive()
+
+    return again
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

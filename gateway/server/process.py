@@ -1,0 +1,161 @@
+"""`serve`: check the setup, then run uvicorn with one process or a supervisor and workers.
+
+Signals: SIGINT/SIGTERM stop the server gracefully. SIGHUP reloads the policy file: a single
+process reloads it itself; with --workers the parent forwards SIGHUP to every worker that has
+finished starting, and each worker reloads its own router (breaker state and metrics are kept;
+uvicorn's default of restarting the workers on SIGHUP is replaced). A worker still starting
+reads the file as it starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import signal
+import sys
+import tempfile
+from contextlib import ExitStack
+from typing import Any
+
+import uvicorn
+from uvicorn.config import LOGGING_CONFIG
+from uvicorn.supervisors.multiprocess import Multiprocess
+
+from gateway.errors import ConfigurationError, PolicyError
+from gateway.metrics import MULTIPROC_ENV, mark_process_dead
+from gateway.policy import load_policy
+from gateway.server.app import POLICY_ENV, SIGHUP_ENV
+from gateway.server.auth import is_loopback
+from gateway.server.config import API_KEYS_ENV, ServerSettings
+
+log = logging.getLogger("gateway.server")
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_STARTUP_FAILED = 3
+APP_FACTORY = "gateway.server.app:app_from_env"
+
+
+def log_config(level: str = "INFO") -> dict[str, Any]:
+    """uvicorn's logging, plus the gateway's loggers on the same handler."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["gateway"] = {"handlers": ["default"], "level": level, "propagate": False}
+    return config
+
+
+def serve(
+    policy_path: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    simulate: bool = False,
+) -> int:
+    """Run the gateway until SIGINT/SIGTERM. Returns the process exit code."""
+    try:
+        settings = ServerSettings.from_env()
+    except ConfigurationError as exc:
+        return _refuse(str(exc))
+    if settings.open_mode and not is_loopback(host):
+        return _refuse(
+            f"refusing to listen on {host!r} with no API keys: anyone who can reach it could "
+            f"spend your provider credits. Set {API_KEYS_ENV}=key1,key2 (clients send "
+            "'Authorization: Bearer <key>'), or listen on 127.0.0.1"
+        )
+    if workers < 1:
+        return _refuse(f"--workers is {workers}; use 1 or more")
+    with ExitStack() as stack:
+        fake_url = None
+        if simulate:
+            from gateway.server.simulate import simulation
+
+            sim = stack.enter_context(simulation())
+            policy_path, fake_url = sim.policy_path, sim.fake_url
+        try:
+            policy = load_policy(policy_path)
+        except PolicyError as exc:
+            return _refuse(f"the policy cannot be served: {exc}")
+        except OSError as exc:
+            return _refuse(
+                f"cannot read the policy file {policy_path!r}: {exc.strerror or exc}; "
+                "pass --policy PATH"
+            )
+        os.environ[POLICY_ENV] = os.path.abspath(policy_path)
+        os.environ[SIGHUP_ENV] = "1"
+        if workers > 1 and not os.environ.get(MULTIPROC_ENV):
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="gateway-metrics-"))
+            os.environ[MULTIPROC_ENV] = folder
+        config = uvicorn.Config(
+            APP_FACTORY,
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            access_log=False,  # the gateway writes its own access line (no query strings)
+            log_config=log_config(),
+            lifespan="on",
+            timeout_graceful_shutdown=30,
+        )
+        unavailable = [name for name, spec in policy.providers.items() if not spec.available]
+        if unavailable:
+            print(
+                f"note: provider(s) {', '.join(unavailable)} unavailable: "
+                "see GET /api/v1/monitoring/providers",
+                file=sys.stderr,
+            )
+        if fake_url is not None:
+            from gateway.server.simulate import instructions
+
+            print(instructions(_base_url(host, port), fake_url), flush=True)
+        if workers == 1:
+            server = uvicorn.Server(config)
+            server.run()
+            return EXIT_OK if server.started else EXIT_STARTUP_FAILED
+        sock = config.bind_socket()
+        try:
+            _Workers(config, sockets=[sock]).run()
+        finally:
+            sock.close()
+        return EXIT_OK
+
+
+def _base_url(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
+def _refuse(message: str) -> int:
+    print(f"gateway serve: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+class _Workers(Multiprocess):
+    """uvicorn's supervisor, with SIGHUP forwarded to workers instead of restarting them, and
+    each exited worker's live gauges dropped from the shared metrics directory."""
+
+    def handle_hup(self) -> None:
+        logging.getLogger("uvicorn.error").info(
+            "Received SIGHUP, asking each worker to reload the policy."
+        )
+        for process in self.processes:
+            if process.pid is not None and process.is_ready(timeout=1):
+                os.kill(process.pid, signal.SIGHUP)
+
+    def keep_subprocess_alive(self) -> None:
+        before = {p.pid for p in self.processes}
+        super().keep_subprocess_alive()
+        for pid in before - {p.pid for p in self.processes}:
+            _forget_worker(pid)
+
+    def join_all(self) -> None:
+        super().join_all()
+        for process in self.processes:
+            _forget_worker(process.pid)
+
+
+def _forget_worker(pid: int | None) -> None:
+    if pid is not None and os.environ.get(MULTIPROC_ENV):
+        try:
+            mark_process_dead(pid)
+        except OSError:
+            log.debug("could not drop metrics of worker %s", pid, exc_info=True)
