@@ -1,0 +1,306 @@
+"""Every series moves as it should when the real router meets success, retry, fall-through,
+an open breaker and recovery; and a real Prometheus scraping a router process agrees."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+from prometheus_harness import PrometheusServer
+from test_router import BACKUP, MESSAGES, PRIMARY, policy_doc, with_provider
+
+from gateway import AllProvidersFailed, Router, UnknownTaskError
+from gateway.metrics import GatewayMetrics
+from gateway.policy import parse_policy
+from gateway.testing import FakeUpstream, Fault
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Samples:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def __call__(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+    def total(self, family: str, **match: str) -> float:
+        total = 0.0
+        for metric in self.registry.collect():
+            for sample in metric.samples:
+                if sample.name == family and all(
+                    sample.labels.get(k) == v for k, v in match.items()
+                ):
+                    total += sample.value
+        return total
+
+
+@pytest.fixture
+async def up() -> AsyncIterator[FakeUpstream]:
+    async with FakeUpstream() as upstream:
+        yield upstream
+
+
+async def test_scenario_moves_every_series(up: FakeUpstream) -> None:
+    registry = CollectorRegistry()
+    sample = Samples(registry)
+    doc = with_provider(
+        policy_doc(up.url), "primary", breaker={"fail_max": 2, "reset_timeout_s": 0.2}
+    )
+    doc["providers"]["mystery"] = {
+        "type": "openai",
+        "model": "mystery-model-9000",
+        "base_url": f"{up.url}/v1",
+        "api_key": "k3",
+    }
+    doc["tasks"]["unpriced"] = {"chain": ["mystery"]}
+    doc["tasks"]["fragile"] = {"chain": ["backup"]}
+    policy = parse_policy(yaml.safe_dump(doc))
+    router = Router(policy, hooks=[GatewayMetrics(registry)])
+    costs: list[float] = []
+    try:
+        assert sample("gateway_policy_info", version="1", sha256=policy.sha256) == 1
+        assert sample("gateway_policy_reloads_total", outcome="applied") == 1
+        assert sample("gateway_circuit_state", provider="primary") == 0
+
+        # 1. success
+        r = await router.generate(MESSAGES, task="summarize")
+        costs.append(r.cost_usd)
+        assert sample("gateway_requests_total", task="summarize", outcome="success") == 1
+        assert (
+            sample(
+                "gateway_attempts_total",
+                task="summarize",
+                provider="primary",
+                model=PRIMARY,
+                outcome="success",
+            )
+            == 1
+        )
+        assert (
+            sample("gateway_tokens_total", provider="primary", model=PRIMARY, type="input")
+            == r.usage.input_tokens
+        )
+        assert (
+            sample("gateway_tokens_total", provider="primary", model=PRIMARY, type="output")
+            == r.usage.output_tokens
+        )
+        assert sample(
+            "gateway_cost_usd_total", task="summarize", provider="primary", model=PRIMARY
+        ) == pytest.approx(r.cost_usd)
+        assert sample("gateway_request_duration_seconds_count", task="summarize") == 1
+        assert (
+            sample("gateway_attempt_duration_seconds_count", provider="primary", model=PRIMARY) == 1
+        )
+        assert sample("gateway_overhead_seconds_count", task="summarize") == 1
+        overhead = sample("gateway_overhead_seconds_sum", task="summarize")
+        duration = sample("gateway_request_duration_seconds_sum", task="summarize")
+        assert 0 <= overhead < duration
+
+        # 2. retry on the same candidate
+        up.script(PRIMARY, Fault.server_error())
+        r = await router.generate(MESSAGES, task="summarize")
+        costs.append(r.cost_usd)
+        assert (
+            sample("gateway_retries_total", provider="primary", model=PRIMARY, kind="server_error")
+            == 1
+        )
+
+        # 3. fall-through at once on a bad request
+        up.script(PRIMARY, Fault.status(400))
+        r = await router.generate(MESSAGES, task="summarize")
+        costs.append(r.cost_usd)
+        assert r.provider == "backup"
+        assert (
+            sample(
+                "gateway_fallbacks_total",
+                task="summarize",
+                from_provider="primary",
+                to_provider="backup",
+                kind="bad_request",
+            )
+            == 1
+        )
+        assert (
+            sample(
+                "gateway_attempts_total",
+                task="summarize",
+                provider="primary",
+                model=PRIMARY,
+                outcome="bad_request",
+            )
+            == 1
+        )
+
+        # 4. the breaker opens, then the primary is skipped with no call
+        up.fail_always(PRIMARY, Fault.server_error())
+        r = await router.generate(MESSAGES, task="summarize")
+        costs.append(r.cost_usd)
+        assert sample("gateway_circuit_state", provider="primary") == 2
+        assert sample("gateway_circuit_transitions_total", provider="primary", to_state="open") == 1
+        r = await router.generate(MESSAGES, task="summarize")
+        costs.append(r.cost_usd)
+        assert (
+            sample(
+                "gateway_attempts_total",
+                task="summarize",
+                provider="primary",
+                model=PRIMARY,
+                outcome="breaker_open",
+            )
+            == 1
+        )
+        assert (
+            sample(
+                "gateway_fallbacks_total",
+                task="summarize",
+                from_provider="primary",
+                to_provider="backup",
+                kind="breaker_open",
+            )
+            == 1
+        )
+
+        # 5. recovery: a half-open probe closes it
+        up.heal(PRIMARY)
+        await asyncio.sleep(0.3)
+        r = await router.generate(MESSAGES, task="summarize")
+        costs.append(r.cost_usd)
+        assert r.provider == "primary"
+        assert sample("gateway_circuit_state", provider="primary") == 0
+        assert (
+            sample("gateway_circuit_transitions_total", provider="primary", to_state="half_open")
+            == 1
+        )
+        assert (
+            sample("gateway_circuit_transitions_total", provider="primary", to_state="closed") == 1
+        )
+
+        # 6. streaming: time to first token
+        stream = router.stream(MESSAGES, task="summarize")
+        assert "".join([d async for d in stream])
+        costs.append(stream.cost_usd)
+        assert (
+            sample("gateway_time_to_first_token_seconds_count", provider="primary", model=PRIMARY)
+            == 1
+        )
+
+        # 7. an unpriced model costs 0 and is counted
+        r = await router.generate(MESSAGES, task="unpriced")
+        assert r.cost_usd == 0
+        assert (
+            sample(
+                "gateway_unpriced_requests_total", provider="mystery", model="mystery-model-9000"
+            )
+            == 1
+        )
+
+        # 8. exhausted and rejected requests
+        up.fail_always(BACKUP, Fault.unauthorized())
+        with pytest.raises(AllProvidersFailed):
+            await router.generate(MESSAGES, task="fragile")
+        assert sample("gateway_requests_total", task="fragile", outcome="exhausted") == 1
+        with pytest.raises(ValueError):
+            await router.generate([], task="summarize")
+        assert sample("gateway_requests_total", task="summarize", outcome="rejected") == 1
+
+        # 9. a reload swaps the policy info
+        changed = parse_policy(
+            yaml.safe_dump({**doc, "prices": {"llama3.2": {"input": 1, "output": 1}}})
+        )
+        await router.apply_policy(changed)
+        assert sample("gateway_policy_reloads_total", outcome="applied") == 2
+        assert sample("gateway_policy_info", version="1", sha256=changed.sha256) == 1
+        assert sample("gateway_policy_info", version="1", sha256=policy.sha256) == 0
+    finally:
+        await router.aclose()
+
+    # The cost counter is exactly the sum of what callers were told.
+    assert sample.total("gateway_cost_usd_total") == pytest.approx(math.fsum(costs))
+
+
+async def test_unknown_task_without_default_counts_as_rejected(up: FakeUpstream) -> None:
+    registry = CollectorRegistry()
+    doc = policy_doc(up.url)
+    del doc["tasks"]["default"]
+    router = Router(parse_policy(yaml.safe_dump(doc)), hooks=[GatewayMetrics(registry)])
+    try:
+        with pytest.raises(UnknownTaskError):
+            await router.generate(MESSAGES, task="nope")
+    finally:
+        await router.aclose()
+    assert Samples(registry).total("gateway_requests_total", outcome="rejected") == 1
+
+
+# A process running the real router on FakeUpstream, its metrics served for Prometheus.
+ROUTER_PROCESS = textwrap.dedent(
+    """
+    import asyncio, json, math, sys, yaml
+    from prometheus_client import CollectorRegistry
+    from gateway import Router
+    from gateway.metrics import GatewayMetrics, serve
+    from gateway.policy import parse_policy
+    from gateway.testing import FakeUpstream, Fault
+    sys.path.insert(0, sys.argv[1])
+    from test_router import PRIMARY, MESSAGES, policy_doc
+
+    async def main():
+        registry = CollectorRegistry()
+        async with FakeUpstream() as up:
+            doc = policy_doc(up.url)
+            doc["defaults"]["retry"]["attempts"] = 1
+            router = Router(parse_policy(yaml.safe_dump(doc)), hooks=[GatewayMetrics(registry)])
+            server = serve(0, registry=registry)
+            costs, outcomes = [], {}
+            up.script(PRIMARY, Fault.server_error(), Fault.status(400))
+            for _ in range(12):
+                r = await router.generate(MESSAGES, task="summarize")
+                costs.append(r.cost_usd)
+                for a in r.attempts:
+                    outcomes[a.outcome] = outcomes.get(a.outcome, 0) + 1
+            print(json.dumps({"port": server.port, "cost": math.fsum(costs),
+                              "outcomes": outcomes}), flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+            server.shutdown()
+            await router.aclose()
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.slow
+def test_real_prometheus_scrapes_a_router_and_agrees() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-c", ROUTER_PROCESS, str(ROOT / "tests")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line, process.stderr.read() if process.stderr else "router process died"
+        expected = json.loads(line)
+        assert expected["outcomes"] == {"success": 12, "server_error": 1, "bad_request": 1}
+        with PrometheusServer(targets=[f"127.0.0.1:{expected['port']}"]) as prom:
+            prom.wait_for_targets_up()
+            cost = prom.wait_for("sum(gateway_cost_usd_total)", lambda r: bool(r))
+            assert sum(cost.values()) == pytest.approx(expected["cost"], rel=1e-9)
+            by_outcome = prom.query("sum by (outcome) (gateway_attempts_total)")
+            seen = {dict(labels)["outcome"]: value for labels, value in by_outcome.items()}
+            assert seen == expected["outcomes"]
+    finally:
+        if process.stdin:
+            process.stdin.close()
+        process.wait(timeout=10)
