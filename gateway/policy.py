@@ -706,11 +706,12 @@ class _TreeBuilder:
         return {**merged, **explicit}
 
     def _key(self, node: yaml.Node, path: KeyPath) -> str:
-        key = self.build(node, path) if isinstance(node, yaml.ScalarNode) else None
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.fail("a key is a mapping or list: keys must be plain names", path, node)
+        key = self.build(node, path)
         if not isinstance(key, str):
-            shown = node.value if isinstance(node, yaml.ScalarNode) else "a mapping or list"
             raise self.fail(
-                f'key {shown!r} is not text: keys must be names; quote it ("{shown}":)',
+                f'key {node.value!r} is not text: keys must be names; quote it ("{node.value}":)',
                 path,
                 node,
             )
@@ -799,8 +800,9 @@ class _Substituter:
                 return "${"
             name = match.group("name")
             if name is None:
+                shown = _describe(text, path)
                 raise PolicyError(
-                    f"malformed environment reference in {text!r}: write ${{NAME}} or "
+                    f"malformed environment reference in {shown}: write ${{NAME}} or "
                     "${NAME:-default} (or $${ for a literal ${)",
                     path=format_path(path),
                     line=_line_of(path, self.lines),
