@@ -617,6 +617,34 @@ async def test_hang_with_seconds_and_slow_first_byte_answer_after_the_wait(
         assert sse_events(response.text)[-1] == (None, "[DONE]")
 
 
+async def test_stall_goes_silent_mid_stream_until_the_client_gives_up(
+    up: FakeUpstream, http: httpx.AsyncClient
+) -> None:
+    up.script_next(Fault.stall(2))
+    received = b""
+    with pytest.raises(httpx.ReadTimeout):
+        async with http.stream(
+            "POST", "/api/chat", json=ollama_body(), timeout=httpx.Timeout(5.0, read=0.3)
+        ) as response:
+            async for chunk in response.aiter_bytes():
+                received += chunk
+    lines = [json.loads(line) for line in received.decode().splitlines()]
+    assert [line["message"]["content"] for line in lines] == ["Hello", " from"]
+
+
+async def test_stall_with_seconds_resumes_and_finishes_the_stream(
+    up: FakeUpstream, http: httpx.AsyncClient
+) -> None:
+    up.script_next(Fault.stall(1, seconds=0.1))
+    response = await http.post("/v1/messages", json=anthropic_body(stream=True))
+    events = sse_events(response.text)
+    text = "".join(
+        json.loads(data)["delta"]["text"] for name, data in events if name == "content_block_delta"
+    )
+    assert text == DEFAULT_TEXT.format(model="claude-test")
+    assert events[-1][0] == "message_stop"
+
+
 async def test_closing_the_server_with_a_hung_request_is_prompt() -> None:
     upstream = FakeUpstream()
     await upstream.start()
@@ -723,6 +751,8 @@ def all_faults() -> list[Fault]:
         Fault.hang(2.5),
         Fault.slow_first_byte(1.0),
         Fault.cut_stream(3),
+        Fault.stall(1),
+        Fault.stall(0, seconds=0.5),
         Fault.malformed_json(),
         Fault.midstream_error(2, kind="server_error"),
     ]

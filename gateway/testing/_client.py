@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import select
 import subprocess
 import sys
@@ -249,7 +248,7 @@ class SpawnedFakeUpstream:
             "--port",
             str(port),
         ]
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, env=os.environ.copy())
+        process = subprocess.Popen(command, stdout=subprocess.PIPE)
         try:
             url = _wait_for_ready_line(process, ready_timeout_s)
         except BaseException:

@@ -31,6 +31,7 @@ BEHAVIOUR_KINDS = frozenset(
         "hang",
         "slow_first_byte",
         "cut_stream",
+        "stall",
         "malformed_json",
         "midstream_error",
     }
@@ -129,6 +130,13 @@ class Fault:
         return cls("cut_stream", after_chunks=after_chunks)
 
     @classmethod
+    def stall(cls, after_chunks: int, seconds: float | None = None) -> Fault:
+        """Streams send `after_chunks` content chunks, then go silent with the connection open
+        (for `seconds`, then finish normally; None: until the client gives up). Whole-body
+        requests are held like `hang(seconds)`."""
+        return cls("stall", after_chunks=after_chunks, seconds=seconds)
+
+    @classmethod
     def malformed_json(cls) -> Fault:
         return cls("malformed_json")
 
@@ -189,7 +197,7 @@ def _check_fault(fault: Fault) -> None:
     _check_seconds(kind, "seconds", fault.seconds)
     if kind == "slow_first_byte" and fault.seconds is None:
         raise ValueError("Fault.slow_first_byte: seconds is required, e.g. slow_first_byte(2.0)")
-    if kind in {"cut_stream", "midstream_error"}:
+    if kind in {"cut_stream", "midstream_error", "stall"}:
         after = fault.after_chunks
         if not isinstance(after, int) or isinstance(after, bool) or after < 0:
             raise ValueError(f"Fault.{kind}: after_chunks must be an int >= 0, got {after!r}")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import re
 import signal
 import sys
@@ -31,18 +30,16 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from gateway.testing._faults import STATUS_SHORTCUTS, Fault
+from gateway.testing._anthropic_wire import AnthropicWire
+from gateway.testing._chaos import Chaos
+from gateway.testing._control import handle_control
+from gateway.testing._faults import Fault
 from gateway.testing._http import BadHttpRequest, HttpConnection, HttpRequest, HttpServer
-from gateway.testing._protocols import (
-    WIRES,
-    Answer,
-    Call,
-    RequestRejected,
-    Wire,
-    new_id,
-    now,
-)
-from gateway.testing._replies import ReplySpec, fake_usage, split_words
+from gateway.testing._ollama_wire import OllamaWire
+from gateway.testing._openai_wire import AzureOpenAIWire, OpenAIWire
+from gateway.testing._protocols import Call, RequestRejected, Wire
+from gateway.testing._replies import ReplySpec
+from gateway.testing._respond import respond, send_error
 
 if TYPE_CHECKING:
     from gateway.testing._client import SpawnedFakeUpstream
@@ -61,6 +58,10 @@ DEFAULT_CHAOS_RATES: dict[str, float] = {
 SECRET_HEADERS = frozenset(
     {"authorization", "x-api-key", "api-key", "proxy-authorization", "cookie"}
 )
+
+WIRES: dict[str, Wire] = {
+    wire.name: wire for wire in (OpenAIWire(), AzureOpenAIWire(), AnthropicWire(), OllamaWire())
+}
 
 _AZURE_PATH = re.compile(r"^/openai/deployments/([^/]+)/chat/completions$")
 _ROUTES = {
@@ -106,66 +107,6 @@ class ReceivedRequest:
         )
 
 
-class _Chaos:
-    """Seeded random faults for soak tests."""
-
-    def __init__(
-        self,
-        seed: int | str | None,
-        rates: Mapping[str, float],
-        retry_after: float | None,
-        hang_s: float | None,
-    ) -> None:
-        allowed = sorted(
-            set(STATUS_SHORTCUTS)
-            | {
-                "content_filter",
-                "reset",
-                "hang",
-                "slow_first_byte",
-                "cut_stream",
-                "malformed_json",
-                "midstream_error",
-            }
-        )
-        for kind, rate in rates.items():
-            if kind not in allowed:
-                raise ValueError(f"chaos rates: unknown fault kind {kind!r}; use one of {allowed}")
-            if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
-                raise ValueError(f"chaos rates[{kind!r}] is {rate!r}; use a number in [0, 1]")
-        total = sum(rates.values())
-        if total > 1:
-            raise ValueError(f"chaos rates add up to {total:.3f}; keep the sum at or below 1")
-        self._rng = random.Random(seed)
-        self._faults = [
-            (rate, _chaos_fault(kind, retry_after, hang_s)) for kind, rate in rates.items()
-        ]
-
-    def pick(self) -> Fault | None:
-        roll = self._rng.random()
-        for rate, fault in self._faults:
-            if roll < rate:
-                return fault
-            roll -= rate
-        return None
-
-
-def _chaos_fault(kind: str, retry_after: float | None, hang_s: float | None) -> Fault:
-    if kind in {"rate_limit", "overloaded", "unavailable"}:
-        return Fault(kind, code=STATUS_SHORTCUTS[kind], retry_after=retry_after)
-    if kind in STATUS_SHORTCUTS:
-        return Fault(kind, code=STATUS_SHORTCUTS[kind])
-    if kind == "hang":
-        return Fault.hang(hang_s)
-    if kind == "slow_first_byte":
-        return Fault.slow_first_byte(hang_s if hang_s is not None else 1.0)
-    if kind == "cut_stream":
-        return Fault.cut_stream(1)
-    if kind == "midstream_error":
-        return Fault.midstream_error(1)
-    return Fault(kind)
-
-
 class FakeUpstream:
     """An HTTP server speaking the OpenAI, Azure OpenAI, Anthropic and Ollama chat APIs."""
 
@@ -178,7 +119,7 @@ class FakeUpstream:
         self._scripts: dict[str, deque[Fault]] = {}
         self._next: deque[Fault] = deque()
         self._always: dict[str, Fault] = {}
-        self._chaos: _Chaos | None = None
+        self._chaos: Chaos | None = None
         self._counts: Counter[tuple[str, str]] = Counter()
         self.requests: list[ReceivedRequest] = []
         self.injected: Counter[str] = Counter()
@@ -294,7 +235,7 @@ class FakeUpstream:
 
         `hang_s=None` holds hung requests until the client gives up.
         """
-        self._chaos = _Chaos(
+        self._chaos = Chaos(
             seed, DEFAULT_CHAOS_RATES if rates is None else rates, retry_after, hang_s
         )
 
@@ -335,8 +276,6 @@ class FakeUpstream:
     async def _handle(self, request: HttpRequest, conn: HttpConnection) -> None:
         path = request.path
         if path.startswith("/_fake/"):
-            from gateway.testing._control import handle_control
-
             await handle_control(self, request, conn)
             return
         protocol = _ROUTES.get(path)
@@ -350,23 +289,24 @@ class FakeUpstream:
         try:
             body = json.loads(request.body)
         except (ValueError, UnicodeDecodeError):
-            await self._send_error(
+            await send_error(
                 conn, wire, 400, message="We could not parse the JSON body of your request."
             )
             return
         if not isinstance(body, dict):
-            await self._send_error(conn, wire, 400, message="The request body must be an object.")
+            await send_error(conn, wire, 400, message="The request body must be an object.")
             return
         try:
             call = wire.parse(body, deployment)
         except RequestRejected as exc:
-            await self._send_error(conn, wire, 400, message=exc.message, param=exc.param)
+            await send_error(conn, wire, 400, message=exc.message, param=exc.param)
             return
         self._record(request, call, body)
         fault = self._pick_fault(call.model)
         if fault is not None and fault.kind != "ok":
             self.injected[fault.kind] += 1
-        await self._respond(conn, wire, call, fault)
+        spec = self._replies.get(call.model) or self._replies.get(None) or _DEFAULT_REPLY
+        await respond(conn, wire, call, fault, spec)
 
     async def _handle_other(self, request: HttpRequest, conn: HttpConnection) -> None:
         if request.method == "GET" and request.path == "/v1/models":
@@ -395,7 +335,7 @@ class FakeUpstream:
         return sorted(names)
 
     async def _bad_http(self, error: BadHttpRequest, conn: HttpConnection) -> None:
-        await self._send_error(conn, WIRES["openai"], error.status, message=str(error))
+        await send_error(conn, WIRES["openai"], error.status, message=str(error))
 
     def _record(self, request: HttpRequest, call: Call, body: dict[str, Any]) -> None:
         self._counts[(call.protocol, call.model)] += 1
@@ -429,145 +369,12 @@ class FakeUpstream:
             return self._chaos.pick()
         return None
 
-    async def _respond(
-        self, conn: HttpConnection, wire: Wire, call: Call, fault: Fault | None
-    ) -> None:
-        kind = fault.kind if fault is not None else "ok"
-        if fault is not None and fault.code is not None:
-            await self._send_error(
-                conn,
-                wire,
-                wire.error_status(fault),
-                fault_kind=kind,
-                message=fault.message,
-                model=call.model,
-                retry_after=fault.retry_after,
-            )
-            return
-        if kind == "reset":
-            conn.reset()
-            return
-        if kind in {"hang", "slow_first_byte"}:
-            assert fault is not None
-            if await conn.wait_for_disconnect(fault.seconds):
-                return
-        spec = self._replies.get(call.model) or self._replies.get(None) or _DEFAULT_REPLY
-        filtered = kind == "content_filter" and wire.name != "ollama"  # Ollama has no filter
-        answer = _answer(call, spec, filtered=filtered)
-        if spec.latency_s:
-            await asyncio.sleep(spec.latency_s)
-        headers = _response_headers(wire)
-        if kind == "midstream_error" and not call.stream:
-            # A whole-body request cannot fail "mid-stream": it gets the matching status.
-            assert fault is not None and fault.error_kind is not None
-            status_fault = Fault(fault.error_kind, code=STATUS_SHORTCUTS[fault.error_kind])
-            await self._send_error(conn, wire, wire.error_status(status_fault), model=call.model)
-        elif call.stream:
-            await self._stream(conn, wire, call, answer, spec, fault, headers)
-        elif kind == "malformed_json":
-            await conn.send(200, wire.malformed_body(call, answer), headers=headers)
-        elif kind == "cut_stream":
-            await conn.send_truncated(
-                200, wire.encode(wire.completion(call, answer)), headers=headers
-            )
-        else:
-            await conn.send(200, wire.encode(wire.completion(call, answer)), headers=headers)
-
-    async def _stream(
-        self,
-        conn: HttpConnection,
-        wire: Wire,
-        call: Call,
-        answer: Answer,
-        spec: ReplySpec,
-        fault: Fault | None,
-        headers: dict[str, str],
-    ) -> None:
-        kind = fault.kind if fault is not None else "ok"
-        pieces = answer.pieces
-        if kind in {"cut_stream", "midstream_error"}:
-            assert fault is not None and fault.after_chunks is not None
-            pieces = pieces[: fault.after_chunks]
-        elif kind == "malformed_json":
-            pieces = []
-        opening = b"".join(wire.stream_open(call, answer))
-        deltas = [wire.stream_delta(call, answer, piece) for piece in pieces]
-        if kind == "malformed_json":
-            closing = wire.malformed_event(call, answer)
-        elif kind == "midstream_error":
-            assert fault is not None and fault.error_kind is not None
-            closing = wire.stream_error(call, fault.error_kind)
-        elif kind == "cut_stream":
-            closing = b""
-        else:
-            closing = b"".join(wire.stream_close(call, answer))
-
-        if spec.chunk_delay_s:
-            await conn.start_stream(200, wire.stream_content_type, headers, first_chunk=opening)
-            for delta in deltas:
-                await asyncio.sleep(spec.chunk_delay_s)
-                await conn.send_chunk(delta)
-            await conn.send_chunk(closing)
-        else:
-            # No pacing asked for: one write is what keeps the server cheap in benchmarks.
-            body = opening + b"".join(deltas) + closing
-            await conn.start_stream(200, wire.stream_content_type, headers, first_chunk=body)
-        if kind == "cut_stream":
-            await conn.cut()
-        else:
-            await conn.end_stream()
-
-    async def _send_error(
-        self,
-        conn: HttpConnection,
-        wire: Wire,
-        status: int,
-        *,
-        fault_kind: str = "status",
-        message: str | None = None,
-        model: str = "",
-        param: str | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        body = wire.error_body(
-            status, fault_kind=fault_kind, message=message, model=model, param=param
-        )
-        headers = _response_headers(wire)
-        if retry_after is not None:
-            headers["retry-after"] = _format_seconds(retry_after)
-        await conn.send(status, wire.encode(body), headers=headers)
-
 
 _DEFAULT_REPLY = ReplySpec()
 
 
 def _faults(faults: Iterable[Fault | Mapping[str, Any]]) -> list[Fault]:
     return [Fault.from_dict(f) if not isinstance(f, Fault) else f for f in faults]
-
-
-def _answer(call: Call, spec: ReplySpec, *, filtered: bool) -> Answer:
-    text = "" if filtered else spec.text_for(call.model, json_mode=call.json_mode)
-    prefix = {"anthropic": "msg_", "ollama": ""}.get(call.protocol, "chatcmpl-")
-    return Answer(
-        id=new_id(prefix),
-        created=now(),
-        model=call.model,
-        text=text,
-        pieces=split_words(text),
-        usage=fake_usage(call.messages, text, spec.cached_input_tokens),
-        filtered=filtered,
-    )
-
-
-def _response_headers(wire: Wire) -> dict[str, str]:
-    request_id = new_id("req_")
-    if wire.name == "anthropic":
-        return {"request-id": request_id}
-    return {"x-request-id": request_id}
-
-
-def _format_seconds(seconds: float) -> str:
-    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
 
 
 # --- subprocess entry point ---------------------------------------------------------------

@@ -1,0 +1,219 @@
+"""OpenAI's chat completions wire format, and Azure OpenAI's variant of it."""
+
+from __future__ import annotations
+
+from gateway.testing._protocols import (
+    Answer,
+    Call,
+    JsonObject,
+    Wire,
+    half,
+    require_messages,
+    require_model,
+    sse,
+)
+from gateway.types import Usage
+
+_OPENAI_ERRORS: dict[int, tuple[str, str, str | None]] = {
+    # status: (message, type, code)
+    400: ("Invalid request.", "invalid_request_error", None),
+    401: (
+        "Incorrect API key provided. You can find your API key at "
+        "https://platform.openai.com/account/api-keys.",
+        "invalid_request_error",
+        "invalid_api_key",
+    ),
+    403: ("You are not allowed to access this resource.", "permission_error", None),
+    404: (
+        "The model `{model}` does not exist or you do not have access to it.",
+        "invalid_request_error",
+        "model_not_found",
+    ),
+    429: (
+        "Rate limit reached for requests. Please try again later.",
+        "requests",
+        "rate_limit_exceeded",
+    ),
+    500: (
+        "The server had an error while processing your request. Sorry about that!",
+        "server_error",
+        None,
+    ),
+    503: ("The server is overloaded or not ready yet.", "server_error", None),
+}
+
+_OPENAI_CONTEXT_LENGTH = (
+    "This model's maximum context length is 128000 tokens. However, your messages resulted "
+    "in 210000 tokens. Please reduce the length of the messages."
+)
+
+_OPENAI_STREAM_ERRORS: dict[str, tuple[str, str, str | None]] = {
+    "overloaded": ("The server is overloaded or not ready yet.", "server_error", None),
+    "server_error": (
+        "The server had an error while processing your request.",
+        "server_error",
+        None,
+    ),
+    "rate_limit": ("Rate limit reached for requests.", "requests", "rate_limit_exceeded"),
+}
+
+
+class OpenAIWire(Wire):
+    name = "openai"
+
+    def parse(self, body: JsonObject, deployment: str | None = None) -> Call:
+        model = deployment if deployment is not None else require_model(body)
+        messages = require_messages(body)
+        response_format = body.get("response_format")
+        json_mode = isinstance(response_format, dict) and response_format.get("type") in {
+            "json_object",
+            "json_schema",
+        }
+        stream_options = body.get("stream_options")
+        include_usage = (
+            isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+        )
+        return Call(
+            self.name, model, body.get("stream") is True, json_mode, include_usage, messages
+        )
+
+    def error_body(
+        self,
+        status: int,
+        *,
+        fault_kind: str = "status",
+        message: str | None = None,
+        model: str = "",
+        param: str | None = None,
+    ) -> JsonObject:
+        code: str | None
+        if fault_kind == "context_length":
+            default, type_, code = (
+                _OPENAI_CONTEXT_LENGTH,
+                "invalid_request_error",
+                ("context_length_exceeded"),
+            )
+            param = "messages"
+        else:
+            default, type_, code = (
+                _OPENAI_ERRORS.get(status) or _OPENAI_ERRORS[400 if status < 500 else 500]
+            )
+        text = message or default.replace("{model}", model)
+        return {"error": {"message": text, "type": type_, "param": param, "code": code}}
+
+    def _finish_reason(self, answer: Answer) -> str:
+        return "content_filter" if answer.filtered else "stop"
+
+    def _usage(self, usage: Usage) -> JsonObject:
+        return {
+            "prompt_tokens": usage.input_tokens,
+            "completion_tokens": usage.output_tokens,
+            "total_tokens": usage.input_tokens + usage.output_tokens,
+            "prompt_tokens_details": {
+                "cached_tokens": usage.cached_input_tokens,
+                "audio_tokens": 0,
+            },
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        }
+
+    def completion(self, call: Call, answer: Answer) -> JsonObject:
+        return {
+            "id": answer.id,
+            "object": "chat.completion",
+            "created": answer.created,
+            "model": answer.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer.text, "refusal": None},
+                    "finish_reason": self._finish_reason(answer),
+                    "logprobs": None,
+                }
+            ],
+            "usage": self._usage(answer.usage),
+            "system_fingerprint": "fp_fake",
+        }
+
+    def _chunk(
+        self, call: Call, answer: Answer, delta: JsonObject, finish_reason: str | None = None
+    ) -> bytes:
+        chunk: JsonObject = {
+            "id": answer.id,
+            "object": "chat.completion.chunk",
+            "created": answer.created,
+            "model": answer.model,
+            "system_fingerprint": "fp_fake",
+            "choices": [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            ],
+        }
+        if call.include_usage:
+            chunk["usage"] = None  # the real API marks every chunk but the last this way
+        return sse(chunk)
+
+    def stream_open(self, call: Call, answer: Answer) -> list[bytes]:
+        return [self._chunk(call, answer, {"role": "assistant", "content": "", "refusal": None})]
+
+    def stream_delta(self, call: Call, answer: Answer, piece: str) -> bytes:
+        return self._chunk(call, answer, {"content": piece})
+
+    def stream_close(self, call: Call, answer: Answer) -> list[bytes]:
+        events = [self._chunk(call, answer, {}, self._finish_reason(answer))]
+        if call.include_usage:
+            events.append(
+                sse(
+                    {
+                        "id": answer.id,
+                        "object": "chat.completion.chunk",
+                        "created": answer.created,
+                        "model": answer.model,
+                        "system_fingerprint": "fp_fake",
+                        "choices": [],
+                        "usage": self._usage(answer.usage),
+                    }
+                )
+            )
+        events.append(b"data: [DONE]\n\n")
+        return events
+
+    def stream_error(self, call: Call, error_kind: str) -> bytes:
+        message, type_, code = _OPENAI_STREAM_ERRORS[error_kind]
+        return sse({"error": {"message": message, "type": type_, "param": None, "code": code}})
+
+    def malformed_event(self, call: Call, answer: Answer) -> bytes:
+        whole = self._chunk(call, answer, {"content": answer.pieces[0] if answer.pieces else ""})
+        return half(whole.removesuffix(b"\n\n")) + b"\n\n"
+
+
+class AzureOpenAIWire(OpenAIWire):
+    """OpenAI's formats at Azure's paths; streams open with a content-filter results chunk."""
+
+    name = "azure"
+
+    def stream_open(self, call: Call, answer: Answer) -> list[bytes]:
+        prompt_filter = sse(
+            {
+                "id": "",
+                "object": "",
+                "created": 0,
+                "model": "",
+                "choices": [],
+                "prompt_filter_results": [
+                    {
+                        "prompt_index": 0,
+                        "content_filter_results": {
+                            "hate": {"filtered": False, "severity": "safe"},
+                            "self_harm": {"filtered": False, "severity": "safe"},
+                            "sexual": {"filtered": False, "severity": "safe"},
+                            "violence": {"filtered": False, "severity": "safe"},
+                        },
+                    }
+                ],
+            }
+        )
+        return [prompt_filter, *super().stream_open(call, answer)]

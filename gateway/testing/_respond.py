@@ -1,0 +1,150 @@
+"""Answer one parsed API request on its connection, healthily or with its fault applied."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.testing._faults import STATUS_SHORTCUTS, Fault
+from gateway.testing._http import HttpConnection
+from gateway.testing._protocols import Answer, Call, Wire, new_id, now
+from gateway.testing._replies import ReplySpec, fake_usage, split_words
+
+# Faults that change how a stream's body is written, and stop its content after N chunks.
+_TRUNCATING = frozenset({"cut_stream", "midstream_error", "stall"})
+
+
+async def respond(
+    conn: HttpConnection, wire: Wire, call: Call, fault: Fault | None, spec: ReplySpec
+) -> None:
+    kind = fault.kind if fault is not None else "ok"
+    if fault is not None and fault.code is not None:
+        await send_error(
+            conn,
+            wire,
+            wire.error_status(fault),
+            fault_kind=kind,
+            message=fault.message,
+            model=call.model,
+            retry_after=fault.retry_after,
+        )
+        return
+    if kind == "reset":
+        conn.reset()
+        return
+    hold_first = kind in {"hang", "slow_first_byte"} or (kind == "stall" and not call.stream)
+    if hold_first:
+        assert fault is not None
+        if await conn.wait_for_disconnect(fault.seconds):
+            return
+    filtered = kind == "content_filter" and wire.name != "ollama"  # Ollama has no filter
+    answer = make_answer(call, spec, filtered=filtered)
+    if spec.latency_s:
+        await asyncio.sleep(spec.latency_s)
+    headers = response_headers(wire)
+    if kind == "midstream_error" and not call.stream:
+        # A whole-body request cannot fail "mid-stream": it gets the matching status.
+        assert fault is not None and fault.error_kind is not None
+        status_fault = Fault(fault.error_kind, code=STATUS_SHORTCUTS[fault.error_kind])
+        await send_error(conn, wire, wire.error_status(status_fault), model=call.model)
+    elif call.stream:
+        await _stream(conn, wire, call, answer, spec, fault, headers)
+    elif kind == "malformed_json":
+        await conn.send(200, wire.malformed_body(call, answer), headers=headers)
+    elif kind == "cut_stream":
+        await conn.send_truncated(200, wire.encode(wire.completion(call, answer)), headers=headers)
+    else:
+        await conn.send(200, wire.encode(wire.completion(call, answer)), headers=headers)
+
+
+async def _stream(
+    conn: HttpConnection,
+    wire: Wire,
+    call: Call,
+    answer: Answer,
+    spec: ReplySpec,
+    fault: Fault | None,
+    headers: dict[str, str],
+) -> None:
+    kind = fault.kind if fault is not None else "ok"
+    pieces, rest = answer.pieces, []
+    if kind in _TRUNCATING:
+        assert fault is not None and fault.after_chunks is not None
+        pieces, rest = pieces[: fault.after_chunks], pieces[fault.after_chunks :]
+    elif kind == "malformed_json":
+        pieces = []
+    opening = b"".join(wire.stream_open(call, answer))
+    deltas = [wire.stream_delta(call, answer, piece) for piece in pieces]
+    if kind == "malformed_json":
+        closing = wire.malformed_event(call, answer)
+    elif kind == "midstream_error":
+        assert fault is not None and fault.error_kind is not None
+        closing = wire.stream_error(call, fault.error_kind)
+    elif kind in {"cut_stream", "stall"}:
+        closing = b""
+    else:
+        closing = b"".join(wire.stream_close(call, answer))
+
+    if spec.chunk_delay_s:
+        await conn.start_stream(200, wire.stream_content_type, headers, first_chunk=opening)
+        for delta in deltas:
+            await asyncio.sleep(spec.chunk_delay_s)
+            await conn.send_chunk(delta)
+        await conn.send_chunk(closing)
+    else:
+        # No pacing asked for: one write is what keeps the server cheap in benchmarks.
+        body = opening + b"".join(deltas) + closing
+        await conn.start_stream(200, wire.stream_content_type, headers, first_chunk=body)
+
+    if kind == "cut_stream":
+        await conn.cut()
+        return
+    if kind == "stall":
+        assert fault is not None
+        if await conn.wait_for_disconnect(fault.seconds):
+            return
+        remainder = [wire.stream_delta(call, answer, piece) for piece in rest]
+        await conn.send_chunk(b"".join([*remainder, *wire.stream_close(call, answer)]))
+    await conn.end_stream()
+
+
+async def send_error(
+    conn: HttpConnection,
+    wire: Wire,
+    status: int,
+    *,
+    fault_kind: str = "status",
+    message: str | None = None,
+    model: str = "",
+    param: str | None = None,
+    retry_after: float | None = None,
+) -> None:
+    body = wire.error_body(status, fault_kind=fault_kind, message=message, model=model, param=param)
+    headers = response_headers(wire)
+    if retry_after is not None:
+        headers["retry-after"] = _format_seconds(retry_after)
+    await conn.send(status, wire.encode(body), headers=headers)
+
+
+def make_answer(call: Call, spec: ReplySpec, *, filtered: bool) -> Answer:
+    text = "" if filtered else spec.text_for(call.model, json_mode=call.json_mode)
+    prefix = {"anthropic": "msg_", "ollama": ""}.get(call.protocol, "chatcmpl-")
+    return Answer(
+        id=new_id(prefix),
+        created=now(),
+        model=call.model,
+        text=text,
+        pieces=split_words(text),
+        usage=fake_usage(call.messages, text, spec.cached_input_tokens),
+        filtered=filtered,
+    )
+
+
+def response_headers(wire: Wire) -> dict[str, str]:
+    request_id = new_id("req_")
+    if wire.name == "anthropic":
+        return {"request-id": request_id}
+    return {"x-request-id": request_id}
+
+
+def _format_seconds(seconds: float) -> str:
+    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
