@@ -58,7 +58,7 @@ class HttpConnection:
         self._writer = writer
         self.keep_alive = True
         self.closed = False
-        self._chunked = False
+        self._http11 = False
 
     async def read_request(self) -> HttpRequest | None:
         """The next request, or None when the client closed the connection between requests."""
@@ -95,7 +95,7 @@ class HttpConnection:
             self.keep_alive = connection == "keep-alive"
         else:
             self.keep_alive = connection != "close"
-        self._chunked = version != "HTTP/1.0"
+        self._http11 = version != "HTTP/1.0"
         return HttpRequest(method, path, query, version, headers, body)
 
     async def _read_body(self, headers: Mapping[str, str]) -> bytes:
@@ -142,6 +142,8 @@ class HttpConnection:
         lines.extend(f"{name}: {value}" for name, value in headers.items())
         if not self.keep_alive:
             lines.append("connection: close")
+        elif not self._http11:
+            lines.append("connection: keep-alive")  # HTTP/1.0 closes unless told otherwise
         lines.append("\r\n")
         return "\r\n".join(lines).encode("latin-1")
 
@@ -188,7 +190,7 @@ class HttpConnection:
         all_headers = {"content-type": content_type, "cache-control": "no-cache"}
         if headers:
             all_headers.update(headers)
-        if self._chunked:
+        if self._http11:
             all_headers["transfer-encoding"] = "chunked"
         else:
             self.keep_alive = False
@@ -196,7 +198,7 @@ class HttpConnection:
         await self._writer.drain()
 
     def _frame(self, data: bytes) -> bytes:
-        if not data or not self._chunked:
+        if not data or not self._http11:
             return data  # an empty chunk would end a chunked body
         return b"%x\r\n%s\r\n" % (len(data), data)
 
@@ -206,7 +208,7 @@ class HttpConnection:
             await self._writer.drain()
 
     async def end_stream(self) -> None:
-        if self._chunked:
+        if self._http11:
             self._writer.write(b"0\r\n\r\n")
             await self._writer.drain()
         else:
