@@ -45,7 +45,35 @@ _EXPORTS = {
     "StreamInterrupted": "gateway.errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AllProvidersFailed",
+    "Attempt",
+    "ChatStream",
+    "Completion",
+    "ConfigurationError",
+    "DeadlineExceeded",
+    "ErrorKind",
+    "GatewayError",
+    "InvalidRequestError",
+    "LLMFactory",
+    "LLMService",
+    "MissingCredentialsError",
+    "MissingDependencyError",
+    "Policy",
+    "PolicyError",
+    "ProviderError",
+    "RoutedCompletion",
+    "RoutedStream",
+    "Router",
+    "RoutingError",
+    "Settings",
+    "StreamInterrupted",
+    "SyncRouter",
+    "UnknownProviderError",
+    "UnknownTaskError",
+    "Usage",
+    "load_policy",
+]
 
 if TYPE_CHECKING:
     from gateway.errors import (
@@ -68,9 +96,9 @@ if TYPE_CHECKING:
     from gateway.providers.base import LLMService
     from gateway.providers.registry import LLMFactory
     from gateway.router import RoutedCompletion, Router
+    from gateway.settings import Settings
     from gateway.streaming import RoutedStream
     from gateway.sync import SyncRouter
-    from gateway.settings import Settings
     from gateway.types import Attempt, ChatStream, Completion, Usage
 
 

@@ -18,6 +18,7 @@ from importlib.resources import files
 from typing import Any, TextIO
 
 from gateway.errors import GatewayError
+from gateway.hooks import BaseHooks
 from gateway.metrics import GatewayMetrics
 from gateway.policy import parse_policy
 from gateway.router import Router
@@ -34,7 +35,7 @@ def demo_policy_text() -> str:
 
 
 @dataclass
-class DemoView:
+class DemoView(BaseHooks):
     """RouterHooks that keep what the live view shows."""
 
     served: Counter[str] = field(default_factory=Counter)

@@ -14,9 +14,7 @@ from gateway.types import Usage
 
 
 class RouterHooks(Protocol):
-    def on_request(
-        self, *, task: str, outcome: str, duration_s: float, overhead_s: float
-    ) -> None:
+    def on_request(self, *, task: str, outcome: str, duration_s: float, overhead_s: float) -> None:
         """A request ended. outcome: success, exhausted, deadline, rejected, cancelled.
 
         overhead_s is the time spent in the router that was not spent waiting on an upstream
@@ -53,3 +51,38 @@ class RouterHooks(Protocol):
     def on_policy(self, *, outcome: str, version: int | None, sha256: str | None) -> None:
         """A policy load or reload. outcome: applied or rejected (version/sha of the file
         that is now serving)."""
+
+
+class BaseHooks:
+    """Every hook as a no-op: subclass it and override only the events you need."""
+
+    def on_request(self, *, task: str, outcome: str, duration_s: float, overhead_s: float) -> None:
+        pass
+
+    def on_attempt(
+        self, *, task: str, provider: str, model: str, outcome: str, duration_s: float | None
+    ) -> None:
+        pass
+
+    def on_first_token(self, *, provider: str, model: str, seconds: float) -> None:
+        pass
+
+    def on_retry(self, *, provider: str, model: str, kind: str) -> None:
+        pass
+
+    def on_fallback(self, *, task: str, from_provider: str, to_provider: str, kind: str) -> None:
+        pass
+
+    def on_usage(
+        self, *, task: str, provider: str, model: str, usage: Usage, cost_usd: float | None
+    ) -> None:
+        pass
+
+    def on_breaker_state(self, *, provider: str, state: str) -> None:
+        pass
+
+    def on_state_backend_error(self, *, backend: str) -> None:
+        pass
+
+    def on_policy(self, *, outcome: str, version: int | None, sha256: str | None) -> None:
+        pass

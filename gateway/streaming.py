@@ -280,17 +280,17 @@ class RoutedStream:
                     except StopAsyncIteration:
                         break
                     except BaseException as exc:
-                        error = _as_error(exc, candidate, timeout)
-                        if error is None:
+                        failure = _as_error(exc, candidate, timeout)
+                        if failure is None:
                             raise
-                        candidate.breaker.failure(admission, error.kind)
+                        candidate.breaker.failure(admission, failure.kind)
                         admission = Admission.CALL  # recorded: do not release again below
                         outcome = (
                             DEADLINE
                             if (isinstance(exc, TimeoutError) and deadline_binds)
-                            else error.kind.value
+                            else failure.kind.value
                         )
-                        raise _Failed(outcome, error) from exc
+                        raise _Failed(outcome, failure) from exc
                     yield delta
             outcome = SUCCESS
         finally:

@@ -132,9 +132,7 @@ def validate_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
             )
         role = message.get("role")
         if role not in ROLES:
-            raise InvalidRequestError(
-                f"messages[{i}].role is {role!r}; use one of {sorted(ROLES)}"
-            )
+            raise InvalidRequestError(f"messages[{i}].role is {role!r}; use one of {sorted(ROLES)}")
         content = message.get("content")
         if isinstance(content, list):
             for j, part in enumerate(content):
@@ -143,7 +141,9 @@ def validate_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
                         f"messages[{i}].content[{j}] must be a content part dict with a 'type' "
                         "(e.g. {'type': 'text', 'text': '...'})"
                     )
-        elif not isinstance(content, str) and not (content is None and role in {"assistant", "tool"}):
+        elif not isinstance(content, str) and not (
+            content is None and role in {"assistant", "tool"}
+        ):
             raise InvalidRequestError(
                 f"messages[{i}].content must be a string or a list of content parts, "
                 f"got {type(content).__name__}"

@@ -72,7 +72,7 @@ class LLMService(ABC):
         Nothing is sent until the first delta is awaited. Failures raise `ProviderError`.
         """
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional: not every provider holds a pool
         """Close the connection pool."""
 
     # The seed's interface, kept as thin layers over `complete` and `stream`.
@@ -126,7 +126,7 @@ def parse_json_object(text: str, *, provider: str = "") -> dict[str, Any]:
         stripped = stripped.strip("`").removeprefix("json").strip()
     try:
         value = json.loads(stripped)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise ProviderError(
             f"reply is not valid JSON ({exc.msg} at position {exc.pos})",
             kind=ErrorKind.INVALID_RESPONSE,
