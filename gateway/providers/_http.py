@@ -1,21 +1,31 @@
-"""Connection pools and timeouts for provider clients: one bounded pool per provider instance."""
+"""Plumbing shared by provider clients: bounded pools, timeouts, SDK call arguments."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+import ssl
+from collections.abc import Callable
 from typing import Any
 
 from gateway.errors import ConfigurationError
 
 
-def check_limits(provider: str, timeout_s: float, max_connections: int) -> None:
-    """Refuse limits that cannot work, naming the option and the fix."""
-    if not (isinstance(timeout_s, int | float) and timeout_s > 0 and math.isfinite(timeout_s)):
+def check_limits(provider: str, timeout_s: float | None, max_connections: int | None) -> None:
+    """Refuse limits that cannot work, naming the option and the fix (None: the default)."""
+    if timeout_s is not None and not (
+        isinstance(timeout_s, int | float)
+        and not isinstance(timeout_s, bool)
+        and timeout_s > 0
+        and math.isfinite(timeout_s)
+    ):
         raise ConfigurationError(
             f"{provider}: timeout_s is {timeout_s!r}; use a positive number of seconds (e.g. 30)"
         )
-    if isinstance(max_connections, bool) or not (
-        isinstance(max_connections, int) and max_connections >= 1
+    if max_connections is not None and (
+        isinstance(max_connections, bool)
+        or not (isinstance(max_connections, int) and max_connections >= 1)
     ):
         raise ConfigurationError(
             f"{provider}: max_connections is {max_connections!r}; use a whole number >= 1"
@@ -27,8 +37,60 @@ def httpx2_client(timeout_s: float, max_connections: int) -> Any:
     import httpx2
 
     return httpx2.AsyncClient(
+        verify=_httpx2_tls(),
         timeout=httpx2.Timeout(timeout_s),
         limits=httpx2.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         ),
     )
+
+
+def httpx_client(
+    base_url: str, timeout_s: float, max_connections: int, headers: dict[str, str] | None
+) -> Any:
+    """The pool for upstreams spoken to directly over httpx (Ollama)."""
+    import httpx
+
+    return httpx.AsyncClient(
+        base_url=base_url,
+        headers=headers,
+        verify=_httpx_tls(),
+        timeout=httpx.Timeout(timeout_s),
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        ),
+    )
+
+
+# Building a TLS context loads the whole CA bundle (tens of ms); a process needs one per
+# library, not one per provider instance. Built with each library's own defaults.
+@functools.cache
+def _httpx2_tls() -> ssl.SSLContext:
+    import httpx2
+
+    return httpx2.create_ssl_context()
+
+
+@functools.cache
+def _httpx_tls() -> ssl.SSLContext:
+    import httpx
+
+    return httpx.create_ssl_context()
+
+
+def sdk_parameters(method: Callable[..., Any]) -> frozenset[str]:
+    """The keyword parameters an SDK method declares."""
+    return frozenset(inspect.signature(method).parameters) - {"self"}
+
+
+def fit_to_sdk(request: dict[str, Any], accepted: frozenset[str]) -> dict[str, Any]:
+    """`request` with the fields the SDK method does not declare moved into `extra_body`.
+
+    SDKs refuse unknown keywords, but the API may still take the field (a newer or
+    vendor-specific parameter): it goes on the wire and the upstream decides.
+    """
+    call = {key: value for key, value in request.items() if key in accepted}
+    extra = {key: value for key, value in request.items() if key not in accepted}
+    if extra:
+        call["extra_body"] = {**extra, **(request.get("extra_body") or {})}
+    return call

@@ -22,11 +22,14 @@ except ImportError as exc:
 
 from gateway.errors import ErrorKind, ProviderError
 from gateway.providers import _errors
-from gateway.providers._http import check_limits, httpx2_client
+from gateway.providers._http import check_limits, fit_to_sdk, httpx2_client, sdk_parameters
 from gateway.providers._messages import to_anthropic
 from gateway.providers.base import LLMService
 from gateway.settings import get_settings, require_key
 from gateway.types import ChatStream, Completion, Message, StreamEnd, Usage, validate_messages
+
+# Fields the SDK has no keyword for (e.g. temperature, top_p in SDK 2.x) travel in extra_body.
+_CREATE_PARAMETERS = sdk_parameters(anthropic.resources.messages.AsyncMessages.create)
 
 DEFAULT_MAX_TOKENS = 4096
 """Anthropic requires `max_tokens` on every call; this is what a call without one asks for."""
@@ -50,13 +53,13 @@ class AnthropicService(LLMService):
         default_headers: dict[str, str] | None = None,
     ) -> None:
         settings = get_settings()
+        check_limits(name or self.type_name, timeout_s, max_connections)
         super().__init__(
             name=name,
             model=model or settings.ANTHROPIC_MODEL,
             timeout_s=timeout_s,
             max_connections=max_connections,
         )
-        check_limits(self.name, self.timeout_s, self.max_connections)
         key = require_key(api_key or settings.ANTHROPIC_API_KEY, "ANTHROPIC_API_KEY", "Anthropic")
         self.default_max_tokens = default_max_tokens
         self._http = httpx2_client(self.timeout_s, self.max_connections)
@@ -83,7 +86,7 @@ class AnthropicService(LLMService):
         request = self._request(checked, temperature, max_tokens, json_mode, params)
         try:
             response = await self._client.messages.create(
-                **request, timeout=timeout_s or self.timeout_s
+                **fit_to_sdk(request, _CREATE_PARAMETERS), timeout=timeout_s or self.timeout_s
             )
         except Exception as exc:
             raise self._error(exc, checked) from exc
@@ -123,7 +126,9 @@ class AnthropicService(LLMService):
         response_id: str | None = None
         finished = False
         try:
-            stream = await self._client.messages.create(**request, stream=True, timeout=timeout_s)
+            stream = await self._client.messages.create(
+                **fit_to_sdk(request, _CREATE_PARAMETERS), stream=True, timeout=timeout_s
+            )
             async with stream:
                 async for event in stream:
                     if event.type == "message_start":

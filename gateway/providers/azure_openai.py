@@ -39,6 +39,7 @@ class AzureOpenAIService(OpenAIService):
         settings = get_settings()
         deployment = deployment or settings.AZURE_OPENAI_DEPLOYMENT
         # Skip OpenAIService.__init__: it builds a plain OpenAI client and wants OPENAI_API_KEY.
+        check_limits(name or self.type_name, timeout_s, max_connections)
         LLMService.__init__(
             self,
             name=name,
@@ -46,7 +47,6 @@ class AzureOpenAIService(OpenAIService):
             timeout_s=timeout_s,
             max_connections=max_connections,
         )
-        check_limits(self.name, self.timeout_s, self.max_connections)
         key = require_key(
             api_key or settings.AZURE_OPENAI_API_KEY, "AZURE_OPENAI_API_KEY", "Azure OpenAI"
         )

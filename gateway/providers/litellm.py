@@ -57,10 +57,10 @@ class LiteLLMService(LLMService):
         max_connections: int | None = None,
         api_version: str | None = None,
     ) -> None:
+        check_limits(name or self.type_name, timeout_s, max_connections)
         super().__init__(
             name=name, model=model, timeout_s=timeout_s, max_connections=max_connections
         )
-        check_limits(self.name, self.timeout_s, self.max_connections)
         if not self.model:
             raise ConfigurationError(
                 f"{self.name}: model is required for litellm: pass model='<provider>/<model>', "

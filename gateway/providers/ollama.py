@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from gateway.errors import ErrorKind, ProviderError
 from gateway.providers import _errors
-from gateway.providers._http import check_limits
+from gateway.providers._http import check_limits, httpx_client
 from gateway.providers._messages import to_ollama
 from gateway.providers.base import LLMService
 from gateway.settings import get_settings
@@ -46,27 +46,19 @@ class OllamaService(LLMService):
         keep_alive: str | float | None = None,
     ) -> None:
         settings = get_settings()
+        check_limits(name or self.type_name, timeout_s, max_connections)
         super().__init__(
             name=name,
             model=model or settings.LOCAL_MODEL,
             timeout_s=timeout_s,
             max_connections=max_connections,
         )
-        check_limits(self.name, self.timeout_s, self.max_connections)
         self.base_url = (base_url or settings.OLLAMA_BASE_URL).rstrip("/")
         self.keep_alive = keep_alive
         # Ollama needs no key; one is sent only for a server behind an authenticating proxy.
         self._api_key = SecretStr(api_key) if api_key else None
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=headers,
-            timeout=httpx.Timeout(self.timeout_s),
-            limits=httpx.Limits(
-                max_connections=self.max_connections,
-                max_keepalive_connections=self.max_connections,
-            ),
-        )
+        self._http = httpx_client(self.base_url, self.timeout_s, self.max_connections, headers)
 
     async def complete(
         self,
@@ -87,8 +79,10 @@ class OllamaService(LLMService):
             )
         except Exception as exc:
             raise self._error(exc) from exc
-        if response.status_code >= 400:
-            raise self._status_error(response, redact)
+        try:
+            response.raise_for_status()
+        except httpx.HTTPStatusError as exc:
+            raise self._status_error(response, redact) from exc
         try:
             data = response.json()
         except ValueError as exc:
@@ -130,7 +124,10 @@ class OllamaService(LLMService):
             async with self._http.stream("POST", _CHAT_PATH, json=body, timeout=timeout_s) as rsp:
                 if rsp.status_code >= 400:
                     await rsp.aread()
-                    raise self._status_error(rsp, redact)
+                    try:
+                        rsp.raise_for_status()
+                    except httpx.HTTPStatusError as exc:
+                        raise self._status_error(rsp, redact) from exc
                 async for line in rsp.aiter_lines():
                     if not line.strip():
                         continue

@@ -16,7 +16,7 @@ except ImportError as exc:
 
 from gateway.errors import ErrorKind, ProviderError
 from gateway.providers import _errors
-from gateway.providers._http import check_limits, httpx2_client
+from gateway.providers._http import check_limits, fit_to_sdk, httpx2_client, sdk_parameters
 from gateway.providers._messages import JSON_INSTRUCTION
 from gateway.providers.base import LLMService
 from gateway.settings import get_settings, require_key
@@ -29,6 +29,9 @@ from gateway.types import (
     content_text,
     validate_messages,
 )
+
+# Fields the SDK has no keyword for (vendor extensions of compatible servers) go in extra_body.
+_CREATE_PARAMETERS = sdk_parameters(openai.resources.chat.completions.AsyncCompletions.create)
 
 # Codes in a 4xx body that say more than the status does.
 _SPECIFIC_CODES = frozenset({ErrorKind.CONTEXT_LENGTH, ErrorKind.CONTENT_FILTER})
@@ -52,13 +55,13 @@ class OpenAIService(LLMService):
         default_headers: dict[str, str] | None = None,
     ) -> None:
         settings = get_settings()
+        check_limits(name or self.type_name, timeout_s, max_connections)
         super().__init__(
             name=name,
             model=model or settings.OPENAI_MODEL,
             timeout_s=timeout_s,
             max_connections=max_connections,
         )
-        check_limits(self.name, self.timeout_s, self.max_connections)
         key = require_key(api_key or settings.OPENAI_API_KEY, "OPENAI_API_KEY", "OpenAI")
         self._http = httpx2_client(self.timeout_s, self.max_connections)
         self._client: openai.AsyncOpenAI = openai.AsyncOpenAI(
@@ -90,7 +93,7 @@ class OpenAIService(LLMService):
         request = self._request(checked, temperature, max_tokens, json_mode, params)
         try:
             response = await self._client.chat.completions.create(
-                **request, timeout=timeout_s or self.timeout_s
+                **fit_to_sdk(request, _CREATE_PARAMETERS), timeout=timeout_s or self.timeout_s
             )
         except Exception as exc:
             raise self._error(exc, checked) from exc
@@ -134,7 +137,9 @@ class OpenAIService(LLMService):
         model: str | None = None
         response_id: str | None = None
         try:
-            stream = await self._client.chat.completions.create(**request, timeout=timeout_s)
+            stream = await self._client.chat.completions.create(
+                **fit_to_sdk(request, _CREATE_PARAMETERS), timeout=timeout_s
+            )
             async with stream:
                 async for chunk in stream:
                     response_id = response_id or chunk.id
