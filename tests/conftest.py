@@ -7,24 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import get_settings
+from gateway.settings import Settings, get_settings
 from gateway.testing import FakeUpstream
 
-SEED_VARIABLES = (
-    "LLM_PROVIDER",
-    "OPENAI_API_KEY",
-    "OPENAI_MODEL",
-    "OPENAI_BASE_URL",
-    "AZURE_OPENAI_API_KEY",
-    "AZURE_OPENAI_ENDPOINT",
-    "AZURE_OPENAI_DEPLOYMENT",
-    "OPENAI_API_VERSION",
-    "ANTHROPIC_API_KEY",
-    "ANTHROPIC_MODEL",
-    "ANTHROPIC_BASE_URL",
-    "OLLAMA_BASE_URL",
-    "LOCAL_MODEL",
-)
+SEED_VARIABLES = tuple(Settings.model_fields)
 """The environment variables `gateway.settings.Settings` reads."""
 
 
