@@ -123,7 +123,11 @@ class Breaker:
 
     def success(self, admission: Admission) -> None:
         self._end(admission)
-        self._cb.call(_noop)
+        # A call admitted while closed can finish after concurrent failures opened the
+        # breaker; pybreaker then refuses to replay it. The answer is still good: the success
+        # is simply not counted, as the open breaker already decided on other evidence.
+        with contextlib.suppress(pybreaker.CircuitBreakerError):
+            self._cb.call(_noop)
 
     def failure(self, admission: Admission, kind: ErrorKind) -> None:
         """Record a failed call; kinds outside `trip_on` only release the admission."""
