@@ -9,7 +9,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from gateway.errors import ConfigurationError
+from gateway.errors import ConfigurationError, InvalidRequestError
 
 
 def check_limits(provider: str, timeout_s: float | None, max_connections: int | None) -> None:
@@ -30,6 +30,26 @@ def check_limits(provider: str, timeout_s: float | None, max_connections: int | 
         raise ConfigurationError(
             f"{provider}: max_connections is {max_connections!r}; use a whole number >= 1"
         )
+
+
+def call_timeout(timeout_s: float | None, default: float) -> float:
+    """The timeout for one call: its own `timeout_s` if given, else the provider's.
+
+    0 is allowed and means no time is left (a caller's deadline ran out): the call fails
+    with a timeout rather than being refused as a bad request.
+    """
+    if timeout_s is None:
+        return default
+    if (
+        isinstance(timeout_s, bool)
+        or not isinstance(timeout_s, int | float)
+        or not (timeout_s >= 0 and math.isfinite(timeout_s))
+    ):
+        raise InvalidRequestError(
+            f"timeout_s is {timeout_s!r}; use a number of seconds >= 0, or None for the "
+            f"provider's {default:g} s"
+        )
+    return float(timeout_s)
 
 
 def httpx2_client(timeout_s: float, max_connections: int) -> Any:

@@ -22,7 +22,13 @@ except ImportError as exc:
 
 from gateway.errors import ErrorKind, ProviderError
 from gateway.providers import _errors
-from gateway.providers._http import check_limits, fit_to_sdk, httpx2_client, sdk_parameters
+from gateway.providers._http import (
+    call_timeout,
+    check_limits,
+    fit_to_sdk,
+    httpx2_client,
+    sdk_parameters,
+)
 from gateway.providers._messages import to_anthropic
 from gateway.providers.base import LLMService
 from gateway.settings import get_settings, require_key
@@ -84,12 +90,16 @@ class AnthropicService(LLMService):
     ) -> Completion:
         checked = validate_messages(messages)
         request = self._request(checked, temperature, max_tokens, json_mode, params)
+        timeout = call_timeout(timeout_s, self.timeout_s)
         try:
             response = await self._client.messages.create(
-                **fit_to_sdk(request, _CREATE_PARAMETERS), timeout=timeout_s or self.timeout_s
+                **fit_to_sdk(request, _CREATE_PARAMETERS), timeout=timeout
             )
         except Exception as exc:
-            raise self._error(exc, checked) from exc
+            error = self._error(exc, checked)
+            if error is None:
+                raise  # not an upstream failure: a bug to see as is
+            raise error from exc
         if response.stop_reason == "refusal":
             raise _errors.content_filter_error(provider=self.name, reason=response.stop_reason)
         text = "".join(block.text for block in response.content if block.type == "text")
@@ -113,7 +123,7 @@ class AnthropicService(LLMService):
     ) -> ChatStream:
         checked = validate_messages(messages)
         request = self._request(checked, temperature, max_tokens, json_mode, params)
-        events = self._stream_events(request, checked, timeout_s or self.timeout_s)
+        events = self._stream_events(request, checked, call_timeout(timeout_s, self.timeout_s))
         return ChatStream(events, model=self.model)
 
     async def _stream_events(
@@ -144,7 +154,10 @@ class AnthropicService(LLMService):
                     elif event.type == "message_stop":
                         finished = True
         except Exception as exc:
-            raise self._error(exc, checked) from exc
+            error = self._error(exc, checked)
+            if error is None:
+                raise  # not an upstream failure: a bug to see as is
+            raise error from exc
         if not finished:
             raise _errors.truncated_stream_error(provider=self.name)
         if stop_reason == "refusal":
@@ -178,10 +191,10 @@ class AnthropicService(LLMService):
         request.update(params)
         return request
 
-    def _error(self, exc: Exception, messages: list[dict[str, Any]]) -> Exception:
-        """The `ProviderError` for an SDK failure, or the exception itself when it is not one."""
+    def _error(self, exc: Exception, messages: list[dict[str, Any]]) -> ProviderError | None:
+        """The `ProviderError` for an SDK failure; None for anything else."""
         redact = _errors.Redactor([self._client.api_key], messages)
-        return anthropic_error(exc, provider=self.name, redact=redact) or exc
+        return anthropic_error(exc, provider=self.name, redact=redact)
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from gateway.errors import ConfigurationError, ErrorKind, MissingDependencyError, ProviderError
 from gateway.providers import _errors
-from gateway.providers._http import check_limits
+from gateway.providers._http import call_timeout, check_limits
 from gateway.providers.base import LLMService
 from gateway.types import ChatStream, Completion, Message, StreamEnd, Usage, validate_messages
 
@@ -87,7 +87,10 @@ class LiteLLMService(LLMService):
             try:
                 response = await litellm.acompletion(**request, stream=False)
             except Exception as exc:
-                raise self._error(exc, checked) from exc
+                error = self._error(exc, checked)
+                if error is None:
+                    raise  # not an upstream failure: a bug to see as is
+                raise error from exc
         if not response.choices:
             raise ProviderError(
                 "reply has no choices", kind=ErrorKind.INVALID_RESPONSE, provider=self.name
@@ -143,7 +146,10 @@ class LiteLLMService(LLMService):
             except ProviderError:
                 raise
             except Exception as exc:
-                raise self._error(exc, checked) from exc
+                error = self._error(exc, checked)
+                if error is None:
+                    raise  # not an upstream failure: a bug to see as is
+                raise error from exc
         if finish is None:
             raise _errors.truncated_stream_error(provider=self.name)
         if finish == "content_filter":
@@ -162,7 +168,7 @@ class LiteLLMService(LLMService):
         request: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
-            "timeout": timeout_s or self.timeout_s,
+            "timeout": call_timeout(timeout_s, self.timeout_s),
             "num_retries": 0,
             "max_retries": 0,
             **params,
@@ -181,10 +187,10 @@ class LiteLLMService(LLMService):
             request["response_format"] = {"type": "json_object"}
         return request
 
-    def _error(self, exc: Exception, messages: list[dict[str, Any]]) -> Exception:
+    def _error(self, exc: Exception, messages: list[dict[str, Any]]) -> ProviderError | None:
         secret = self._api_key.get_secret_value() if self._api_key else None
         redact = _errors.Redactor([secret], messages)
-        return litellm_error(exc, provider=self.name, redact=redact) or exc
+        return litellm_error(exc, provider=self.name, redact=redact)
 
 
 def _usage(usage: Any) -> Usage | None:

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from gateway.errors import ErrorKind, ProviderError
 from gateway.providers import _errors
-from gateway.providers._http import check_limits, httpx_client
+from gateway.providers._http import call_timeout, check_limits, httpx_client
 from gateway.providers._messages import to_ollama
 from gateway.providers.base import LLMService
 from gateway.settings import get_settings
@@ -73,12 +73,14 @@ class OllamaService(LLMService):
         checked = validate_messages(messages)
         body = self._body(checked, temperature, max_tokens, json_mode, params, stream=False)
         redact = self._redactor(checked)
+        timeout = call_timeout(timeout_s, self.timeout_s)
         try:
-            response = await self._http.post(
-                _CHAT_PATH, json=body, timeout=timeout_s or self.timeout_s
-            )
+            response = await self._http.post(_CHAT_PATH, json=body, timeout=timeout)
         except Exception as exc:
-            raise self._error(exc) from exc
+            error = self._error(exc)
+            if error is None:
+                raise  # not an upstream failure: a bug to see as is
+            raise error from exc
         try:
             response.raise_for_status()
         except httpx.HTTPStatusError as exc:
@@ -113,7 +115,9 @@ class OllamaService(LLMService):
     ) -> ChatStream:
         checked = validate_messages(messages)
         body = self._body(checked, temperature, max_tokens, json_mode, params, stream=True)
-        events = self._stream_events(body, self._redactor(checked), timeout_s or self.timeout_s)
+        events = self._stream_events(
+            body, self._redactor(checked), call_timeout(timeout_s, self.timeout_s)
+        )
         return ChatStream(events, model=self.model)
 
     async def _stream_events(
@@ -149,7 +153,10 @@ class OllamaService(LLMService):
         except ProviderError:
             raise
         except Exception as exc:
-            raise self._error(exc) from exc
+            error = self._error(exc)
+            if error is None:
+                raise  # not an upstream failure: a bug to see as is
+            raise error from exc
         if final is None:
             raise _errors.truncated_stream_error(provider=self.name)
         yield StreamEnd(
@@ -198,8 +205,8 @@ class OllamaService(LLMService):
         secret = self._api_key.get_secret_value() if self._api_key else None
         return _errors.Redactor([secret], messages)
 
-    def _error(self, exc: Exception) -> Exception:
-        return ollama_error(exc, provider=self.name) or exc
+    def _error(self, exc: Exception) -> ProviderError | None:
+        return ollama_error(exc, provider=self.name)
 
     def _status_error(self, response: httpx.Response, redact: _errors.Redactor) -> ProviderError:
         message = _error_text(response)

@@ -16,7 +16,13 @@ except ImportError as exc:
 
 from gateway.errors import ErrorKind, ProviderError
 from gateway.providers import _errors
-from gateway.providers._http import check_limits, fit_to_sdk, httpx2_client, sdk_parameters
+from gateway.providers._http import (
+    call_timeout,
+    check_limits,
+    fit_to_sdk,
+    httpx2_client,
+    sdk_parameters,
+)
 from gateway.providers._messages import JSON_INSTRUCTION
 from gateway.providers.base import LLMService
 from gateway.settings import get_settings, require_key
@@ -91,12 +97,16 @@ class OpenAIService(LLMService):
     ) -> Completion:
         checked = validate_messages(messages)
         request = self._request(checked, temperature, max_tokens, json_mode, params)
+        timeout = call_timeout(timeout_s, self.timeout_s)
         try:
             response = await self._client.chat.completions.create(
-                **fit_to_sdk(request, _CREATE_PARAMETERS), timeout=timeout_s or self.timeout_s
+                **fit_to_sdk(request, _CREATE_PARAMETERS), timeout=timeout
             )
         except Exception as exc:
-            raise self._error(exc, checked) from exc
+            error = self._error(exc, checked)
+            if error is None:
+                raise  # not an upstream failure: a bug to see as is
+            raise error from exc
         if not response.choices:
             raise ProviderError(
                 "reply has no choices", kind=ErrorKind.INVALID_RESPONSE, provider=self.name
@@ -126,7 +136,7 @@ class OpenAIService(LLMService):
         request = self._request(checked, temperature, max_tokens, json_mode, params)
         request["stream"] = True
         request["stream_options"] = {"include_usage": True}
-        events = self._stream_events(request, checked, timeout_s or self.timeout_s)
+        events = self._stream_events(request, checked, call_timeout(timeout_s, self.timeout_s))
         return ChatStream(events, model=self.model)
 
     async def _stream_events(
@@ -156,7 +166,10 @@ class OpenAIService(LLMService):
         except ProviderError:
             raise
         except Exception as exc:
-            raise self._error(exc, checked) from exc
+            error = self._error(exc, checked)
+            if error is None:
+                raise  # not an upstream failure: a bug to see as is
+            raise error from exc
         if finish is None:
             raise _errors.truncated_stream_error(provider=self.name)
         if finish == "content_filter":
@@ -183,10 +196,10 @@ class OpenAIService(LLMService):
                 request["messages"] = [{"role": "system", "content": JSON_INSTRUCTION}, *messages]
         return request
 
-    def _error(self, exc: Exception, messages: list[dict[str, Any]]) -> Exception:
-        """The `ProviderError` for an SDK failure, or the exception itself when it is not one."""
+    def _error(self, exc: Exception, messages: list[dict[str, Any]]) -> ProviderError | None:
+        """The `ProviderError` for an SDK failure; None for anything else."""
         redact = _errors.Redactor([self._client.api_key], messages)
-        return openai_error(exc, provider=self.name, redact=redact) or exc
+        return openai_error(exc, provider=self.name, redact=redact)
 
     async def aclose(self) -> None:
         await self._client.close()
