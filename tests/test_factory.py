@@ -200,6 +200,7 @@ async def test_the_seeds_usage_examples_work_as_written(
 
     providers = LLMFactory.available_providers()
     # --- end of the seed's code ---
+    await llm.aclose()
 
     assert response == "Hello from llama2. This is a fake reply."
     assert {"openai", "anthropic", "local", "ollama"} <= set(providers)
@@ -229,6 +230,7 @@ async def test_the_seeds_usage_examples_work_as_written(
         assert "ANTHROPIC_API_KEY is required when using Anthropic LLM" in str(e)
         llm = LLMFactory.create("openai")  # Fallback
     assert type(llm).__name__ == "OpenAIService"
+    await llm.aclose()
 
 
 @pytest.mark.parametrize(

@@ -527,6 +527,27 @@ async def test_bad_input_fails_before_any_request(
     assert upstream.count() == 0
 
 
+@pytest.mark.parametrize("timeout_s", [-1, float("nan"), "5"])
+async def test_a_bad_call_timeout_fails_before_any_request(
+    llm: LLMService, upstream: FakeUpstream, timeout_s: Any
+) -> None:
+    with pytest.raises(InvalidRequestError, match=f"timeout_s is {timeout_s!r}"):
+        await llm.complete(MESSAGES, timeout_s=timeout_s)
+    with pytest.raises(InvalidRequestError, match=f"timeout_s is {timeout_s!r}"):
+        llm.stream(MESSAGES, timeout_s=timeout_s)
+    assert upstream.count() == 0
+
+
+async def test_a_zero_call_timeout_times_out(llm: LLMService, upstream: FakeUpstream) -> None:
+    # What a caller whose deadline has just run out passes: a timeout, not a bad request.
+    with pytest.raises(ProviderError) as caught:
+        await llm.complete(MESSAGES, timeout_s=0)
+    assert caught.value.kind is ErrorKind.TIMEOUT
+    with pytest.raises(ProviderError) as caught:
+        await drain(llm, timeout_s=0)
+    assert caught.value.kind is ErrorKind.TIMEOUT
+
+
 async def test_bad_limits_are_refused_at_construction(
     upstream: FakeUpstream, isolated_settings: object
 ) -> None:
