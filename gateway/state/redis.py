@@ -116,6 +116,8 @@ class RedisState:
         self._closing = False
         self.errors = 0
         """Failed round trips to Redis so far (what on_error was told)."""
+        self.round_trips = 0
+        """Successful round trips to Redis so far."""
 
     def __repr__(self) -> str:
         mode = "shared" if self._shared else "local (Redis unreachable)"
@@ -136,6 +138,9 @@ class RedisState:
                 clock=self._clock,
             )
             self._breakers.add(breaker)
+            # Refreshing starts now if a loop runs (else at the first request), so that a
+            # replica with no traffic yet still shows shared breaker states in its metrics.
+            self.ensure_running()
             return breaker
 
         return build
@@ -145,6 +150,10 @@ class RedisState:
         self._closing = True
         worker, self._worker = self._worker, None
         if worker is None or worker.done():
+            return
+        if not (self._shared and self._pending):
+            worker.cancel()  # nothing to send, or no Redis to send it to
+            await asyncio.gather(worker, return_exceptions=True)
             return
         if self._wake is not None:
             self._wake.set()
@@ -263,12 +272,14 @@ class RedisState:
         if not ops:
             if refresh:  # nothing to read yet, but whether Redis answers decides the mode
                 await client.ping()
+                self.round_trips += 1
             return
         try:
             replies = await self._execute(client, ops)
         except BaseException:
             self._give_back(ops)
             raise
+        self.round_trips += 1
         self._apply(ops, replies, sent_at=now)
 
     async def _execute(self, client: aioredis.Redis, ops: Sequence[Op]) -> list[Any]:
