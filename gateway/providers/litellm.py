@@ -143,8 +143,6 @@ class LiteLLMService(LLMService):
                                 yield choice.delta.content
                             if choice.finish_reason:
                                 finish = choice.finish_reason
-            except ProviderError:
-                raise
             except Exception as exc:
                 error = self._error(exc, checked)
                 if error is None:

@@ -150,8 +150,6 @@ class OllamaService(LLMService):
                     if data.get("done"):
                         final = data
                         break
-        except ProviderError:
-            raise
         except Exception as exc:
             error = self._error(exc)
             if error is None:

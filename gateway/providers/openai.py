@@ -163,8 +163,6 @@ class OpenAIService(LLMService):
                             yield choice.delta.content
                         if choice.finish_reason:
                             finish = choice.finish_reason
-        except ProviderError:
-            raise
         except Exception as exc:
             error = self._error(exc, checked)
             if error is None:
