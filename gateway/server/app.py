@@ -118,12 +118,25 @@ _GATEWAY_HEADERS = {
     },
 }
 
+_SSE_EVENT = {
+    "type": "object",
+    "description": "One server-sent event.",
+    "required": ["data"],
+    "properties": {
+        "data": {
+            "type": "string",
+            "description": "A chat.completion.chunk object as JSON, an error object as JSON, "
+            "or [DONE].",
+        }
+    },
+}
+
 _CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The answer; with `stream: true`, Server-Sent Events of "
         "chat.completion.chunk objects ending in `data: [DONE]`, or in an error event "
         '(`data: {"error": {...}}`, no [DONE]) if the stream fails after it began.',
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {"text/event-stream": {"schema": _SSE_EVENT}},
         "headers": _GATEWAY_HEADERS,
     },
     400: {**_ERROR, "description": "Malformed JSON, a field outside the schema, bad messages."},

@@ -49,7 +49,8 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
     disconnect. `work` runs in this task, so the router's hooks still see this request's trace.
     """
     gone = False
-    result: T
+    failure: Exception | None = None
+    result: T | None = None
 
     async with anyio.create_task_group() as group:
 
@@ -61,11 +62,16 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
             group.cancel_scope.cancel()
 
         group.start_soon(watch)
-        result = await work
+        try:
+            result = await work
+        except Exception as exc:  # raised as itself below, not wrapped in an ExceptionGroup
+            failure = exc
         group.cancel_scope.cancel()
     if gone:
         raise ClientGone
-    return result
+    if failure is not None:
+        raise failure
+    return result  # type: ignore[return-value]
 
 
 def attempts_detail(attempts: Sequence[tuple[str, str]]) -> str:

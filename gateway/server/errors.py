@@ -127,13 +127,19 @@ def internal_error_body() -> dict[str, Any]:
 # --- request validation -----------------------------------------------------------------------
 
 
-def _param(loc: Sequence[str | int], fields: frozenset[str]) -> str | None:
-    """`messages[0].content` from pydantic's location, leaving out union branch labels."""
+def _param(
+    loc: Sequence[str | int], fields: frozenset[str], *, unknown_last: bool = False
+) -> str | None:
+    """`messages[0].content` from pydantic's location, leaving out union branch labels.
+
+    `unknown_last`: the last item is a field the client sent that the model does not have.
+    """
+    items = list(loc[1:] if loc and loc[0] == "body" else loc)
     parts: list[str] = []
-    for item in loc[1:] if loc and loc[0] == "body" else loc:
+    for i, item in enumerate(items):
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif item in fields:
+        elif item in fields or (unknown_last and i == len(items) - 1):
             parts.append(("." if parts else "") + item)
     return "".join(parts) or None
 
@@ -154,7 +160,7 @@ def validation_message(
         reason = ctx.get("error", "malformed JSON")
         return f"the request body is not valid JSON ({reason}); send a JSON object", None
     loc = list(first.get("loc", ()))
-    param = _param(loc, fields)
+    param = _param(loc, fields, unknown_last=kind == "extra_forbidden")
     if kind == "missing" and param is None:
         return "the request body is missing; send a JSON object", None
     where = param or "the request body"

@@ -12,7 +12,7 @@ import os
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from gateway.types import Attempt, Usage
 
@@ -21,7 +21,9 @@ PASSED_PARAMS = ("temperature", "top_p", "stop")
 
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 
-_STRICT = ConfigDict(extra="forbid")
+_STRICT = ConfigDict(extra="forbid", strict=True)
+"""Request models accept exactly what their schema says: no unknown fields, no coercion
+(`"include_usage": 0` is not a boolean)."""
 
 
 # --- request --------------------------------------------------------------------------------
@@ -44,6 +46,13 @@ class ImagePart(BaseModel):
     type: Literal["image_url"]
     image_url: ImageUrl
 
+
+def _whole_float_as_int(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+TokenCount = Annotated[int, Field(ge=1), BeforeValidator(_whole_float_as_int)]
+"""An integer >= 1 as JSON Schema means it: `1.0` is one, `"1"` and `true` are not."""
 
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
@@ -95,9 +104,9 @@ class ChatCompletionRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(
-        None, ge=1, description="Preferred over max_tokens when both are given."
+    max_tokens: TokenCount | None = None
+    max_completion_tokens: TokenCount | None = Field(
+        None, description="Preferred over max_tokens when both are given."
     )
     stop: str | Annotated[list[str], Field(max_length=4)] | None = Field(
         None, description="A stop sequence, or a list of up to 4."

@@ -1,0 +1,744 @@
+"""The HTTP gateway end to end: a real `python -m gateway.server` process, driven by the real
+openai SDK and httpx, whose providers are a FakeUpstream in this process (scripted directly).
+
+One server serves the whole module; tests that change the policy restore it afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import pytest_asyncio
+from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+
+from gateway.server.launcher import ServerProcess, free_port
+from gateway.testing import FakeUpstream, Fault, fake_usage
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+CLIENT_KEY = "gw-client-key-7f3a91c2"
+ADMIN_KEY = "gw-admin-key-0be44d51"
+MINI_KEY = "sk-test-mini-SECRET-5c1e2d"
+SONNET_KEY = "sk-ant-test-sonnet-SECRET-9a8b7c"
+SECRETS = (CLIENT_KEY, ADMIN_KEY, MINI_KEY, SONNET_KEY)
+PROMPT_MARKER = "purple-elephant-prompt-marker"
+MAX_MESSAGES = 50
+MAX_BODY_BYTES = 200_000
+
+MINI_TEXT = "Hello from gpt-4o-mini. This is a fake reply."
+SONNET_TEXT = "Hello from claude-sonnet-4-5. This is a fake reply."
+
+
+def policy_yaml(fake_url: str, *, extra_tasks: str = "") -> str:
+    return f"""\
+version: 1
+defaults:
+  timeout_s: 10
+  retry: {{attempts: 1}}
+  breaker: {{fail_max: 100, reset_timeout_s: 30}}
+providers:
+  mini:   {{type: openai, model: gpt-4o-mini, base_url: "{fake_url}/v1", api_key: "{MINI_KEY}"}}
+  sonnet: {{type: anthropic, model: claude-sonnet-4-5, base_url: "{fake_url}",
+            api_key: "{SONNET_KEY}"}}
+  flaky:  {{type: openai, model: flaky-1, base_url: "{fake_url}/v1", api_key: "{MINI_KEY}",
+            breaker: {{fail_max: 2, reset_timeout_s: 60}}}}
+  slow:   {{type: openai, model: slow-1, base_url: "{fake_url}/v1", api_key: "{MINI_KEY}"}}
+  talker: {{type: openai, model: talker-1, base_url: "{fake_url}/v1", api_key: "{MINI_KEY}"}}
+  ghost:  {{type: openai, model: gpt-4o, api_key: "${{GATEWAY_TEST_UNSET_KEY}}"}}
+tasks:
+  chat:      {{chain: [mini, sonnet]}}
+  summarize: {{chain: [sonnet, mini]}}
+  fragile:   {{chain: [flaky, mini]}}
+  deadline:  {{chain: [slow], deadline_s: 0.5}}
+  talk:      {{chain: [talker]}}
+  haunted:   {{chain: [ghost, mini]}}
+{extra_tasks}"""
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def eventually(check: Callable[[], Any], *, timeout_s: float = 10.0) -> Any:
+    """Poll `check` (sync or async) until it returns something truthy."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s:g}s")
+        await asyncio.sleep(0.05)
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    async with FakeUpstream() as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def policy_file(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("policy") / "routing.yaml"
+    path.write_text(policy_yaml(upstream.url))
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(policy_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    env = {
+        "GATEWAY_API_KEYS": f"other-key, {CLIENT_KEY}",
+        "GATEWAY_ADMIN_KEYS": ADMIN_KEY,
+        "GATEWAY_MAX_MESSAGES": str(MAX_MESSAGES),
+        "GATEWAY_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
+        "GATEWAY_POLICY_WATCH_S": "0",  # reloads happen only by HTTP or SIGHUP here
+        "GATEWAY_TEST_UNSET_KEY": "",  # empty counts as unset: `ghost` is unavailable
+    }
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with ServerProcess(policy_file, log_path=log, env=env) as process:
+        process.wait_ready()
+        yield process
+
+
+@pytest.fixture(autouse=True)
+def healthy_upstream(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "upstream" in request.fixturenames:
+        request.getfixturevalue("upstream").heal()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def client(server: ServerProcess) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(
+        base_url=server.url + "/v1", api_key=CLIENT_KEY, max_retries=0, timeout=20
+    ) as sdk:
+        yield sdk
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def http(server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
+    headers = {"authorization": f"Bearer {CLIENT_KEY}"}
+    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=20) as c:
+        yield c
+
+
+@pytest.fixture
+def restore_policy(policy_file: Path, server: ServerProcess) -> Iterator[str]:
+    original = policy_file.read_text()
+    yield original
+    policy_file.write_text(original)
+    response = httpx.post(
+        server.url + "/api/v1/policy/reload",
+        headers={"authorization": f"Bearer {ADMIN_KEY}"},
+    )
+    assert response.status_code == 200, response.text
+
+
+def user(text: str) -> list[ChatCompletionMessageParam]:
+    return [{"role": "user", "content": text}]
+
+
+# --- completions ------------------------------------------------------------------------------
+
+
+async def test_plain_completion_passes_sampling_params_and_reports_route(
+    client: openai.AsyncOpenAI, upstream: FakeUpstream
+) -> None:
+    messages = user(f"Say hello ({PROMPT_MARKER})")
+    raw = await client.chat.completions.with_raw_response.create(
+        model="chat", messages=messages, temperature=0.3, top_p=0.9, stop=["END"], max_tokens=50
+    )
+    completion = raw.parse()
+
+    assert completion.choices[0].message.content == MINI_TEXT
+    assert completion.model == "gpt-4o-mini"
+    expected = fake_usage(messages, MINI_TEXT)
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == expected.input_tokens
+    assert completion.usage.completion_tokens == expected.output_tokens
+    assert raw.headers["x-gateway-provider"] == "mini"
+    assert raw.headers["x-gateway-task"] == "chat"
+    assert raw.headers["x-gateway-attempts"] == "1"
+    assert raw.headers["x-gateway-attempts-detail"] == "mini:success"
+    assert float(raw.headers["x-gateway-cost-usd"]) > 0
+    sent = upstream.requests[-1].body
+    assert (sent["temperature"], sent["top_p"], sent["stop"], sent["max_tokens"]) == (
+        0.3,
+        0.9,
+        ["END"],
+        50,
+    )
+
+
+async def test_max_completion_tokens_reaches_the_provider_as_its_limit(
+    client: openai.AsyncOpenAI, upstream: FakeUpstream
+) -> None:
+    await client.chat.completions.create(
+        model="chat", messages=user("hi"), max_completion_tokens=17
+    )
+    assert upstream.requests[-1].body["max_tokens"] == 17
+
+
+async def test_task_header_routes_and_model_is_ignored(client: openai.AsyncOpenAI) -> None:
+    raw = await client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=user("hi"),
+        extra_headers={"x-gateway-task": "summarize"},
+    )
+    assert raw.headers["x-gateway-task"] == "summarize"
+    assert raw.headers["x-gateway-provider"] == "sonnet"
+    assert raw.parse().choices[0].message.content == SONNET_TEXT
+
+
+async def test_fall_through_is_visible_in_the_headers(
+    client: openai.AsyncOpenAI, upstream: FakeUpstream
+) -> None:
+    upstream.script("gpt-4o-mini", Fault.server_error())
+    raw = await client.chat.completions.with_raw_response.create(model="chat", messages=user("x"))
+    assert raw.parse().choices[0].message.content == SONNET_TEXT
+    assert raw.headers["x-gateway-provider"] == "sonnet"
+    assert raw.headers["x-gateway-attempts"] == "2"
+    assert raw.headers["x-gateway-attempts-detail"] == "mini:server_error,sonnet:success"
+
+
+async def test_json_mode_answers_a_json_object(
+    client: openai.AsyncOpenAI, upstream: FakeUpstream
+) -> None:
+    upstream.reply("gpt-4o-mini", '{"city": "Paris", "n": 2}')
+    try:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="chat",
+            messages=user("Give me JSON"),
+            response_format={"type": "json_object"},
+        )
+    finally:
+        upstream.reply("gpt-4o-mini", None)
+    content = raw.parse().choices[0].message.content
+    assert content is not None
+    assert json.loads(content) == {"city": "Paris", "n": 2}
+    assert upstream.requests[-1].body["response_format"] == {"type": "json_object"}
+    assert raw.headers["x-gateway-provider"] == "mini"
+    assert raw.headers["x-gateway-attempts-detail"] == "mini:success"
+
+
+async def test_streamed_completion_with_usage_chunk(
+    client: openai.AsyncOpenAI, upstream: FakeUpstream
+) -> None:
+    messages = user("Stream please")
+    raw = await client.chat.completions.with_raw_response.create(
+        model="chat", messages=messages, stream=True, stream_options={"include_usage": True}
+    )
+    assert raw.headers["content-type"].startswith("text/event-stream")
+    assert raw.headers["x-gateway-provider"] == "mini"
+    assert raw.headers["x-gateway-attempts-detail"] == "mini:streaming"
+    stream = raw.parse()
+    assert isinstance(stream, openai.AsyncStream)
+    chunks: list[ChatCompletionChunk] = [chunk async for chunk in stream]
+
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == MINI_TEXT
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "stop" and set(finishes[:-1]) == {None}
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == fake_usage(messages, MINI_TEXT).output_tokens
+    assert len({c.id for c in chunks}) == 1
+
+
+async def test_stream_ends_with_done_and_falls_through_before_the_first_token(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    upstream.script("gpt-4o-mini", Fault.rate_limit())
+    body = {"model": "chat", "stream": True, "messages": user("hi")}
+    async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["x-gateway-attempts-detail"] == "mini:rate_limit,sonnet:streaming"
+        lines = [line async for line in response.aiter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    assert all("usage" not in c for c in chunks)  # include_usage was not asked for
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == SONNET_TEXT
+
+
+async def test_failure_after_streaming_began_ends_with_an_error_event(
+    http: httpx.AsyncClient, client: openai.AsyncOpenAI, upstream: FakeUpstream
+) -> None:
+    upstream.script("gpt-4o-mini", Fault.midstream_error(after_chunks=2, kind="server_error"))
+    body = {"model": "chat", "stream": True, "messages": user("hi")}
+    async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        lines = [line async for line in response.aiter_lines() if line]
+    assert "data: [DONE]" not in lines
+    error = json.loads(lines[-1].removeprefix("data: "))["error"]
+    assert error["code"] == "stream_interrupted"
+    assert error["attempts"][0]["provider"] == "mini"
+    content = [json.loads(x[6:])["choices"][0]["delta"].get("content") for x in lines[1:-1]]
+    assert "".join(c or "" for c in content) == "Hello from"
+
+    upstream.script("gpt-4o-mini", Fault.midstream_error(after_chunks=1))
+    stream = await client.chat.completions.create(model="chat", messages=user("x"), stream=True)
+    with pytest.raises(openai.APIError, match="stream for task 'chat' failed"):
+        async for _ in stream:
+            pass
+
+
+async def test_client_disconnect_mid_stream_cancels_the_upstream_call(
+    server: ServerProcess, upstream: FakeUpstream
+) -> None:
+    # 400 words at 50 ms each: the upstream would stream for 20 s if nobody stopped it.
+    upstream.reply("talker-1", " ".join(["word"] * 400), chunk_delay_s=0.05)
+    baseline = upstream.open_connections
+    body = {"model": "talk", "stream": True, "messages": user("talk to me")}
+    async with httpx.AsyncClient(base_url=server.url, timeout=20) as c:
+        headers = {"authorization": f"Bearer {CLIENT_KEY}"}
+        async with c.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
+            assert r.status_code == 200
+            lines = r.aiter_lines()
+            received = [await anext(lines) for _ in range(6)]
+            assert any("word" in line for line in received)
+            assert upstream.open_connections > baseline
+    # Leaving the block closed our connection mid-stream.
+    await eventually(lambda: upstream.open_connections <= baseline, timeout_s=5)
+    assert upstream.count("talker-1") == 1
+    await eventually(lambda: "outcome=client_closed" in server.log(), timeout_s=5)
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "param_fragment"),
+    [
+        (b'{"model": "chat", "messages": [', None),
+        (b'{"model": "chat", "messages": []}', "messages"),
+        (
+            b'{"model": "chat", "messages": [{"role": "user", "content": "x"}], "api_key": "k"}',
+            "api_key",
+        ),
+        (
+            b'{"model": "chat", "messages": [{"role": "user", "content": "x"}],'
+            b' "base_url": "http://evil"}',
+            "base_url",
+        ),
+        (b'{"model": "chat", "messages": [{"role": "robot", "content": "x"}]}', "messages[0]"),
+        (
+            b'{"model": "chat", "messages": [{"role": "user", "content": "x"}], "temperature": 7}',
+            "temperature",
+        ),
+        (b"[1, 2]", None),
+    ],
+)
+async def test_bad_requests_are_400_in_openai_shape(
+    http: httpx.AsyncClient, content: bytes, param_fragment: str | None
+) -> None:
+    response = await http.post(
+        "/v1/chat/completions", content=content, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+    if param_fragment is None:
+        assert error["message"]
+    else:
+        assert param_fragment in (error["param"] or "")
+        assert param_fragment.split("[")[0] in error["message"]
+
+
+async def test_unsupported_field_is_named_by_the_sdk_error(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(
+            model="chat", messages=user("x"), extra_body={"api_key": "sk-other"}
+        )
+    assert caught.value.status_code == 400
+    assert "api_key" in str(caught.value)
+
+
+async def test_message_count_and_body_size_are_capped(http: httpx.AsyncClient) -> None:
+    too_many = [{"role": "user", "content": "x"}] * (MAX_MESSAGES + 1)
+    response = await http.post("/v1/chat/completions", json={"model": "chat", "messages": too_many})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "messages"
+    assert str(MAX_MESSAGES) in response.json()["error"]["message"]
+
+    huge = user("y" * (MAX_BODY_BYTES + 10))
+    response = await http.post("/v1/chat/completions", json={"model": "chat", "messages": huge})
+    assert response.status_code == 413
+    assert "GATEWAY_MAX_BODY_BYTES" in response.json()["error"]["message"]
+
+
+async def test_unknown_or_missing_key_is_401(server: ServerProcess) -> None:
+    body = {"model": "chat", "messages": user("hi")}
+    async with httpx.AsyncClient(base_url=server.url) as c:
+        missing = await c.post("/v1/chat/completions", json=body)
+        wrong = await c.post(
+            "/v1/chat/completions", json=body, headers={"authorization": "Bearer nope"}
+        )
+        admin = await c.get("/v1/models", headers={"authorization": f"Bearer {ADMIN_KEY}"})
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert "GATEWAY_API_KEYS" in missing.json()["error"]["message"]
+    assert wrong.status_code == 401
+    assert wrong.json()["error"]["code"] == "invalid_api_key"
+    assert admin.status_code == 200  # an admin key opens client routes too
+
+    async with openai.AsyncOpenAI(
+        base_url=server.url + "/v1", api_key="sk-wrong", max_retries=0
+    ) as sdk:
+        with pytest.raises(openai.AuthenticationError):
+            await sdk.chat.completions.create(model="chat", messages=user("hi"))
+
+
+async def test_unknown_task_without_default_is_404(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        await client.chat.completions.create(model="no-such-task", messages=user("hi"))
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert body["code"] == "model_not_found"
+    assert body["param"] == "model"
+    assert "chat" in body["message"]  # it lists the tasks that exist
+
+
+async def test_every_provider_failing_is_502_listing_attempts_without_secrets(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    upstream.fail_always("gpt-4o-mini", Fault.server_error())
+    upstream.fail_always("claude-sonnet-4-5", Fault.unauthorized())
+    response = await http.post(
+        "/v1/chat/completions", json={"model": "chat", "messages": user(PROMPT_MARKER)}
+    )
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["type"] == "upstream_error"
+    assert error["code"] == "all_providers_failed"
+    outcomes = [(a["provider"], a["outcome"]) for a in error["attempts"]]
+    assert outcomes == [("mini", "server_error"), ("sonnet", "auth")]
+    for secret in SECRETS:
+        assert secret not in response.text
+
+
+async def test_deadline_is_504(client: openai.AsyncOpenAI, upstream: FakeUpstream) -> None:
+    upstream.reply("slow-1", latency_s=5)
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as caught:
+        await client.chat.completions.create(model="deadline", messages=user("hi"))
+    assert caught.value.status_code == 504
+    assert time.monotonic() - started < 4  # the 5 s upstream was not waited for
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert body["code"] == "deadline_exceeded"
+    assert [a["provider"] for a in body["attempts"]] == ["slow"]
+
+
+async def test_unknown_route_and_method_use_the_error_shape(http: httpx.AsyncClient) -> None:
+    missing = await http.get("/v1/nothing")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+    wrong_method = await http.get("/v1/chat/completions")
+    assert wrong_method.status_code == 405
+    assert "POST" in wrong_method.headers["allow"]
+
+
+# --- models, monitoring, policy -----------------------------------------------------------------
+
+
+async def test_models_lists_the_tasks(client: openai.AsyncOpenAI) -> None:
+    models = [m.id async for m in client.models.list()]
+    assert models == ["chat", "summarize", "fragile", "deadline", "talk", "haunted"]
+
+
+async def test_providers_endpoint_keeps_the_seed_shape(http: httpx.AsyncClient) -> None:
+    response = await http.get("/api/v1/monitoring/providers")
+    assert response.status_code == 200
+    body = response.json()
+    assert {"openai", "anthropic", "ollama"} <= set(body["available_providers"])
+    assert body["current_provider"] == "mini"  # first available of the first task's chain
+    assert body["providers"]["sonnet"] == {
+        "type": "anthropic",
+        "model": "claude-sonnet-4-5",
+        "available": True,
+        "reason": None,
+    }
+    ghost = body["providers"]["ghost"]
+    assert ghost["available"] is False
+    assert "GATEWAY_TEST_UNSET_KEY" in ghost["reason"]
+
+
+async def test_unavailable_provider_is_skipped(client: openai.AsyncOpenAI) -> None:
+    raw = await client.chat.completions.with_raw_response.create(
+        model="haunted", messages=user("x")
+    )
+    assert raw.headers["x-gateway-attempts-detail"] == "ghost:unavailable,mini:success"
+
+
+async def test_breakers_endpoint_shows_an_open_breaker(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    upstream.fail_always("flaky-1", Fault.server_error())
+    for _ in range(2):
+        response = await http.post(
+            "/v1/chat/completions", json={"model": "fragile", "messages": user("x")}
+        )
+        assert response.headers["x-gateway-provider"] == "mini"
+    third = await http.post(
+        "/v1/chat/completions", json={"model": "fragile", "messages": user("x")}
+    )
+    assert third.headers["x-gateway-attempts-detail"] == "flaky:breaker_open,mini:success"
+    assert upstream.count("flaky-1") == 2  # the open breaker kept the third call away
+
+    breakers = (await http.get("/api/v1/monitoring/breakers")).json()["breakers"]
+    assert breakers["flaky"]["state"] == "open"
+    assert 0 < breakers["flaky"]["seconds_until_probe"] <= 60
+    assert breakers["mini"] == {"state": "closed", "failure_count": 0, "seconds_until_probe": None}
+
+
+async def test_policy_endpoint_masks_secrets(http: httpx.AsyncClient, policy_file: Path) -> None:
+    response = await http.get("/api/v1/policy")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["sha256"] == sha256_of(policy_file)
+    assert body["loaded_at"] <= time.time()
+    assert body["policy"]["providers"]["mini"]["api_key"] == "***"
+    assert body["policy"]["providers"]["ghost"]["api_key"] is None
+    for secret in SECRETS:
+        assert secret not in response.text
+
+
+async def test_reload_by_http_needs_an_admin_key_and_rejects_bad_files(
+    server: ServerProcess,
+    http: httpx.AsyncClient,
+    policy_file: Path,
+    upstream: FakeUpstream,
+    restore_policy: str,
+) -> None:
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    assert (await http.post("/api/v1/policy/reload")).status_code == 403  # a client key
+    unchanged = await http.post("/api/v1/policy/reload", headers=admin)
+    assert unchanged.json() == {
+        "applied": False,
+        "sha256": sha256_of(policy_file),
+        "loaded_at": unchanged.json()["loaded_at"],
+    }
+
+    policy_file.write_text(policy_yaml(upstream.url, extra_tasks="  extra: {chain: [mini]}\n"))
+    applied = await http.post("/api/v1/policy/reload", headers=admin)
+    assert applied.status_code == 200
+    assert applied.json()["applied"] is True
+    assert applied.json()["sha256"] == sha256_of(policy_file)
+    models = (await http.get("/v1/models")).json()["data"]
+    assert "extra" in [m["id"] for m in models]
+
+    serving = sha256_of(policy_file)
+    policy_file.write_text(restore_policy.replace("chain: [mini, sonnet]", "chain: [nobody]"))
+    rejected = await http.post("/api/v1/policy/reload", headers=admin)
+    assert rejected.status_code == 422
+    assert "nobody" in rejected.json()["error"]["message"]
+    assert (await http.get("/api/v1/policy")).json()["sha256"] == serving
+
+
+async def test_reload_by_sighup(
+    server: ServerProcess,
+    http: httpx.AsyncClient,
+    policy_file: Path,
+    upstream: FakeUpstream,
+    restore_policy: str,
+) -> None:
+    before = (await http.get("/api/v1/policy")).json()["sha256"]
+    policy_file.write_text(policy_yaml(upstream.url, extra_tasks="  hup: {chain: [sonnet]}\n"))
+    expected = sha256_of(policy_file)
+    assert expected != before
+    await asyncio.sleep(0.3)
+    # The file watcher is off in this server: only the signal can make it re-read the file.
+    assert (await http.get("/api/v1/policy")).json()["sha256"] == before
+    server.signal(signal.SIGHUP)
+
+    async def reloaded() -> bool:
+        return (await http.get("/api/v1/policy")).json()["sha256"] == expected
+
+    await eventually(reloaded, timeout_s=5)
+    assert server.process.poll() is None
+
+
+async def test_readyz_reports_tasks_without_providers(
+    server: ServerProcess,
+    http: httpx.AsyncClient,
+    policy_file: Path,
+    upstream: FakeUpstream,
+    restore_policy: str,
+) -> None:
+    ready = await http.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["ready"] is True
+
+    policy_file.write_text(policy_yaml(upstream.url, extra_tasks="  lonely: {chain: [ghost]}\n"))
+    reload = await http.post(
+        "/api/v1/policy/reload", headers={"authorization": f"Bearer {ADMIN_KEY}"}
+    )
+    assert reload.json()["applied"] is True
+    unready = await http.get("/readyz")
+    assert unready.status_code == 503
+    [reason] = unready.json()["reasons"]
+    assert "lonely" in reason and "GATEWAY_TEST_UNSET_KEY" in reason
+
+
+async def test_health_needs_no_key(server: ServerProcess) -> None:
+    response = httpx.get(server.url + "/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "pid": server.pid}
+
+
+async def test_metrics_exposition(server: ServerProcess, client: openai.AsyncOpenAI) -> None:
+    await client.chat.completions.create(model="summarize", messages=user("count me"))
+    response = httpx.get(server.url + "/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = re.findall(
+        r'^gateway_requests_total\{outcome="success",task="summarize"\} (\S+)$',
+        response.text,
+        re.MULTILINE,
+    )
+    assert samples and float(samples[0]) >= 1
+    assert "gateway_policy_info{" in response.text
+
+
+async def test_access_log_has_one_line_per_request_without_prompts_or_keys(
+    server: ServerProcess, client: openai.AsyncOpenAI
+) -> None:
+    await client.chat.completions.create(model="chat", messages=user(f"log test {PROMPT_MARKER}"))
+
+    def logged() -> str | None:
+        text = server.log()
+        return text if "task=chat provider=mini" in text else None
+
+    log = await eventually(logged)
+    assert re.search(r'"POST /v1/chat/completions" 200 [\d.]+ms task=chat provider=mini', log)
+    assert PROMPT_MARKER not in log
+    for secret in SECRETS:
+        assert secret not in log
+
+
+# --- process ----------------------------------------------------------------------------------
+
+
+async def test_refuses_a_non_loopback_host_without_keys(policy_file: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "gateway.server",
+            "--policy",
+            str(policy_file),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(free_port()),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "GATEWAY_API_KEYS" in result.stderr
+    assert "0.0.0.0" in result.stderr
+
+
+async def test_invalid_policy_refuses_to_start(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nproviders: {p: {type: openai}}\ntasks: {t: {chain: [missing]}}\n")
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "gateway.server", "--policy", str(bad), "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "missing" in result.stderr and "bad.yaml" in result.stderr
+
+
+async def test_simulate_mode_serves_without_keys(tmp_path: Path) -> None:
+    env = {k: "" for k in ("GATEWAY_API_KEYS", "GATEWAY_ADMIN_KEYS")}
+    with ServerProcess(
+        None, log_path=tmp_path / "sim.log", env=env, extra_args=["--simulate"]
+    ) as sim:
+        sim.wait_ready()
+        response = httpx.post(
+            sim.url + "/v1/chat/completions",
+            json={"model": "default", "messages": user("hello")},
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers["x-gateway-provider"] == "mini"
+        assert response.json()["choices"][0]["message"]["content"] == MINI_TEXT
+        reload = httpx.post(sim.url + "/api/v1/policy/reload")  # loopback, no keys: allowed
+        assert reload.status_code == 200
+        assert f"curl -s {sim.url}/v1/chat/completions" in sim.log()
+
+
+async def test_workers_share_metrics_and_each_reloads_on_sighup(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    policy = tmp_path / "routing.yaml"
+    policy.write_text(policy_yaml(upstream.url))
+    metric_dirs_before = set(Path(tempfile.gettempdir()).glob("gateway-metrics-*"))
+    env = {
+        "GATEWAY_API_KEYS": "",
+        "GATEWAY_ADMIN_KEYS": "",
+        "GATEWAY_POLICY_WATCH_S": "0",
+        "PROMETHEUS_MULTIPROC_DIR": "",  # serve() makes a temporary one for its workers
+        "GATEWAY_TEST_UNSET_KEY": "",
+    }
+    workers = ServerProcess(
+        policy, log_path=tmp_path / "workers.log", env=env, extra_args=["--workers", "2"]
+    )
+    with workers:
+        await asyncio.to_thread(workers.wait_ready)
+
+        async def policy_pids(sha: str) -> set[str] | None:
+            async with httpx.AsyncClient(base_url=workers.url) as c:
+                text = (await c.get("/metrics")).text
+            found = re.findall(r"^gateway_policy_info\{(.*)\} 1\.0$", text, re.MULTILINE)
+            pids = {re.search(r'pid="(\d+)"', s).group(1) for s in found if sha in s}  # type: ignore[union-attr]
+            others = [s for s in found if sha not in s]
+            return pids if len(pids) == 2 and not others else None
+
+        first = sha256_of(policy)
+        # Every worker's series is in the exposition, whichever worker answers the scrape.
+        pids = await eventually(lambda: policy_pids(first), timeout_s=15)
+        async with httpx.AsyncClient(base_url=workers.url) as c:
+            response = await c.post(
+                "/v1/chat/completions", json={"model": "chat", "messages": user("hi")}
+            )
+            assert response.status_code == 200
+
+        policy.write_text(policy_yaml(upstream.url, extra_tasks="  more: {chain: [mini]}\n"))
+        workers.signal(signal.SIGHUP)
+        assert await eventually(lambda: policy_pids(sha256_of(policy)), timeout_s=15) == pids
+        assert workers.process.poll() is None
+
+        workers.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(workers.wait, 20) == 0
+    assert set(Path(tempfile.gettempdir()).glob("gateway-metrics-*")) == metric_dirs_before
