@@ -204,9 +204,14 @@ class RoutedStream:
             admission = candidate.breaker.admit()
             if admission is Admission.REJECT:
                 raise _Failed(BREAKER_OPEN)
+            try:
+                stream = client.stream(messages, timeout_s=timeout, **params)
+            except BaseException:
+                # Refused before any call (e.g. a bad parameter): nothing to say about health.
+                candidate.breaker.release(admission)
+                raise
             candidate.in_flight += 1
             began = time.perf_counter()
-            stream = client.stream(messages, timeout_s=timeout, **params)
             try:
                 async with asyncio.timeout(first_bound):
                     first: str | None = await stream.__anext__()
