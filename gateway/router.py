@@ -138,6 +138,9 @@ class Router:
         self._policy_path = Path(policy_path) if policy_path is not None else None
         self._watch_interval_s = watch_interval_s
         self._watcher: asyncio.Task[None] | None = None
+        # What the file looked like when the policy was read: the watcher starts only with the
+        # first request, and a change made before then must still count as a change.
+        self._watch_baseline = _stat(self._policy_path) if self._policy_path else None
         self._closed = False
         self._emit("on_policy", outcome="applied", version=policy.version, sha256=policy.sha256)
 
@@ -151,13 +154,16 @@ class Router:
         **kwargs: Any,
     ) -> Router:
         """Load a policy file; with `watch`, poll it and apply valid changes while running."""
+        seen = _stat(Path(path))  # before reading, so a write during the read is seen as new
         policy = load_policy(path)
-        return cls(
+        router = cls(
             policy,
             policy_path=path,
             watch_interval_s=watch_interval_s if watch else None,
             **kwargs,
         )
+        router._watch_baseline = seen
+        return router
 
     # --- public API ------------------------------------------------------------------------
 
@@ -627,7 +633,7 @@ class Router:
 
     async def _watch(self, interval_s: float) -> None:
         assert self._policy_path is not None
-        last_seen = _stat(self._policy_path)
+        last_seen = self._watch_baseline
         while True:
             await asyncio.sleep(interval_s)
             seen = _stat(self._policy_path)
