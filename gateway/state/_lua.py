@@ -58,15 +58,16 @@ local state, failures, successes, opened_at = load(KEYS[1])
 return reply(state, failures, successes, opened_at, now_ms(), 0)
 """
 
-# ARGV: fail_max, ttl_ms, owner, was_probe (0/1).
-# Every failure counts (the count is "failures since the last success"). A failure in the
-# half-open state, or the fail_max-th while closed, opens the breaker for a new period: the
-# lease of the previous half-open period is void.
+# ARGV: fail_max, ttl_ms, owner, was_probe (0/1), count.
+# `count` failures at once (the background task merges a replica's queued failures). Every
+# failure counts (the count is "failures since the last success"). A failure in the
+# half-open state, or reaching fail_max while closed, opens the breaker for a new period:
+# the lease of the previous half-open period is void.
 _FAILURE = """
 local fail_max, ttl_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_ms()
 local state, failures, successes, opened_at = load(KEYS[1])
-failures = failures + 1
+failures = failures + tonumber(ARGV[5])
 if state == 'half_open' or (state == 'closed' and failures >= fail_max) then
   state, successes, opened_at = 'open', 0, now
   redis.call('DEL', KEYS[2])

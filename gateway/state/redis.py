@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -53,6 +54,9 @@ RETRY_MAX_S = 5.0
 # Ops waiting for the background task. Past this (Redis far slower than traffic) new ops are
 # applied locally at once instead of queueing without bound.
 MAX_PENDING_OPS = 10_000
+# Ops per pipeline: encoding and decoding a batch runs on the event loop, so a burst of
+# failures is sent in slices that each keep the loop busy for well under a millisecond.
+MAX_BATCH_OPS = 128
 # How long a breaker record outlives its last change: long enough for any reset timeout.
 MIN_RECORD_TTL_S = 24 * 3600.0
 CLOSE_TIMEOUT_S = 2.0
@@ -259,7 +263,10 @@ class RedisState:
         wake.clear()
 
     async def _turn(self, client: aioredis.Redis) -> None:
-        ops, self._pending = self._pending, []
+        queued = _merged(self._pending)
+        ops, self._pending = queued[:MAX_BATCH_OPS], queued[MAX_BATCH_OPS:]
+        if self._pending and self._wake is not None:
+            self._wake.set()  # the rest goes in the next turn, right after this one
         now = self._clock()
         breakers = list(self._breakers)
         refresh = not self._shared or now >= self._next_refresh
@@ -310,7 +317,7 @@ class RedisState:
         ttl_ms = int(max(MIN_RECORD_TTL_S, 4 * policy.reset_timeout_s) * 1000)
         probe = 1 if op.probe else 0
         if op.kind is OpKind.FAILURE:
-            return _lua.FAILURE, (policy.fail_max, ttl_ms, self.owner, probe)
+            return _lua.FAILURE, (policy.fail_max, ttl_ms, self.owner, probe, op.count)
         if op.kind is OpKind.SUCCESS:
             return _lua.SUCCESS, (policy.success_threshold, ttl_ms, self.owner, probe)
         if op.kind is OpKind.ACQUIRE_PROBE:
@@ -390,6 +397,21 @@ class RedisState:
         except ValueError:
             return text
         return text.replace(password, "***") if password else text
+
+
+def _merged(ops: Sequence[Op]) -> list[Op]:
+    """The ops in order, each breaker's plain failures merged into its previous plain-failure
+    op when nothing else of that breaker came between (one script call counts them all)."""
+    merged: list[Op] = []
+    latest: dict[int, int] = {}  # breaker id -> index of its latest op in `merged`
+    for op in ops:
+        at = latest.get(id(op.breaker))
+        if at is not None and op.mergeable and merged[at].mergeable:
+            merged[at] = dataclasses.replace(merged[at], count=merged[at].count + op.count)
+            continue
+        latest[id(op.breaker)] = len(merged)
+        merged.append(op)
+    return merged
 
 
 def _one_per_key(breakers: Sequence[SharedBreaker]) -> list[SharedBreaker]:

@@ -63,6 +63,12 @@ class Op:
     breaker: SharedBreaker
     probe: bool = False
     error_kind: ErrorKind | None = None
+    count: int = 1
+    """How many failures a FAILURE op stands for (queued failures are merged)."""
+
+    @property
+    def mergeable(self) -> bool:
+        return self.kind is OpKind.FAILURE and not self.probe
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +255,8 @@ class SharedBreaker(Breaker):
     def apply_locally(self, op: Op) -> None:
         """Apply an op the backend could not take to the local state machine instead."""
         if op.kind is OpKind.FAILURE and op.error_kind is not None:
-            Breaker.failure(self, Admission.CALL, op.error_kind)
+            for _ in range(op.count):
+                Breaker.failure(self, Admission.CALL, op.error_kind)
         elif op.kind is OpKind.SUCCESS:
             Breaker.success(self, Admission.CALL)
         elif op.kind is OpKind.ACQUIRE_PROBE:
