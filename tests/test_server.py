@@ -26,6 +26,9 @@ import pytest
 import pytest_asyncio
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
+from gateway.errors import ConfigurationError
+from gateway.server.auth import Access, KeyChecker, denial, is_loopback
+from gateway.server.config import ServerSettings
 from gateway.server.launcher import ServerProcess, free_port
 from gateway.testing import FakeUpstream, Fault, fake_usage
 
@@ -57,7 +60,8 @@ providers:
             api_key: "{SONNET_KEY}"}}
   flaky:  {{type: openai, model: flaky-1, base_url: "{fake_url}/v1", api_key: "{MINI_KEY}",
             breaker: {{fail_max: 2, reset_timeout_s: 60}}}}
-  slow:   {{type: openai, model: slow-1, base_url: "{fake_url}/v1", api_key: "{MINI_KEY}"}}
+  slow:   {{type: openai, model: slow-1, base_url: "{fake_url}/v1", api_key: "{MINI_KEY}",
+            timeout_s: 30}}
   talker: {{type: openai, model: talker-1, base_url: "{fake_url}/v1", api_key: "{MINI_KEY}"}}
   ghost:  {{type: openai, model: gpt-4o, api_key: "${{GATEWAY_TEST_UNSET_KEY}}"}}
 tasks:
@@ -67,6 +71,7 @@ tasks:
   deadline:  {{chain: [slow], deadline_s: 0.5}}
   talk:      {{chain: [talker]}}
   haunted:   {{chain: [ghost, mini]}}
+  patient:   {{chain: [slow]}}
 {extra_tasks}"""
 
 
@@ -324,6 +329,24 @@ async def test_client_disconnect_mid_stream_cancels_the_upstream_call(
     await eventually(lambda: "outcome=client_closed" in server.log(), timeout_s=5)
 
 
+async def test_client_giving_up_on_a_whole_answer_cancels_the_upstream_call(
+    server: ServerProcess, upstream: FakeUpstream
+) -> None:
+    upstream.fail_always("slow-1", Fault.hang())  # held until the caller hangs up
+    baseline = upstream.open_connections
+    body = {"model": "patient", "messages": user("take your time")}
+    headers = {"authorization": f"Bearer {CLIENT_KEY}"}
+    async with httpx.AsyncClient(base_url=server.url, timeout=httpx.Timeout(20, read=1)) as c:
+        with pytest.raises(httpx.ReadTimeout):
+            await c.post("/v1/chat/completions", json=body, headers=headers)
+        assert upstream.count("slow-1") >= 1
+    # The provider's timeout_s is 30 s: only our disconnect can have ended its call this soon.
+    await eventually(lambda: upstream.open_connections <= baseline, timeout_s=5)
+    await eventually(
+        lambda: re.search(r"499 .*task=patient .*outcome=client_closed", server.log()), timeout_s=5
+    )
+
+
 # --- errors -----------------------------------------------------------------------------------
 
 
@@ -465,7 +488,7 @@ async def test_unknown_route_and_method_use_the_error_shape(http: httpx.AsyncCli
 
 async def test_models_lists_the_tasks(client: openai.AsyncOpenAI) -> None:
     models = [m.id async for m in client.models.list()]
-    assert models == ["chat", "summarize", "fragile", "deadline", "talk", "haunted"]
+    assert models == ["chat", "summarize", "fragile", "deadline", "talk", "haunted", "patient"]
 
 
 async def test_providers_endpoint_keeps_the_seed_shape(http: httpx.AsyncClient) -> None:
@@ -701,15 +724,22 @@ async def test_simulate_mode_serves_without_keys(tmp_path: Path) -> None:
 async def test_workers_share_metrics_and_each_reloads_on_sighup(
     tmp_path: Path, upstream: FakeUpstream
 ) -> None:
+    # One OpenAI provider only: each worker imports the SDKs its providers need at startup.
     policy = tmp_path / "routing.yaml"
-    policy.write_text(policy_yaml(upstream.url))
+    small = f"""\
+version: 1
+providers:
+  mini: {{type: openai, model: gpt-4o-mini, base_url: "{upstream.url}/v1", api_key: "{MINI_KEY}"}}
+tasks:
+  chat: {{chain: [mini]}}
+"""
+    policy.write_text(small)
     metric_dirs_before = set(Path(tempfile.gettempdir()).glob("gateway-metrics-*"))
     env = {
         "GATEWAY_API_KEYS": "",
         "GATEWAY_ADMIN_KEYS": "",
         "GATEWAY_POLICY_WATCH_S": "0",
         "PROMETHEUS_MULTIPROC_DIR": "",  # serve() makes a temporary one for its workers
-        "GATEWAY_TEST_UNSET_KEY": "",
     }
     workers = ServerProcess(
         policy, log_path=tmp_path / "workers.log", env=env, extra_args=["--workers", "2"]
@@ -734,7 +764,7 @@ async def test_workers_share_metrics_and_each_reloads_on_sighup(
             )
             assert response.status_code == 200
 
-        policy.write_text(policy_yaml(upstream.url, extra_tasks="  more: {chain: [mini]}\n"))
+        policy.write_text(small + "  more: {chain: [mini]}\n")
         workers.signal(signal.SIGHUP)
         assert await eventually(lambda: policy_pids(sha256_of(policy)), timeout_s=15) == pids
         assert workers.process.poll() is None
@@ -742,3 +772,62 @@ async def test_workers_share_metrics_and_each_reloads_on_sighup(
         workers.signal(signal.SIGTERM)
         assert await asyncio.to_thread(workers.wait, 20) == 0
     assert set(Path(tempfile.gettempdir()).glob("gateway-metrics-*")) == metric_dirs_before
+
+
+# --- pure parts -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.5.0.9", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.5", False),
+        ("example.com", False),
+        ("", False),
+    ],
+)
+async def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+async def test_key_checker_decisions() -> None:
+    keys = KeyChecker(ServerSettings(api_keys=("c1", "c2"), admin_keys=("a1",)))
+    assert keys.client("c2", "10.0.0.1") is Access.GRANTED
+    assert keys.client("a1", "10.0.0.1") is Access.GRANTED
+    assert keys.client(None, "127.0.0.1") is Access.MISSING
+    assert keys.client("c3", "127.0.0.1") is Access.UNKNOWN
+    assert keys.admin("c1", "127.0.0.1") is Access.FORBIDDEN
+    assert keys.admin("a1", "10.0.0.1") is Access.GRANTED
+
+    no_admin = KeyChecker(ServerSettings(api_keys=("c1",)))
+    assert no_admin.admin("c1", "127.0.0.1") is Access.ADMIN_DISABLED
+    assert "GATEWAY_ADMIN_KEYS" in denial(Access.ADMIN_DISABLED).message
+
+    open_mode = KeyChecker(ServerSettings())
+    assert open_mode.client(None, "127.0.0.1") is Access.GRANTED
+    assert open_mode.admin(None, "::1") is Access.GRANTED
+    assert open_mode.client(None, "192.168.1.20") is Access.MISSING  # loopback clients only
+    assert "c1" not in repr(keys) and "a1" not in repr(keys)
+
+
+async def test_settings_name_the_variable_and_never_show_keys() -> None:
+    env = {"GATEWAY_API_KEYS": " k-1 ,, k-2 ", "GATEWAY_ADMIN_KEYS": ""}
+    settings = ServerSettings.from_env(env)
+    assert settings.api_keys == ("k-1", "k-2")
+    assert settings.admin_keys == ()
+    assert "k-1" not in repr(settings)
+    assert ServerSettings.from_env({"GATEWAY_POLICY_WATCH_S": "0"}).policy_watch_s is None
+    for name, value in [
+        ("GATEWAY_MAX_BODY_BYTES", "lots"),
+        ("GATEWAY_MAX_MESSAGES", "0"),
+        ("GATEWAY_POLICY_WATCH_S", "-1"),
+        ("GATEWAY_SHUTDOWN_GRACE_S", "inf"),
+    ]:
+        with pytest.raises(ConfigurationError, match=f"{name} is '{value}'"):
+            ServerSettings.from_env({name: value})

@@ -64,7 +64,10 @@ def error_body(
         code=code,
         attempts=None if attempts is None else [AttemptReport.of(a) for a in attempts],
     )
-    return ErrorResponse(error=detail).model_dump(mode="json", exclude_none=False)
+    body = ErrorResponse(error=detail).model_dump(mode="json")
+    if attempts is None:  # only routing failures have attempts; other errors keep OpenAI's 4 keys
+        del body["error"]["attempts"]
+    return body
 
 
 def error_response(
@@ -77,8 +80,6 @@ def error_response(
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     body = error_body(message, status=status, code=code, param=param, attempts=attempts)
-    if attempts is None:
-        body["error"].pop("attempts")
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
 
 
@@ -87,7 +88,7 @@ def routing_failure(exc: Exception) -> tuple[int, dict[str, Any]] | None:
     if isinstance(exc, UnknownTaskError):
         return 404, _body(exc, 404, "model_not_found", "model")
     if isinstance(exc, InvalidRequestError):
-        return 400, _body(exc, 400, "invalid_request", "messages")
+        return 400, _body(exc, 400, "invalid_request", None)
     if isinstance(exc, DeadlineExceeded):
         return 504, _body(exc, 504, "deadline_exceeded", None, exc.attempts)
     if isinstance(exc, StreamInterrupted):
@@ -108,20 +109,15 @@ def _body(
     param: str | None,
     attempts: Sequence[Attempt] | None = None,
 ) -> dict[str, Any]:
-    body = error_body(str(exc), status=status, code=code, param=param, attempts=attempts)
-    if attempts is None:
-        body["error"].pop("attempts")
-    return body
+    return error_body(str(exc), status=status, code=code, param=param, attempts=attempts)
 
 
 def internal_error_body() -> dict[str, Any]:
-    body = error_body(
+    return error_body(
         "the gateway failed unexpectedly; the server log has the details",
         status=500,
         code="internal_error",
     )
-    body["error"].pop("attempts")
-    return body
 
 
 # --- request validation -----------------------------------------------------------------------

@@ -94,7 +94,7 @@ def serve(
             access_log=False,  # the gateway writes its own access line (no query strings)
             log_config=log_config(),
             lifespan="on",
-            timeout_graceful_shutdown=30,
+            timeout_graceful_shutdown=round(settings.shutdown_grace_s),
         )
         unavailable = [name for name, spec in policy.providers.items() if not spec.available]
         if unavailable:
