@@ -79,6 +79,9 @@ class Runtime:
     in_flight: int = 0
     retired: bool = False
     _to_close: list[LLMService] = field(default_factory=list)
+    closing: set[asyncio.Task[None]] = field(default_factory=set)
+    """Background closes of dropped clients; shared by a router's successive runtimes so the
+    last one can wait for them all at shutdown."""
 
     def chain(self, task: TaskSpec) -> tuple[Step, ...]:
         steps = self.steps.get(task.name)
@@ -120,10 +123,19 @@ class Runtime:
         return self.prices.context_window(candidate.model, candidate.spec.type)
 
     async def release(self) -> None:
-        """One request holding this runtime ended; close dropped clients when it was the last."""
+        """One request holding this runtime ended; close dropped clients when it was the last.
+
+        The close runs in the background: draining a pool can take seconds under load, and
+        the request that happens to end last must neither wait for it past its deadline nor,
+        if cancelled meanwhile, leave the remaining clients open.
+        """
         self.in_flight -= 1
-        if self.retired and self.in_flight == 0:
-            await self.close_dropped()
+        if self.retired and self.in_flight == 0 and self._to_close:
+            task = asyncio.get_running_loop().create_task(
+                self.close_dropped(), name="gateway-close-dropped-clients"
+            )
+            self.closing.add(task)
+            task.add_done_callback(self.closing.discard)
 
     async def close_dropped(self) -> None:
         clients, self._to_close = self._to_close, []
@@ -168,6 +180,7 @@ def build_runtime(
         candidates[name] = _new_candidate(spec, on_breaker_state, breaker_factory)
     runtime = Runtime(policy=policy, candidates=candidates, prices=PriceBook(policy.prices))
     if previous is not None:
+        runtime.closing = previous.closing
         kept = {id(c) for c in candidates.values()}
         previous._to_close.extend(
             c.client
@@ -204,4 +217,6 @@ def _new_candidate(
 async def close_runtime(runtime: Runtime) -> None:
     runtime._to_close.extend(c.client for c in runtime.candidates.values() if c.client)
     await runtime.close_dropped()
+    if runtime.closing:
+        await asyncio.gather(*runtime.closing, return_exceptions=True)
     await asyncio.sleep(0)
