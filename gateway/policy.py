@@ -182,7 +182,10 @@ class StateSpec(BaseModel):
         default="memory",
         description="Where breaker state lives: this process, or Redis shared by all.",
     )
-    url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis URL (backend: redis).")
+    # repr=False: the URL may carry a password; masked() shows it safely.
+    url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="Redis URL (backend: redis).", repr=False
+    )
     namespace: str = Field(
         default="gateway",
         min_length=1,

@@ -960,3 +960,11 @@ def test_any_bytes_give_a_policy_or_a_policy_error(raw: bytes | str) -> None:
         parse_policy(raw, environ={})
     except PolicyError as error:
         assert error.reason
+
+
+def test_state_url_password_never_in_repr() -> None:
+    from gateway.policy import StateSpec
+
+    spec = StateSpec(backend="redis", url="redis://:hunter2-canary@127.0.0.1:6379/0")
+    assert "hunter2-canary" not in repr(spec)
+    assert "hunter2-canary" not in str(spec)
