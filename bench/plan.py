@@ -1,0 +1,65 @@
+"""How much each measurement does: the full run and the `--quick` smoke run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    rounds: int
+    """Each measurement is split into this many rounds, the scenarios taking turns each round,
+    so that drift on a shared machine (another job, thermal throttling) hits them all alike."""
+    sequential: int
+    """Requests one after another, per scenario, over all rounds."""
+    concurrent: int
+    """Requests with `in_flight` outstanding at once, per scenario, over all rounds."""
+    in_flight: int
+    streams: int
+    """Streamed requests one after another, for time to first token."""
+    warmup: int
+    """Requests (and a tenth as many streams) each client makes before it is measured."""
+    failover: int
+    """Requests per chain (with and without the open-breaker provider), over all rounds."""
+    import_repeats: int
+    """Fresh interpreters per import measurement; the best is reported."""
+    layer_iterations: int
+    """Calls per micro-benchmark repeat of a hot-path layer."""
+    layer_repeats: int
+    quick: bool = False
+    overlap_imports: bool = False
+    """Time imports while the clients start, rather than alone: shorter, but the clients'
+    start-up then competes with the probes for the CPU (only for runs whose numbers do not
+    matter)."""
+
+    def per_round(self, total: int) -> int:
+        return max(1, total // self.rounds)
+
+
+FULL = Plan(
+    rounds=4,
+    sequential=2000,
+    concurrent=5000,
+    in_flight=50,
+    streams=400,
+    warmup=200,
+    failover=2000,
+    import_repeats=5,
+    layer_iterations=20_000,
+    layer_repeats=5,
+)
+
+QUICK = Plan(
+    rounds=2,
+    sequential=20,
+    concurrent=100,
+    in_flight=50,
+    streams=6,
+    warmup=5,
+    failover=20,
+    import_repeats=1,
+    layer_iterations=200,
+    layer_repeats=2,
+    quick=True,
+    overlap_imports=True,
+)

@@ -1,0 +1,514 @@
+"""One bench run: an upstream, the server, a client process per scenario, turns, results.
+
+The FakeUpstream runs in its own process, as does `gateway serve` and every client, so no two
+share an event loop and each client's peak RSS is its own. All clients start and warm up
+first; then, for each measurement, the scenarios take turns round by round (the order rotating
+each round) and only one client works at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from bench import imports
+from bench.machine import Machine, load_average
+from bench.plan import Plan
+from bench.scenarios import (
+    BACKUP_MODEL,
+    DEAD_MODEL,
+    MODEL,
+    POLICY_PATH,
+    REPLY_TEXT,
+    SCENARIOS,
+    UPSTREAM_ENV,
+)
+from gateway.testing import FakeUpstream, Fault
+
+REPO = Path(__file__).resolve().parents[1]
+
+MAIN_SCENARIOS = ("direct", "raw_http", "provider", "router", "litellm", "serve")
+"""Measured for latency, throughput and streams, in this order in the report."""
+FAILOVER_SCENARIOS = ("failover_open", "failover_without")
+"""Measured for sequential latency only, against each other."""
+
+READY_TIMEOUT_S = 180.0  # LiteLLM's import alone takes 5-10 s on a busy 2-core machine
+COMMAND_TIMEOUT_S = 600.0
+SERVER_READY_TIMEOUT_S = 60.0
+
+
+class ClientFailed(RuntimeError):
+    """A client process failed or went silent; the message says why, with its stderr tail."""
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    label: str
+    not_run: str | None = None
+    """Why the scenario has no results (None: it ran)."""
+    sequential: list[float] = field(default_factory=list)
+    concurrent: list[float] = field(default_factory=list)
+    concurrent_wall_s: float = 0.0
+    ttft: list[float] = field(default_factory=list)
+    peak_rss_kb: int | None = None
+    rss_after_start_kb: int | None = None
+    start_s: float | None = None
+    server_peak_rss_kb: int | None = None
+    """For `serve`: the server process's own peak RSS."""
+
+    @property
+    def throughput(self) -> float | None:
+        if not self.concurrent or self.concurrent_wall_s <= 0:
+            return None
+        return len(self.concurrent) / self.concurrent_wall_s
+
+
+@dataclass
+class Results:
+    plan: Plan
+    machine: Machine
+    started: str
+    command: str
+    duration_s: float = 0.0
+    load_before: float | None = None
+    load_after: float | None = None
+    scenarios: dict[str, ScenarioResult] = field(default_factory=dict)
+    imports: imports.ImportTimes | None = None
+    imports_error: str | None = None
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    layers_error: str | None = None
+    upstream_counts: dict[str, int] = field(default_factory=dict)
+    dead_calls_while_measured: int | None = None
+    """Requests that reached the failing provider while the failover chain was measured (must
+    be 0: the open breaker skips it)."""
+    shared_state: str | None = None
+    """Markdown from bench/shared_state.py, when that module exists."""
+    shared_state_note: str = ""
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _child_environment(upstream_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env[UPSTREAM_ENV] = upstream_url
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    return env
+
+
+def peak_rss_of(pid: int) -> int | None:
+    """A live process's peak RSS in kB (Linux: VmHWM), or None where that is unavailable."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class ClientProcess:
+    """`python -m bench.client` for one scenario, spoken to one JSON line at a time."""
+
+    def __init__(self, name: str, process: subprocess.Popen[str], log: Path) -> None:
+        self.name = name
+        self.process = process
+        self.log = log
+
+    @classmethod
+    def start(
+        cls,
+        name: str,
+        *,
+        upstream_url: str,
+        server_url: str | None,
+        plan: Plan,
+        log_dir: Path,
+    ) -> ClientProcess:
+        log = log_dir / f"client-{name}.log"
+        command = [
+            sys.executable,
+            "-m",
+            "bench.client",
+            "--scenario",
+            name,
+            "--upstream",
+            upstream_url,
+            "--warmup",
+            str(plan.warmup),
+            "--in-flight",
+            str(plan.in_flight),
+        ]
+        if server_url:
+            command += ["--server", server_url]
+        with log.open("w") as stderr:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                cwd=REPO,
+                env=_child_environment(upstream_url),
+            )
+        return cls(name, process, log)
+
+    def _read(self, timeout_s: float) -> dict[str, Any]:
+        stdout = self.process.stdout
+        assert stdout is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ClientFailed(f"{self.name}: no answer within {timeout_s:g} s")
+            readable, _, _ = select.select([stdout], [], [], left)
+            if not readable:
+                continue
+            line = stdout.readline()
+            if not line:
+                code = self.process.wait(5)
+                raise ClientFailed(
+                    f"{self.name}: the client exited (code {code}); its log:\n{_tail(self.log)}"
+                )
+            message: dict[str, Any] = json.loads(line)
+            if "error" in message:
+                raise ClientFailed(f"{self.name}: {message['error']}\n{_tail(self.log)}")
+            return message
+
+    def ready(self) -> dict[str, Any]:
+        return self._read(READY_TIMEOUT_S)
+
+    def ask(self, **command: Any) -> dict[str, Any]:
+        stdin = self.process.stdin
+        assert stdin is not None
+        try:
+            stdin.write(json.dumps(command) + "\n")
+            stdin.flush()
+        except BrokenPipeError as exc:
+            raise ClientFailed(f"{self.name}: the client is gone\n{_tail(self.log)}") from exc
+        return self._read(COMMAND_TIMEOUT_S)
+
+    def request_quit(self) -> None:
+        """Ask the client to exit, without waiting (so that many can exit at once)."""
+        stdin = self.process.stdin
+        if self.process.poll() is None and stdin is not None and not stdin.closed:
+            with suppress(BrokenPipeError):
+                stdin.write(json.dumps({"op": "quit"}) + "\n")
+                stdin.flush()
+
+    def close(self) -> None:
+        self.request_quit()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        for pipe in (self.process.stdin, self.process.stdout):
+            if pipe is not None:
+                with suppress(BrokenPipeError):
+                    pipe.close()
+
+
+class ServerProcess:
+    """`python -m gateway.server --policy bench/routing.yaml --port N` until closed."""
+
+    def __init__(self, process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+        self.process = process
+        self.url = url
+        self.log = log
+
+    @classmethod
+    def start(cls, upstream_url: str, log_dir: Path) -> ServerProcess:
+        """Start and wait until /healthz answers; `RuntimeError` with the reason otherwise."""
+        port = _free_port()
+        log = log_dir / "server.log"
+        command = [
+            sys.executable,
+            "-m",
+            "gateway.server",
+            "--policy",
+            str(POLICY_PATH),
+            "--port",
+            str(port),
+        ]
+        with log.open("w") as output:
+            process = subprocess.Popen(
+                command,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                env=_child_environment(upstream_url),
+            )
+        server = cls(process, f"http://127.0.0.1:{port}", log)
+        deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"`{' '.join(command[1:])}` exited with code {process.returncode}: "
+                    f"{_tail(log, 5)}"
+                )
+            try:
+                if httpx.get(server.url + "/healthz", timeout=2).status_code == 200:
+                    return server
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        server.close()
+        raise RuntimeError(
+            f"gateway serve did not answer /healthz within {SERVER_READY_TIMEOUT_S:g} s"
+        )
+
+    def peak_rss_kb(self) -> int | None:
+        return peak_rss_of(self.process.pid)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def rotated(names: Sequence[str], turn: int) -> list[str]:
+    """`names` starting at a different one each turn, so none always goes first."""
+    if not names:
+        return []
+    k = turn % len(names)
+    return [*names[k:], *names[:k]]
+
+
+class Run:
+    def __init__(self, plan: Plan, results: Results, progress: Callable[[str], None]) -> None:
+        self.plan = plan
+        self.results = results
+        self.progress = progress
+        self.clients: dict[str, ClientProcess] = {}
+
+    def _drop(self, name: str, reason: str) -> None:
+        self.results.scenarios[name].not_run = reason
+        client = self.clients.pop(name, None)
+        if client is not None:
+            client.close()
+        self.progress(f"  {name}: not run: {reason.splitlines()[0]}")
+
+    def start_clients(
+        self, names: Sequence[str], upstream_url: str, server_url: str | None, log_dir: Path
+    ) -> None:
+        for name in names:
+            if self.results.scenarios[name].not_run is None:
+                self.clients[name] = ClientProcess.start(
+                    name,
+                    upstream_url=upstream_url,
+                    server_url=server_url if name == "serve" else None,
+                    plan=self.plan,
+                    log_dir=log_dir,
+                )
+        # They import and warm up in parallel; nothing is measured until all are ready.
+        for name in list(self.clients):
+            try:
+                ready = self.clients[name].ready()
+            except ClientFailed as exc:
+                self._drop(name, str(exc))
+                continue
+            result = self.results.scenarios[name]
+            result.start_s = ready.get("start_s")
+            result.rss_after_start_kb = ready.get("rss_after_start_kb")
+            self.progress(f"  {name}: ready (library loaded in {result.start_s:.2f} s)")
+
+    def measure(self, names: Sequence[str], op: str, total: int, **extra: Any) -> None:
+        per_round = self.plan.per_round(total)
+        for turn in range(self.plan.rounds):
+            for name in rotated([n for n in names if n in self.clients], turn):
+                try:
+                    answer = self.clients[name].ask(op=op, n=per_round, **extra)
+                except ClientFailed as exc:
+                    self._drop(name, str(exc))
+                    continue
+                result = self.results.scenarios[name]
+                if op == "sequential":
+                    result.sequential += answer["latencies"]
+                elif op == "concurrent":
+                    result.concurrent += answer["latencies"]
+                    result.concurrent_wall_s += answer["wall_s"]
+                elif op == "streams":
+                    result.ttft += answer["ttft"]
+
+    def collect_rss(self) -> None:
+        for name, client in list(self.clients.items()):
+            try:
+                self.results.scenarios[name].peak_rss_kb = client.ask(op="rss")["peak_rss_kb"]
+            except ClientFailed as exc:
+                self._drop(name, str(exc))
+
+    def close_clients(self) -> None:
+        for client in self.clients.values():
+            client.request_quit()
+        for client in self.clients.values():
+            client.close()
+        self.clients.clear()
+
+
+def _run_layers(plan: Plan, results: Results) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "bench.layers",
+        "--iterations",
+        str(plan.layer_iterations),
+        "--repeats",
+        str(plan.layer_repeats),
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, cwd=REPO, env=_child_environment(""), check=False
+    )
+    if done.returncode != 0:
+        results.layers_error = f"exit {done.returncode}: {done.stderr.strip()[-600:]}"
+        return
+    results.layers = json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _run_shared_state(plan: Plan, results: Results) -> None:
+    """bench/shared_state.py is another engineer's; run it when it exists."""
+    if not (REPO / "bench" / "shared_state.py").exists():
+        results.shared_state_note = "not run: bench/shared_state.py does not exist"
+        return
+    command = [sys.executable, "-m", "bench.shared_state", *(["--quick"] if plan.quick else [])]
+    done = subprocess.run(
+        command, capture_output=True, text=True, cwd=REPO, env=_child_environment(""), check=False
+    )
+    if done.returncode != 0:
+        results.shared_state_note = (
+            f"not run: `python -m bench.shared_state` exited with code {done.returncode}: "
+            f"{done.stderr.strip()[-400:]}"
+        )
+        return
+    results.shared_state = done.stdout.strip()
+
+
+def _measure_imports(repeats: int) -> imports.ImportTimes | str:
+    """The import times, or why they could not be measured."""
+    try:
+        return imports.measure(repeats)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+
+
+def _take_imports(outcome: imports.ImportTimes | str, results: Results) -> None:
+    if isinstance(outcome, str):
+        results.imports_error = outcome
+    else:
+        results.imports = outcome
+
+
+def run(plan: Plan, results: Results, progress: Callable[[str], None]) -> Results:
+    began = time.perf_counter()
+    results.load_before = load_average()
+    for name in (*MAIN_SCENARIOS, *FAILOVER_SCENARIOS):
+        results.scenarios[name] = ScenarioResult(name, SCENARIOS[name].label)
+    bench_run = Run(plan, results, progress)
+    pending_imports: Future[imports.ImportTimes | str] | None = None
+    with ExitStack() as stack:
+        if plan.overlap_imports:
+            progress("import times, while everything else starts")
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+            pending_imports = pool.submit(_measure_imports, plan.import_repeats)
+        log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gateway-bench-")))
+        progress("starting the FakeUpstream process")
+        upstream = stack.enter_context(FakeUpstream.spawn())
+        upstream.client.reply(None, REPLY_TEXT)
+        upstream.client.fail_always(DEAD_MODEL, Fault.server_error())
+        server_url = None
+        progress("starting gateway serve")
+        try:
+            server = ServerProcess.start(upstream.url, log_dir)
+            stack.callback(server.close)
+            server_url = server.url
+        except (RuntimeError, OSError) as exc:
+            server = None
+            results.scenarios["serve"].not_run = f"gateway serve could not start: {exc}"
+            progress(f"  serve: not run: {exc}")
+        stack.callback(bench_run.close_clients)
+        progress("starting the clients (imports and warm-up)")
+        bench_run.start_clients(
+            (*MAIN_SCENARIOS, *FAILOVER_SCENARIOS), upstream.url, server_url, log_dir
+        )
+        progress(f"sequential: {plan.sequential} requests each, {plan.rounds} rounds")
+        bench_run.measure(MAIN_SCENARIOS, "sequential", plan.sequential)
+        progress(f"concurrent: {plan.concurrent} requests each, {plan.in_flight} in flight")
+        bench_run.measure(MAIN_SCENARIOS, "concurrent", plan.concurrent, in_flight=plan.in_flight)
+        progress(f"streams: {plan.streams} each, time to first token")
+        bench_run.measure(MAIN_SCENARIOS, "streams", plan.streams)
+        progress(f"failover: {plan.failover} requests per chain")
+        dead_before = upstream.client.count(DEAD_MODEL)
+        bench_run.measure(FAILOVER_SCENARIOS, "sequential", plan.failover)
+        results.dead_calls_while_measured = upstream.client.count(DEAD_MODEL) - dead_before
+        progress("peak RSS, then stopping the clients, the server and the upstream")
+        bench_run.collect_rss()
+        if server is not None:
+            results.scenarios["serve"].server_peak_rss_kb = server.peak_rss_kb()
+        bench_run.close_clients()
+        results.upstream_counts = {
+            model: upstream.client.count(model) for model in (MODEL, BACKUP_MODEL, DEAD_MODEL)
+        }
+    if pending_imports is not None:
+        _take_imports(pending_imports.result(), results)
+    else:
+        progress(f"import times: best of {plan.import_repeats} fresh interpreters")
+        _take_imports(_measure_imports(plan.import_repeats), results)
+    progress("hot-path layers (in-process provider, no HTTP)")
+    _run_layers(plan, results)
+    progress("shared breaker state (bench/shared_state.py)")
+    _run_shared_state(plan, results)
+    results.load_after = load_average()
+    results.duration_s = time.perf_counter() - began
+    return results
+
+
+def write_json(results: Results, path: Path) -> None:
+    """The raw numbers, for anyone who wants more than the report's tables."""
+    from dataclasses import asdict
+
+    data = asdict(results)
+    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+
+
+class Progress:
+    """Progress lines on stderr, each with the time since the run began."""
+
+    def __init__(self, stream: IO[str] = sys.stderr) -> None:
+        self._stream = stream
+        self._began = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        self._stream.write(f"[bench {time.perf_counter() - self._began:6.1f} s] {message}\n")
+        self._stream.flush()

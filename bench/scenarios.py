@@ -1,0 +1,369 @@
+"""The clients being compared, each behind the same three calls: start, call, first_token.
+
+Every scenario asks the same FakeUpstream the same question and must get back `REPLY_TEXT`
+(whole, and joined from the stream's deltas); a scenario that answers anything else fails the
+run rather than producing a fast but wrong number. Libraries are imported in `start`, so a
+client process loads only the library it measures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+MODEL = "gpt-4o-mini"
+"""What every scenario ends up asking the upstream for (the gateway's `primary` provider)."""
+BACKUP_MODEL = "gpt-4o"
+DEAD_MODEL = "dead-model"
+"""The model the upstream always fails: the first provider of the failover chain."""
+TASK = "default"
+FAILOVER_TASK = "failover"
+SINGLE_TASK = "single"
+BENCH_KEY = "bench-key"
+UPSTREAM_ENV = "BENCH_UPSTREAM_URL"
+POLICY_PATH = Path(__file__).with_name("routing.yaml")
+
+MESSAGES: list[dict[str, Any]] = [
+    {"role": "system", "content": "You are a terse assistant."},
+    {"role": "user", "content": "Say hello to the benchmark in one sentence."},
+]
+REPLY_TEXT = (
+    "Hello, benchmark: every client gets this same reply, word for word, "
+    "so that each one parses and streams exactly the same payload."
+)
+"""Every model's healthy answer, set on the upstream before any client starts."""
+
+
+class WrongAnswer(AssertionError):
+    """A scenario's reply is not the one the upstream was told to give."""
+
+
+def check_text(scenario: str, text: str | None) -> None:
+    if text != REPLY_TEXT:
+        raise WrongAnswer(f"{scenario}: expected the upstream's fixed reply, got {text!r}")
+
+
+class Scenario(ABC):
+    """One client under test. `call` and `first_token` raise on any failure."""
+
+    name: ClassVar[str]
+    label: ClassVar[str]
+    streams: ClassVar[bool] = True
+
+    def __init__(self, upstream_url: str, server_url: str | None = None) -> None:
+        self.upstream_url = upstream_url.rstrip("/")
+        self.server_url = server_url.rstrip("/") if server_url else None
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Import the library and build the client (not timed)."""
+
+    @abstractmethod
+    async def call(self) -> None:
+        """One whole completion, checked."""
+
+    async def first_token(self) -> float:
+        """Seconds from the call to the first text delta; the rest is read and checked."""
+        began = time.perf_counter()
+        first: float | None = None
+        parts: list[str] = []
+        async for delta in self._deltas():
+            if first is None:
+                first = time.perf_counter() - began
+            parts.append(delta)
+        if first is None:
+            raise WrongAnswer(f"{self.name}: the stream ended without any text")
+        check_text(self.name, "".join(parts))
+        return first
+
+    async def _deltas(self) -> AsyncIterator[str]:
+        raise NotImplementedError(f"{self.name} does not stream")
+        yield ""  # pragma: no cover - makes this an async generator
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _chunk_text(chunk: Any) -> str:
+    """The text delta of an OpenAI-shaped stream chunk (`choices[0].delta.content`)."""
+    if not chunk.choices:
+        return ""
+    delta = chunk.choices[0].delta
+    return (delta.content if delta is not None else None) or ""
+
+
+class DirectSDK(Scenario):
+    """(a) The OpenAI SDK alone, straight at the upstream: the baseline."""
+
+    name = "direct"
+    label = "OpenAI SDK, direct"
+
+    async def start(self) -> None:
+        import openai
+
+        self._client = openai.AsyncOpenAI(
+            base_url=self.upstream_url + "/v1", api_key=BENCH_KEY, max_retries=0
+        )
+
+    async def call(self) -> None:
+        reply = await self._client.chat.completions.create(model=MODEL, messages=MESSAGES)
+        check_text(self.name, reply.choices[0].message.content)
+
+    async def _deltas(self) -> AsyncIterator[str]:
+        stream = await self._client.chat.completions.create(
+            model=MODEL, messages=MESSAGES, stream=True
+        )
+        async with stream:
+            async for chunk in stream:
+                if text := _chunk_text(chunk):
+                    yield text
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+class GatewayProvider(Scenario):
+    """The gateway's OpenAI provider alone (no router): what the adapter adds to the SDK."""
+
+    name = "provider"
+    label = "gateway OpenAIService, no router"
+
+    async def start(self) -> None:
+        from gateway.providers.registry import LLMFactory
+
+        self._llm = LLMFactory.create(
+            "openai", model=MODEL, base_url=self.upstream_url + "/v1", api_key=BENCH_KEY
+        )
+
+    async def call(self) -> None:
+        completion = await self._llm.complete(MESSAGES)
+        check_text(self.name, completion.text)
+
+    async def _deltas(self) -> AsyncIterator[str]:
+        async with self._llm.stream(MESSAGES) as stream:
+            async for delta in stream:
+                yield delta
+
+    async def aclose(self) -> None:
+        await self._llm.aclose()
+
+
+class _GatewayScenario(Scenario):
+    """A `gateway.Router` built from bench/routing.yaml, metrics on a private registry."""
+
+    async def start(self) -> None:
+        from prometheus_client import CollectorRegistry
+
+        from gateway import Router
+        from gateway.metrics import GatewayMetrics
+
+        os.environ[UPSTREAM_ENV] = self.upstream_url
+        # from_yaml, as an application would: the file watcher runs, as it does in production.
+        self._router = Router.from_yaml(POLICY_PATH, hooks=[GatewayMetrics(CollectorRegistry())])
+        await self._router.__aenter__()
+
+    async def _generate(self, task: str, provider: str) -> Any:
+        routed = await self._router.generate(MESSAGES, task=task)
+        check_text(self.name, routed.text)
+        if routed.provider != provider:
+            raise WrongAnswer(f"{self.name}: answered by {routed.provider}, expected {provider}")
+        return routed
+
+    async def aclose(self) -> None:
+        await self._router.aclose()
+
+
+class GatewayRouter(_GatewayScenario):
+    """(b) `gateway.Router`: two-provider chain, retries, breakers and metrics all on."""
+
+    name = "router"
+    label = "gateway Router"
+
+    async def call(self) -> None:
+        await self._generate(TASK, "primary")
+
+    async def _deltas(self) -> AsyncIterator[str]:
+        async with self._router.stream(MESSAGES, task=TASK) as stream:
+            async for delta in stream:
+                yield delta
+        if stream.provider != "primary":
+            raise WrongAnswer(f"{self.name}: streamed by {stream.provider}, expected primary")
+
+
+class FailoverOpenBreaker(_GatewayScenario):
+    """The chain [dead, primary] once dead's breaker is open: every request skips dead."""
+
+    name = "failover_open"
+    label = "Router, chain [dead (breaker open), primary]"
+    streams = False
+
+    async def start(self) -> None:
+        await super().start()
+        breaker = self._router.candidates["dead"].breaker
+        for _ in range(50):
+            if breaker.state == "open":
+                return
+            await self._generate(FAILOVER_TASK, "primary")
+        raise RuntimeError(
+            f"{self.name}: the dead provider's breaker is {breaker.state!r} after 50 requests "
+            "to a provider the upstream always fails; check bench/routing.yaml's breaker"
+        )
+
+    async def call(self) -> None:
+        routed = await self._generate(FAILOVER_TASK, "primary")
+        if routed.attempts[0].outcome != "breaker_open":
+            raise WrongAnswer(
+                f"{self.name}: the dead provider was {routed.attempts[0].outcome}, "
+                "not skipped as breaker_open"
+            )
+
+
+class FailoverWithout(_GatewayScenario):
+    """The same chain without the dead provider: [primary]."""
+
+    name = "failover_without"
+    label = "Router, chain [primary]"
+    streams = False
+
+    async def call(self) -> None:
+        await self._generate(SINGLE_TASK, "primary")
+
+
+class LiteLLMRouter(Scenario):
+    """(c) LiteLLM's Router with the same fallback, retries and cooldown (its breaker)."""
+
+    name = "litellm"
+    label = "LiteLLM Router"
+
+    async def start(self) -> None:
+        # Without this LiteLLM fetches its price map from GitHub at import time.
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        import litellm
+
+        litellm.suppress_debug_info = True
+        litellm.telemetry = False
+        for logger in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+            logging.getLogger(logger).setLevel(logging.CRITICAL)
+
+        def deployment(name: str, model: str) -> dict[str, Any]:
+            return {
+                "model_name": name,
+                "litellm_params": {
+                    "model": f"openai/{model}",
+                    "api_base": self.upstream_url + "/v1",
+                    "api_key": BENCH_KEY,
+                },
+            }
+
+        # The gateway policy's equivalents: 3 attempts (2 retries), breaker fail_max 5 with a
+        # 30 s reset (LiteLLM's cooldown), 30 s timeout, fallback primary -> backup.
+        self._router = litellm.Router(
+            model_list=[deployment("primary", MODEL), deployment("backup", BACKUP_MODEL)],
+            fallbacks=[{"primary": ["backup"]}],
+            num_retries=2,
+            allowed_fails=5,
+            cooldown_time=30,
+            timeout=30,
+        )
+
+    async def call(self) -> None:
+        reply = await self._router.acompletion(model="primary", messages=MESSAGES)
+        check_text(self.name, reply.choices[0].message.content)
+
+    async def _deltas(self) -> AsyncIterator[str]:
+        stream = await self._router.acompletion(model="primary", messages=MESSAGES, stream=True)
+        async for chunk in stream:
+            if text := _chunk_text(chunk):
+                yield text
+
+
+class GatewayServe(DirectSDK):
+    """(d) `gateway serve` in its own process, reached by the OpenAI SDK over HTTP."""
+
+    name = "serve"
+    label = "gateway serve (via OpenAI SDK)"
+
+    async def start(self) -> None:
+        import openai
+
+        if self.server_url is None:
+            raise RuntimeError("the serve scenario needs --server URL")
+        self._client = openai.AsyncOpenAI(
+            base_url=self.server_url + "/v1", api_key=BENCH_KEY, max_retries=0
+        )
+
+    async def call(self) -> None:
+        # The server routes by task: `model` names it.
+        reply = await self._client.chat.completions.create(model=TASK, messages=MESSAGES)
+        check_text(self.name, reply.choices[0].message.content)
+
+    async def _deltas(self) -> AsyncIterator[str]:
+        stream = await self._client.chat.completions.create(
+            model=TASK, messages=MESSAGES, stream=True
+        )
+        async with stream:
+            async for chunk in stream:
+                if text := _chunk_text(chunk):
+                    yield text
+
+
+class RawHTTP(Scenario):
+    """No SDK: httpx2 (the SDKs' transport) posting JSON and reading the SSE lines itself.
+
+    Not a contender; the floor under the SDK, showing how much of a call the SDK costs.
+    """
+
+    name = "raw_http"
+    label = "httpx2, no SDK (floor)"
+
+    async def start(self) -> None:
+        import httpx2
+
+        self._client = httpx2.AsyncClient(base_url=self.upstream_url + "/v1", timeout=30)
+        self._headers = {"authorization": f"Bearer {BENCH_KEY}"}
+
+    async def call(self) -> None:
+        response = await self._client.post(
+            "/chat/completions",
+            json={"model": MODEL, "messages": MESSAGES},
+            headers=self._headers,
+        )
+        response.raise_for_status()
+        check_text(self.name, response.json()["choices"][0]["message"]["content"])
+
+    async def _deltas(self) -> AsyncIterator[str]:
+        body = {"model": MODEL, "messages": MESSAGES, "stream": True}
+        async with self._client.stream(
+            "POST", "/chat/completions", json=body, headers=self._headers
+        ) as response:
+            response.raise_for_status()
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                choices = json.loads(line[6:]).get("choices") or []
+                if choices and (text := (choices[0].get("delta") or {}).get("content")):
+                    yield text
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+SCENARIOS: dict[str, type[Scenario]] = {
+    cls.name: cls
+    for cls in (
+        DirectSDK,
+        GatewayProvider,
+        GatewayRouter,
+        LiteLLMRouter,
+        GatewayServe,
+        RawHTTP,
+        FailoverOpenBreaker,
+        FailoverWithout,
+    )
+}
