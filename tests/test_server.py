@@ -350,30 +350,35 @@ async def test_client_giving_up_on_a_whole_answer_cancels_the_upstream_call(
 # --- errors -----------------------------------------------------------------------------------
 
 
+ONE_MESSAGE = '"messages": [{"role": "user", "content": "x"}]'
+
+
 @pytest.mark.parametrize(
-    ("content", "param_fragment"),
+    ("content", "param", "says"),
     [
-        (b'{"model": "chat", "messages": [', None),
-        (b'{"model": "chat", "messages": []}', "messages"),
+        ('{"model": "chat", "messages": [', None, "not valid JSON"),
+        ("[1, 2]", None, "the request body"),
+        ('{"model": "chat", "messages": []}', "messages", "at least 1 item"),
         (
-            b'{"model": "chat", "messages": [{"role": "user", "content": "x"}], "api_key": "k"}',
-            "api_key",
+            '{"model": "chat", "messages": [{"role": "robot", "content": "x"}]}',
+            "messages[0]",
+            "'robot'",
         ),
+        (f'{{"model": "chat", {ONE_MESSAGE}, "api_key": "k"}}', "api_key", "remove it"),
+        (f'{{"model": "chat", {ONE_MESSAGE}, "base_url": "http://evil"}}', "base_url", "remove it"),
         (
-            b'{"model": "chat", "messages": [{"role": "user", "content": "x"}],'
-            b' "base_url": "http://evil"}',
-            "base_url",
+            '{"model": "chat", "messages": [{"role": "user", "content": "x", "tool_calls": []}]}',
+            "messages[0].tool_calls",
+            "remove it",
         ),
-        (b'{"model": "chat", "messages": [{"role": "robot", "content": "x"}]}', "messages[0]"),
-        (
-            b'{"model": "chat", "messages": [{"role": "user", "content": "x"}], "temperature": 7}',
-            "temperature",
-        ),
-        (b"[1, 2]", None),
+        (f'{{"model": "chat", {ONE_MESSAGE}, "temperature": 7}}', "temperature", "(got 7)"),
+        (f'{{"model": "chat", {ONE_MESSAGE}, "max_tokens": "9"}}', "max_tokens", "integer"),
+        (f'{{"model": "chat", {ONE_MESSAGE}, "stream": 1}}', "stream", "boolean"),
+        (f'{{"model": "chat", {ONE_MESSAGE}, "n": 2}}', "n", "(got 2)"),
     ],
 )
 async def test_bad_requests_are_400_in_openai_shape(
-    http: httpx.AsyncClient, content: bytes, param_fragment: str | None
+    http: httpx.AsyncClient, content: str, param: str | None, says: str
 ) -> None:
     response = await http.post(
         "/v1/chat/completions", content=content, headers={"content-type": "application/json"}
@@ -382,11 +387,20 @@ async def test_bad_requests_are_400_in_openai_shape(
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "invalid_request_error"
-    if param_fragment is None:
-        assert error["message"]
-    else:
-        assert param_fragment in (error["param"] or "")
-        assert param_fragment.split("[")[0] in error["message"]
+    assert error["param"] == param
+    assert says in error["message"]
+    if param is not None:
+        assert error["message"].startswith(param)
+
+
+async def test_a_body_not_sent_as_json_says_which_header_to_send(http: httpx.AsyncClient) -> None:
+    body = json.dumps({"model": "chat", "messages": user("hi")})
+    response = await http.post(
+        "/v1/chat/completions", content=body, headers={"content-type": "text/plain"}
+    )
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert "text/plain" in message and "content-type: application/json" in message
 
 
 async def test_unsupported_field_is_named_by_the_sdk_error(client: openai.AsyncOpenAI) -> None:

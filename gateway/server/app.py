@@ -14,7 +14,6 @@ from typing import Any
 from fastapi import Depends, FastAPI, Header, Request, Security
 from fastapi.openapi.utils import get_openapi
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
 import gateway
@@ -26,6 +25,7 @@ from gateway.server.auth import Access, Denial, KeyChecker, denial
 from gateway.server.chat import TASK_HEADER, chat_completion
 from gateway.server.config import MAX_MESSAGES_ENV, ServerSettings
 from gateway.server.errors import (
+    RequestVocabulary,
     error_response,
     install_handlers,
     internal_error_body,
@@ -38,6 +38,8 @@ from gateway.server.openai_compat import (
     ErrorResponse,
     ModelCard,
     ModelList,
+    request_field_names,
+    union_tags,
 )
 from gateway.server.trace import TraceHooks
 
@@ -221,7 +223,7 @@ def create_app(
         summary="A resilient routing gateway for LLM calls, OpenAI-compatible.",
         lifespan=lifespan,
     )
-    install_handlers(app, _request_fields())
+    install_handlers(app, RequestVocabulary(request_field_names(), union_tags()))
 
     async def on_denied(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, AccessDenied)
@@ -411,18 +413,6 @@ def _add_routes(app: FastAPI) -> None:
     async def metrics() -> Response:
         body, content_type = exposition()
         return Response(body, media_type=content_type)
-
-
-def _request_fields() -> frozenset[str]:
-    """Every field name of the request models, to tell real fields from union labels in
-    validation error locations."""
-    from gateway.server import openai_compat
-
-    names: set[str] = set()
-    for value in vars(openai_compat).values():
-        if isinstance(value, type) and issubclass(value, BaseModel):
-            names.update(value.model_fields)
-    return frozenset(names)
 
 
 def _openapi(app: FastAPI, settings: ServerSettings) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
@@ -123,8 +124,18 @@ def internal_error_body() -> dict[str, Any]:
 # --- request validation -----------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class RequestVocabulary:
+    """What the names in a validation error's location can be."""
+
+    fields: frozenset[str]
+    """Field names of the request models."""
+    tags: frozenset[str]
+    """Discriminator values, which pydantic inserts after a list index (`messages.0.user`)."""
+
+
 def _param(
-    loc: Sequence[str | int], fields: frozenset[str], *, unknown_last: bool = False
+    loc: Sequence[str | int], words: RequestVocabulary, *, unknown_last: bool = False
 ) -> str | None:
     """`messages[0].content` from pydantic's location, leaving out union branch labels.
 
@@ -135,7 +146,9 @@ def _param(
     for i, item in enumerate(items):
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif item in fields or (unknown_last and i == len(items) - 1):
+        elif i > 0 and isinstance(items[i - 1], int) and item in words.tags:
+            continue  # the branch of a discriminated union, not a field
+        elif item in words.fields or (unknown_last and i == len(items) - 1):
             parts.append(("." if parts else "") + item)
     return "".join(parts) or None
 
@@ -146,7 +159,7 @@ def _quote(value: Any) -> str:
 
 
 def validation_message(
-    errors: Sequence[Mapping[str, Any]], fields: frozenset[str]
+    errors: Sequence[Mapping[str, Any]], words: RequestVocabulary, content_type: str | None
 ) -> tuple[str, str | None]:
     """One readable message for FastAPI's validation errors, and the field it is about."""
     first = errors[0]
@@ -156,7 +169,13 @@ def validation_message(
         reason = ctx.get("error", "malformed JSON")
         return f"the request body is not valid JSON ({reason}); send a JSON object", None
     loc = list(first.get("loc", ()))
-    param = _param(loc, fields, unknown_last=kind == "extra_forbidden")
+    if loc == ["body"] and isinstance(first.get("input"), bytes):
+        # FastAPI parses the body as JSON only when the content type says it is JSON.
+        return (
+            f"the request body was sent as {content_type or 'no content type'!s}; send a JSON "
+            "object with the header 'content-type: application/json'"
+        ), None
+    param = _param(loc, words, unknown_last=kind == "extra_forbidden")
     if kind == "missing" and param is None:
         return "the request body is missing; send a JSON object", None
     where = param or "the request body"
@@ -171,12 +190,13 @@ def validation_message(
     return message, param
 
 
-def install_handlers(app: Any, fields: frozenset[str]) -> None:
+def install_handlers(app: Any, words: RequestVocabulary) -> None:
     """Make FastAPI's own errors (validation, 404, 405) speak OpenAI's error shape."""
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        message, param = validation_message(exc.errors(), fields)
+        content_type = request.headers.get("content-type")
+        message, param = validation_message(exc.errors(), words, content_type)
         return error_response(message, status=400, code="invalid_request", param=param)
 
     async def on_http(request: Request, exc: Exception) -> Response:

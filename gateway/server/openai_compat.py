@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -148,6 +148,36 @@ class ChatCompletionRequest(BaseModel):
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (
+    TextPart,
+    ImageUrl,
+    ImagePart,
+    SystemMessage,
+    UserMessage,
+    AssistantMessage,
+    StreamOptions,
+    ResponseFormat,
+    ChatCompletionRequest,
+)
+DISCRIMINATORS = ("role", "type")
+
+
+def request_field_names() -> frozenset[str]:
+    return frozenset(name for model in REQUEST_MODELS for name in model.model_fields)
+
+
+def union_tags() -> frozenset[str]:
+    """The values that pick a branch of a discriminated union (message roles, part types):
+    pydantic puts them in error locations right after the list index."""
+    tags: set[str] = set()
+    for model in REQUEST_MODELS:
+        for name in DISCRIMINATORS:
+            field = model.model_fields.get(name)
+            if field is not None and get_origin(field.annotation) is Literal:
+                tags.update(str(value) for value in get_args(field.annotation))
+    return frozenset(tags)
 
 
 # --- responses ------------------------------------------------------------------------------
