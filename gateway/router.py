@@ -578,7 +578,8 @@ class Router:
 
     def _deadline(self, request: _Request, candidate: Candidate | None) -> DeadlineExceeded:
         if candidate is not None:
-            request.attempts.append(Attempt(candidate.name, candidate.model, DEADLINE))
+            # Listed and counted like any skipped candidate, so metrics match `attempts`.
+            self._record(request, candidate, DEADLINE, None)
         return DeadlineExceeded(
             f"task {request.task.name!r}: deadline_s={request.task.deadline_s:g} ran out; "
             + _summary(request.task.name, request.attempts, header=False),
