@@ -393,6 +393,17 @@ async def test_bad_requests_are_400_in_openai_shape(
         assert error["message"].startswith(param)
 
 
+async def test_an_overlong_task_header_is_named(http: httpx.AsyncClient) -> None:
+    response = await http.post(
+        "/v1/chat/completions",
+        json={"model": "chat", "messages": user("hi")},
+        headers={"x-gateway-task": "t" * 300},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "x-gateway-task"
+    assert response.json()["error"]["message"].startswith("x-gateway-task: String should have")
+
+
 async def test_a_body_not_sent_as_json_says_which_header_to_send(http: httpx.AsyncClient) -> None:
     body = json.dumps({"model": "chat", "messages": user("hi")})
     response = await http.post(

@@ -22,8 +22,12 @@ from starlette.types import Receive
 from gateway.router import Router
 from gateway.server.errors import internal_error_body, routing_failure
 from gateway.server.middleware import CLIENT_CLOSED, AccessRecord
-from gateway.server.openai_compat import ChatCompletionRequest, ChunkWriter, completion_body
-from gateway.server.openai_compat import completion_id as new_completion_id
+from gateway.server.openai_compat import (
+    ChatCompletionRequest,
+    ChunkWriter,
+    completion_body,
+    new_completion_id,
+)
 from gateway.server.sse import DONE, EventStreamResponse, event
 from gateway.server.trace import RequestTrace, resume_trace, start_trace
 from gateway.streaming import RoutedStream

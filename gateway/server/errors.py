@@ -141,6 +141,8 @@ def _param(
 
     `unknown_last`: the last item is a field the client sent that the model does not have.
     """
+    if len(loc) == 2 and loc[0] in {"header", "query", "path"}:
+        return str(loc[1])
     items = list(loc[1:] if loc and loc[0] == "body" else loc)
     parts: list[str] = []
     for i, item in enumerate(items):

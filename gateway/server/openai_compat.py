@@ -274,7 +274,7 @@ class ErrorResponse(BaseModel):
 # --- building answers -----------------------------------------------------------------------
 
 
-def completion_id() -> str:
+def new_completion_id() -> str:
     return "chatcmpl-" + os.urandom(12).hex()
 
 

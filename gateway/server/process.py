@@ -107,16 +107,23 @@ def serve(
             from gateway.server.simulate import instructions
 
             print(instructions(_base_url(host, port), fake_url), flush=True)
-        if workers == 1:
-            server = uvicorn.Server(config)
-            server.run()
-            return EXIT_OK if server.started else EXIT_STARTUP_FAILED
-        sock = config.bind_socket()
         try:
-            _Workers(config, sockets=[sock]).run()
-        finally:
-            sock.close()
-        return EXIT_OK
+            return _run(config)
+        except SystemExit as exc:  # uvicorn exits this way when it cannot bind or start
+            return exc.code if isinstance(exc.code, int) else EXIT_STARTUP_FAILED
+
+
+def _run(config: uvicorn.Config) -> int:
+    if config.workers == 1:
+        server = uvicorn.Server(config)
+        server.run()
+        return EXIT_OK if server.started else EXIT_STARTUP_FAILED
+    sock = config.bind_socket()
+    try:
+        _Workers(config, sockets=[sock]).run()
+    finally:
+        sock.close()
+    return EXIT_OK
 
 
 def _base_url(host: str, port: int) -> str:
