@@ -13,22 +13,36 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from gateway._attempts import (
+    BREAKER_OPEN,
+    CANCELLED,
+    DEADLINE,
+    SATURATED,
+    SKIPPED_CONTEXT,
+    SUCCESS,
+    UNAVAILABLE,
+    CandidateFailed,
+    RequestState,
+    refused,
+    summary,
+)
 from gateway.errors import (
     AllProvidersFailed,
     DeadlineExceeded,
     ErrorKind,
     GatewayError,
+    InvalidRequestError,
     PolicyError,
     ProviderError,
 )
 from gateway.hooks import RouterHooks
-from gateway.policy import Policy, TaskSpec, load_policy
+from gateway.policy import Policy, load_policy
 from gateway.providers.base import parse_json_object
 from gateway.resilience import Admission, RetryAborted, Sleep, call_with_retries
 from gateway.runtime import Candidate, Runtime, Step, build_runtime, close_runtime, prompt_tokens
@@ -40,15 +54,6 @@ log = logging.getLogger("gateway")
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
-
-# Outcomes of a skipped candidate (no call was made).
-BREAKER_OPEN = "breaker_open"
-SATURATED = "saturated"
-SKIPPED_CONTEXT = "skipped_context"
-UNAVAILABLE = "unavailable"
-DEADLINE = "deadline"
-CANCELLED = "cancelled"
-SUCCESS = "success"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,42 +70,8 @@ class RoutedCompletion:
     attempts: list[Attempt]
     finish_reason: str | None = None
     response_id: str | None = None
-
-
-@dataclass(eq=False)
-class _Request:
-    """Book-keeping for one request in flight: its deadline, attempts and time upstream."""
-
-    task: TaskSpec
-    started: float
-    deadline: float | None
-    attempts: list[Attempt] = field(default_factory=list)
-    upstream_s: float = 0.0
-    waited_s: float = 0.0
-    cost_usd: float = 0.0
-    billed: Usage = field(default_factory=Usage)
-
-    def remaining(self) -> float | None:
-        if self.deadline is None:
-            return None
-        return self.deadline - time.perf_counter()
-
-    def attempt_timeout(self, candidate: Candidate) -> tuple[float, bool]:
-        """The bound for one call, and whether it is the deadline (not timeout_s) that binds."""
-        timeout = candidate.spec.timeout_s
-        left = self.remaining()
-        if left is not None and left < timeout:
-            return max(left, 0.0), True
-        return timeout, False
-
-
-class _Failed(Exception):
-    """One candidate is done without an answer; `outcome` says why."""
-
-    def __init__(self, outcome: str, error: ProviderError | None = None) -> None:
-        super().__init__(outcome)
-        self.outcome = outcome
-        self.error = error
+    parsed: Any = None
+    """For `complete_json`: the JSON object, or the validated schema instance."""
 
 
 class Router:
@@ -185,10 +156,9 @@ class Router:
         **params: Any,
     ) -> RoutedCompletion:
         """One answer from the first candidate of the task's chain that gives one."""
-        routed, _ = await self._route(
+        return await self._route(
             messages, task, dict(params, temperature=temperature, max_tokens=max_tokens), None
         )
-        return routed
 
     async def generate_json(
         self,
@@ -200,6 +170,18 @@ class Router:
     ) -> Any:
         """A JSON object (or a validated `schema` instance). A reply that is not valid JSON, or
         does not validate, counts as `invalid_response` for that candidate and falls through."""
+        routed = await self.complete_json(messages, task=task, schema=schema, **params)
+        return routed.parsed
+
+    async def complete_json(
+        self,
+        messages: Sequence[Message],
+        *,
+        task: str = "default",
+        schema: type[M] | None = None,
+        **params: Any,
+    ) -> RoutedCompletion:
+        """`generate_json` with the whole routed answer: `.parsed` holds the data."""
 
         def check(completion: Completion, provider: str) -> Any:
             data = parse_json_object(completion.text, provider=provider)
@@ -215,8 +197,7 @@ class Router:
                 ) from exc
 
         params["json_mode"] = True
-        _, parsed = await self._route(messages, task, params, check)
-        return parsed
+        return await self._route(messages, task, params, check)
 
     def stream(
         self,
@@ -323,17 +304,17 @@ class Router:
         task_name: str,
         params: dict[str, Any],
         check: Callable[[Completion, str], Any] | None,
-    ) -> tuple[RoutedCompletion, Any]:
+    ) -> RoutedCompletion:
         self._ensure_watcher()
         started = time.perf_counter()
         runtime = self._runtime
         runtime.in_flight += 1
-        request: _Request | None = None
+        request: RequestState | None = None
         outcome = "rejected"
         try:
             task = runtime.policy.task(task_name)
             checked = validate_messages(messages)
-            request = _Request(
+            request = RequestState(
                 task, started, started + task.deadline_s if task.deadline_s else None
             )
             call_params = {k: v for k, v in params.items() if v is not None}
@@ -357,12 +338,12 @@ class Router:
     async def _walk(
         self,
         runtime: Runtime,
-        request: _Request,
+        request: RequestState,
         steps: Sequence[Step],
         messages: list[dict[str, Any]],
         params: dict[str, Any],
         check: Callable[[Completion, str], Any] | None,
-    ) -> tuple[RoutedCompletion, Any]:
+    ) -> RoutedCompletion:
         task = request.task
         input_estimate = prompt_tokens(messages)
         previous: tuple[str, str] | None = None
@@ -389,7 +370,7 @@ class Router:
                 completion, parsed, retries, latency = await self._call_candidate(
                     request, candidate, messages, call_params, check
                 )
-            except _Failed as failed:
+            except CandidateFailed as failed:
                 if failed.outcome == DEADLINE:
                     raise self._deadline(request, None) from failed.error
                 previous = (candidate.name, failed.outcome)
@@ -406,10 +387,11 @@ class Router:
                 attempts=request.attempts,
                 finish_reason=completion.finish_reason,
                 response_id=completion.response_id,
+                parsed=parsed,
             )
-            return routed, parsed
+            return routed
         raise AllProvidersFailed(
-            _summary(task.name, request.attempts), task=task.name, attempts=request.attempts
+            summary(task.name, request.attempts), task=task.name, attempts=request.attempts
         )
 
     def _skip_reason(self, runtime: Runtime, candidate: Candidate, input_tokens: int) -> str | None:
@@ -424,7 +406,7 @@ class Router:
 
     async def _call_candidate(
         self,
-        request: _Request,
+        request: RequestState,
         candidate: Candidate,
         messages: list[dict[str, Any]],
         params: dict[str, Any],
@@ -442,7 +424,7 @@ class Router:
             timeout, deadline_binds = request.attempt_timeout(candidate)
             admission = candidate.breaker.admit()
             if admission is Admission.REJECT:
-                raise _Failed(BREAKER_OPEN)
+                raise CandidateFailed(BREAKER_OPEN)
             candidate.in_flight += 1
             began = time.perf_counter()
             try:
@@ -451,7 +433,7 @@ class Router:
             except TimeoutError as exc:
                 candidate.breaker.failure(admission, ErrorKind.TIMEOUT)
                 if deadline_binds:
-                    raise _Failed(DEADLINE) from exc
+                    raise CandidateFailed(DEADLINE) from exc
                 raise ProviderError(
                     f"no answer within timeout_s={timeout:g}",
                     kind=ErrorKind.TIMEOUT,
@@ -463,6 +445,11 @@ class Router:
                 candidate.breaker.failure(admission, exc.kind)
                 exc.provider = exc.provider or candidate.name
                 raise
+            except InvalidRequestError as exc:
+                # The messages passed the router's checks, so this provider alone cannot take
+                # them (e.g. Ollama and image URLs): the next candidate may.
+                candidate.breaker.release(admission)
+                raise refused(exc, candidate.name) from exc
             except BaseException:
                 # Cancellation, or a bug below us: neither says the provider is unhealthy.
                 candidate.breaker.release(admission)
@@ -500,7 +487,7 @@ class Router:
                 on_retry=on_retry,
                 sleep=self._sleep,
             )
-        except _Failed as failed:
+        except CandidateFailed as failed:
             if failed.outcome == BREAKER_OPEN and last_error is not None:
                 # The breaker opened between our own retries: the real cause is the last error.
                 self._fail(request, candidate, last_error, total_latency, retries)
@@ -517,7 +504,7 @@ class Router:
 
     def _fail(
         self,
-        request: _Request,
+        request: RequestState,
         candidate: Candidate,
         error: ProviderError,
         latency: float,
@@ -526,11 +513,11 @@ class Router:
         self._record(
             request, candidate, error.kind.value, latency, retries=retries, error=str(error)
         )
-        raise _Failed(error.kind.value, error)
+        raise CandidateFailed(error.kind.value, error)
 
     # --- book-keeping -----------------------------------------------------------------------
 
-    def _bill(self, request: _Request, candidate: Candidate, model: str, usage: Usage) -> None:
+    def _bill(self, request: RequestState, candidate: Candidate, model: str, usage: Usage) -> None:
         model = model or candidate.model
         cost = self._runtime.prices.cost(model, usage, candidate.spec.type)
         if cost is None:
@@ -556,7 +543,7 @@ class Router:
 
     def _record(
         self,
-        request: _Request,
+        request: RequestState,
         candidate: Candidate,
         outcome: str,
         latency: float | None,
@@ -576,19 +563,19 @@ class Router:
             duration_s=latency,
         )
 
-    def _deadline(self, request: _Request, candidate: Candidate | None) -> DeadlineExceeded:
+    def _deadline(self, request: RequestState, candidate: Candidate | None) -> DeadlineExceeded:
         if candidate is not None:
             # Listed and counted like any skipped candidate, so metrics match `attempts`.
             self._record(request, candidate, DEADLINE, None)
         return DeadlineExceeded(
             f"task {request.task.name!r}: deadline_s={request.task.deadline_s:g} ran out; "
-            + _summary(request.task.name, request.attempts, header=False),
+            + summary(request.task.name, request.attempts, header=False),
             task=request.task.name,
             attempts=request.attempts,
         )
 
     def _finish(
-        self, task_name: str, request: _Request | None, started: float, outcome: str
+        self, task_name: str, request: RequestState | None, started: float, outcome: str
     ) -> None:
         duration = time.perf_counter() - started
         overhead = duration
@@ -655,13 +642,3 @@ def _stat(path: Path) -> tuple[float, int] | None:
     except OSError:
         return None
     return (st.st_mtime, st.st_size)
-
-
-def _summary(task: str, attempts: Sequence[Attempt], *, header: bool = True) -> str:
-    parts = []
-    for a in attempts:
-        detail = f": {a.error}" if a.error else ""
-        retried = f" after {a.retries} retr{'y' if a.retries == 1 else 'ies'}" if a.retries else ""
-        parts.append(f"{a.provider} ({a.model}) {a.outcome}{retried}{detail}")
-    listing = "; ".join(parts) or "no candidates"
-    return f"every provider for task {task!r} failed: {listing}" if header else listing

@@ -14,10 +14,21 @@ from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing, suppress
 from typing import TYPE_CHECKING, Any
 
+from gateway._attempts import (
+    BREAKER_OPEN,
+    CANCELLED,
+    DEADLINE,
+    SUCCESS,
+    CandidateFailed,
+    RequestState,
+    refused,
+    summary,
+)
 from gateway.errors import (
     AllProvidersFailed,
     DeadlineExceeded,
     ErrorKind,
+    InvalidRequestError,
     ProviderError,
     StreamInterrupted,
 )
@@ -26,12 +37,13 @@ from gateway.runtime import Candidate, prompt_tokens
 from gateway.types import Attempt, ChatStream, Message, Usage, validate_messages
 
 if TYPE_CHECKING:
-    from gateway.router import Router, _Request
+    from gateway.router import Router
 
 
 class RoutedStream:
-    """Async iterator of text deltas. Once it is exhausted, `provider`, `model`, `usage`,
-    `cost_usd`, `attempts` and `latency_s` describe how the answer was obtained."""
+    """Async iterator of text deltas. `provider` and `model` name the candidate answering
+    from the first delta on; once it is exhausted, `usage`, `cost_usd`, `attempts` and
+    `latency_s` describe how the answer was obtained."""
 
     def __init__(
         self, router: Router, messages: Sequence[Message], task: str, params: dict[str, Any]
@@ -70,27 +82,18 @@ class RoutedStream:
         await self.aclose()
 
     async def _run(self) -> AsyncGenerator[str, None]:
-        from gateway.router import (
-            CANCELLED,
-            DEADLINE,
-            SUCCESS,
-            _Failed,
-            _Request,
-            _summary,
-        )
-
         router = self._router
         router._ensure_watcher()
         started = time.perf_counter()
         runtime = router._runtime
         runtime.in_flight += 1
-        request: _Request | None = None
+        request: RequestState | None = None
         outcome = "rejected"
         sent: list[str] = []
         try:
             task = runtime.policy.task(self._task)
             messages = validate_messages(self._messages)
-            request = _Request(
+            request = RequestState(
                 task, started, started + task.deadline_s if task.deadline_s else None
             )
             self.attempts = request.attempts
@@ -125,7 +128,7 @@ class RoutedStream:
                         async for delta in deltas:
                             sent.append(delta)
                             yield delta
-                except _Failed as failed:
+                except CandidateFailed as failed:
                     if failed.outcome == DEADLINE:
                         raise self._interrupted_or(router._deadline(request, None), sent) from None
                     if sent and task.on_midstream_failure != "resume":
@@ -140,7 +143,7 @@ class RoutedStream:
             if sent:
                 raise self._interrupted(request, sent)
             raise AllProvidersFailed(
-                _summary(task.name, request.attempts), task=task.name, attempts=request.attempts
+                summary(task.name, request.attempts), task=task.name, attempts=request.attempts
             )
         except StreamInterrupted:
             outcome = "exhausted"
@@ -158,13 +161,11 @@ class RoutedStream:
             router._finish(self._task, request, started, outcome)
             await runtime.release()
 
-    def _interrupted(self, request: _Request, sent: list[str]) -> StreamInterrupted:
-        from gateway.router import _summary
-
+    def _interrupted(self, request: RequestState, sent: list[str]) -> StreamInterrupted:
         partial = "".join(sent)
         return StreamInterrupted(
             f"stream for task {request.task.name!r} failed after {len(partial)} characters "
-            "reached the caller; " + _summary(request.task.name, request.attempts, header=False),
+            "reached the caller; " + summary(request.task.name, request.attempts, header=False),
             task=request.task.name,
             attempts=request.attempts,
             partial_text=partial,
@@ -179,14 +180,12 @@ class RoutedStream:
 
     async def _candidate(
         self,
-        request: _Request,
+        request: RequestState,
         candidate: Candidate,
         messages: list[dict[str, Any]],
         params: dict[str, Any],
     ) -> AsyncGenerator[str, None]:
         """One candidate's deltas. Retries happen only before its first delta."""
-        from gateway.router import BREAKER_OPEN, CANCELLED, DEADLINE, SUCCESS, _Failed
-
         router = self._router
         client = candidate.client
         assert client is not None
@@ -203,12 +202,14 @@ class RoutedStream:
                 first_bound, deadline_binds = task.first_token_timeout_s, False
             admission = candidate.breaker.admit()
             if admission is Admission.REJECT:
-                raise _Failed(BREAKER_OPEN)
+                raise CandidateFailed(BREAKER_OPEN)
             try:
                 stream = client.stream(messages, timeout_s=timeout, **params)
-            except BaseException:
+            except BaseException as exc:
                 # Refused before any call (e.g. a bad parameter): nothing to say about health.
                 candidate.breaker.release(admission)
+                if isinstance(exc, InvalidRequestError):
+                    raise refused(exc, candidate.name) from exc
                 raise
             candidate.in_flight += 1
             began = time.perf_counter()
@@ -227,7 +228,7 @@ class RoutedStream:
                     raise
                 candidate.breaker.failure(admission, error.kind)
                 if isinstance(exc, TimeoutError) and deadline_binds:
-                    raise _Failed(DEADLINE) from exc
+                    raise CandidateFailed(DEADLINE) from exc
                 last_error = error
                 raise error from exc
             router._emit(
@@ -254,9 +255,9 @@ class RoutedStream:
                 on_retry=on_retry,
                 sleep=router._sleep,
             )
-        except _Failed as failed:
+        except CandidateFailed as failed:
             if failed.outcome == BREAKER_OPEN and last_error is not None:
-                failed = _Failed(last_error.kind.value, last_error)
+                failed = CandidateFailed(last_error.kind.value, last_error)
             router._record(
                 request,
                 candidate,
@@ -271,9 +272,12 @@ class RoutedStream:
             router._record(
                 request, candidate, error.kind.value, upstream, retries=retries, error=str(error)
             )
-            raise _Failed(error.kind.value, error) from None
+            raise CandidateFailed(error.kind.value, error) from None
 
         outcome = CANCELLED
+        # From its first delta on, this candidate is the one answering (until a `resume`).
+        self.provider = candidate.name
+        self.model = stream.model or candidate.model
         try:
             if first is not None:
                 yield first
@@ -295,7 +299,7 @@ class RoutedStream:
                             if (isinstance(exc, TimeoutError) and deadline_binds)
                             else failure.kind.value
                         )
-                        raise _Failed(outcome, failure) from exc
+                        raise CandidateFailed(outcome, failure) from exc
                     yield delta
             outcome = SUCCESS
         finally:
@@ -326,6 +330,8 @@ def _as_error(exc: BaseException, candidate: Candidate, bound: float) -> Provide
         return ProviderError(
             f"no data within {bound:g}s", kind=ErrorKind.TIMEOUT, provider=candidate.name
         )
+    if isinstance(exc, InvalidRequestError):
+        return refused(exc, candidate.name)
     return None
 
 

@@ -618,3 +618,33 @@ def test_sync_facade_serves_apps_without_an_event_loop(tmp_path: Path) -> None:
             r = router.generate(MESSAGES, task="summarize")
             assert r.provider == "primary"
             assert "".join(router.stream(MESSAGES, task="summarize"))
+
+
+async def test_complete_json_returns_the_routed_answer(up: FakeUpstream, router: Router) -> None:
+    up.reply(BACKUP, text='{"name": "Ada", "age": 36}')
+    routed = await router.complete_json(MESSAGES, task="default", schema=Person)
+    assert routed.parsed == Person(name="Ada", age=36)
+    assert routed.provider == "backup" and routed.cost_usd > 0
+
+
+async def test_stream_names_its_provider_from_the_first_delta(
+    up: FakeUpstream, router: Router
+) -> None:
+    stream = router.stream(MESSAGES, task="summarize")
+    assert stream.provider is None
+    await stream.__anext__()
+    assert stream.provider == "primary" and stream.model == PRIMARY
+    await stream.aclose()
+
+
+async def test_a_provider_specific_refusal_falls_through(up: FakeUpstream, router: Router) -> None:
+    # Anthropic needs a user or assistant turn; OpenAI takes a system-only conversation.
+    only_system = [{"role": "system", "content": "Say hello."}]
+    r = await router.generate(only_system, task="summarize")
+    assert r.provider == "backup"
+    assert r.attempts[0].outcome == "bad_request"
+    assert up.count(model=PRIMARY) == 0
+    stream = router.stream(only_system, task="summarize")
+    assert "".join([d async for d in stream])
+    assert stream.provider == "backup"
+    assert router.candidates["primary"].breaker.failure_count == 0
