@@ -187,7 +187,7 @@ async def measure(iterations: int, repeats: int) -> list[Layer]:
     register_fakes()
     timer = Timer(iterations, repeats)
     policy = parse_policy(POLICY, source="bench.layers")
-    messages: list[Message] = MESSAGES
+    messages: Sequence[Message] = MESSAGES
     bare = ConstantLLM(name="bare", model=MODEL)
     plain = Router(policy, hooks=[], sleep=no_sleep)
     metrics = GatewayMetrics(CollectorRegistry())
@@ -222,7 +222,7 @@ async def measure(iterations: int, repeats: int) -> list[Layer]:
 
 
 def _whole_requests(
-    bare: ConstantLLM, plain: Router, metered: Router, messages: list[Message]
+    bare: ConstantLLM, plain: Router, metered: Router, messages: Sequence[Message]
 ) -> dict[str, AsyncCall]:
     async def bare_stream() -> None:
         async for _ in bare.stream(messages):
@@ -244,7 +244,7 @@ def _whole_requests(
 
 
 async def _pieces(
-    timer: Timer, policy: Policy, metrics: GatewayMetrics, messages: list[Message]
+    timer: Timer, policy: Policy, metrics: GatewayMetrics, messages: Sequence[Message]
 ) -> list[Layer]:
     """The parts of one successful request, each alone."""
     retry = RetryPolicy()

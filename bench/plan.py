@@ -45,8 +45,8 @@ FULL = Plan(
     warmup=200,
     failover=2000,
     import_repeats=5,
-    layer_iterations=20_000,
-    layer_repeats=5,
+    layer_iterations=2_000,
+    layer_repeats=10,
 )
 
 QUICK = Plan(

@@ -15,7 +15,10 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 MODEL = "gpt-4o-mini"
 """What every scenario ends up asking the upstream for (the gateway's `primary` provider)."""
@@ -38,6 +41,9 @@ REPLY_TEXT = (
     "so that each one parses and streams exactly the same payload."
 )
 """Every model's healthy answer, set on the upstream before any client starts."""
+
+# The same list, as the OpenAI SDK's types name it (a cast only: the SDK is not imported here).
+SDK_MESSAGES = cast("list[ChatCompletionMessageParam]", MESSAGES)
 
 
 class WrongAnswer(AssertionError):
@@ -112,12 +118,12 @@ class DirectSDK(Scenario):
         )
 
     async def call(self) -> None:
-        reply = await self._client.chat.completions.create(model=MODEL, messages=MESSAGES)
+        reply = await self._client.chat.completions.create(model=MODEL, messages=SDK_MESSAGES)
         check_text(self.name, reply.choices[0].message.content)
 
     async def _deltas(self) -> AsyncIterator[str]:
         stream = await self._client.chat.completions.create(
-            model=MODEL, messages=MESSAGES, stream=True
+            model=MODEL, messages=SDK_MESSAGES, stream=True
         )
         async with stream:
             async for chunk in stream:
@@ -300,12 +306,12 @@ class GatewayServe(DirectSDK):
 
     async def call(self) -> None:
         # The server routes by task: `model` names it.
-        reply = await self._client.chat.completions.create(model=TASK, messages=MESSAGES)
+        reply = await self._client.chat.completions.create(model=TASK, messages=SDK_MESSAGES)
         check_text(self.name, reply.choices[0].message.content)
 
     async def _deltas(self) -> AsyncIterator[str]:
         stream = await self._client.chat.completions.create(
-            model=TASK, messages=MESSAGES, stream=True
+            model=TASK, messages=SDK_MESSAGES, stream=True
         )
         async with stream:
             async for chunk in stream:
