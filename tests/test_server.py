@@ -246,6 +246,40 @@ async def test_json_mode_answers_a_json_object(
     assert raw.headers["x-gateway-attempts-detail"] == "mini:success"
 
 
+async def test_json_mode_falls_through_a_reply_that_is_not_json_and_bills_both(
+    client: openai.AsyncOpenAI, upstream: FakeUpstream
+) -> None:
+    upstream.reply("gpt-4o-mini", "Sure! Here is your JSON: {oops")
+    upstream.reply("claude-sonnet-4-5", '{"ok": true}')
+    try:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="chat", messages=user("JSON please"), response_format={"type": "json_object"}
+        )
+        plain = await client.chat.completions.with_raw_response.create(
+            model="summarize", messages=user("JSON please"), response_format={"type": "json_object"}
+        )
+    finally:
+        upstream.reply("gpt-4o-mini", None)
+        upstream.reply("claude-sonnet-4-5", None)
+    assert json.loads(raw.parse().choices[0].message.content or "") == {"ok": True}
+    assert raw.headers["x-gateway-provider"] == "sonnet"
+    assert raw.headers["x-gateway-attempts-detail"] == "mini:invalid_response,sonnet:success"
+    # The reply mini was billed for counts too: more than sonnet's answer alone costs.
+    assert float(raw.headers["x-gateway-cost-usd"]) > float(plain.headers["x-gateway-cost-usd"])
+    assert plain.headers["x-gateway-attempts-detail"] == "sonnet:success"
+
+
+async def test_a_provider_that_cannot_take_the_messages_is_passed_over(
+    client: openai.AsyncOpenAI,
+) -> None:
+    # Anthropic needs a user turn; the OpenAI protocol does not.
+    raw = await client.chat.completions.with_raw_response.create(
+        model="summarize", messages=[{"role": "system", "content": "Be brief."}]
+    )
+    assert raw.parse().choices[0].message.content == MINI_TEXT
+    assert raw.headers["x-gateway-attempts-detail"] == "sonnet:bad_request,mini:success"
+
+
 async def test_streamed_completion_with_usage_chunk(
     client: openai.AsyncOpenAI, upstream: FakeUpstream
 ) -> None:
@@ -284,6 +318,38 @@ async def test_stream_ends_with_done_and_falls_through_before_the_first_token(
     chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
     assert all("usage" not in c for c in chunks)  # include_usage was not asked for
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == SONNET_TEXT
+
+
+async def test_a_stream_is_logged_with_its_attempts_and_cost(
+    server: ServerProcess, http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    upstream.script("gpt-4o-mini", Fault.server_error())
+    body = {"model": "chat", "stream": True, "messages": user("log my stream")}
+    async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.headers["x-gateway-attempts"] == "2"
+        [line async for line in response.aiter_lines()]
+    pattern = (
+        r'"POST /v1/chat/completions" 200 [\d.]+ms task=chat provider=sonnet '
+        r"attempts=mini:server_error,sonnet:success cost_usd=([\d.]+) outcome=success"
+    )
+    found = await eventually(lambda: re.search(pattern, server.log()), timeout_s=5)
+    assert float(found.group(1)) > 0
+
+
+async def test_an_empty_stream_shows_its_finished_attempt_once(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    upstream.reply("gpt-4o-mini", "")
+    try:
+        body = {"model": "chat", "stream": True, "messages": user("say nothing")}
+        async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            lines = [line async for line in response.aiter_lines() if line]
+    finally:
+        upstream.reply("gpt-4o-mini", None)
+    assert response.headers["x-gateway-provider"] == "mini"
+    # Nothing is streaming any more when the headers go out: the answer is already complete.
+    assert response.headers["x-gateway-attempts-detail"] == "mini:success"
+    assert lines[-1] == "data: [DONE]"
 
 
 async def test_failure_after_streaming_began_ends_with_an_error_event(
@@ -326,7 +392,8 @@ async def test_client_disconnect_mid_stream_cancels_the_upstream_call(
     # Leaving the block closed our connection mid-stream.
     await eventually(lambda: upstream.open_connections <= baseline, timeout_s=5)
     assert upstream.count("talker-1") == 1
-    await eventually(lambda: "outcome=client_closed" in server.log(), timeout_s=5)
+    line = r"499 .*task=talk provider=talker attempts=talker:cancelled .*outcome=client_closed"
+    await eventually(lambda: re.search(line, server.log()), timeout_s=5)
 
 
 async def test_client_giving_up_on_a_whole_answer_cancels_the_upstream_call(
@@ -469,7 +536,7 @@ async def test_unknown_task_without_default_is_404(client: openai.AsyncOpenAI) -
 
 
 async def test_every_provider_failing_is_502_listing_attempts_without_secrets(
-    http: httpx.AsyncClient, upstream: FakeUpstream
+    server: ServerProcess, http: httpx.AsyncClient, upstream: FakeUpstream
 ) -> None:
     upstream.fail_always("gpt-4o-mini", Fault.server_error())
     upstream.fail_always("claude-sonnet-4-5", Fault.unauthorized())
@@ -484,6 +551,8 @@ async def test_every_provider_failing_is_502_listing_attempts_without_secrets(
     assert outcomes == [("mini", "server_error"), ("sonnet", "auth")]
     for secret in SECRETS:
         assert secret not in response.text
+    logged = r"502 [\d.]+ms task=chat attempts=mini:server_error,sonnet:auth outcome=all_prov"
+    await eventually(lambda: re.search(logged, server.log()), timeout_s=5)
 
 
 async def test_deadline_is_504(client: openai.AsyncOpenAI, upstream: FakeUpstream) -> None:

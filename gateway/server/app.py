@@ -41,7 +41,6 @@ from gateway.server.openai_compat import (
     request_field_names,
     union_tags,
 )
-from gateway.server.trace import TraceHooks
 
 log = logging.getLogger("gateway.server")
 
@@ -200,7 +199,7 @@ def create_app(
                 path,
                 watch=settings.policy_watch_s is not None,
                 watch_interval_s=settings.policy_watch_s or 1.0,
-                hooks=[default_metrics(), TraceHooks()],
+                hooks=[default_metrics()],
             )
             await stack.enter_async_context(router)
             state = ServerState(router, settings, KeyChecker(settings))

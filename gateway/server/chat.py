@@ -12,16 +12,16 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
 import anyio
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive
 
+from gateway.errors import RoutingError
 from gateway.router import Router
 from gateway.server.errors import internal_error_body, routing_failure
-from gateway.server.middleware import CLIENT_CLOSED, AccessRecord
+from gateway.server.middleware import CLIENT_CLOSED, AccessRecord, attempts_detail
 from gateway.server.openai_compat import (
     ChatCompletionRequest,
     ChunkWriter,
@@ -29,9 +29,8 @@ from gateway.server.openai_compat import (
     new_completion_id,
 )
 from gateway.server.sse import DONE, EventStreamResponse, event
-from gateway.server.trace import RequestTrace, resume_trace, start_trace
 from gateway.streaming import RoutedStream
-from gateway.types import Attempt, Usage
+from gateway.types import Attempt
 
 log = logging.getLogger("gateway.server")
 
@@ -50,7 +49,7 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
     """Await `work`, cancelling it if the client disconnects meanwhile (raise `ClientGone`).
 
     The request body has been read by now, so the next ASGI message can only be the
-    disconnect. `work` runs in this task, so the router's hooks still see this request's trace.
+    disconnect.
     """
     gone = False
     failure: Exception | None = None
@@ -78,12 +77,8 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
     return result  # type: ignore[return-value]
 
 
-def attempts_detail(attempts: Sequence[tuple[str, str]]) -> str:
-    return ",".join(f"{provider}:{outcome}" for provider, outcome in attempts)
-
-
 def gateway_headers(
-    *, task: str, provider: str | None, attempts: Sequence[tuple[str, str]], cost: float | None
+    *, task: str, provider: str | None, attempts: Sequence[Attempt], cost: float | None
 ) -> dict[str, str]:
     headers = {
         "x-gateway-task": task,
@@ -97,22 +92,6 @@ def gateway_headers(
     return headers
 
 
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    text: str
-    provider: str | None
-    model: str | None
-    usage: Usage
-    attempts: list[tuple[str, str]]
-    cost: float
-    finish: str | None = None
-    response_id: str | None = None
-
-
-def _pairs(attempts: Sequence[Attempt]) -> list[tuple[str, str]]:
-    return [(a.provider, a.outcome) for a in attempts]
-
-
 async def chat_completion(
     router: Router,
     body: ChatCompletionRequest,
@@ -124,79 +103,49 @@ async def chat_completion(
     # Resolving the task up front turns an unknown one into a 404 before any work is done.
     task = router.policy.task(task_header or body.model).name
     access.task = task
-    trace = start_trace()
     try:
         if body.stream:
-            return await _stream(router, body, task, trace, receive, access)
-        return await _complete(router, body, task, trace, receive, access)
+            return await _stream(router, body, task, receive, access)
+        return await _complete(router, body, task, receive, access)
     except ClientGone:
         access.status, access.outcome = CLIENT_CLOSED, "client_closed"
-        access.attempts = trace.attempts
         return Response(status_code=CLIENT_CLOSED)
-    except Exception:
-        access.attempts = trace.attempts
+    except RoutingError as exc:
+        access.attempts = exc.attempts
         raise
 
 
 async def _complete(
-    router: Router,
-    body: ChatCompletionRequest,
-    task: str,
-    trace: RequestTrace,
-    receive: Receive,
-    access: AccessRecord,
+    router: Router, body: ChatCompletionRequest, task: str, receive: Receive, access: AccessRecord
 ) -> Response:
     messages, params = body.wire_messages(), body.call_params()
     if body.json_mode:
-        parsed = await unless_disconnected(
-            receive, router.generate_json(messages, task=task, **params)
-        )
-        # The router hands back the parsed object, so the text is that object re-serialised.
-        answer = _Answer(
-            text=json.dumps(parsed, ensure_ascii=False),
-            provider=trace.provider,
-            model=trace.model,
-            usage=trace.usage,
-            attempts=trace.attempts,
-            cost=trace.cost_usd,
-        )
+        call = router.complete_json(messages, task=task, **params)
     else:
-        routed = await unless_disconnected(receive, router.generate(messages, task=task, **params))
-        answer = _Answer(
-            text=routed.text,
-            provider=routed.provider,
-            model=routed.model,
-            usage=routed.usage,
-            attempts=_pairs(routed.attempts),
-            cost=routed.cost_usd,
-            finish=routed.finish_reason,
-            response_id=routed.response_id,
-        )
+        call = router.generate(messages, task=task, **params)
+    routed = await unless_disconnected(receive, call)
+    # JSON mode answers with the object the router parsed, re-serialised.
+    text = json.dumps(routed.parsed, ensure_ascii=False) if body.json_mode else routed.text
     access.provider, access.attempts, access.cost_usd = (
-        answer.provider,
-        answer.attempts,
-        answer.cost,
+        routed.provider,
+        routed.attempts,
+        routed.cost_usd,
     )
     payload = completion_body(
-        response_id=answer.response_id or new_completion_id(),
-        model=answer.model or answer.provider or task,
-        text=answer.text,
-        finish=answer.finish,
-        usage=answer.usage,
+        response_id=routed.response_id or new_completion_id(),
+        model=routed.model or routed.provider,
+        text=text,
+        finish=routed.finish_reason,
+        usage=routed.usage,
     )
     headers = gateway_headers(
-        task=task, provider=answer.provider, attempts=answer.attempts, cost=answer.cost
+        task=task, provider=routed.provider, attempts=routed.attempts, cost=routed.cost_usd
     )
     return JSONResponse(payload, headers=headers)
 
 
 async def _stream(
-    router: Router,
-    body: ChatCompletionRequest,
-    task: str,
-    trace: RequestTrace,
-    receive: Receive,
-    access: AccessRecord,
+    router: Router, body: ChatCompletionRequest, task: str, receive: Receive, access: AccessRecord
 ) -> Response:
     params = body.call_params()
     if body.json_mode:
@@ -207,16 +156,22 @@ async def _stream(
     except BaseException:
         with anyio.CancelScope(shield=True):
             await stream.aclose()
+        access.attempts = stream.attempts
         raise
-    answering = [*trace.attempts, (trace.provider or "?", STREAMING)]
-    access.provider, access.attempts = trace.provider, answering
+    # The router names the answering candidate from its first delta on, but lists it among
+    # the attempts only once it has finished; an empty answer has finished already.
+    assert stream.provider is not None
+    shown = list(stream.attempts)
+    if first is not None:
+        shown.append(Attempt(stream.provider, stream.model or "", STREAMING))
+    access.provider, access.attempts = stream.provider, shown
     writer = ChunkWriter(
         response_id=new_completion_id(),
-        model=trace.model or trace.provider or task,
+        model=stream.model or stream.provider,
         include_usage=body.include_usage,
     )
-    headers = gateway_headers(task=task, provider=trace.provider, attempts=answering, cost=None)
-    return EventStreamResponse(_events(stream, first, writer, trace, access), headers=headers)
+    headers = gateway_headers(task=task, provider=stream.provider, attempts=shown, cost=None)
+    return EventStreamResponse(_events(stream, first, writer, access), headers=headers)
 
 
 async def _first_delta(stream: RoutedStream) -> str | None:
@@ -227,13 +182,8 @@ async def _first_delta(stream: RoutedStream) -> str | None:
 
 
 async def _events(
-    stream: RoutedStream,
-    first: str | None,
-    writer: ChunkWriter,
-    trace: RequestTrace,
-    access: AccessRecord,
+    stream: RoutedStream, first: str | None, writer: ChunkWriter, access: AccessRecord
 ) -> AsyncGenerator[bytes, None]:
-    resume_trace(trace)  # this body runs in the response's task, not the handler's
     try:
         yield event(writer.role())
         if first is not None:
@@ -259,7 +209,10 @@ async def _events(
         access.status, access.outcome = CLIENT_CLOSED, "client_closed"
         raise
     finally:
-        access.attempts = trace.attempts
-        access.provider = stream.provider or trace.provider
-        access.cost_usd = trace.cost_usd
         await stream.aclose()
+        # After the close, so a candidate cancelled mid-stream is listed too.
+        access.provider, access.attempts, access.cost_usd = (
+            stream.provider,
+            stream.attempts,
+            stream.cost_usd,
+        )

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.server.config import MAX_BODY_BYTES_ENV
 from gateway.server.errors import error_body
+from gateway.types import Attempt
 
 access_log = logging.getLogger("gateway.access")
 
@@ -29,11 +31,17 @@ CLIENT_CLOSED = 499
 class AccessRecord:
     task: str | None = None
     provider: str | None = None
-    attempts: list[tuple[str, str]] = field(default_factory=list)
+    attempts: Sequence[Attempt] = ()
     cost_usd: float | None = None
     outcome: str | None = None
     status: int | None = None
     """Overrides the HTTP status in the log, e.g. a stream that ended with an error event."""
+
+
+def attempts_detail(attempts: Sequence[Attempt]) -> str:
+    """`mini:server_error,sonnet:success`: as the access line and x-gateway-attempts-detail
+    show them."""
+    return ",".join(f"{a.provider}:{a.outcome}" for a in attempts)
 
 
 def access_record(scope: Scope) -> AccessRecord:
@@ -80,7 +88,7 @@ def _line(scope: Scope, record: AccessRecord, status: int, seconds: float) -> st
     if record.provider is not None:
         parts.append(f"provider={record.provider}")
     if record.attempts:
-        parts.append("attempts=" + ",".join(f"{p}:{o}" for p, o in record.attempts))
+        parts.append("attempts=" + attempts_detail(record.attempts))
     if record.cost_usd is not None:
         parts.append(f"cost_usd={record.cost_usd:.8f}")
     if record.outcome is not None:
