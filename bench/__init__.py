@@ -8,9 +8,11 @@ Modules:
     client      one scenario's client in its own process (`python -m bench.client`), so RSS
                 is attributable and no two clients share an event loop
     scenarios   the clients themselves: direct SDK, gateway Router, LiteLLM Router, gateway serve
-    layers      micro-benchmarks of each layer of the router's hot path over FakeLLM (no HTTP)
+    layers      each layer of the router's hot path, in-process (no HTTP, no SDK)
+    layers_http the same layers added one at a time over HTTP, interleaved in one process
     imports     import time in fresh interpreters
     profile     a pyinstrument profile of the router's hot path (`python -m bench.profile`)
+    profile_serve  `gateway serve`'s time by package, under cProfile
     report      docs/performance.md: the generated tables, keeping the hand-written analysis
     plan        how many requests each measurement makes (full and quick)
     stats       percentiles and summaries

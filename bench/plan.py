@@ -26,6 +26,8 @@ class Plan:
     layer_iterations: int
     """Calls per micro-benchmark repeat of a hot-path layer."""
     layer_repeats: int
+    layer_http_requests: int
+    """Requests per variant when the layers are added one at a time over HTTP."""
     quick: bool = False
     overlap_imports: bool = False
     """Time imports while the clients start, rather than alone: shorter, but the clients'
@@ -47,6 +49,7 @@ FULL = Plan(
     import_repeats=5,
     layer_iterations=2_000,
     layer_repeats=10,
+    layer_http_requests=1000,
 )
 
 QUICK = Plan(
@@ -60,6 +63,7 @@ QUICK = Plan(
     import_repeats=1,
     layer_iterations=200,
     layer_repeats=2,
+    layer_http_requests=50,
     quick=True,
     overlap_imports=True,
 )

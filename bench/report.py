@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.imports import CORE_DEPENDENCIES
 from bench.runner import MAIN_SCENARIOS, Results, ScenarioResult
@@ -288,21 +289,33 @@ def failover_table(results: Results) -> list[str]:
     return [*lines, ""]
 
 
+def _layer_rows(rows: list[dict[str, Any]], error: str | None, digits: int) -> list[str]:
+    if error:
+        return [f"Not measured: {error}", ""]
+    lines = ["| what | µs | |", "|---|---|---|"]
+    for layer in rows:
+        lines.append(f"| {layer['name']} | {layer['us']:.{digits}f} | {layer['note']} |")
+    return [*lines, ""]
+
+
 def layers_table(results: Results) -> list[str]:
-    lines = [
+    return [
         "## The router's hot path, layer by layer",
         "",
-        "In one process with an in-process provider that answers at once (no HTTP, no SDK), "
-        "so only the gateway's own work is timed: `python -m bench.layers`. Each figure is the "
-        "best of several interleaved batches, in µs per request, less the cost of the loop.",
+        "**In-process, no HTTP** (`python -m bench.layers`): an in-process provider that "
+        "answers at once, so only the gateway's own work is timed. Each figure is the best of "
+        "several interleaved batches, in µs per request, less the cost of the loop. A tight "
+        "loop keeps the code in the CPU's caches: these are lower bounds.",
         "",
+        *_layer_rows(results.layers, results.layers_error, 1),
+        "**Over HTTP** (`python -m bench.layers_http`): the gateway's OpenAI provider and the "
+        "FakeUpstream, each row adding one layer to the one above, in one process, the rows "
+        f"taking turns in batches; p50 in µs over {results.plan.layer_http_requests:,} "
+        "requests each. Between SDK calls the caches are cold, so the same layers cost more "
+        "here than in the tight loop above.",
+        "",
+        *_layer_rows(results.layers_http, results.layers_http_error, 0),
     ]
-    if results.layers_error:
-        return [*lines, f"Not measured: {results.layers_error}", ""]
-    lines += ["| what | µs | |", "|---|---|---|"]
-    for layer in results.layers:
-        lines.append(f"| {layer['name']} | {layer['us']:.1f} | {layer['note']} |")
-    return [*lines, ""]
 
 
 def sanity(results: Results) -> list[str]:

@@ -92,6 +92,8 @@ class Results:
     imports_error: str | None = None
     layers: list[dict[str, Any]] = field(default_factory=list)
     layers_error: str | None = None
+    layers_http: list[dict[str, Any]] = field(default_factory=list)
+    layers_http_error: str | None = None
     upstream_counts: dict[str, int] = field(default_factory=dict)
     dead_calls_while_measured: int | None = None
     """Requests that reached the failing provider while the failover chain was measured (must
@@ -378,23 +380,44 @@ class Run:
         self.clients.clear()
 
 
-def _run_layers(plan: Plan, results: Results) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "bench.layers",
-        "--iterations",
-        str(plan.layer_iterations),
-        "--repeats",
-        str(plan.layer_repeats),
-    ]
+def _json_from(module: str, *arguments: str, upstream_url: str = "") -> list[dict[str, Any]]:
+    """Run `python -m module arguments...` and read the JSON on its last line of output."""
     done = subprocess.run(
-        command, capture_output=True, text=True, cwd=REPO, env=_child_environment(""), check=False
+        [sys.executable, "-m", module, *arguments],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=_child_environment(upstream_url),
+        check=False,
     )
     if done.returncode != 0:
-        results.layers_error = f"exit {done.returncode}: {done.stderr.strip()[-600:]}"
-        return
-    results.layers = json.loads(done.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"`{module}` exited with {done.returncode}: {done.stderr[-600:]}")
+    rows: list[dict[str, Any]] = json.loads(done.stdout.strip().splitlines()[-1])
+    return rows
+
+
+def _run_layers(plan: Plan, results: Results) -> None:
+    iterations, repeats = str(plan.layer_iterations), str(plan.layer_repeats)
+    try:
+        results.layers = _json_from(
+            "bench.layers", "--iterations", iterations, "--repeats", repeats
+        )
+    except RuntimeError as exc:
+        results.layers_error = str(exc)
+
+
+def _run_layers_http(plan: Plan, results: Results, upstream_url: str) -> None:
+    try:
+        results.layers_http = _json_from(
+            "bench.layers_http",
+            "--upstream",
+            upstream_url,
+            "--requests",
+            str(plan.layer_http_requests),
+            upstream_url=upstream_url,
+        )
+    except RuntimeError as exc:
+        results.layers_http_error = str(exc)
 
 
 def _run_shared_state(plan: Plan, results: Results) -> None:
@@ -472,11 +495,13 @@ def run(plan: Plan, results: Results, progress: Callable[[str], None]) -> Result
         dead_before = upstream.client.count(DEAD_MODEL)
         bench_run.measure(FAILOVER_SCENARIOS, "sequential", plan.failover)
         results.dead_calls_while_measured = upstream.client.count(DEAD_MODEL) - dead_before
-        progress("peak RSS, then stopping the clients, the server and the upstream")
+        progress("peak RSS, then stopping the clients")
         bench_run.collect_rss()
         if server is not None:
             results.scenarios["serve"].server_peak_rss_kb = server.peak_rss_kb()
         bench_run.close_clients()
+        progress(f"hot-path layers over HTTP: {plan.layer_http_requests} requests per variant")
+        _run_layers_http(plan, results, upstream.url)
         results.upstream_counts = {
             model: upstream.client.count(model) for model in (MODEL, BACKUP_MODEL, DEAD_MODEL)
         }
@@ -485,7 +510,7 @@ def run(plan: Plan, results: Results, progress: Callable[[str], None]) -> Result
     else:
         progress(f"import times: best of {plan.import_repeats} fresh interpreters")
         _take_imports(_measure_imports(plan.import_repeats), results)
-    progress("hot-path layers (in-process provider, no HTTP)")
+    progress("hot-path layers in-process (no HTTP)")
     _run_layers(plan, results)
     progress("shared breaker state (bench/shared_state.py)")
     _run_shared_state(plan, results)

@@ -60,7 +60,8 @@ def test_quick_run_writes_every_row_and_keeps_the_analysis(tmp_path: Path) -> No
     for statement in ("`import openai`", "`from gateway import Router`", "`import litellm`"):
         assert f"| {statement} |" in text
     assert "**added by the open breaker**" in text
-    assert "Router.generate, hooks=[]" in text and "Router.generate, metrics on" in text
+    assert "| Router.generate, hooks=[] |" in text and "| Router.generate, metrics on |" in text
+    assert "| + retry wrapper (tenacity) |" in text, "the over-HTTP layer table is missing"
     assert "not run" not in text, "a scenario did not run: see its reason in the report"
     assert "Not measured" not in text and "not measured" not in text
 
