@@ -35,15 +35,18 @@ CONFIG = {
 
 
 def policy_yaml(fake_url: str) -> str:
+    # Generated messages often lack a user turn (Anthropic refuses them) or carry image URLs
+    # (Ollama refuses them): each refusal is that candidate's `bad_request`, which falls
+    # through and never trips a breaker, so `default` puts both first to walk its whole chain.
     return f"""\
 version: 1
-defaults: {{timeout_s: 5, retry: {{attempts: 1}}, breaker: {{fail_max: 1000}}}}
+defaults: {{timeout_s: 5, retry: {{attempts: 1}}}}
 providers:
   mini:   {{type: openai, model: gpt-4o-mini, base_url: "{fake_url}/v1", api_key: sk-fake-1}}
   sonnet: {{type: anthropic, model: claude-sonnet-4-5, base_url: "{fake_url}", api_key: sk-fake-2}}
   llama:  {{type: ollama, model: llama3.2, base_url: "{fake_url}"}}
 tasks:
-  default:   {{chain: [mini, sonnet, llama], deadline_s: 10}}
+  default:   {{chain: [sonnet, llama, mini], deadline_s: 10}}
   summarize: {{chain: [sonnet, llama]}}
   local:     {{chain: [llama]}}
 """
