@@ -26,6 +26,7 @@ import pytest
 import pytest_asyncio
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
+from gateway.demo import demo_policy_text
 from gateway.errors import ConfigurationError
 from gateway.server.auth import Access, KeyChecker, denial, is_loopback
 from gateway.server.config import ServerSettings
@@ -810,8 +811,17 @@ async def test_simulate_mode_serves_without_keys(tmp_path: Path) -> None:
         assert response.status_code == 200, response.text
         assert response.headers["x-gateway-provider"] == "mini"
         assert response.json()["choices"][0]["message"]["content"] == MINI_TEXT
+        # The same file as `gateway demo`, its ${FAKE_UPSTREAM_URL} resolved on every load.
+        served = httpx.get(sim.url + "/api/v1/policy").json()
+        assert served["sha256"] == hashlib.sha256(demo_policy_text().encode()).hexdigest()
         reload = httpx.post(sim.url + "/api/v1/policy/reload")  # loopback, no keys: allowed
-        assert reload.status_code == 200
+        assert reload.status_code == 200, reload.text
+        streamed = httpx.post(
+            sim.url + "/v1/chat/completions",
+            json={"model": "summarize", "stream": True, "messages": user("hi")},
+        )
+        assert streamed.headers["x-gateway-attempts-detail"] == "sonnet:streaming"
+        assert streamed.text.endswith("data: [DONE]\n\n")
         assert f"curl -s {sim.url}/v1/chat/completions" in sim.log()
 
 

@@ -65,12 +65,12 @@ def serve(
     if workers < 1:
         return _refuse(f"--workers is {workers}; use 1 or more")
     with ExitStack() as stack:
-        fake_url = None
+        sim = None
         if simulate:
             from gateway.server.simulate import simulation
 
             sim = stack.enter_context(simulation())
-            policy_path, fake_url = sim.policy_path, sim.fake_url
+            policy_path = sim.policy_path
         try:
             policy = load_policy(policy_path)
         except PolicyError as exc:
@@ -103,10 +103,10 @@ def serve(
                 "see GET /api/v1/monitoring/providers",
                 file=sys.stderr,
             )
-        if fake_url is not None:
+        if sim is not None:
             from gateway.server.simulate import instructions
 
-            print(instructions(_base_url(host, port), fake_url), flush=True)
+            print(instructions(_base_url(host, port), sim), flush=True)
         try:
             return _run(config)
         except SystemExit as exc:  # uvicorn exits this way when it cannot bind or start
