@@ -591,6 +591,9 @@ KeyPath = tuple[str | int, ...]
 _TAG = "tag:yaml.org,2002:"
 _SCALAR_TAGS = frozenset(_TAG + name for name in ("str", "int", "float", "bool", "null"))
 _MAX_VALUES = 100_000
+_MAX_DEPTH = 64
+"""A real policy nests about six levels deep; far deeper is a mistake, or a hostile file that
+would otherwise end in a RecursionError instead of a message."""
 
 
 class _PolicyLoader(yaml.SafeLoader):
@@ -645,6 +648,13 @@ class _TreeBuilder:
             raise self.fail(
                 f"the document expands to more than {_MAX_VALUES} values (nested YAML aliases?): "
                 "write the policy out plainly",
+                path,
+                node,
+            )
+        if len(path) > _MAX_DEPTH:
+            raise self.fail(
+                f"the document nests more than {_MAX_DEPTH} levels deep here: a policy needs "
+                "far fewer; flatten it",
                 path,
                 node,
             )
@@ -752,6 +762,13 @@ def _read_yaml(text: str, source: str) -> tuple[Any, dict[KeyPath, int]]:
     except yaml.YAMLError as exc:
         # Reader errors (control characters, bad encodings) carry a position but no line.
         raise PolicyError(f"unreadable YAML: {exc}", source=source) from None
+    except RecursionError:
+        # PyYAML composes nested collections recursively, before our depth check can run.
+        raise PolicyError(
+            f"the document nests far more than {_MAX_DEPTH} levels deep: a policy needs "
+            "about six; flatten it",
+            source=source,
+        ) from None
     finally:
         if loader is not None:
             loader.dispose()
