@@ -34,6 +34,8 @@ class RequestState:
     waited_s: float = 0.0
     cost_usd: float = 0.0
     billed: Usage = field(default_factory=Usage)
+    left_behind: tuple[str, str] | None = None
+    """(provider, outcome) of the candidate just given up on: the next one is a fallback."""
 
     def remaining(self) -> float | None:
         if self.deadline is None:

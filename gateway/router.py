@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -345,26 +345,8 @@ class Router:
         check: Callable[[Completion, str], Any] | None,
     ) -> RoutedCompletion:
         task = request.task
-        input_estimate = prompt_tokens(messages)
-        previous: tuple[str, str] | None = None
-        for step in steps:
+        for step in self._eligible(runtime, request, steps, prompt_tokens(messages)):
             candidate = step.candidate
-            if previous is not None:
-                self._emit(
-                    "on_fallback",
-                    task=task.name,
-                    from_provider=previous[0],
-                    to_provider=candidate.name,
-                    kind=previous[1],
-                )
-            left = request.remaining()
-            if left is not None and left <= 0:
-                raise self._deadline(request, candidate)
-            skipped = self._skip_reason(runtime, candidate, input_estimate)
-            if skipped is not None:
-                self._record(request, candidate, skipped, None)
-                previous = (candidate.name, skipped)
-                continue
             call_params = {**step.params, **params}
             try:
                 completion, parsed, retries, latency = await self._call_candidate(
@@ -373,7 +355,7 @@ class Router:
             except CandidateFailed as failed:
                 if failed.outcome == DEADLINE:
                     raise self._deadline(request, None) from failed.error
-                previous = (candidate.name, failed.outcome)
+                request.left_behind = (candidate.name, failed.outcome)
                 continue
             self._record(request, candidate, SUCCESS, latency, retries=retries)
             routed = RoutedCompletion(
@@ -393,6 +375,34 @@ class Router:
         raise AllProvidersFailed(
             summary(task.name, request.attempts), task=task.name, attempts=request.attempts
         )
+
+    def _eligible(
+        self, runtime: Runtime, request: RequestState, steps: Sequence[Step], input_tokens: int
+    ) -> Iterator[Step]:
+        """The chain's steps worth calling, in order. Skipped candidates are recorded, each move
+        to the next candidate is reported (the caller sets `request.left_behind` when a call
+        fails), and a deadline that runs out between candidates raises `DeadlineExceeded`."""
+        for step in steps:
+            candidate = step.candidate
+            if request.left_behind is not None:
+                left_name, kind = request.left_behind
+                self._emit(
+                    "on_fallback",
+                    task=request.task.name,
+                    from_provider=left_name,
+                    to_provider=candidate.name,
+                    kind=kind,
+                )
+                request.left_behind = None
+            left = request.remaining()
+            if left is not None and left <= 0:
+                raise self._deadline(request, candidate)
+            skipped = self._skip_reason(runtime, candidate, input_tokens)
+            if skipped is not None:
+                self._record(request, candidate, skipped, None)
+                request.left_behind = (candidate.name, skipped)
+                continue
+            yield step
 
     def _skip_reason(self, runtime: Runtime, candidate: Candidate, input_tokens: int) -> str | None:
         if candidate.client is None:

@@ -97,26 +97,9 @@ class RoutedStream:
                 task, started, started + task.deadline_s if task.deadline_s else None
             )
             self.attempts = request.attempts
-            input_estimate = prompt_tokens(messages)
-            previous: tuple[str, str] | None = None
-            for step in runtime.ordered(task, messages, self._params.get("max_tokens")):
+            steps = runtime.ordered(task, messages, self._params.get("max_tokens"))
+            for step in router._eligible(runtime, request, steps, prompt_tokens(messages)):
                 candidate = step.candidate
-                if previous is not None:
-                    router._emit(
-                        "on_fallback",
-                        task=task.name,
-                        from_provider=previous[0],
-                        to_provider=candidate.name,
-                        kind=previous[1],
-                    )
-                left = request.remaining()
-                if left is not None and left <= 0:
-                    raise self._interrupted_or(router._deadline(request, candidate), sent)
-                skipped = router._skip_reason(runtime, candidate, input_estimate)
-                if skipped is not None:
-                    router._record(request, candidate, skipped, None)
-                    previous = (candidate.name, skipped)
-                    continue
                 conversation = messages
                 if sent:
                     conversation = [*messages, {"role": "assistant", "content": "".join(sent)}]
@@ -130,10 +113,10 @@ class RoutedStream:
                             yield delta
                 except CandidateFailed as failed:
                     if failed.outcome == DEADLINE:
-                        raise self._interrupted_or(router._deadline(request, None), sent) from None
+                        raise router._deadline(request, None) from failed.error
                     if sent and task.on_midstream_failure != "resume":
                         raise self._interrupted(request, sent) from failed.error
-                    previous = (candidate.name, failed.outcome)
+                    request.left_behind = (candidate.name, failed.outcome)
                     continue
                 outcome = SUCCESS
                 self.text = "".join(sent)
@@ -148,8 +131,12 @@ class RoutedStream:
         except StreamInterrupted:
             outcome = "exhausted"
             raise
-        except DeadlineExceeded:
+        except DeadlineExceeded as exc:
             outcome = DEADLINE
+            if sent:
+                raise StreamInterrupted(
+                    str(exc), task=exc.task, attempts=exc.attempts, partial_text="".join(sent)
+                ) from exc
             raise
         except AllProvidersFailed:
             outcome = "exhausted"
@@ -158,6 +145,9 @@ class RoutedStream:
             outcome = CANCELLED
             raise
         finally:
+            if request is not None:
+                # Whatever was billed counts, even when the stream did not finish.
+                self.cost_usd = request.cost_usd
             router._finish(self._task, request, started, outcome)
             await runtime.release()
 
@@ -169,13 +159,6 @@ class RoutedStream:
             task=request.task.name,
             attempts=request.attempts,
             partial_text=partial,
-        )
-
-    def _interrupted_or(self, error: DeadlineExceeded, sent: list[str]) -> Exception:
-        if not sent:
-            return error
-        return StreamInterrupted(
-            str(error), task=error.task, attempts=error.attempts, partial_text="".join(sent)
         )
 
     async def _candidate(
