@@ -39,7 +39,7 @@ class Plan:
 
 
 FULL = Plan(
-    rounds=4,
+    rounds=10,
     sequential=2000,
     concurrent=5000,
     in_flight=50,

@@ -37,6 +37,7 @@ from bench.scenarios import (
     SCENARIOS,
     UPSTREAM_ENV,
 )
+from bench.stats import percentile
 from gateway.testing import FakeUpstream, Fault
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,19 +64,38 @@ class ScenarioResult:
     """Why the scenario has no results (None: it ran)."""
     sequential: list[float] = field(default_factory=list)
     concurrent: list[float] = field(default_factory=list)
-    concurrent_wall_s: float = 0.0
+    concurrent_walls: list[float] = field(default_factory=list)
+    """Each round's wall time for its share of `concurrent`."""
     ttft: list[float] = field(default_factory=list)
     peak_rss_kb: int | None = None
     rss_after_start_kb: int | None = None
     start_s: float | None = None
     server_peak_rss_kb: int | None = None
     """For `serve`: the server process's own peak RSS."""
+    rounds: int = 0
+    """Rounds of sequential requests this scenario took part in."""
 
     @property
     def throughput(self) -> float | None:
-        if not self.concurrent or self.concurrent_wall_s <= 0:
+        wall = sum(self.concurrent_walls)
+        if not self.concurrent or wall <= 0:
             return None
-        return len(self.concurrent) / self.concurrent_wall_s
+        return len(self.concurrent) / wall
+
+    def round_throughputs(self) -> list[float]:
+        """Requests a second in each round (every round has the same number of requests)."""
+        if not self.concurrent_walls:
+            return []
+        per_round = len(self.concurrent) / len(self.concurrent_walls)
+        return [per_round / wall for wall in self.concurrent_walls if wall > 0]
+
+    def round_p50s(self) -> list[float]:
+        """The sequential p50 of each round."""
+        rounds = self.rounds or 1
+        size = len(self.sequential) // rounds
+        if size == 0:
+            return []
+        return [percentile(self.sequential[i * size : (i + 1) * size], 0.5) for i in range(rounds)]
 
 
 @dataclass
@@ -359,9 +379,10 @@ class Run:
                 result = self.results.scenarios[name]
                 if op == "sequential":
                     result.sequential += answer["latencies"]
+                    result.rounds += 1
                 elif op == "concurrent":
                     result.concurrent += answer["latencies"]
-                    result.concurrent_wall_s += answer["wall_s"]
+                    result.concurrent_walls.append(answer["wall_s"])
                 elif op == "streams":
                     result.ttft += answer["ttft"]
 

@@ -84,8 +84,9 @@ def test_quick_run_writes_every_row_and_keeps_the_analysis(tmp_path: Path) -> No
 def _result(name: str, p50_s: float, throughput: float) -> ScenarioResult:
     result = ScenarioResult(name, SCENARIOS[name].label)
     result.sequential = [p50_s] * 10
+    result.rounds = 2
     result.concurrent = [p50_s] * 100
-    result.concurrent_wall_s = 100 / throughput
+    result.concurrent_walls = [50 / throughput, 50 / throughput]
     result.ttft = [p50_s] * 5
     result.peak_rss_kb = 50_000
     return result
