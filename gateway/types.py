@@ -131,7 +131,7 @@ def validate_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
                 f"got {type(message).__name__}"
             )
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise InvalidRequestError(f"messages[{i}].role is {role!r}; use one of {sorted(ROLES)}")
         content = message.get("content")
         if isinstance(content, list):
@@ -148,8 +148,51 @@ def validate_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
                 f"messages[{i}].content must be a string or a list of content parts, "
                 f"got {type(content).__name__}"
             )
+        _check_tool_fields(message, i)
         checked.append(dict(message))
     return checked
+
+
+_TOOL_CALL_SHAPE = (
+    "{'id': 'call_1', 'type': 'function', "
+    "'function': {'name': 'weather', 'arguments': '{\"city\": \"Paris\"}'}}"
+)
+
+
+def _check_tool_fields(message: Mapping[str, Any], i: int) -> None:
+    """OpenAI's `tool_calls` / `tool_call_id` shapes, which the providers convert."""
+    tool_call_id = message.get("tool_call_id")
+    if tool_call_id is not None and not isinstance(tool_call_id, str):
+        raise InvalidRequestError(
+            f"messages[{i}].tool_call_id must be a string (the id of the tool call it answers), "
+            f"got {type(tool_call_id).__name__}"
+        )
+    calls = message.get("tool_calls")
+    if calls is None:
+        return
+    if not isinstance(calls, list):
+        raise InvalidRequestError(
+            f"messages[{i}].tool_calls must be a list of {_TOOL_CALL_SHAPE}, "
+            f"got {type(calls).__name__}"
+        )
+    for j, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, Mapping) else None
+        name = function.get("name") if isinstance(function, Mapping) else None
+        if not (isinstance(call, Mapping) and isinstance(call.get("id"), str) and call["id"]):
+            raise InvalidRequestError(
+                f"messages[{i}].tool_calls[{j}] needs a string 'id': write {_TOOL_CALL_SHAPE}"
+            )
+        if not (isinstance(function, Mapping) and isinstance(name, str) and name):
+            raise InvalidRequestError(
+                f"messages[{i}].tool_calls[{j}].function needs a string 'name': "
+                f"write {_TOOL_CALL_SHAPE}"
+            )
+        arguments = function.get("arguments")
+        if arguments is not None and not isinstance(arguments, str | Mapping):
+            raise InvalidRequestError(
+                f"messages[{i}].tool_calls[{j}].function.arguments must be a JSON object "
+                f"string, got {type(arguments).__name__}"
+            )
 
 
 def content_text(content: Any) -> str:
