@@ -11,8 +11,11 @@ Anthropic (Messages API):
 - an assistant message's OpenAI `tool_calls` become `tool_use` blocks;
 - content parts: `text`/`input_text` pass through as text blocks, `image_url` becomes an
   `image` block (base64 for data: URLs, url otherwise), any other part is assumed to be a
-  native Anthropic block and passes through untouched; empty texts are dropped (Anthropic
-  rejects empty text blocks);
+  native Anthropic block and passes through untouched; empty and whitespace-only texts are
+  dropped (Anthropic rejects both);
+- inline images must be JPEG, PNG, GIF or WebP with data, remote ones http(s) URLs;
+- a final assistant turn (a prefill, as when a stream resumes) loses its trailing whitespace,
+  which Anthropic refuses there;
 - a turn that is a single text block is sent as a plain string.
 
 Anthropic has no JSON mode, so JSON mode appends `JSON_INSTRUCTION` to the system prompt.
@@ -60,6 +63,8 @@ def to_anthropic(messages: list[dict[str, Any]], *, json_mode: bool) -> tuple[st
             turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
+    if turns and turns[-1]["role"] == "assistant":
+        _end_without_whitespace(turns)
     if not turns:
         raise InvalidRequestError(
             "messages has no user or assistant message with content; Anthropic needs at least "
@@ -78,25 +83,45 @@ def _anthropic_blocks(content: Any, index: int) -> list[dict[str, Any]]:
     if content is None:
         return []
     if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
+        return [{"type": "text", "text": content}] if content.strip() else []
     blocks: list[dict[str, Any]] = []
     for j, part in enumerate(content):
         kind = part.get("type")
         if kind in _TEXT_PARTS:
             text = str(part.get("text", ""))
-            if text:
+            if text.strip():
                 blocks.append({"type": "text", "text": text})
         elif kind == "image_url":
-            url = _image_url(part, f"messages[{index}].content[{j}]")
+            field = f"messages[{index}].content[{j}]"
+            url = _image_url(part, field)
             media_type, data = _split_data_url(url)
             if data is not None:
+                _check_inline_image(media_type, data, field, _ANTHROPIC_IMAGE_TYPES, "Anthropic")
                 source = {"type": "base64", "media_type": media_type, "data": data}
-            else:
+            elif url.startswith(("https://", "http://")):
                 source = {"type": "url", "url": url}
+            else:
+                raise InvalidRequestError(
+                    f"{field}.image_url is neither an http(s) URL nor a data: URL; "
+                    "pass https://... or data:image/png;base64,..."
+                )
             blocks.append({"type": "image", "source": source})
         else:
             blocks.append(dict(part))
     return blocks
+
+
+def _end_without_whitespace(turns: list[dict[str, Any]]) -> None:
+    """Trim the final assistant turn's trailing whitespace; drop it if nothing is left."""
+    blocks = turns[-1]["content"]
+    while blocks and blocks[-1].get("type") == "text":
+        text = blocks[-1]["text"].rstrip()
+        if text:
+            blocks[-1] = {**blocks[-1], "text": text}
+            break
+        blocks.pop()
+    if not blocks:
+        turns.pop()
 
 
 def _tool_result_block(message: Mapping[str, Any]) -> dict[str, Any]:
@@ -157,12 +182,13 @@ def to_ollama(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 if kind in _TEXT_PARTS:
                     texts.append(str(part.get("text", "")))
                 elif kind == "image_url":
-                    _, data = _split_data_url(_image_url(part, field))
+                    media_type, data = _split_data_url(_image_url(part, field))
                     if data is None:
                         raise InvalidRequestError(
                             f"{field}.image_url is a URL; Ollama takes images inline only: "
                             "pass a data:image/...;base64,... URL"
                         )
+                    _check_inline_image(media_type, data, field, None, "Ollama")
                     images.append(data)
                 else:
                     raise InvalidRequestError(
@@ -199,6 +225,23 @@ def _image_url(part: Mapping[str, Any], field: str) -> str:
             f"{field}.image_url must be a URL string or {{'url': '...'}}, got {value!r:.40}"
         )
     return url
+
+
+_ANTHROPIC_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+
+
+def _check_inline_image(
+    media_type: str, data: str, field: str, allowed: frozenset[str] | None, upstream: str
+) -> None:
+    """An inline image the upstream can decode: an image type it takes, and some data."""
+    if not data:
+        raise InvalidRequestError(f"{field}.image_url is a data: URL without data")
+    fits = media_type in allowed if allowed is not None else media_type.startswith("image/")
+    if not fits:
+        kinds = ", ".join(sorted(allowed)) if allowed is not None else "an image/* type"
+        raise InvalidRequestError(
+            f"{field}.image_url is a {media_type} data: URL; {upstream} takes {kinds}"
+        )
 
 
 def _split_data_url(url: str) -> tuple[str, str | None]:
