@@ -412,6 +412,8 @@ class Router:
         window = runtime.context_window(candidate)
         if window is not None and input_tokens > window:
             return SKIPPED_CONTEXT
+        if candidate.breaker.refusing():
+            return BREAKER_OPEN
         return None
 
     async def _call_candidate(

@@ -179,6 +179,10 @@ def build_runtime(
             reusable[old.spec.fingerprint()] = old
         candidates[name] = _new_candidate(spec, on_breaker_state, breaker_factory)
     runtime = Runtime(policy=policy, candidates=candidates, prices=PriceBook(policy.prices))
+    for candidate in candidates.values():
+        # Look up every context window now, so that reading the bundled price map (~25 ms)
+        # happens at load, not in the first request.
+        runtime.context_window(candidate)
     if previous is not None:
         runtime.closing = previous.closing
         kept = {id(c) for c in candidates.values()}
