@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.runner import REPO, _child_environment, _free_port
+from bench.runner import REPO, child_environment, free_port
 from bench.scenarios import REPLY_TEXT, SDK_MESSAGES, TASK
 from gateway.testing import FakeUpstream
 
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         stats_path = Path(folder) / "serve.prof"
         with FakeUpstream.spawn() as upstream:
             upstream.client.reply(None, REPLY_TEXT)
-            port = _free_port()
+            port = free_port()
             url = f"http://127.0.0.1:{port}"
             command = [sys.executable, "-m", "cProfile", "-o", str(stats_path)]
             command += ["-m", "gateway.server", "--policy", str(REPO / "bench" / "routing.yaml")]
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             server = subprocess.Popen(
                 command,
                 cwd=REPO,
-                env=_child_environment(upstream.url),
+                env=child_environment(upstream.url),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )

@@ -131,14 +131,14 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
 
 
-def _child_environment(upstream_url: str) -> dict[str, str]:
+def child_environment(upstream_url: str) -> dict[str, str]:
     env = dict(os.environ)
     env[UPSTREAM_ENV] = upstream_url
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -199,7 +199,7 @@ class ClientProcess:
                 stderr=stderr,
                 text=True,
                 cwd=REPO,
-                env=_child_environment(upstream_url),
+                env=child_environment(upstream_url),
             )
         return cls(name, process, log)
 
@@ -270,7 +270,7 @@ class ServerProcess:
     @classmethod
     def start(cls, upstream_url: str, log_dir: Path) -> ServerProcess:
         """Start and wait until /healthz answers; `RuntimeError` with the reason otherwise."""
-        port = _free_port()
+        port = free_port()
         log = log_dir / "server.log"
         command = [
             sys.executable,
@@ -287,7 +287,7 @@ class ServerProcess:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
-                env=_child_environment(upstream_url),
+                env=child_environment(upstream_url),
             )
         server = cls(process, f"http://127.0.0.1:{port}", log)
         deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
@@ -408,12 +408,15 @@ def _json_from(module: str, *arguments: str, upstream_url: str = "") -> list[dic
         capture_output=True,
         text=True,
         cwd=REPO,
-        env=_child_environment(upstream_url),
+        env=child_environment(upstream_url),
         check=False,
     )
     if done.returncode != 0:
         raise RuntimeError(f"`{module}` exited with {done.returncode}: {done.stderr[-600:]}")
-    rows: list[dict[str, Any]] = json.loads(done.stdout.strip().splitlines()[-1])
+    try:
+        rows: list[dict[str, Any]] = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError) as exc:
+        raise RuntimeError(f"`{module}` printed no JSON result: {done.stdout[-300:]!r}") from exc
     return rows
 
 
@@ -448,7 +451,7 @@ def _run_shared_state(plan: Plan, results: Results) -> None:
         return
     command = [sys.executable, "-m", "bench.shared_state", *(["--quick"] if plan.quick else [])]
     done = subprocess.run(
-        command, capture_output=True, text=True, cwd=REPO, env=_child_environment(""), check=False
+        command, capture_output=True, text=True, cwd=REPO, env=child_environment(""), check=False
     )
     if done.returncode != 0:
         results.shared_state_note = (
