@@ -90,6 +90,16 @@ async def handle(scenario: Scenario, command: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(f"unknown op {op!r}; use sequential, concurrent, streams, rss or quit")
 
 
+def describe(exc: BaseException) -> str:
+    """One line naming the failure; for a group (failed concurrent calls), its first members."""
+    if isinstance(exc, BaseExceptionGroup):
+        members = exc.exceptions
+        shown = "; ".join(describe(member) for member in members[:3])
+        more = f" (and {len(members) - 3} more)" if len(members) > 3 else ""
+        return f"{len(members)} concurrent call(s) failed: {shown}{more}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 async def serve(args: argparse.Namespace, out: TextIO) -> int:
     scenario = SCENARIOS[args.scenario](args.upstream, args.server)
     loop = asyncio.get_running_loop()
@@ -105,7 +115,7 @@ async def serve(args: argparse.Namespace, out: TextIO) -> int:
         rss_started = peak_rss_kb()
         await warm_up(scenario, args.warmup, args.in_flight)
     except Exception as exc:
-        send({"error": f"{type(exc).__name__}: {exc}"})
+        send({"error": describe(exc)})
         return 1
     send({"ready": True, "start_s": started_s, "rss_after_start_kb": rss_started})
     try:
@@ -120,7 +130,7 @@ async def serve(args: argparse.Namespace, out: TextIO) -> int:
                 return 0
             send(await handle(scenario, command))
     except Exception as exc:
-        send({"error": f"{type(exc).__name__}: {exc}"})
+        send({"error": describe(exc)})
         return 1
     finally:
         await scenario.aclose()
