@@ -299,7 +299,9 @@ async def test_chaos_soak_through_the_server(upstreams: soak.Upstreams, tmp_path
     problems = [p for e in endings.values() for p in _answer_problems(e)]
     assert problems == []
     assert set(injected) >= set(soak.CHAOS_RATES)
-    assert outcomes["success"] >= profile.requests / 4, "the soak mostly failed: tune it"
+    # Enough answers that the success paths were exercised by the hundred; how many more
+    # depends on how long every breaker happened to be open (see docs/reliability.md).
+    assert outcomes["success"] >= profile.requests / 10, "the soak hardly answered: tune it"
     assert outcomes["left"] > 0, "no caller left early: the disconnect paths went untested"
     assert rewrites.unseen == 0 and rewrites.invalid >= 1 and rewrites.valid >= 1
 
