@@ -30,6 +30,8 @@ FAILOVER_TASK = "failover"
 SINGLE_TASK = "single"
 BENCH_KEY = "bench-key"
 UPSTREAM_ENV = "BENCH_UPSTREAM_URL"
+SERVE_KEEPALIVE_S = 2.0
+"""How long the serve client keeps an idle connection (below the server's 5 s keep-alive)."""
 POLICY_PATH = Path(__file__).with_name("routing.yaml")
 
 MESSAGES: list[dict[str, Any]] = [
@@ -296,12 +298,25 @@ class GatewayServe(DirectSDK):
     label = "gateway serve (via OpenAI SDK)"
 
     async def start(self) -> None:
+        import httpx2
         import openai
 
         if self.server_url is None:
             raise RuntimeError("the serve scenario needs --server URL")
+        # The SDK's defaults, except that idle connections are dropped after 2 s rather than
+        # 5 s. gateway serve (uvicorn) closes a connection idle for 5 s, and a client whose
+        # pool keeps it as long races that close: after a pause of ~5 s (this client's turn
+        # waiting on the others), a request on such a connection fails with
+        # APIConnectionError (the SDK's own retries, off here, would hide it). Connections
+        # are reused within a round either way, so this changes no measured figure.
+        limits = httpx2.Limits(
+            max_connections=1000, max_keepalive_connections=100, keepalive_expiry=SERVE_KEEPALIVE_S
+        )
         self._client = openai.AsyncOpenAI(
-            base_url=self.server_url + "/v1", api_key=BENCH_KEY, max_retries=0
+            base_url=self.server_url + "/v1",
+            api_key=BENCH_KEY,
+            max_retries=0,
+            http_client=openai.DefaultAsyncHttpxClient(limits=limits),
         )
 
     async def call(self) -> None:
