@@ -46,7 +46,7 @@ bench: $(STAMP)
 	$(PY) -m bench
 
 soak: $(STAMP)
-	GATEWAY_SOAK_PROFILE=long $(PY) -m pytest -q tests/test_soak.py
+	GATEWAY_SOAK_PROFILE=long $(PY) -m pytest -q tests/test_soak.py tests/test_soak_server.py
 
 serve: $(STAMP)
 	$(VENV)/bin/gateway serve --simulate
