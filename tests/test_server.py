@@ -935,3 +935,28 @@ async def test_settings_name_the_variable_and_never_show_keys() -> None:
     ]:
         with pytest.raises(ConfigurationError, match=f"{name} is '{value}'"):
             ServerSettings.from_env({name: value})
+
+
+async def test_an_idle_kept_alive_connection_stays_open_past_client_pool_lifetimes(
+    server: ServerProcess,
+) -> None:
+    # The OpenAI SDK keeps idle connections for 5 s; a server that also closed them at 5 s
+    # raced it, and the client's next request failed with a connection error (found by the
+    # bench). The server must keep an idle connection open well past that.
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    request = f"GET /healthz HTTP/1.1\r\nhost: {server.host}\r\n\r\n".encode()
+    try:
+        for pause_s in (6, 0):
+            writer.write(request)
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200")
+            length = next(
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+            await reader.readexactly(length)
+            await asyncio.sleep(pause_s)
+    finally:
+        writer.close()

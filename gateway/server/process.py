@@ -35,6 +35,8 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_STARTUP_FAILED = 3
 APP_FACTORY = "gateway.server.app:app_from_env"
+KEEP_ALIVE_S = 75
+"""Seconds an idle client connection stays open."""
 
 
 def log_config(level: str = "INFO") -> dict[str, Any]:
@@ -95,6 +97,10 @@ def serve(
             log_config=log_config(),
             lifespan="on",
             timeout_graceful_shutdown=round(settings.shutdown_grace_s),
+            # Longer than clients' own idle-connection lifetime (the OpenAI SDK keeps idle
+            # connections 5 s, as does uvicorn by default): otherwise both close the same idle
+            # connection at once and the client's next request fails with a connection error.
+            timeout_keep_alive=KEEP_ALIVE_S,
         )
         unavailable = [name for name, spec in policy.providers.items() if not spec.available]
         if unavailable:
