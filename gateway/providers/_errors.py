@@ -9,7 +9,8 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
 from typing import Any
 
 import anyio
@@ -90,6 +91,35 @@ _FINISH_REASONS: dict[str, str] = {
 
 MAX_MESSAGE_CHARS = 200
 _MIN_REDACTED_CHARS = 8  # shorter prompt texts are common words, not worth hiding
+
+
+def mapped_by(to_error: Callable[[Exception], ProviderError | None]) -> _MappedBy:
+    """A `with` block in which an exception `to_error` maps is raised as its `ProviderError`.
+
+    The mapped error chains the original (`raise ... from`). An exception `to_error` maps to
+    None is not an upstream failure but a bug, and passes unchanged to be seen as is.
+    """
+    return _MappedBy(to_error)
+
+
+class _MappedBy:
+    def __init__(self, to_error: Callable[[Exception], ProviderError | None]) -> None:
+        self._to_error = to_error
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # Only Exception: cancellation and a closed generator's exit are not failures.
+        if isinstance(exc, Exception):
+            error = self._to_error(exc)
+            if error is not None:
+                raise error from exc
 
 
 def kind_for_status(status: int) -> ErrorKind:

@@ -16,10 +16,10 @@ from typing import Any
 from pydantic import SecretStr
 
 from gateway.errors import ConfigurationError, ErrorKind, MissingDependencyError, ProviderError
-from gateway.providers import _errors
+from gateway.providers import _errors, _openai_shape
 from gateway.providers._http import call_timeout, check_limits
 from gateway.providers.base import LLMService
-from gateway.types import ChatStream, Completion, Message, StreamEnd, Usage, validate_messages
+from gateway.types import ChatStream, Completion, Message, StreamEnd, validate_messages
 
 # Without this LiteLLM downloads its price map from GitHub at import time.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -84,27 +84,9 @@ class LiteLLMService(LLMService):
         checked = validate_messages(messages)
         request = self._request(checked, temperature, max_tokens, json_mode, timeout_s, params)
         async with self._slots:
-            try:
+            with _errors.mapped_by(lambda exc: self._error(exc, checked)):
                 response = await litellm.acompletion(**request, stream=False)
-            except Exception as exc:
-                error = self._error(exc, checked)
-                if error is None:
-                    raise  # not an upstream failure: a bug to see as is
-                raise error from exc
-        if not response.choices:
-            raise ProviderError(
-                "reply has no choices", kind=ErrorKind.INVALID_RESPONSE, provider=self.name
-            )
-        choice = response.choices[0]
-        if choice.finish_reason == "content_filter":
-            raise _errors.content_filter_error(provider=self.name, reason=choice.finish_reason)
-        return Completion(
-            text=choice.message.content or "",
-            model=response.model or self.model,
-            finish_reason=_errors.finish_reason(choice.finish_reason),
-            usage=_usage(getattr(response, "usage", None)) or Usage(),
-            response_id=response.id,
-        )
+        return _openai_shape.completion(response, provider=self.name, model=self.model)
 
     def stream(
         self,
@@ -124,35 +106,16 @@ class LiteLLMService(LLMService):
     async def _stream_events(
         self, request: dict[str, Any], checked: list[dict[str, Any]]
     ) -> AsyncIterator[str | StreamEnd]:
-        usage: Usage | None = None
-        finish: str | None = None
-        model: str | None = None
-        response_id: str | None = None
+        # Every choice's text passes, as this provider always did (openai.py keeps choice 0).
+        reader = _openai_shape.ChunkReader(provider=self.name, first_choice_only=False)
         async with self._slots:
-            try:
+            with _errors.mapped_by(lambda exc: self._error(exc, checked)):
                 stream = await litellm.acompletion(**request, stream=True)
                 async with stream:
                     async for chunk in stream:
-                        response_id = response_id or chunk.id
-                        model = chunk.model or model
-                        chunk_usage = getattr(chunk, "usage", None)
-                        if chunk_usage is not None:
-                            usage = _usage(chunk_usage)
-                        for choice in chunk.choices:
-                            if choice.delta is not None and choice.delta.content:
-                                yield choice.delta.content
-                            if choice.finish_reason:
-                                finish = choice.finish_reason
-            except Exception as exc:
-                error = self._error(exc, checked)
-                if error is None:
-                    raise  # not an upstream failure: a bug to see as is
-                raise error from exc
-        if finish is None:
-            raise _errors.truncated_stream_error(provider=self.name)
-        if finish == "content_filter":
-            raise _errors.content_filter_error(provider=self.name, reason=finish)
-        yield StreamEnd(usage, _errors.finish_reason(finish), model, response_id)
+                        for delta in reader.read(chunk):
+                            yield delta
+        yield reader.end()
 
     def _request(
         self,
@@ -177,29 +140,13 @@ class LiteLLMService(LLMService):
             request["api_base"] = self.base_url
         if self.api_version:
             request["api_version"] = self.api_version
-        if temperature is not None:
-            request["temperature"] = temperature
-        if max_tokens is not None:
-            request["max_tokens"] = max_tokens
-        if json_mode:
-            request["response_format"] = {"type": "json_object"}
+        request.update(_openai_shape.sampling_fields(temperature, max_tokens, json_mode=json_mode))
         return request
 
     def _error(self, exc: Exception, messages: list[dict[str, Any]]) -> ProviderError | None:
         secret = self._api_key.get_secret_value() if self._api_key else None
         redact = _errors.Redactor([secret], messages)
         return litellm_error(exc, provider=self.name, redact=redact)
-
-
-def _usage(usage: Any) -> Usage | None:
-    if usage is None:
-        return None
-    details = getattr(usage, "prompt_tokens_details", None)
-    return Usage(
-        input_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-        output_tokens=getattr(usage, "completion_tokens", 0) or 0,
-        cached_input_tokens=getattr(details, "cached_tokens", 0) or 0,
-    )
 
 
 def litellm_error(

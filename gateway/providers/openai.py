@@ -15,7 +15,7 @@ except ImportError as exc:
     ) from exc
 
 from gateway.errors import ErrorKind, ProviderError
-from gateway.providers import _errors
+from gateway.providers import _errors, _openai_shape
 from gateway.providers._http import (
     call_timeout,
     check_limits,
@@ -31,7 +31,6 @@ from gateway.types import (
     Completion,
     Message,
     StreamEnd,
-    Usage,
     content_text,
     validate_messages,
 )
@@ -98,29 +97,11 @@ class OpenAIService(LLMService):
         checked = validate_messages(messages)
         request = self._request(checked, temperature, max_tokens, json_mode, params)
         timeout = call_timeout(timeout_s, self.timeout_s)
-        try:
+        with _errors.mapped_by(lambda exc: self._error(exc, checked)):
             response = await self._client.chat.completions.create(
                 **fit_to_sdk(request, _CREATE_PARAMETERS), timeout=timeout
             )
-        except Exception as exc:
-            error = self._error(exc, checked)
-            if error is None:
-                raise  # not an upstream failure: a bug to see as is
-            raise error from exc
-        if not response.choices:
-            raise ProviderError(
-                "reply has no choices", kind=ErrorKind.INVALID_RESPONSE, provider=self.name
-            )
-        choice = response.choices[0]
-        if choice.finish_reason == "content_filter":
-            raise _errors.content_filter_error(provider=self.name, reason=choice.finish_reason)
-        return Completion(
-            text=choice.message.content or "",
-            model=response.model or self.model,
-            finish_reason=_errors.finish_reason(choice.finish_reason),
-            usage=_usage(response.usage),
-            response_id=response.id,
-        )
+        return _openai_shape.completion(response, provider=self.name, model=self.model)
 
     def stream(
         self,
@@ -142,37 +123,16 @@ class OpenAIService(LLMService):
     async def _stream_events(
         self, request: dict[str, Any], checked: list[dict[str, Any]], timeout_s: float
     ) -> AsyncIterator[str | StreamEnd]:
-        usage: Usage | None = None
-        finish: str | None = None
-        model: str | None = None
-        response_id: str | None = None
-        try:
+        reader = _openai_shape.ChunkReader(provider=self.name, first_choice_only=True)
+        with _errors.mapped_by(lambda exc: self._error(exc, checked)):
             stream = await self._client.chat.completions.create(
                 **fit_to_sdk(request, _CREATE_PARAMETERS), timeout=timeout_s
             )
             async with stream:
                 async for chunk in stream:
-                    response_id = response_id or chunk.id
-                    model = chunk.model or model
-                    if chunk.usage is not None:
-                        usage = _usage(chunk.usage)
-                    for choice in chunk.choices:
-                        if choice.index != 0:
-                            continue
-                        if choice.delta is not None and choice.delta.content:
-                            yield choice.delta.content
-                        if choice.finish_reason:
-                            finish = choice.finish_reason
-        except Exception as exc:
-            error = self._error(exc, checked)
-            if error is None:
-                raise  # not an upstream failure: a bug to see as is
-            raise error from exc
-        if finish is None:
-            raise _errors.truncated_stream_error(provider=self.name)
-        if finish == "content_filter":
-            raise _errors.content_filter_error(provider=self.name, reason=finish)
-        yield StreamEnd(usage, _errors.finish_reason(finish), model, response_id)
+                    for delta in reader.read(chunk):
+                        yield delta
+        yield reader.end()
 
     def _request(
         self,
@@ -182,16 +142,15 @@ class OpenAIService(LLMService):
         json_mode: bool,
         params: dict[str, Any],
     ) -> dict[str, Any]:
-        request: dict[str, Any] = {"model": self._wire_model, "messages": messages, **params}
-        if temperature is not None:
-            request["temperature"] = temperature
-        if max_tokens is not None:
-            request["max_tokens"] = max_tokens
-        if json_mode:
-            request["response_format"] = {"type": "json_object"}
+        request: dict[str, Any] = {
+            "model": self._wire_model,
+            "messages": messages,
+            **params,
+            **_openai_shape.sampling_fields(temperature, max_tokens, json_mode=json_mode),
+        }
+        if json_mode and not _mentions_json(messages):
             # OpenAI rejects JSON mode unless the conversation mentions JSON.
-            if not any("json" in content_text(m.get("content")).lower() for m in messages):
-                request["messages"] = [{"role": "system", "content": JSON_INSTRUCTION}, *messages]
+            request["messages"] = [{"role": "system", "content": JSON_INSTRUCTION}, *messages]
         return request
 
     def _error(self, exc: Exception, messages: list[dict[str, Any]]) -> ProviderError | None:
@@ -204,16 +163,8 @@ class OpenAIService(LLMService):
         await self._http.aclose()
 
 
-def _usage(usage: Any) -> Usage:
-    if usage is None:
-        return Usage()
-    details = getattr(usage, "prompt_tokens_details", None)
-    cached = getattr(details, "cached_tokens", None) or 0
-    return Usage(
-        input_tokens=usage.prompt_tokens or 0,
-        output_tokens=usage.completion_tokens or 0,
-        cached_input_tokens=cached,
-    )
+def _mentions_json(messages: list[dict[str, Any]]) -> bool:
+    return any("json" in content_text(m.get("content")).lower() for m in messages)
 
 
 def openai_error(
