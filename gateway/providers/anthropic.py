@@ -91,15 +91,10 @@ class AnthropicService(LLMService):
         checked = validate_messages(messages)
         request = self._request(checked, temperature, max_tokens, json_mode, params)
         timeout = call_timeout(timeout_s, self.timeout_s)
-        try:
+        with _errors.mapped_by(lambda exc: self._error(exc, checked)):
             response = await self._client.messages.create(
                 **fit_to_sdk(request, _CREATE_PARAMETERS), timeout=timeout
             )
-        except Exception as exc:
-            error = self._error(exc, checked)
-            if error is None:
-                raise  # not an upstream failure: a bug to see as is
-            raise error from exc
         if response.stop_reason == "refusal":
             raise _errors.content_filter_error(provider=self.name, reason=response.stop_reason)
         text = "".join(block.text for block in response.content if block.type == "text")
@@ -135,7 +130,7 @@ class AnthropicService(LLMService):
         model: str | None = None
         response_id: str | None = None
         finished = False
-        try:
+        with _errors.mapped_by(lambda exc: self._error(exc, checked)):
             stream = await self._client.messages.create(
                 **fit_to_sdk(request, _CREATE_PARAMETERS), stream=True, timeout=timeout_s
             )
@@ -153,11 +148,6 @@ class AnthropicService(LLMService):
                         delta_usage = event.usage
                     elif event.type == "message_stop":
                         finished = True
-        except Exception as exc:
-            error = self._error(exc, checked)
-            if error is None:
-                raise  # not an upstream failure: a bug to see as is
-            raise error from exc
         if not finished:
             raise _errors.truncated_stream_error(provider=self.name)
         if stop_reason == "refusal":

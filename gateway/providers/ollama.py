@@ -74,17 +74,9 @@ class OllamaService(LLMService):
         body = self._body(checked, temperature, max_tokens, json_mode, params, stream=False)
         redact = self._redactor(checked)
         timeout = call_timeout(timeout_s, self.timeout_s)
-        try:
+        with _errors.mapped_by(self._error):
             response = await self._http.post(_CHAT_PATH, json=body, timeout=timeout)
-        except Exception as exc:
-            error = self._error(exc)
-            if error is None:
-                raise  # not an upstream failure: a bug to see as is
-            raise error from exc
-        try:
-            response.raise_for_status()
-        except httpx.HTTPStatusError as exc:
-            raise self._status_error(response, redact) from exc
+        self._raise_for_status(response, redact)
         try:
             data = response.json()
         except ValueError as exc:
@@ -124,14 +116,11 @@ class OllamaService(LLMService):
         self, body: dict[str, Any], redact: _errors.Redactor, timeout_s: float
     ) -> AsyncIterator[str | StreamEnd]:
         final: dict[str, Any] | None = None
-        try:
+        with _errors.mapped_by(self._error):
             async with self._http.stream("POST", _CHAT_PATH, json=body, timeout=timeout_s) as rsp:
                 if rsp.status_code >= 400:
                     await rsp.aread()
-                    try:
-                        rsp.raise_for_status()
-                    except httpx.HTTPStatusError as exc:
-                        raise self._status_error(rsp, redact) from exc
+                    self._raise_for_status(rsp, redact)
                 async for line in rsp.aiter_lines():
                     if not line.strip():
                         continue
@@ -150,11 +139,6 @@ class OllamaService(LLMService):
                     if data.get("done"):
                         final = data
                         break
-        except Exception as exc:
-            error = self._error(exc)
-            if error is None:
-                raise  # not an upstream failure: a bug to see as is
-            raise error from exc
         if final is None:
             raise _errors.truncated_stream_error(provider=self.name)
         yield StreamEnd(
@@ -205,6 +189,13 @@ class OllamaService(LLMService):
 
     def _error(self, exc: Exception) -> ProviderError | None:
         return ollama_error(exc, provider=self.name)
+
+    def _raise_for_status(self, response: httpx.Response, redact: _errors.Redactor) -> None:
+        """A `ProviderError` for an HTTP error status, chaining httpx's own."""
+        try:
+            response.raise_for_status()
+        except httpx.HTTPStatusError as exc:
+            raise self._status_error(response, redact) from exc
 
     def _status_error(self, response: httpx.Response, redact: _errors.Redactor) -> ProviderError:
         message = _error_text(response)
