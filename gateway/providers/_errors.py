@@ -243,6 +243,28 @@ def transport_error(exc: BaseException, kind: ErrorKind, *, provider: str) -> Pr
     return ProviderError(f"{what} ({type(exc).__name__})", kind=kind, provider=provider)
 
 
+def connection_error(exc: BaseException, *, provider: str, timed_out: bool) -> ProviderError:
+    """An SDK's connection failure (a timeout if `timed_out`), named by the one it wraps."""
+    cause = exc.__cause__
+    if timed_out:
+        return transport_error(cause or exc, ErrorKind.TIMEOUT, provider=provider)
+    kind = transport_kind(cause) if cause else None
+    return transport_error(cause or exc, kind or ErrorKind.CONNECTION, provider=provider)
+
+
+def unwrapped_error(exc: BaseException, *, provider: str) -> ProviderError | None:
+    """For a failure no SDK wrapped: a transport error or a malformed body; None for any other.
+
+    Raw httpx/anyio errors and decoding errors can escape an SDK's stream parser as they are.
+    """
+    kind = transport_kind(exc)
+    if kind is not None:
+        return transport_error(exc, kind, provider=provider)
+    if is_malformed_body(exc):
+        return malformed_error(exc, provider=provider)
+    return None
+
+
 def malformed_error(exc: BaseException, *, provider: str) -> ProviderError:
     return ProviderError(
         f"upstream sent a body that is not valid for its protocol ({type(exc).__name__})",

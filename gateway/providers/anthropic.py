@@ -226,13 +226,9 @@ def anthropic_error(
     exc: BaseException, *, provider: str, redact: _errors.Redactor
 ) -> ProviderError | None:
     """Map one `anthropic` SDK (or transport) exception to the gateway's taxonomy."""
-    if isinstance(exc, anthropic.APITimeoutError):
-        return _errors.transport_error(exc.__cause__ or exc, ErrorKind.TIMEOUT, provider=provider)
     if isinstance(exc, anthropic.APIConnectionError):
-        kind = _errors.transport_kind(exc.__cause__) if exc.__cause__ else None
-        return _errors.transport_error(
-            exc.__cause__ or exc, kind or ErrorKind.CONNECTION, provider=provider
-        )
+        timed_out = isinstance(exc, anthropic.APITimeoutError)
+        return _errors.connection_error(exc, provider=provider, timed_out=timed_out)
     if isinstance(exc, anthropic.APIStatusError):
         status = exc.status_code
         error_type = getattr(exc, "type", None)
@@ -256,12 +252,7 @@ def anthropic_error(
         )
     if isinstance(exc, anthropic.APIResponseValidationError):
         return _errors.malformed_error(exc, provider=provider)
-    kind = _errors.transport_kind(exc)
-    if kind is not None:
-        return _errors.transport_error(exc, kind, provider=provider)
-    if _errors.is_malformed_body(exc):
-        return _errors.malformed_error(exc, provider=provider)
-    return None
+    return _errors.unwrapped_error(exc, provider=provider)
 
 
 def _is_prompt_too_long(message: str) -> bool:

@@ -256,9 +256,4 @@ def _kind_from_text(message: str) -> ErrorKind | None:
 
 def ollama_error(exc: BaseException, *, provider: str) -> ProviderError | None:
     """Map an httpx or decoding failure of an Ollama call to the gateway's taxonomy."""
-    kind = _errors.transport_kind(exc)
-    if kind is not None:
-        return _errors.transport_error(exc, kind, provider=provider)
-    if _errors.is_malformed_body(exc):
-        return _errors.malformed_error(exc, provider=provider)
-    return None
+    return _errors.unwrapped_error(exc, provider=provider)

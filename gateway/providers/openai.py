@@ -171,13 +171,9 @@ def openai_error(
     exc: BaseException, *, provider: str, redact: _errors.Redactor
 ) -> ProviderError | None:
     """Map one `openai` SDK (or transport) exception to the gateway's taxonomy."""
-    if isinstance(exc, openai.APITimeoutError):
-        return _errors.transport_error(exc.__cause__ or exc, ErrorKind.TIMEOUT, provider=provider)
     if isinstance(exc, openai.APIConnectionError):
-        kind = _errors.transport_kind(exc.__cause__) if exc.__cause__ else None
-        return _errors.transport_error(
-            exc.__cause__ or exc, kind or ErrorKind.CONNECTION, provider=provider
-        )
+        timed_out = isinstance(exc, openai.APITimeoutError)
+        return _errors.connection_error(exc, provider=provider, timed_out=timed_out)
     if isinstance(exc, openai.APIStatusError):
         specific = _errors.kind_for_error_type(exc.code)
         kind = specific if specific in _SPECIFIC_CODES else _errors.kind_for_status(exc.status_code)
@@ -197,12 +193,7 @@ def openai_error(
         return ProviderError(
             f"error inside the stream: {_describe(exc, redact)}", kind=kind, provider=provider
         )
-    kind = _errors.transport_kind(exc)
-    if kind is not None:
-        return _errors.transport_error(exc, kind, provider=provider)
-    if _errors.is_malformed_body(exc):
-        return _errors.malformed_error(exc, provider=provider)
-    return None
+    return _errors.unwrapped_error(exc, provider=provider)
 
 
 def _describe(exc: openai.APIError, redact: _errors.Redactor) -> str:
