@@ -13,6 +13,9 @@ from gateway.errors import ErrorKind, ProviderError
 from gateway.providers import _errors
 from gateway.types import Completion, StreamEnd, Usage
 
+# Error codes that say more than the HTTP status they come with.
+_SPECIFIC_CODES = frozenset({ErrorKind.CONTEXT_LENGTH, ErrorKind.CONTENT_FILTER})
+
 
 def sampling_fields(
     temperature: float | None, max_tokens: int | None, *, json_mode: bool
@@ -59,6 +62,20 @@ def completion(response: Any, *, provider: str, model: str) -> Completion:
         usage=usage(getattr(response, "usage", None)) or Usage(),
         response_id=response.id,
     )
+
+
+def status_error_kind(status: int, code: object) -> ErrorKind:
+    """An error response's kind: its body's `code` where that says more, else its status."""
+    specific = _errors.kind_for_error_type(code)
+    return specific if specific in _SPECIFIC_CODES else _errors.kind_for_status(status)
+
+
+def stream_error_kind(code: object, error_type: object) -> ErrorKind:
+    """An in-stream `{"error": {...}}` chunk's kind.
+
+    HTTP 200 was already sent, so only the error's own code or type can say what went wrong.
+    """
+    return _errors.kind_for_error_type(code, error_type) or ErrorKind.INVALID_RESPONSE
 
 
 class ChunkReader:

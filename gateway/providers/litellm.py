@@ -188,17 +188,11 @@ def _kind_from_chain(exc: BaseException) -> tuple[ErrorKind | None, int | None]:
             return ErrorKind.CONNECTION, None
         status = getattr(error, "status_code", None)
         if isinstance(error, openai.APIStatusError):
-            specific = _errors.kind_for_error_type(error.code)
-            if specific in (ErrorKind.CONTEXT_LENGTH, ErrorKind.CONTENT_FILTER):
-                return specific, error.status_code
-            return _errors.kind_for_status(error.status_code), error.status_code
+            return _openai_shape.status_error_kind(error.status_code, error.code), error.status_code
         if isinstance(error, openai.APIError):
             if isinstance(status, int):
                 return _errors.kind_for_status(status), status
-            # An in-stream `{"error": ...}` chunk: only its own type/code says what it was.
-            return _errors.kind_for_error_type(
-                error.code, error.type
-            ) or ErrorKind.INVALID_RESPONSE, None
+            return _openai_shape.stream_error_kind(error.code, error.type), None
     return None, None
 
 

@@ -14,7 +14,7 @@ except ImportError as exc:
         "openai package required. Install with: pip install openai"
     ) from exc
 
-from gateway.errors import ErrorKind, ProviderError
+from gateway.errors import ProviderError
 from gateway.providers import _errors, _openai_shape
 from gateway.providers._http import (
     call_timeout,
@@ -37,9 +37,6 @@ from gateway.types import (
 
 # Fields the SDK has no keyword for (vendor extensions of compatible servers) go in extra_body.
 _CREATE_PARAMETERS = sdk_parameters(openai.resources.chat.completions.AsyncCompletions.create)
-
-# Codes in a 4xx body that say more than the status does.
-_SPECIFIC_CODES = frozenset({ErrorKind.CONTEXT_LENGTH, ErrorKind.CONTENT_FILTER})
 
 
 class OpenAIService(LLMService):
@@ -175,8 +172,7 @@ def openai_error(
         timed_out = isinstance(exc, openai.APITimeoutError)
         return _errors.connection_error(exc, provider=provider, timed_out=timed_out)
     if isinstance(exc, openai.APIStatusError):
-        specific = _errors.kind_for_error_type(exc.code)
-        kind = specific if specific in _SPECIFIC_CODES else _errors.kind_for_status(exc.status_code)
+        kind = _openai_shape.status_error_kind(exc.status_code, exc.code)
         return _errors.provider_error(
             _describe(exc, redact),
             kind,
@@ -186,10 +182,8 @@ def openai_error(
         )
     if isinstance(exc, openai.APIResponseValidationError):
         return _errors.malformed_error(exc, provider=provider)
-    if isinstance(exc, openai.APIError):
-        # An in-stream `{"error": {...}}` chunk: HTTP 200 was already sent, so only the
-        # error's own type/code can say what went wrong.
-        kind = _errors.kind_for_error_type(exc.code, exc.type) or ErrorKind.INVALID_RESPONSE
+    if isinstance(exc, openai.APIError):  # an in-stream `{"error": {...}}` chunk
+        kind = _openai_shape.stream_error_kind(exc.code, exc.type)
         return ProviderError(
             f"error inside the stream: {_describe(exc, redact)}", kind=kind, provider=provider
         )
