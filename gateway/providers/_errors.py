@@ -1,7 +1,8 @@
 """Pieces every provider's error mapping shares: status → kind, Retry-After, transport errors.
 
 Each provider module has one function that turns its SDK's exceptions into `ProviderError`;
-these helpers keep those functions short and the taxonomy the same across providers.
+these helpers keep those functions short and the taxonomy the same across providers, and
+`mapped_by` applies one around a call.
 """
 
 from __future__ import annotations
