@@ -1,0 +1,8 @@
+"""`python -m gateway.policy FILE...` checks policy files; `--schema` prints the JSON Schema."""
+
+import sys
+
+from gateway.policy import main
+
+if __name__ == "__main__":
+    sys.exit(main())
