@@ -2,7 +2,7 @@
 
 import sys
 
-from gateway.policy import main
+from gateway.policy._cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,174 @@
+"""Pydantic's validation errors turned into messages that name the key, the value and the fix."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+
+from gateway.errors import ErrorKind, PolicyError
+from gateway.policy._masking import is_secret_name
+from gateway.policy._yaml import KeyPath, format_path, line_of
+from gateway.policy.document import PolicyDocument
+
+
+def _unwrap(annotation: Any) -> Any:
+    """The useful type inside Optional[...] and Annotated[...]."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin in (Union, UnionType):
+            options = [arg for arg in get_args(annotation) if arg is not type(None)]
+            if len(options) != 1:
+                return annotation
+            annotation = options[0]
+        else:
+            return annotation
+
+
+def _annotation_at(loc: Sequence[str | int]) -> Any:
+    """The declared type at a location in PolicyDocument, or None when it cannot be told."""
+    annotation: Any = PolicyDocument
+    for part in loc:
+        annotation = _unwrap(annotation)
+        origin = get_origin(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(str(part))
+            if field is None:
+                return None
+            annotation = field.annotation
+        elif origin is dict:
+            annotation = get_args(annotation)[1]
+        elif origin in (list, tuple, frozenset, set):
+            annotation = get_args(annotation)[0]
+        else:
+            return None
+    return _unwrap(annotation)
+
+
+def _choices(annotation: Any) -> list[str]:
+    if get_origin(annotation) is Literal:
+        return [str(arg) for arg in get_args(annotation)]
+    if isinstance(annotation, type) and issubclass(annotation, ErrorKind):
+        return [kind.value for kind in annotation]
+    return []
+
+
+def did_you_mean(word: object, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+YAML_TYPE_NAMES = {
+    dict: "a mapping",
+    list: "a list",
+    str: "text",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
+
+
+def describe(value: Any, path: KeyPath) -> str:
+    if any(is_secret_name(part) for part in path):
+        return "(a value not shown: it is a secret)"
+    kind = YAML_TYPE_NAMES.get(type(value), type(value).__name__)
+    if isinstance(value, dict | list):
+        return kind
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return shown if isinstance(value, str | int | float | bool) else f"{kind} {shown}"
+
+
+def _explain(error: Mapping[str, Any], loc: KeyPath) -> str:
+    """One pydantic error as a sentence: what is wrong, the value, and what to write instead."""
+    kind = error["type"]
+    context = error.get("ctx") or {}
+    value = error.get("input")
+    field = next((part for part in reversed(loc) if isinstance(part, str)), "value")
+    got = describe(value, loc)
+    if kind == "missing":
+        return f"`{field}` is required here: {_missing_hint(field)}"
+    if kind == "extra_forbidden":
+        model = _annotation_at(loc[:-1])
+        is_model = isinstance(model, type) and issubclass(model, BaseModel)
+        valid = list(model.model_fields) if is_model else []
+        listing = f" Valid keys here: {', '.join(valid)}." if valid else ""
+        return f"unknown key {field!r}{did_you_mean(field, valid)}.{listing}"
+    if kind in {"greater_than", "greater_than_equal"}:
+        bound = context.get("gt", context.get("ge"))
+        relation = "greater than" if kind == "greater_than" else "at least"
+        unit = " seconds" if field.endswith("_s") else ""
+        return f"{field} must be {relation} {bound:g}{unit}, got {got}: use a larger value"
+    if kind in {"literal_error", "enum"}:
+        options = _choices(_annotation_at(loc))
+        listing = ", ".join(options) if options else context.get("expected", "")
+        noun = "error kind" if field in {"on", "trip_on"} or isinstance(loc[-1], int) else field
+        return f"unknown {noun} {got}{did_you_mean(value, options)}; use one of: {listing}"
+    if kind == "too_short":
+        if field == "chain":
+            return "chain is empty: list at least one provider, e.g. `chain: [my_provider]`"
+        if field == "tasks":
+            return "no tasks are defined: add at least one (a `default` task catches any name)"
+        return f"{field} is empty: add at least {context.get('min_length', 1)} item(s)"
+    if kind in {"value_error", "assertion_error"}:
+        return str(context.get("error", error["msg"]))
+    if kind in {"model_type", "model_attributes_type", "dict_type"}:
+        if field == "chain":
+            return (
+                f"chain entries are a provider name, {{provider: NAME, params: {{...}}}} or "
+                f"{{task: OTHER}}; got {got}"
+            )
+        return f"{field} must be a mapping of `key: value` lines, got {got}"
+    if kind in {"list_type", "tuple_type", "set_type", "frozen_set_type"}:
+        return f"{field} must be a list, e.g. [a, b], got {got}"
+    if kind == "string_type":
+        return f"{field} must be text, got {got}: quote it"
+    if kind.startswith("int_"):
+        return f"{field} must be a whole number, got {got}: write digits only, e.g. 3"
+    if kind.startswith("float_") or kind == "finite_number":
+        return f"{field} must be a finite number, got {got}: write a number, e.g. 30"
+    if kind.startswith("bool_"):
+        return f"{field} must be true or false, got {got}"
+    return f"{error['msg']}; got {got}"
+
+
+def _missing_hint(field: str) -> str:
+    if field == "type":
+        from gateway.providers.registry import LLMFactory
+
+        types = ", ".join(sorted(LLMFactory.registered_providers()))
+        return f"add `type: ...`, one of: {types}"
+    if field == "version":
+        return "write `version: 1` at the top of the file"
+    if field == "providers":
+        return "add `providers:` with named instances, e.g. `mini: {type: openai}`"
+    if field == "tasks":
+        return "add `tasks:` with at least one, e.g. `default: {chain: [mini]}`"
+    return f"add `{field}: ...`"
+
+
+def _as_path(loc: Sequence[str | int]) -> KeyPath:
+    # pydantic marks a bad dict key with a trailing "[key]"; the key itself is already in loc.
+    return tuple(part for part in loc if part != "[key]")
+
+
+def translate(
+    exc: ValidationError, lines: Mapping[KeyPath, int], source: str, prefix: KeyPath = ()
+) -> PolicyError:
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = (*prefix, *_as_path(error["loc"]))
+        problems.append((line_of(loc, lines) or 0, loc, _explain(error, loc)))
+    problems.sort(key=lambda problem: problem[0])
+    line, loc, message = problems[0]
+    if len(problems) > 1:
+        more = len(problems) - 1
+        message += f" (and {more} more problem{'s' if more > 1 else ''} after this one)"
+    return PolicyError(message, path=format_path(loc), line=line or None, source=source)

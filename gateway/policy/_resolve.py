@@ -1,0 +1,182 @@
+"""Resolution of the file form: defaults merged, chains spliced, names cross-checked."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from gateway.errors import PolicyError
+from gateway.policy._env import unavailable_reason
+from gateway.policy._messages import did_you_mean, translate
+from gateway.policy._yaml import KeyPath, format_path, line_of
+from gateway.policy.document import PolicyDocument
+from gateway.policy.models import (
+    FACTORY_KEYWORDS,
+    BreakerPolicy,
+    ChainEntry,
+    ProviderSpec,
+    RetryPolicy,
+    TaskSpec,
+)
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+class Resolver:
+    def __init__(
+        self,
+        document: PolicyDocument,
+        lines: Mapping[KeyPath, int],
+        source: str,
+        unset_by_provider: Mapping[str, Sequence[str]],
+    ) -> None:
+        self.document = document
+        self.lines = lines
+        self.source = source
+        self.unset_by_provider = unset_by_provider
+
+    def fail(self, message: str, path: KeyPath) -> PolicyError:
+        return PolicyError(
+            message, path=format_path(path), line=line_of(path, self.lines), source=self.source
+        )
+
+    def providers(self) -> dict[str, ProviderSpec]:
+        from gateway.providers.registry import LLMFactory
+
+        registered = sorted(LLMFactory.registered_providers())
+        defaults = self.document.defaults
+        specs: dict[str, ProviderSpec] = {}
+        for name, entry in self.document.providers.items():
+            path: KeyPath = ("providers", name)
+            if entry.type not in registered:
+                raise self.fail(
+                    f"unknown provider type {entry.type!r}{did_you_mean(entry.type, registered)}"
+                    f"; registered types: {', '.join(registered)}",
+                    (*path, "type"),
+                )
+            for key in sorted(FACTORY_KEYWORDS & set(entry.options)):
+                raise self.fail(
+                    f"options.{key} would clash with the provider's own setting: "
+                    f"move it out of options (write `{key}:` on the provider)",
+                    (*path, "options", key),
+                )
+            specs[name] = ProviderSpec(
+                name=name,
+                type=entry.type,
+                model=entry.model,
+                base_url=entry.base_url or None,
+                api_key=SecretStr(entry.api_key) if entry.api_key else None,
+                weight=entry.weight,
+                max_concurrency=entry.max_concurrency,
+                max_input_tokens=entry.max_input_tokens,
+                timeout_s=entry.timeout_s if entry.timeout_s is not None else defaults.timeout_s,
+                retry=self._merge(RetryPolicy, defaults.retry, entry.retry, (*path, "retry")),
+                breaker=self._merge(
+                    BreakerPolicy, defaults.breaker, entry.breaker, (*path, "breaker")
+                ),
+                options=dict(entry.options),
+                unavailable_reason=unavailable_reason(self.unset_by_provider.get(name)),
+            )
+        return specs
+
+    def _merge(
+        self, model: type[_Model], default: _Model, overrides: BaseModel | None, path: KeyPath
+    ) -> _Model:
+        if overrides is None:
+            return default
+        changes = overrides.model_dump(exclude_none=True)
+        try:
+            return model.model_validate({**default.model_dump(), **changes})
+        except ValidationError as exc:
+            raise translate(exc, self.lines, self.source, prefix=path) from None
+
+    def tasks(self, providers: Mapping[str, ProviderSpec]) -> dict[str, TaskSpec]:
+        specs: dict[str, TaskSpec] = {}
+        for name, entry in self.document.tasks.items():
+            chain = self._chain(name, providers, trail=(), via=("tasks", name), entered_at=None)
+            self._reject_duplicates(name, chain)
+            if entry.strategy == "weighted" and all(
+                providers[link.entry.provider].weight == 0 for link in chain
+            ):
+                raise self.fail(
+                    "strategy weighted needs at least one provider in the chain with weight > 0",
+                    ("tasks", name, "strategy"),
+                )
+            specs[name] = TaskSpec(
+                name=name,
+                chain=tuple(link.entry for link in chain),
+                strategy=entry.strategy,
+                deadline_s=entry.deadline_s,
+                first_token_timeout_s=entry.first_token_timeout_s,
+                on_midstream_failure=entry.on_midstream_failure,
+            )
+        return specs
+
+    def _chain(
+        self,
+        task: str,
+        providers: Mapping[str, ProviderSpec],
+        trail: tuple[str, ...],
+        via: KeyPath,
+        entered_at: KeyPath | None,
+    ) -> list[_Link]:
+        """The task's chain with `{task: other}` entries replaced by other's chain."""
+        if task in trail:
+            cycle = " -> ".join((*trail[trail.index(task) :], task))
+            raise self.fail(
+                f"tasks refer to each other in a cycle ({cycle}): remove one `task:` entry",
+                via,
+            )
+        resolved: list[_Link] = []
+        for index, item in enumerate(self.document.tasks[task].chain):
+            path: KeyPath = ("tasks", task, "chain", index)
+            if item.task is not None:
+                if item.task not in self.document.tasks:
+                    defined = list(self.document.tasks)
+                    raise self.fail(
+                        f"task {item.task!r} is not defined{did_you_mean(item.task, defined)}; "
+                        f"defined tasks: {', '.join(defined)}",
+                        (*path, "task"),
+                    )
+                resolved += self._chain(
+                    item.task, providers, (*trail, task), path, entered_at or path
+                )
+                continue
+            provider = str(item.provider)
+            if provider not in providers:
+                defined = list(providers)
+                raise self.fail(
+                    f"provider {provider!r} is not defined{did_you_mean(provider, defined)}; "
+                    f"defined providers: {', '.join(defined) or 'none'}. Add it under "
+                    "`providers:` or fix the name",
+                    path,
+                )
+            entry = ChainEntry(provider=provider, params=dict(item.params))
+            resolved.append(_Link(entry, origin=path, entered_at=entered_at or path))
+        return resolved
+
+    def _reject_duplicates(self, task: str, chain: Sequence[_Link]) -> None:
+        first_seen: dict[str, tuple[int, _Link]] = {}
+        for position, link in enumerate(chain):
+            provider = link.entry.provider
+            if provider in first_seen:
+                earlier_position, earlier = first_seen[provider]
+                raise self.fail(
+                    f"provider {provider!r} appears twice in the resolved chain of task {task!r}: "
+                    f"at position {earlier_position} (from {format_path(earlier.origin)}) and "
+                    f"position {position} (from {format_path(link.origin)}); keep one of them",
+                    link.entered_at,
+                )
+            first_seen[provider] = (position, link)
+
+
+@dataclass(frozen=True, slots=True)
+class _Link:
+    """One resolved chain entry, with where it was written and where it joined this chain."""
+
+    entry: ChainEntry
+    origin: KeyPath
+    entered_at: KeyPath

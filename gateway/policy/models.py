@@ -1,0 +1,291 @@
+"""The resolved policy: what the router reads, defaults already merged into every provider."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+from gateway.errors import ErrorKind, UnknownTaskError
+from gateway.policy._masking import mask_secret_keys, mask_url
+
+DEFAULT_TASK = "default"
+DEFAULT_RETRY_ON = frozenset(
+    {
+        ErrorKind.RATE_LIMIT,
+        ErrorKind.TIMEOUT,
+        ErrorKind.CONNECTION,
+        ErrorKind.SERVER_ERROR,
+        ErrorKind.OVERLOADED,
+    }
+)
+DEFAULT_TRIP_ON = DEFAULT_RETRY_ON | {ErrorKind.AUTH}
+Strategy = Literal["ordered", "cheapest", "fastest", "weighted"]
+
+MODEL_CONFIG = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+"""Shared by the file-form models too: immutable, unknown keys rejected, no NaN or infinity."""
+Seconds = Annotated[float, Field(gt=0)]
+"""A duration in seconds; zero or negative would mean "fail at once", never what ops meant."""
+
+
+def _kinds_schema(kinds: frozenset[ErrorKind]) -> dict[str, Any]:
+    # A set has no order; the schema file must be byte-stable across runs.
+    return {"default": sorted(kind.value for kind in kinds)}
+
+
+class RetryPolicy(BaseModel):
+    model_config = MODEL_CONFIG
+
+    attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Calls to one provider for one request, the first one included.",
+    )
+    initial_backoff_s: Seconds = Field(default=0.25, description="Wait before the first retry.")
+    max_backoff_s: Seconds = Field(
+        default=8.0, description="Cap on the exponentially growing wait."
+    )
+    jitter: bool = Field(
+        default=True, description="Randomise each wait so clients do not retry in step."
+    )
+    on: frozenset[ErrorKind] = Field(
+        default=DEFAULT_RETRY_ON,
+        description="Error kinds worth retrying on the same provider.",
+        json_schema_extra=_kinds_schema(DEFAULT_RETRY_ON),
+    )
+
+    @model_validator(mode="after")
+    def _backoff_grows(self) -> RetryPolicy:
+        if self.max_backoff_s < self.initial_backoff_s:
+            raise ValueError(
+                f"max_backoff_s ({self.max_backoff_s:g}) is below initial_backoff_s "
+                f"({self.initial_backoff_s:g}): raise max_backoff_s or lower initial_backoff_s"
+            )
+        return self
+
+    @field_serializer("on", when_used="json")
+    def _sorted_kinds(self, kinds: frozenset[ErrorKind]) -> list[str]:
+        return sorted(kind.value for kind in kinds)
+
+
+class BreakerPolicy(BaseModel):
+    model_config = MODEL_CONFIG
+
+    fail_max: int = Field(
+        default=5, ge=1, description="Consecutive failures that open the breaker."
+    )
+    reset_timeout_s: Seconds = Field(
+        default=30.0,
+        description="How long an open breaker rejects calls before letting one through.",
+    )
+    success_threshold: int = Field(
+        default=1,
+        ge=1,
+        description="Successes in the half-open state that close the breaker again.",
+    )
+    trip_on: frozenset[ErrorKind] = Field(
+        default=DEFAULT_TRIP_ON,
+        description="Error kinds that count as a failure of the provider (not of the request).",
+        json_schema_extra=_kinds_schema(DEFAULT_TRIP_ON),
+    )
+
+    @field_serializer("trip_on", when_used="json")
+    def _sorted_kinds(self, kinds: frozenset[ErrorKind]) -> list[str]:
+        return sorted(kind.value for kind in kinds)
+
+
+class Defaults(BaseModel):
+    model_config = MODEL_CONFIG
+
+    timeout_s: Seconds = Field(default=30.0, description="Time allowed for one attempt.")
+    retry: RetryPolicy = RetryPolicy()
+    breaker: BreakerPolicy = BreakerPolicy()
+
+
+class Price(BaseModel):
+    """USD per 1M tokens."""
+
+    model_config = MODEL_CONFIG
+
+    input: float = Field(ge=0, description="USD per 1M input tokens.")
+    output: float = Field(ge=0, description="USD per 1M output tokens.")
+    cached_input: float | None = Field(
+        default=None, ge=0, description="USD per 1M input tokens read from the prompt cache."
+    )
+    max_input_tokens: int | None = Field(
+        default=None, ge=1, description="The model's context window, when the bundled map lacks it."
+    )
+
+
+class StateSpec(BaseModel):
+    model_config = MODEL_CONFIG
+
+    backend: Literal["memory", "redis"] = Field(
+        default="memory",
+        description="Where breaker state lives: this process, or Redis shared by all.",
+    )
+    # repr=False: the URL may carry a password; masked() shows it safely.
+    url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="Redis URL (backend: redis).", repr=False
+    )
+    namespace: str = Field(
+        default="gateway",
+        min_length=1,
+        description="Prefix of every Redis key this gateway writes.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, url: str, info: ValidationInfo) -> str:
+        scheme = urlsplit(url).scheme
+        if info.data.get("backend") == "redis" and scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError(
+                f"{mask_url(url)!r} is not a Redis URL: write redis://HOST:PORT/DB "
+                "(or rediss:// for TLS, unix:///path.sock)"
+            )
+        return url
+
+
+class ChainEntry(BaseModel):
+    model_config = MODEL_CONFIG
+
+    provider: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaskSpec(BaseModel):
+    model_config = MODEL_CONFIG
+
+    name: str
+    chain: tuple[ChainEntry, ...] = Field(min_length=1)
+    strategy: Strategy = "ordered"
+    deadline_s: Seconds | None = None
+    first_token_timeout_s: Seconds | None = None
+    on_midstream_failure: Literal["raise", "resume"] = "raise"
+
+
+FACTORY_KEYWORDS = frozenset(
+    {"name", "model", "api_key", "base_url", "timeout_s", "max_connections"}
+)
+
+
+class ProviderSpec(BaseModel):
+    model_config = MODEL_CONFIG
+
+    name: str
+    type: str
+    model: str | None = None
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    weight: float = Field(default=1.0, ge=0)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    max_input_tokens: int | None = Field(default=None, ge=1)
+    timeout_s: Seconds = 30.0
+    retry: RetryPolicy = RetryPolicy()
+    breaker: BreakerPolicy = BreakerPolicy()
+    options: dict[str, Any] = Field(default_factory=dict)
+    unavailable_reason: str | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.unavailable_reason is None
+
+    def factory_options(self) -> dict[str, Any]:
+        """Keywords for `LLMFactory.create(self.type, **opts)`; unset values are left out."""
+        options: dict[str, Any] = {
+            "name": self.name,
+            "model": self.model,
+            "api_key": self.api_key.get_secret_value() if self.api_key else None,
+            "base_url": self.base_url,
+            "timeout_s": self.timeout_s,
+            "max_connections": self.max_concurrency,
+            **self.options,
+        }
+        return {key: value for key, value in options.items() if value is not None}
+
+    def fingerprint(self) -> str:
+        """A stable hash of what shapes the client and its breaker.
+
+        A reload keeps a provider (client, pool and breaker state) whose fingerprint did not
+        change. Weight and max_input_tokens are routing hints read per request, so they are
+        left out: changing them must not reset a breaker.
+        """
+        material = {
+            "name": self.name,
+            "type": self.type,
+            "model": self.model,
+            "base_url": self.base_url,
+            "api_key": self.api_key.get_secret_value() if self.api_key else None,
+            "timeout_s": self.timeout_s,
+            "max_concurrency": self.max_concurrency,
+            "options": self.options,
+            "retry": self.retry.model_dump(mode="json"),
+            "breaker": self.breaker.model_dump(mode="json"),
+        }
+        encoded = json.dumps(material, sort_keys=True, default=repr).encode()
+        return hashlib.sha256(encoded).hexdigest()
+
+    def masked(self) -> dict[str, Any]:
+        shown = self.model_dump(mode="json")
+        shown["api_key"] = "***" if self.api_key else None
+        if self.base_url:
+            shown["base_url"] = mask_url(self.base_url)
+        shown["options"] = mask_secret_keys(self.options)
+        return shown
+
+
+class Policy(BaseModel):
+    model_config = MODEL_CONFIG
+
+    version: Literal[1] = 1
+    defaults: Defaults = Defaults()
+    providers: dict[str, ProviderSpec] = Field(default_factory=dict)
+    prices: dict[str, Price] = Field(default_factory=dict)
+    tasks: dict[str, TaskSpec] = Field(default_factory=dict)
+    state: StateSpec = StateSpec()
+    sha256: str = ""
+    source: str = "<object>"
+    loaded_at: float = Field(default_factory=time.time)
+
+    def task(self, name: str) -> TaskSpec:
+        """The task called `name`, else the `default` task, else `UnknownTaskError`."""
+        spec = self.tasks.get(name) or self.tasks.get(DEFAULT_TASK)
+        if spec is None:
+            defined = ", ".join(sorted(self.tasks)) or "none"
+            raise UnknownTaskError(
+                f"unknown task {name!r}; the policy defines: {defined}. "
+                f"Use one of those, or add a {DEFAULT_TASK!r} task to catch every other name"
+            )
+        return spec
+
+    def masked(self) -> dict[str, Any]:
+        """The policy in effect as JSON-able data, with API keys shown as "***" or null."""
+        state = self.state.model_dump(mode="json")
+        state["url"] = mask_url(self.state.url)
+        return {
+            "version": self.version,
+            "defaults": self.defaults.model_dump(mode="json"),
+            "providers": {name: spec.masked() for name, spec in self.providers.items()},
+            "prices": {
+                model: price.model_dump(mode="json", exclude_none=True)
+                for model, price in self.prices.items()
+            },
+            "tasks": {name: spec.model_dump(mode="json") for name, spec in self.tasks.items()},
+            "state": state,
+            "sha256": self.sha256,
+            "source": self.source,
+            "loaded_at": self.loaded_at,
+        }
