@@ -98,6 +98,7 @@ class Router:
         self._hooks = list(hooks)
         self._sleep = sleep
         self._unpriced_warned: set[tuple[str, str]] = set()
+        self._breaker_seen: dict[str, str] = {}
         # Where breaker state lives (policy `state:`); `state=` overrides it, for tests.
         if state is None:
             state = open_state_backend(policy.state, on_error=self._state_error)
@@ -600,10 +601,14 @@ class Router:
 
     def _breaker_changed(self, provider: str, state: str) -> None:
         self._emit("on_breaker_state", provider=provider, state=state)
+        before = self._breaker_seen.get(provider)
+        self._breaker_seen[provider] = state
+        if before is None or before == state:
+            return  # a new breaker reporting in, not a change worth a log line
         if state == "open":
             log.warning("circuit breaker for %s opened", provider)
-        elif state == "closed":
-            log.info("circuit breaker for %s is closed", provider)
+        else:
+            log.info("circuit breaker for %s: %s -> %s", provider, before, state)
 
     def _state_error(self, backend: str) -> None:
         self._emit("on_state_backend_error", backend=backend)

@@ -648,3 +648,36 @@ async def test_a_provider_specific_refusal_falls_through(up: FakeUpstream, route
     assert "".join([d async for d in stream])
     assert stream.provider == "backup"
     assert router.candidates["primary"].breaker.failure_count == 0
+
+
+async def test_an_unpriced_model_is_warned_about_once(
+    up: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    doc = policy_doc(up.url)
+    doc["providers"]["backup"]["model"] = "mystery-model-9000"
+    router = build(doc)
+    try:
+        with caplog.at_level("WARNING", logger="gateway"):
+            for _ in range(3):
+                r = await router.generate(MESSAGES, task="default")
+                assert r.cost_usd == 0
+    finally:
+        await router.aclose()
+    warnings = [rec for rec in caplog.records if "no price for model" in rec.getMessage()]
+    assert len(warnings) == 1
+    assert "mystery-model-9000" in warnings[0].getMessage()
+
+
+async def test_breaker_log_lines_are_for_changes_only(
+    up: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="gateway"):
+        router = build(with_provider(policy_doc(up.url), "primary", retry={"attempts": 1}))
+        try:
+            up.fail_always(PRIMARY, Fault.server_error())
+            for _ in range(3):
+                await router.generate(MESSAGES, task="summarize")
+        finally:
+            await router.aclose()
+    lines = [rec.getMessage() for rec in caplog.records if "circuit breaker" in rec.getMessage()]
+    assert lines == ["circuit breaker for primary opened"]
