@@ -227,12 +227,36 @@ class FakeUpstreamClient:
         return result
 
 
-class SpawnedFakeUpstream:
+class UpstreamURLs:
+    """The base URL each official client wants, for a fake at `url` (in-process or spawned)."""
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def openai_base_url(self) -> str:
+        return self.url + "/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        return self.url
+
+    @property
+    def ollama_base_url(self) -> str:
+        return self.url
+
+    @property
+    def azure_endpoint(self) -> str:
+        return self.url
+
+
+class SpawnedFakeUpstream(UpstreamURLs):
     """A FakeUpstream in a child process (`python -m gateway.testing.fake_upstream`)."""
 
     def __init__(self, process: subprocess.Popen[bytes], url: str) -> None:
         self.process = process
-        self.url = url
+        self._url = url
         self.client = FakeUpstreamClient(url)
 
     @classmethod
@@ -257,20 +281,8 @@ class SpawnedFakeUpstream:
         return cls(process, url)
 
     @property
-    def openai_base_url(self) -> str:
-        return self.url + "/v1"
-
-    @property
-    def anthropic_base_url(self) -> str:
-        return self.url
-
-    @property
-    def ollama_base_url(self) -> str:
-        return self.url
-
-    @property
-    def azure_endpoint(self) -> str:
-        return self.url
+    def url(self) -> str:
+        return self._url
 
     def terminate(self, timeout_s: float = 5.0) -> int | None:
         """SIGTERM, then SIGKILL if it has not exited within `timeout_s`; the exit code."""

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.testing._anthropic_wire import AnthropicWire
 from gateway.testing._chaos import Chaos
+from gateway.testing._client import UpstreamURLs
 from gateway.testing._control import handle_control
 from gateway.testing._faults import Fault
 from gateway.testing._http import BadHttpRequest, HttpConnection, HttpRequest, HttpServer
@@ -107,7 +108,7 @@ class ReceivedRequest:
         )
 
 
-class FakeUpstream:
+class FakeUpstream(UpstreamURLs):
     """An HTTP server speaking the OpenAI, Azure OpenAI, Anthropic and Ollama chat APIs."""
 
     def __init__(
@@ -165,22 +166,6 @@ class FakeUpstream:
         if not self._started:
             raise RuntimeError("FakeUpstream is not started: use `async with FakeUpstream() as up`")
         return f"http://{self._server.host}:{self._server.port}"
-
-    @property
-    def openai_base_url(self) -> str:
-        return self.url + "/v1"
-
-    @property
-    def anthropic_base_url(self) -> str:
-        return self.url
-
-    @property
-    def ollama_base_url(self) -> str:
-        return self.url
-
-    @property
-    def azure_endpoint(self) -> str:
-        return self.url
 
     @property
     def open_connections(self) -> int:
