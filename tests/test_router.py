@@ -78,9 +78,7 @@ def with_provider(doc: dict[str, Any], name: str, **overrides: Any) -> dict[str,
     return doc
 
 
-async def test_healthy_primary_answers_with_usage(
-    up: FakeUpstream, router: Router
-) -> None:
+async def test_healthy_primary_answers_with_usage(up: FakeUpstream, router: Router) -> None:
     r = await router.generate(MESSAGES, task="summarize")
     assert r.provider == "primary"
     assert r.model == PRIMARY
@@ -379,9 +377,7 @@ async def test_caller_cancellation_propagates_and_is_not_a_failure(up: FakeUpstr
 # --- streaming ------------------------------------------------------------------------------
 
 
-async def test_stream_falls_through_before_first_delta(
-    up: FakeUpstream, router: Router
-) -> None:
+async def test_stream_falls_through_before_first_delta(up: FakeUpstream, router: Router) -> None:
     up.fail_always(PRIMARY, Fault.status(400))
     up.reply(BACKUP, text="backup says hello")
     stream = router.stream(MESSAGES, task="summarize")
@@ -475,9 +471,7 @@ async def test_schema_failure_falls_through(up: FakeUpstream, router: Router) ->
     assert up.count(model=BACKUP) == 1 and up.count(model=LOCAL) == 1
 
 
-async def test_generate_json_without_schema_gives_dict(
-    up: FakeUpstream, router: Router
-) -> None:
+async def test_generate_json_without_schema_gives_dict(up: FakeUpstream, router: Router) -> None:
     up.reply(BACKUP, text='{"ok": true}')
     assert await router.generate_json(MESSAGES, task="default") == {"ok": True}
 
