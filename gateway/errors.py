@@ -1,18 +1,18 @@
 """One exception hierarchy, so callers catch failures at the level they care about.
 
-    GatewayError
-    ├── ConfigurationError (ValueError)   bad settings, unknown provider, missing key
-    │   ├── UnknownProviderError
-    │   ├── MissingCredentialsError
-    │   └── PolicyError                   routing.yaml is wrong: names the key path and line
-    ├── MissingDependencyError (ImportError)  an optional SDK is not installed
-    ├── InvalidRequestError (ValueError)  the caller's messages or parameters are wrong
-    ├── UnknownTaskError (LookupError)
-    ├── ProviderError                     one upstream call failed; `kind` says how
-    └── RoutingError                      the router gave up; `attempts` says why
-        ├── AllProvidersFailed
-        ├── DeadlineExceeded (TimeoutError)
-        └── StreamInterrupted             failed after text reached the caller
+GatewayError
+├── ConfigurationError (ValueError)   bad settings, unknown provider, missing key
+│   ├── UnknownProviderError
+│   ├── MissingCredentialsError
+│   └── PolicyError                   routing.yaml is wrong: names the key path and line
+├── MissingDependencyError (ImportError)  an optional SDK is not installed
+├── InvalidRequestError (ValueError)  the caller's messages or parameters are wrong
+├── UnknownTaskError (LookupError)
+├── ProviderError                     one upstream call failed; `kind` says how
+└── RoutingError                      the router gave up; `attempts` says why
+    ├── AllProvidersFailed
+    ├── DeadlineExceeded (TimeoutError)
+    └── StreamInterrupted             failed after text reached the caller
 """
 
 from __future__ import annotations
