@@ -33,6 +33,8 @@ demo: $(STAMP)
 
 test: $(STAMP) system-deps
 	$(VENV)/bin/ruff check gateway tests bench
+	$(VENV)/bin/ruff format --check gateway tests bench
+	$(VENV)/bin/mypy gateway
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
