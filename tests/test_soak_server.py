@@ -250,6 +250,16 @@ async def test_chaos_soak_through_the_server(upstreams: soak.Upstreams, tmp_path
             duration = time.perf_counter() - began
             # Every stream the callers left must have been let go by the gateway too.
             await soak.settle(lambda: upstreams.open_connections() <= 3 * soak.MAX_CONCURRENCY)
+            # A caller that left may have done so before the server noticed: that request is
+            # still running upstream and is counted when it ends, at the latest by its deadline.
+            # Wait (boundedly) until the server has counted as many requests as callers made;
+            # fewer remain only if some left before the server read them (see below).
+            expected = len(workload.endings)
+            until = time.monotonic() + soak.DEADLINE_S + DEADLINE_SLACK_S
+            while time.monotonic() < until:
+                if soak.total(await scrape(), "gateway_requests_total") >= expected:
+                    break
+                await asyncio.sleep(0.1)
             metrics = await scrape()
             fds_after = _process_fds(server.pid)
     finally:
@@ -308,8 +318,16 @@ async def test_chaos_soak_through_the_server(upstreams: soak.Upstreams, tmp_path
     # `abandon` task is checked by count only.
     observed = soak.outcome_counts(e for e in endings.values() if e.task != "abandon")
     assert {k: v for k, v in counted.items() if k[0] != "abandon"} == observed
-    abandoned = sum(e.task == "abandon" for e in endings.values())
-    assert sum(v for k, v in counted.items() if k[0] == "abandon") == abandoned
+    abandoned = [e for e in endings.values() if e.task == "abandon"]
+    # Any caller that got an answer, a status or a first delta was certainly routed, so it is
+    # certainly counted. A whole-answer caller that gave up within 10-200 ms may have closed
+    # its connection before the server read the body: such a request never reached the router
+    # (it had no task yet) and is not counted. So the count lies between the two.
+    routed_for_sure = sum(
+        not (e.mode == "generate_abandoned" and e.outcome == "left") for e in abandoned
+    )
+    counted_abandon = sum(v for k, v in counted.items() if k[0] == "abandon")
+    assert routed_for_sure <= counted_abandon <= len(abandoned)
     assert counted[("abandon", "cancelled")] > 0
     observed_attempts = Counter(
         (provider, outcome)
