@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
+from gateway.policy import Policy
 from gateway.router import RoutedCompletion, Router
 from gateway.types import Message
 
@@ -21,21 +22,28 @@ T = TypeVar("T")
 class SyncRouter:
     """`Router` with blocking methods. Close it (or use `with`) to stop its loop thread."""
 
-    def __init__(self, factory: Any, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, policy: Policy, **router_kwargs: Any) -> None:
+        self._start(lambda: Router(policy, **router_kwargs))
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str] = "routing.yaml", **kwargs: Any) -> SyncRouter:
+        """Load a policy file (watched for changes, as `Router.from_yaml`)."""
+        sync = cls.__new__(cls)
+        sync._start(lambda: Router.from_yaml(path, **kwargs))
+        return sync
+
+    def _start(self, build: Callable[[], Router]) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="gateway-sync-router", daemon=True
         )
         self._thread.start()
 
-        async def build() -> Router:
-            return factory(*args, **kwargs)
+        async def on_loop() -> Router:
+            # Built on the facade's loop: the clients' connection pools belong to it.
+            return build()
 
-        self.router: Router = self._run(build())
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str] = "routing.yaml", **kwargs: Any) -> SyncRouter:
-        return cls(Router.from_yaml, path, **kwargs)
+        self.router: Router = self._run(on_loop())
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()

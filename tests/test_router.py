@@ -612,6 +612,10 @@ def test_sync_facade_serves_apps_without_an_event_loop(tmp_path: Path) -> None:
             r = router.generate(MESSAGES, task="summarize")
             assert r.provider == "primary"
             assert "".join(router.stream(MESSAGES, task="summarize"))
+        policy = parse_policy(yaml.safe_dump(policy_doc(upstream.url)))
+        with SyncRouter(policy, hooks=[GatewayMetrics(CollectorRegistry())]) as router:
+            up_json = router.generate_json(MESSAGES, task="default")
+            assert isinstance(up_json, dict)
 
 
 async def test_complete_json_returns_the_routed_answer(up: FakeUpstream, router: Router) -> None:
