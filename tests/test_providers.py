@@ -227,6 +227,32 @@ async def test_sampling_options_and_extra_params_reach_the_upstream(
         }
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["complete", "stream"])
+async def test_openai_takes_the_sdks_extra_keywords_and_vendor_fields(
+    upstream: FakeUpstream, isolated_settings: object, streamed: bool
+) -> None:
+    # The provider calls the SDK's low-level post(): the typed method's extra_* keywords
+    # must still mean what they mean there, and unknown fields must still reach the wire.
+    extras: dict[str, Any] = {
+        "extra_headers": {"x-trace": "t-1"},
+        "extra_query": {"tenant": "acme"},
+        "extra_body": {"seed": 7},
+        "repetition_penalty": 1.1,  # a vLLM extension the SDK has no keyword for
+    }
+    async with make("openai", upstream) as llm:
+        if streamed:
+            async with llm.stream(MESSAGES, **extras) as stream:
+                assert "".join([delta async for delta in stream])
+        else:
+            await llm.complete(MESSAGES, **extras)
+
+    received = upstream.requests[-1]
+    assert received.headers["x-trace"] == "t-1"
+    assert received.query == {"tenant": "acme"}
+    assert (received.body["seed"], received.body["repetition_penalty"]) == (7, 1.1)
+    assert not {"extra_headers", "extra_query", "extra_body"} & received.body.keys()
+
+
 async def test_azure_calls_the_deployment_url_with_the_api_version(
     upstream: FakeUpstream, isolated_settings: object
 ) -> None:

@@ -1,7 +1,9 @@
 """Reading and writing OpenAI's chat wire shapes, for every client that speaks them.
 
-The `openai` SDK and LiteLLM both take Chat Completions requests and return Chat Completions
-responses and `chat.completion.chunk` streams; what they say is read here, once.
+The openai provider and LiteLLM both send Chat Completions requests and get back Chat
+Completions responses and `chat.completion.chunk` streams; what they say is read here, once.
+The openai provider hands over the wire JSON as parsed (dicts), LiteLLM its own models; the
+fields read are the same.
 """
 
 from __future__ import annotations
@@ -31,36 +33,71 @@ def sampling_fields(
     return fields
 
 
+def _get(obj: Any, key: str) -> Any:
+    """One field of a wire object: a JSON dict (the openai provider) or a model (LiteLLM's)."""
+    if isinstance(obj, dict):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
+def _count(obj: Any, key: str) -> int:
+    value = _get(obj, key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return 0
+    return value
+
+
 def usage(raw: Any) -> Usage | None:
     """A response's or chunk's `usage` object; None when it has none."""
     if raw is None:
         return None
-    details = getattr(raw, "prompt_tokens_details", None)
+    details = _get(raw, "prompt_tokens_details")
     return Usage(
-        input_tokens=getattr(raw, "prompt_tokens", 0) or 0,
-        output_tokens=getattr(raw, "completion_tokens", 0) or 0,
-        cached_input_tokens=getattr(details, "cached_tokens", 0) or 0,
+        input_tokens=_count(raw, "prompt_tokens"),
+        output_tokens=_count(raw, "completion_tokens"),
+        cached_input_tokens=_count(details, "cached_tokens") if details is not None else 0,
+    )
+
+
+def _malformed(provider: str, what: str) -> ProviderError:
+    return ProviderError(
+        f"upstream reply is not a chat completion ({what})",
+        kind=ErrorKind.INVALID_RESPONSE,
+        provider=provider,
     )
 
 
 def completion(response: Any, *, provider: str, model: str) -> Completion:
     """The first choice of a chat completion; a filtered one is a CONTENT_FILTER error.
 
-    `model` stands in when the response names none.
+    `model` stands in when the response names none. A reply of the wrong shape is
+    INVALID_RESPONSE, never a crash: the upstream's JSON is read here unvalidated.
     """
-    if not response.choices:
+    if not isinstance(response, dict) and not hasattr(response, "choices"):
+        raise _malformed(provider, f"a {type(response).__name__}, not an object")
+    choices = _get(response, "choices")
+    if not choices:
         raise ProviderError(
             "reply has no choices", kind=ErrorKind.INVALID_RESPONSE, provider=provider
         )
-    choice = response.choices[0]
-    if choice.finish_reason == "content_filter":
-        raise _errors.content_filter_error(provider=provider, reason=choice.finish_reason)
+    if not isinstance(choices, list | tuple):
+        raise _malformed(provider, "choices is not a list")
+    choice = choices[0]
+    reason = _get(choice, "finish_reason")
+    if reason == "content_filter":
+        raise _errors.content_filter_error(provider=provider, reason=reason)
+    message = _get(choice, "message")
+    text = _get(message, "content") if message is not None else None
+    if text is not None and not isinstance(text, str):
+        raise _malformed(provider, "message content is not a string")
+    answered_by = _get(response, "model")
+    response_id = _get(response, "id")
     return Completion(
-        text=choice.message.content or "",
-        model=response.model or model,
-        finish_reason=_errors.finish_reason(choice.finish_reason),
-        usage=usage(getattr(response, "usage", None)) or Usage(),
-        response_id=response.id,
+        text=text or "",
+        model=answered_by if isinstance(answered_by, str) and answered_by else model,
+        finish_reason=_errors.finish_reason(reason if isinstance(reason, str) else None),
+        usage=usage(_get(response, "usage")) or Usage(),
+        response_id=response_id if isinstance(response_id, str) else None,
     )
 
 
@@ -95,18 +132,25 @@ class ChunkReader:
 
     def read(self, chunk: Any) -> Iterator[str]:
         """The chunk's text deltas, noting its id, model, usage and finish reason."""
-        self._response_id = self._response_id or chunk.id
-        self._model = chunk.model or self._model
-        chunk_usage = getattr(chunk, "usage", None)
+        if not isinstance(chunk, dict) and not hasattr(chunk, "choices"):
+            raise _malformed(self._provider, f"a stream chunk that is a {type(chunk).__name__}")
+        self._response_id = self._response_id or _get(chunk, "id")
+        self._model = _get(chunk, "model") or self._model
+        chunk_usage = _get(chunk, "usage")
         if chunk_usage is not None:
             self._usage = usage(chunk_usage)
-        for choice in chunk.choices:
-            if self._first_choice_only and choice.index != 0:
+        for choice in _get(chunk, "choices") or ():
+            if self._first_choice_only and _get(choice, "index") not in (0, None):
                 continue
-            if choice.delta is not None and choice.delta.content:
-                yield choice.delta.content
-            if choice.finish_reason:
-                self._finish = choice.finish_reason
+            delta = _get(choice, "delta")
+            content = _get(delta, "content") if delta is not None else None
+            if content:
+                if not isinstance(content, str):
+                    raise _malformed(self._provider, "a delta whose content is not a string")
+                yield content
+            reason = _get(choice, "finish_reason")
+            if reason:
+                self._finish = reason
 
     def end(self) -> StreamEnd:
         """The stream's last event; a stream that never said it finished was cut."""

@@ -1,4 +1,11 @@
-"""OpenAI Chat Completions through the official `openai` SDK (also the base of Azure OpenAI)."""
+"""OpenAI Chat Completions through the official `openai` SDK (also the base of Azure OpenAI).
+
+The request goes through the client's own `post()` (the SDK's documented way to call an
+endpoint without its typed wrapper), so the SDK still owns the base URL, auth, Azure's
+deployment paths, timeouts, the connection pool and its error classes; what it skips is
+building typed request and response models, which cost about as much as the HTTP call itself
+(see docs/performance.md). The JSON is read by `_openai_shape`.
+"""
 
 from __future__ import annotations
 
@@ -16,13 +23,7 @@ except ImportError as exc:
 
 from gateway.errors import ProviderError
 from gateway.providers import _errors, _openai_shape
-from gateway.providers._http import (
-    call_timeout,
-    check_limits,
-    fit_to_sdk,
-    httpx2_client,
-    sdk_parameters,
-)
+from gateway.providers._http import call_timeout, check_limits, httpx2_client
 from gateway.providers._messages import JSON_INSTRUCTION
 from gateway.providers.base import LLMService
 from gateway.settings import get_settings, require_key
@@ -35,8 +36,9 @@ from gateway.types import (
     validate_messages,
 )
 
-# Fields the SDK has no keyword for (vendor extensions of compatible servers) go in extra_body.
-_CREATE_PARAMETERS = sdk_parameters(openai.resources.chat.completions.AsyncCompletions.create)
+_PATH = "/chat/completions"
+# The typed SDK method's per-call extras, which `post()` takes as request options instead.
+_EXTRA_HEADERS, _EXTRA_QUERY, _EXTRA_BODY = "extra_headers", "extra_query", "extra_body"
 
 
 class OpenAIService(LLMService):
@@ -94,10 +96,9 @@ class OpenAIService(LLMService):
         checked = validate_messages(messages)
         request = self._request(checked, temperature, max_tokens, json_mode, params)
         timeout = call_timeout(timeout_s, self.timeout_s)
+        body, options = _split_options(request, timeout)
         with _errors.mapped_by(lambda exc: self._error(exc, checked)):
-            response = await self._client.chat.completions.create(
-                **fit_to_sdk(request, _CREATE_PARAMETERS), timeout=timeout
-            )
+            response = await self._client.post(_PATH, body=body, cast_to=object, options=options)
         return _openai_shape.completion(response, provider=self.name, model=self.model)
 
     def stream(
@@ -121,9 +122,15 @@ class OpenAIService(LLMService):
         self, request: dict[str, Any], checked: list[dict[str, Any]], timeout_s: float
     ) -> AsyncIterator[str | StreamEnd]:
         reader = _openai_shape.ChunkReader(provider=self.name, first_choice_only=True)
+        body, options = _split_options(request, timeout_s)
         with _errors.mapped_by(lambda exc: self._error(exc, checked)):
-            stream = await self._client.chat.completions.create(
-                **fit_to_sdk(request, _CREATE_PARAMETERS), timeout=timeout_s
+            stream = await self._client.post(
+                _PATH,
+                body=body,
+                cast_to=object,
+                options=options,
+                stream=True,
+                stream_cls=openai.AsyncStream[object],
             )
             async with stream:
                 async for chunk in stream:
@@ -158,6 +165,27 @@ class OpenAIService(LLMService):
     async def aclose(self) -> None:
         await self._client.close()
         await self._http.aclose()
+
+
+def _split_options(request: dict[str, Any], timeout_s: float) -> tuple[dict[str, Any], Any]:
+    """(JSON body, SDK request options) for one call.
+
+    The typed method's `extra_headers`/`extra_query`/`extra_body` keywords keep working: they
+    become request options, and `extra_body`'s fields are merged into the body. Any other
+    field (a vendor extension of a compatible server) goes on the wire as it is.
+    """
+    body = dict(request)
+    options: dict[str, Any] = {"timeout": timeout_s}
+    headers = body.pop(_EXTRA_HEADERS, None)
+    query = body.pop(_EXTRA_QUERY, None)
+    extra = body.pop(_EXTRA_BODY, None)
+    if headers:
+        options["headers"] = headers
+    if query:
+        options["params"] = query
+    if extra:
+        body.update(extra)
+    return body, options
 
 
 def _mentions_json(messages: list[dict[str, Any]]) -> bool:
