@@ -340,7 +340,11 @@ class GatewayMetrics:
             ):
                 tokens = _amount(count)
                 if tokens is not None:
-                    self.tokens.get(provider, model, token_type).inc(tokens)
+                    # The series exists from the first request on; adding 0 would only cost
+                    # a lock (most requests have no cached input).
+                    child = self.tokens.get(provider, model, token_type)
+                    if tokens:
+                        child.inc(tokens)
             if cost_usd is None:
                 self.unpriced.get(provider, model).inc()
                 return
@@ -348,7 +352,9 @@ class GatewayMetrics:
             if cost is None:
                 self._warn_once("cost_usd", repr(cost_usd))
             else:
-                self.cost.get(_name(task), provider, model).inc(cost)
+                child = self.cost.get(_name(task), provider, model)
+                if cost:
+                    child.inc(cost)
         except Exception as exc:
             self._hook_failed("on_usage", exc)
 

@@ -128,6 +128,14 @@ class Breaker:
 
     def success(self, admission: Admission) -> None:
         self._end(admission)
+        if (
+            admission is Admission.CALL
+            and self._cb.fail_counter == 0
+            and self._cb.current_state == pybreaker.STATE_CLOSED
+        ):
+            # Nothing to record (pybreaker would reset a counter that is already 0); this is
+            # every healthy request, so skip its lock and state machine.
+            return
         # A call admitted while closed can finish after concurrent failures opened the
         # breaker; pybreaker then refuses to replay it. The answer is still good: the success
         # is simply not counted, as the open breaker already decided on other evidence.
