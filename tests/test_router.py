@@ -418,6 +418,84 @@ async def test_failure_after_the_first_delta_raises_stream_interrupted(
     assert up.count(model=BACKUP) == 0
 
 
+async def test_a_stream_that_stalls_after_its_first_delta_is_bounded_by_timeout_s(
+    up: FakeUpstream,
+) -> None:
+    # timeout_s bounds each gap between deltas; the stall never ends by itself.
+    router = build(with_provider(policy_doc(up.url), "primary", timeout_s=0.3))
+    try:
+        up.reply(PRIMARY, text="one two three four five six")
+        up.script(PRIMARY, Fault.stall(after_chunks=2))
+        received: list[str] = []
+        async with asyncio.timeout(10):  # a failure here, not a hung test
+            with pytest.raises(StreamInterrupted) as caught:
+                async for delta in router.stream(MESSAGES, task="summarize"):
+                    received.append(delta)
+    finally:
+        await router.aclose()
+    assert received and caught.value.partial_text == "".join(received)
+    assert [a.outcome for a in caught.value.attempts] == ["timeout"]
+    assert router.candidates["primary"].in_flight == 0
+
+
+async def test_a_slow_reader_is_not_a_stalled_stream(up: FakeUpstream) -> None:
+    # Only the wait for the upstream counts against timeout_s, not the caller's own pace.
+    router = build(with_provider(policy_doc(up.url), "primary", timeout_s=0.2))
+    try:
+        up.reply(PRIMARY, text="one two three four")
+        received: list[str] = []
+        async with router.stream(MESSAGES, task="summarize") as stream:
+            async for delta in stream:
+                received.append(delta)
+                await asyncio.sleep(0.3)
+    finally:
+        await router.aclose()
+    assert "".join(received) == "one two three four"
+    assert [a.outcome for a in stream.attempts] == ["success"]
+
+
+async def test_the_deadline_cuts_a_stalled_stream(up: FakeUpstream) -> None:
+    router = build(policy_doc(up.url, deadline_s=0.5))
+    try:
+        up.reply(PRIMARY, text="one two three four five six")
+        up.script(PRIMARY, Fault.stall(after_chunks=2))
+        began = time.perf_counter()
+        async with asyncio.timeout(10):
+            with pytest.raises(StreamInterrupted) as caught:
+                async for _ in router.stream(MESSAGES, task="summarize"):
+                    pass
+        waited = time.perf_counter() - began
+    finally:
+        await router.aclose()
+    assert caught.value.partial_text
+    assert caught.value.attempts[0].outcome == "deadline"
+    assert waited < 5  # timeout_s is 5 s: the deadline, not the gap timeout, ended it
+    assert up.count(model=BACKUP) == 0
+
+
+async def test_cancelling_a_reader_mid_stream_is_not_a_timeout(up: FakeUpstream) -> None:
+    router = build(with_provider(policy_doc(up.url), "primary", timeout_s=0.3))
+    try:
+        up.reply(PRIMARY, text="one two three four five six")
+        up.script(PRIMARY, Fault.stall(after_chunks=2))
+        first = asyncio.Event()
+
+        async def read() -> None:
+            async for _ in router.stream(MESSAGES, task="summarize"):
+                first.set()
+
+        reader = asyncio.create_task(read())
+        await first.wait()
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        await asyncio.sleep(0.5)  # past timeout_s: a timer left behind would fire now
+        assert router.candidates["primary"].breaker.failure_count == 0
+        assert router.candidates["primary"].in_flight == 0
+    finally:
+        await router.aclose()
+
+
 async def test_resume_continues_on_the_next_candidate(up: FakeUpstream) -> None:
     router = build(policy_doc(up.url, on_midstream_failure="resume"))
     try:
