@@ -13,6 +13,7 @@ import pytest
 from gateway import LLMFactory
 from gateway.errors import ConfigurationError, ErrorKind, InvalidRequestError, ProviderError
 from gateway.providers._errors import retry_after_seconds
+from gateway.providers._http import httpx2_client
 from gateway.providers._messages import JSON_INSTRUCTION
 from gateway.providers.base import LLMService
 from gateway.testing import FakeUpstream, Fault, fake_usage
@@ -59,11 +60,25 @@ def make(name: str, up: FakeUpstream, **options: Any) -> LLMService:
     return LLMFactory.create(name, **settings)
 
 
-@pytest.fixture(params=PROVIDERS)
+# The SDK providers send over the SDK's aiohttp adapter by default; each runs every test over
+# httpx2's own pool too, the fallback and the `http_transport: httpx2` option.
+CLIENTS = [
+    pytest.param(("openai", {}), id="openai"),
+    pytest.param(("openai", {"http_transport": "httpx2"}), id="openai-httpx2"),
+    pytest.param(("azure_openai", {}), id="azure_openai"),
+    pytest.param(("azure_openai", {"http_transport": "httpx2"}), id="azure_openai-httpx2"),
+    pytest.param(("anthropic", {}), id="anthropic"),
+    pytest.param(("anthropic", {"http_transport": "httpx2"}), id="anthropic-httpx2"),
+    pytest.param(("ollama", {}), id="ollama"),
+]
+
+
+@pytest.fixture(params=CLIENTS)
 async def llm(
     request: pytest.FixtureRequest, upstream: FakeUpstream, isolated_settings: object
 ) -> AsyncIterator[LLMService]:
-    service = make(request.param, upstream)
+    name, options = request.param
+    service = make(name, upstream, **options)
     yield service
     await service.aclose()
 
@@ -582,6 +597,40 @@ async def test_bad_limits_are_refused_at_construction(
             make(name, upstream, timeout_s=-1)
         with pytest.raises(ConfigurationError, match=r"max_connections is 0"):
             make(name, upstream, max_connections=0)
+
+
+async def test_an_unknown_http_transport_is_refused_naming_the_choices(
+    upstream: FakeUpstream, isolated_settings: object
+) -> None:
+    for name in ["openai", "azure_openai", "anthropic"]:
+        with pytest.raises(
+            ConfigurationError, match=r"http_transport is 'curl'.*'aiohttp'.*'httpx2'"
+        ):
+            make(name, upstream, http_transport="curl")
+
+
+async def test_the_sdk_pool_is_the_aiohttp_adapter_unless_it_cannot_be_built() -> None:
+    import httpx2
+    import openai
+
+    class AiohttpMissing(httpx2.AsyncClient):
+        def __init__(self, **options: Any) -> None:
+            # What the SDKs' DefaultAioHttpClient raises when aiohttp is not installed.
+            raise RuntimeError("To use the aiohttp client you must have installed aiohttp")
+
+    adapter = httpx2_client("p", 5, 10, aiohttp_client=openai.DefaultAioHttpClient)
+    fallback = httpx2_client("p", 5, 10, aiohttp_client=AiohttpMissing)
+    chosen = httpx2_client(
+        "p", 5, 10, transport="httpx2", aiohttp_client=openai.DefaultAioHttpClient
+    )
+    try:
+        assert isinstance(adapter, openai.DefaultAioHttpClient)
+        for client in (fallback, chosen):
+            assert type(client) is httpx2.AsyncClient
+            assert not isinstance(client, openai.DefaultAioHttpClient)
+    finally:
+        for client in (adapter, fallback, chosen):
+            await client.aclose()
 
 
 # --- connections ----------------------------------------------------------------------------

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import email.utils
 import json
+import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -245,12 +246,47 @@ def transport_error(exc: BaseException, kind: ErrorKind, *, provider: str) -> Pr
 
 
 def connection_error(exc: BaseException, *, provider: str, timed_out: bool) -> ProviderError:
-    """An SDK's connection failure (a timeout if `timed_out`), named by the one it wraps."""
+    """An SDK's connection failure (a timeout if `timed_out`), named by the one it wraps.
+
+    Over the SDKs' aiohttp adapter the failure aiohttp raised decides: the adapter reports
+    every dropped connection as a connect *timeout*, which would make a reset look like a
+    hung upstream.
+    """
+    for link in _chain(exc):
+        aiohttp_kind = _aiohttp_kind(link)
+        if aiohttp_kind is not None:
+            return transport_error(link, aiohttp_kind, provider=provider)
     cause = exc.__cause__
     if timed_out:
         return transport_error(cause or exc, ErrorKind.TIMEOUT, provider=provider)
     kind = transport_kind(cause) if cause else None
     return transport_error(cause or exc, kind or ErrorKind.CONNECTION, provider=provider)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and the exceptions it was raised from or while handling, outermost first."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not other for other in seen):
+        seen.append(current)
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _aiohttp_kind(exc: BaseException) -> ErrorKind | None:
+    """TIMEOUT or CONNECTION for an aiohttp client failure, else None.
+
+    aiohttp is only loaded with the SDKs' aiohttp adapter; an exception cannot be one of its
+    classes unless it is, so it is looked up rather than imported here.
+    """
+    aiohttp = sys.modules.get("aiohttp")
+    if aiohttp is None:
+        return None
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return ErrorKind.TIMEOUT
+    if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+        return ErrorKind.CONNECTION
+    return None
 
 
 def unwrapped_error(exc: BaseException, *, provider: str) -> ProviderError | None:

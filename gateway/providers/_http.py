@@ -9,7 +9,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from gateway.errors import ConfigurationError, InvalidRequestError
+from gateway.errors import ConfigurationError, ErrorKind, InvalidRequestError, ProviderError
 
 
 def check_limits(provider: str, timeout_s: float | None, max_connections: int | None) -> None:
@@ -52,17 +52,60 @@ def call_timeout(timeout_s: float | None, default: float) -> float:
     return float(timeout_s)
 
 
-def httpx2_client(timeout_s: float, max_connections: int) -> Any:
-    """The pool the official SDKs (which speak httpx2) send through."""
+def require_time(timeout_s: float, provider: str) -> None:
+    """Time out at once a call that was given no time (a caller's deadline ran out).
+
+    httpx2 would fail such a call at once by itself; aiohttp, under the SDKs' adapter, reads
+    a timeout of 0 as no timeout at all.
+    """
+    if timeout_s <= 0:
+        raise ProviderError(
+            f"no time left for the call (timeout_s={timeout_s:g})",
+            kind=ErrorKind.TIMEOUT,
+            provider=provider,
+        )
+
+
+HTTP_TRANSPORTS = ("aiohttp", "httpx2")
+
+
+def httpx2_client(
+    provider: str,
+    timeout_s: float,
+    max_connections: int,
+    *,
+    transport: str = "aiohttp",
+    aiohttp_client: type[Any] | None = None,
+) -> Any:
+    """The pool an official SDK (which speaks httpx2) sends through.
+
+    `transport="aiohttp"` (the default) uses `aiohttp_client`, the SDK's own
+    `DefaultAioHttpClient`: httpx2's interface over the aiohttp adapter the SDKs ship for
+    concurrency. Per request it costs about half the CPU of httpx2's own pool, which checks
+    every pooled connection on every request (see docs/performance.md). Without aiohttp
+    installed the SDK refuses to build it and httpx2's pool is used, as with
+    `transport="httpx2"` (which also speaks HTTP/2, which the adapter does not).
+    """
     import httpx2
 
-    return httpx2.AsyncClient(
-        verify=_httpx2_tls(),
-        timeout=httpx2.Timeout(timeout_s),
-        limits=httpx2.Limits(
+    if transport not in HTTP_TRANSPORTS:
+        raise ConfigurationError(
+            f"{provider}: http_transport is {transport!r}; use 'aiohttp' (the default) or 'httpx2'"
+        )
+    options: dict[str, Any] = {
+        "verify": _httpx2_tls(),
+        "timeout": httpx2.Timeout(timeout_s),
+        "limits": httpx2.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         ),
-    )
+        "follow_redirects": False,
+    }
+    if transport == "aiohttp" and aiohttp_client is not None:
+        try:
+            return aiohttp_client(**options)
+        except RuntimeError:  # "To use the aiohttp client you must have installed ... aiohttp"
+            pass
+    return httpx2.AsyncClient(**options)
 
 
 def httpx_client(

@@ -27,6 +27,7 @@ from gateway.providers._http import (
     check_limits,
     fit_to_sdk,
     httpx2_client,
+    require_time,
     sdk_parameters,
 )
 from gateway.providers._messages import to_anthropic
@@ -57,6 +58,7 @@ class AnthropicService(LLMService):
         max_connections: int | None = None,
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
         default_headers: dict[str, str] | None = None,
+        http_transport: str = "aiohttp",
     ) -> None:
         settings = get_settings()
         check_limits(name or self.type_name, timeout_s, max_connections)
@@ -68,7 +70,13 @@ class AnthropicService(LLMService):
         )
         key = require_key(api_key or settings.ANTHROPIC_API_KEY, "ANTHROPIC_API_KEY", "Anthropic")
         self.default_max_tokens = default_max_tokens
-        self._http = httpx2_client(self.timeout_s, self.max_connections)
+        self._http = httpx2_client(
+            self.name,
+            self.timeout_s,
+            self.max_connections,
+            transport=http_transport,
+            aiohttp_client=anthropic.DefaultAioHttpClient,
+        )
         self._client = anthropic.AsyncAnthropic(
             api_key=key,
             base_url=base_url or settings.ANTHROPIC_BASE_URL,
@@ -91,6 +99,7 @@ class AnthropicService(LLMService):
         checked = validate_messages(messages)
         request = self._request(checked, temperature, max_tokens, json_mode, params)
         timeout = call_timeout(timeout_s, self.timeout_s)
+        require_time(timeout, self.name)
         with _errors.mapped_by(lambda exc: self._error(exc, checked)):
             response = await self._client.messages.create(
                 **fit_to_sdk(request, _CREATE_PARAMETERS), timeout=timeout
@@ -124,6 +133,7 @@ class AnthropicService(LLMService):
     async def _stream_events(
         self, request: dict[str, Any], checked: list[dict[str, Any]], timeout_s: float
     ) -> AsyncIterator[str | StreamEnd]:
+        require_time(timeout_s, self.name)
         start_usage: Any = None
         delta_usage: Any = None
         stop_reason: str | None = None

@@ -35,6 +35,7 @@ class AzureOpenAIService(OpenAIService):
         api_version: str | None = None,
         deployment: str | None = None,
         default_headers: dict[str, str] | None = None,
+        http_transport: str = "aiohttp",
     ) -> None:
         settings = get_settings()
         deployment = deployment or settings.AZURE_OPENAI_DEPLOYMENT
@@ -62,7 +63,13 @@ class AzureOpenAIService(OpenAIService):
                 f"{self.name}: no endpoint: export AZURE_OPENAI_ENDPOINT=https://<resource>"
                 ".openai.azure.com or pass base_url= to the provider"
             )
-        self._http = httpx2_client(self.timeout_s, self.max_connections)
+        self._http = httpx2_client(
+            self.name,
+            self.timeout_s,
+            self.max_connections,
+            transport=http_transport,
+            aiohttp_client=openai.DefaultAioHttpClient,
+        )
         self._client = openai.AsyncAzureOpenAI(
             api_key=key,
             azure_endpoint=endpoint,

@@ -23,7 +23,7 @@ except ImportError as exc:
 
 from gateway.errors import ProviderError
 from gateway.providers import _errors, _openai_shape
-from gateway.providers._http import call_timeout, check_limits, httpx2_client
+from gateway.providers._http import call_timeout, check_limits, httpx2_client, require_time
 from gateway.providers._messages import JSON_INSTRUCTION
 from gateway.providers.base import LLMService
 from gateway.settings import get_settings, require_key
@@ -57,6 +57,7 @@ class OpenAIService(LLMService):
         max_connections: int | None = None,
         organization: str | None = None,
         default_headers: dict[str, str] | None = None,
+        http_transport: str = "aiohttp",
     ) -> None:
         settings = get_settings()
         check_limits(name or self.type_name, timeout_s, max_connections)
@@ -67,7 +68,13 @@ class OpenAIService(LLMService):
             max_connections=max_connections,
         )
         key = require_key(api_key or settings.OPENAI_API_KEY, "OPENAI_API_KEY", "OpenAI")
-        self._http = httpx2_client(self.timeout_s, self.max_connections)
+        self._http = httpx2_client(
+            self.name,
+            self.timeout_s,
+            self.max_connections,
+            transport=http_transport,
+            aiohttp_client=openai.DefaultAioHttpClient,
+        )
         self._client: openai.AsyncOpenAI = openai.AsyncOpenAI(
             api_key=key,
             base_url=base_url or settings.OPENAI_BASE_URL,
@@ -96,6 +103,7 @@ class OpenAIService(LLMService):
         checked = validate_messages(messages)
         request = self._request(checked, temperature, max_tokens, json_mode, params)
         timeout = call_timeout(timeout_s, self.timeout_s)
+        require_time(timeout, self.name)
         body, options = _split_options(request, timeout)
         with _errors.mapped_by(lambda exc: self._error(exc, checked)):
             response = await self._client.post(_PATH, body=body, cast_to=object, options=options)
@@ -121,6 +129,7 @@ class OpenAIService(LLMService):
     async def _stream_events(
         self, request: dict[str, Any], checked: list[dict[str, Any]], timeout_s: float
     ) -> AsyncIterator[str | StreamEnd]:
+        require_time(timeout_s, self.name)
         reader = _openai_shape.ChunkReader(provider=self.name, first_choice_only=True)
         body, options = _split_options(request, timeout_s)
         with _errors.mapped_by(lambda exc: self._error(exc, checked)):
