@@ -491,6 +491,137 @@ async def test_unsupported_field_is_named_by_the_sdk_error(client: openai.AsyncO
     assert "api_key" in str(caught.value)
 
 
+def invalid(
+    message: str, param: str | None = None, code: str = "invalid_request"
+) -> dict[str, Any]:
+    error = {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+    return {"error": error}
+
+
+NOT_JSON = "; send a JSON object with the header 'content-type: application/json'"
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "expected"),
+    [
+        # The chat route reads its body itself (not through FastAPI): these are the exact
+        # answers FastAPI gave, kept so that clients see no difference.
+        (
+            b'{"model": "chat", "messages": [',
+            {"content-type": "application/json"},
+            invalid("the request body is not valid JSON (Expecting value); send a JSON object"),
+        ),
+        (
+            b"null",
+            {"content-type": "application/json; charset=utf-8"},
+            invalid(
+                "the request body: Input should be a valid dictionary or object to extract "
+                "fields from (got None)"
+            ),
+        ),
+        (
+            b"",
+            {"content-type": "application/json"},
+            invalid("the request body is missing; send a JSON object"),
+        ),
+        (
+            b'{"model": "chat"}',
+            {"content-type": "text/plain"},
+            invalid("the request body was sent as text/plain" + NOT_JSON),
+        ),
+        (
+            b'{"model": "chat"}',
+            {"content-type": "json"},  # not a media type: not JSON
+            invalid("the request body was sent as json" + NOT_JSON),
+        ),
+        (
+            b'{"model": "chat"}',
+            {},
+            invalid("the request body was sent as no content type" + NOT_JSON),
+        ),
+        (
+            b'{"model": "d\xe9fault", "messages": []}',  # Latin-1, not UTF-8
+            {"content-type": "application/json"},
+            invalid("There was an error parsing the body", code="http_error"),
+        ),
+        (
+            '{"model": "chat", "messages": [], "n": 2}'.encode("utf-16"),
+            {"content-type": "application/vnd.example+json"},
+            invalid(
+                "messages: List should have at least 1 item after validation, not 0 (got []); "
+                "and 1 more problem",
+                "messages",
+            ),
+        ),
+        (
+            b'{"model": "", "messages": [], "n": 2, "top_p": 3}',
+            {"content-type": "application/json"},
+            invalid(
+                "model: String should have at least 1 character (got ''); and 3 more problems",
+                "model",
+            ),
+        ),
+        (
+            b'{"model": "chat", "messages": [{"content": "x"}]}',
+            {"content-type": "application/json"},
+            invalid(
+                "messages[0]: Unable to extract tag using discriminator 'role' "
+                "(got {'content': 'x'})",
+                "messages[0]",
+            ),
+        ),
+        (
+            b'{"model": "chat", "messages": []}',
+            {"content-type": "application/json", "x-gateway-task": "t" * 257},
+            invalid(
+                "x-gateway-task: String should have at most 256 characters (got '"
+                + "t" * 76
+                + "...); and 1 more problem",
+                "x-gateway-task",
+            ),
+        ),
+    ],
+)
+async def test_bad_bodies_get_exactly_fastapis_answers(
+    http: httpx.AsyncClient, content: bytes, headers: dict[str, str], expected: dict[str, Any]
+) -> None:
+    response = await http.post("/v1/chat/completions", content=content, headers=headers)
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == expected
+
+
+async def test_the_key_is_checked_before_the_body_is_read(server: ServerProcess) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as c:
+        response = await c.post(
+            "/v1/chat/completions",
+            content=b'{"model": "chat", "messages": [',
+            headers={"content-type": "application/json"},
+        )
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.json()["error"]["code"] == "missing_api_key"
+
+
+async def test_a_client_that_leaves_while_sending_its_body_is_logged_as_gone(
+    server: ServerProcess,
+) -> None:
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    head = (
+        f"POST /v1/chat/completions?leaving-early HTTP/1.1\r\nhost: {server.host}\r\n"
+        f"authorization: Bearer {CLIENT_KEY}\r\ncontent-type: application/json\r\n"
+        "content-length: 1000\r\n\r\n"
+    )
+    writer.write(head.encode() + b'{"model": "chat", ')
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the server has the head and part of the body
+    writer.close()
+    await writer.wait_closed()
+    assert await reader.read() == b""  # nothing was answered
+    line = r'"POST /v1/chat/completions" 499 [\d.]+ms outcome=client_closed'
+    await eventually(lambda: re.search(line, server.log()), timeout_s=5)
+
+
 async def test_message_count_and_body_size_are_capped(http: httpx.AsyncClient) -> None:
     too_many = [{"role": "user", "content": "x"}] * (MAX_MESSAGES + 1)
     response = await http.post("/v1/chat/completions", json={"model": "chat", "messages": too_many})

@@ -11,18 +11,28 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import Depends, FastAPI, Header, Request, Security
+from fastapi import APIRouter, Depends, FastAPI, Header, Request, Security
 from fastapi.openapi.utils import get_openapi
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 import gateway
 from gateway.errors import GatewayError, PolicyError
 from gateway.metrics import default_metrics, exposition
 from gateway.router import Router
 from gateway.server import monitoring
-from gateway.server.auth import Access, Denial, KeyChecker, denial
-from gateway.server.chat import TASK_HEADER, chat_completion
+from gateway.server.auth import Access, Denial, KeyChecker, bearer_key, denial
+from gateway.server.chat import (
+    TASK_HEADER,
+    TASK_HEADER_MAX_LENGTH,
+    ClientGone,
+    chat_completion,
+    parse_request,
+    read_body,
+    request_headers,
+)
 from gateway.server.config import MAX_MESSAGES_ENV, ServerSettings
 from gateway.server.errors import (
     RequestVocabulary,
@@ -31,7 +41,7 @@ from gateway.server.errors import (
     internal_error_body,
     routing_failure,
 )
-from gateway.server.middleware import AccessLog, BodyLimit, access_record
+from gateway.server.middleware import CLIENT_CLOSED, AccessLog, BodyLimit, access_record
 from gateway.server.openai_compat import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -44,6 +54,7 @@ from gateway.server.openai_compat import (
 
 log = logging.getLogger("gateway.server")
 
+CHAT_PATH = "/v1/chat/completions"
 POLICY_ENV = "GATEWAY_SERVE_POLICY"
 """How `serve` hands the policy path to worker processes (which build the app themselves)."""
 SIGHUP_ENV = "GATEWAY_SERVE_SIGHUP"
@@ -279,43 +290,82 @@ def _install_sighup(state: ServerState, stack: AsyncExitStack) -> None:
     stack.callback(loop.remove_signal_handler, signal.SIGHUP)
 
 
-def _add_routes(app: FastAPI) -> None:
-    client = [Depends(require_client)]
+class ChatCompletions:
+    """`POST /v1/chat/completions` as a plain ASGI endpoint: the busiest route skips FastAPI's
+    dependency injection, body handling and response validation, which cost more than the rest
+    of the server's own work on a request. It checks the key, reads and validates the body, and
+    answers errors exactly as the FastAPI declaration in `_chat_completions_document` would
+    (that declaration is what the OpenAPI document shows); errors it raises go to the same
+    exception handlers as every other route's.
 
-    @app.post(
-        "/v1/chat/completions",
-        response_model=ChatCompletion,
-        responses=_CHAT_RESPONSES,
-        dependencies=client,
-        tags=["openai"],
-    )
-    async def chat_completions(
-        body: ChatCompletionRequest,
-        request: Request,
-        x_gateway_task: str | None = Header(
-            None,
-            alias=TASK_HEADER,
-            max_length=256,
-            description="Names the task to route; `model` is then ignored for routing.",
-        ),
-    ) -> Response:
-        state = _state(request)
+    The key is checked before the body is read, so a client without a valid key learns nothing
+    about its body (FastAPI parsed the JSON first).
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state: ServerState = scope["app"].state.gateway
+        headers = request_headers(scope)
+        client = scope.get("client")
+        access = state.keys.client(bearer_key(headers.authorization), client[0] if client else None)
+        if access is not Access.GRANTED:
+            raise AccessDenied(denial(access))
+        record = access_record(scope)
+        try:
+            raw = await read_body(receive)
+        except ClientGone:
+            record.status, record.outcome = CLIENT_CLOSED, "client_closed"
+            return
+        body = parse_request(raw, headers)
         limit = state.settings.max_messages
+        response: Response
         if len(body.messages) > limit:
-            return error_response(
+            response = error_response(
                 f"messages has {len(body.messages)} entries; send at most {limit} "
                 f"(the server's limit is {MAX_MESSAGES_ENV})",
                 status=400,
                 code="too_many_messages",
                 param="messages",
             )
-        return await chat_completion(
-            state.router,
-            body,
-            task_header=x_gateway_task,
-            receive=request.receive,
-            access=access_record(request.scope),
-        )
+        else:
+            response = await chat_completion(
+                state.router, body, task_header=headers.task, receive=receive, access=record
+            )
+        await response(scope, receive, send)
+
+
+def _chat_completions_document() -> APIRouter:
+    """How the OpenAPI document describes `POST /v1/chat/completions`. `ChatCompletions`
+    serves the route; this declaration is never routed to."""
+    document = APIRouter()
+
+    @document.post(
+        CHAT_PATH,
+        response_model=ChatCompletion,
+        responses=_CHAT_RESPONSES,
+        dependencies=[Depends(require_client)],
+        tags=["openai"],
+    )
+    async def chat_completions(
+        body: ChatCompletionRequest,
+        x_gateway_task: str | None = Header(
+            None,
+            alias=TASK_HEADER,
+            max_length=TASK_HEADER_MAX_LENGTH,
+            description="Names the task to route; `model` is then ignored for routing.",
+        ),
+    ) -> Response:
+        raise NotImplementedError("served by ChatCompletions")
+
+    return document
+
+
+_CHAT_DOCUMENT = _chat_completions_document()
+
+
+def _add_routes(app: FastAPI) -> None:
+    client = [Depends(require_client)]
+    # First, so that the busiest route is matched before any other is tried.
+    app.router.routes.insert(0, Route(CHAT_PATH, ChatCompletions(), methods=["POST"]))
 
     @app.get(
         "/v1/models",
@@ -420,7 +470,10 @@ def _openapi(app: FastAPI, settings: ServerSettings) -> dict[str, Any]:
     if app.openapi_schema is not None:
         return app.openapi_schema
     schema = get_openapi(
-        title=app.title, version=app.version, summary=app.summary, routes=app.routes
+        title=app.title,
+        version=app.version,
+        summary=app.summary,
+        routes=[*_CHAT_DOCUMENT.routes, *app.routes],
     )
     for path, operations in schema.get("paths", {}).items():
         for operation in operations.values():

@@ -10,14 +10,20 @@ answer is complete.
 from __future__ import annotations
 
 import asyncio
+import email.message
 import json
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Sequence
-from typing import TypeVar
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Annotated, Any, TypeVar
 
 import anyio
+from fastapi.exceptions import RequestValidationError
+from pydantic import Field, TypeAdapter, ValidationError
+from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
-from starlette.types import Receive
+from starlette.types import Receive, Scope
 
 from gateway.errors import RoutingError
 from gateway.router import Router
@@ -38,12 +44,132 @@ log = logging.getLogger("gateway.server")
 T = TypeVar("T")
 
 TASK_HEADER = "x-gateway-task"
+TASK_HEADER_MAX_LENGTH = 256
 STREAMING = "streaming"
 """The outcome shown for the candidate a stream is still reading from."""
 
 
 class ClientGone(Exception):
     """The client disconnected before its answer was ready; the upstream call was cancelled."""
+
+
+# --- reading the request ---------------------------------------------------------------------
+#
+# The route is a plain ASGI endpoint (see app.py): FastAPI's dependency injection, body
+# handling and response machinery cost more than the rest of the server's own work on a
+# request. What FastAPI did is done here the same way, with the same errors: the body is JSON
+# only when the content type says so, it is validated by the same pydantic model (errors located
+# under "body"), and the task header is at most TASK_HEADER_MAX_LENGTH characters (located under
+# "header"). Errors are raised as FastAPI's own exceptions, so the app's handlers answer them
+# exactly as they answer every other route's.
+
+_REQUEST = TypeAdapter(ChatCompletionRequest)
+_TASK_NAME = TypeAdapter(Annotated[str, Field(max_length=TASK_HEADER_MAX_LENGTH)])
+_NO_BODY: Any = object()
+
+
+@dataclass(slots=True)
+class RequestHeaders:
+    """The headers the route reads (the first of each, as Starlette's `Headers.get`)."""
+
+    content_type: str | None = None
+    authorization: str | None = None
+    task: str | None = None
+
+
+_WANTED = {
+    b"content-type": "content_type",
+    b"authorization": "authorization",
+    TASK_HEADER.encode(): "task",
+}
+
+
+def request_headers(scope: Scope) -> RequestHeaders:
+    found = RequestHeaders()
+    for name, value in scope["headers"]:
+        field = _WANTED.get(name)
+        if field is not None and getattr(found, field) is None:
+            setattr(found, field, value.decode("latin-1"))
+    return found
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body; `ClientGone` if the client leaves before sending all of it."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        if not message.get("more_body", False):
+            return b"".join([*chunks, chunk]) if chunks else chunk
+        chunks.append(chunk)
+
+
+@lru_cache(maxsize=64)
+def is_json_content_type(value: str) -> bool:
+    """`application/json`, with parameters or any `+json` subtype, as FastAPI decides it."""
+    message = email.message.Message()
+    message["content-type"] = value
+    if message.get_content_maintype() != "application":
+        return False
+    subtype = message.get_content_subtype()
+    return subtype == "json" or subtype.endswith("+json")
+
+
+def parse_request(body: bytes, headers: RequestHeaders) -> ChatCompletionRequest:
+    """The validated request, or FastAPI's `RequestValidationError` (answered 400) or
+    `HTTPException` (a body that is not text, 400) with the errors FastAPI would raise."""
+    value: Any = _NO_BODY
+    if body:
+        if headers.content_type and is_json_content_type(headers.content_type):
+            try:
+                value = json.loads(body)
+            except json.JSONDecodeError as exc:
+                raise RequestValidationError(
+                    [
+                        {
+                            "type": "json_invalid",
+                            "loc": ("body", exc.pos),
+                            "msg": "JSON decode error",
+                            "input": {},
+                            "ctx": {"error": exc.msg},
+                        }
+                    ],
+                    body=exc.doc,
+                ) from exc
+            except Exception as exc:  # not UTF-8/16/32 text
+                raise HTTPException(400, "There was an error parsing the body") from exc
+        else:  # not sent as JSON: refused below, naming the content type
+            value = body
+    errors: list[dict[str, Any]] = []
+    if headers.task is not None and len(headers.task) > TASK_HEADER_MAX_LENGTH:
+        errors.extend(_located(_TASK_NAME, headers.task, ("header", TASK_HEADER)))
+    if value is _NO_BODY:
+        errors.append({"type": "missing", "loc": ("body",), "msg": "Field required", "input": None})
+    else:
+        try:
+            request = _REQUEST.validate_python(value, from_attributes=True)
+        except ValidationError as exc:
+            errors.extend(_with_loc(exc, ("body",)))
+    if errors:
+        raise RequestValidationError(errors, body=None if value is _NO_BODY else value)
+    return request
+
+
+def _located(adapter: TypeAdapter[Any], value: Any, loc: tuple[str, ...]) -> list[dict[str, Any]]:
+    try:
+        adapter.validate_python(value)
+    except ValidationError as exc:
+        return _with_loc(exc, loc)
+    return []
+
+
+def _with_loc(exc: ValidationError, loc: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [{**error, "loc": loc + tuple(error["loc"])} for error in exc.errors(include_url=False)]
+
+
+# --- answering ------------------------------------------------------------------------------
 
 
 async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
