@@ -31,7 +31,10 @@ from gateway.errors import ConfigurationError
 from gateway.server.auth import Access, KeyChecker, denial, is_loopback
 from gateway.server.config import ServerSettings
 from gateway.server.launcher import ServerProcess, free_port
+from gateway.server.openai_compat import ChatCompletion, ChunkWriter, completion_body
+from gateway.server.sse import event
 from gateway.testing import FakeUpstream, Fault, fake_usage
+from gateway.types import Usage
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -1029,6 +1032,25 @@ tasks:
 )
 async def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+async def test_answers_built_by_hand_match_the_documented_models() -> None:
+    usage = Usage(input_tokens=12, output_tokens=5, cached_input_tokens=4)
+    body = completion_body(
+        response_id="chatcmpl-1", model="gpt-4o-mini", text="hé \n", finish="length", usage=usage
+    )
+    assert body == ChatCompletion.model_validate(body).model_dump(mode="json")
+    assert list(body) == list(ChatCompletion.model_fields)
+    assert body["usage"] == {
+        "prompt_tokens": 12,
+        "completion_tokens": 5,
+        "total_tokens": 17,
+        "prompt_tokens_details": {"cached_tokens": 4},
+    }
+    assert body["choices"][0]["finish_reason"] == "length"
+    chunk = ChunkWriter(response_id="chatcmpl-1", model="m", include_usage=True).usage(usage)
+    assert chunk is not None and chunk["usage"] == body["usage"]
+    assert json.loads(event(body)[len(b"data: ") : -2]) == body
 
 
 async def test_key_checker_decisions() -> None:

@@ -21,8 +21,9 @@ from typing import Annotated, Any, TypeVar
 import anyio
 from fastapi.exceptions import RequestValidationError
 from pydantic import Field, TypeAdapter, ValidationError
+from pydantic_core import to_json
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import Receive, Scope
 
 from gateway.errors import RoutingError
@@ -278,7 +279,7 @@ async def _complete(
     headers = gateway_headers(
         task=task, provider=routed.provider, attempts=routed.attempts, cost=routed.cost_usd
     )
-    return JSONResponse(payload, headers=headers)
+    return Response(to_json(payload), headers=headers, media_type="application/json")
 
 
 async def _stream(

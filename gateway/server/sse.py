@@ -7,11 +7,11 @@ cancellation, so the upstream call it holds is cancelled and its connection rele
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import anyio
+from pydantic_core import to_json
 from starlette.responses import StreamingResponse
 from starlette.types import Send
 
@@ -25,7 +25,7 @@ STREAM_HEADERS = {
 
 
 def event(payload: Mapping[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + to_json(payload) + b"\n\n"
 
 
 class EventStreamResponse(StreamingResponse):
