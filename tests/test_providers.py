@@ -242,11 +242,12 @@ async def test_sampling_options_and_extra_params_reach_the_upstream(
         }
 
 
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
 @pytest.mark.parametrize("streamed", [False, True], ids=["complete", "stream"])
-async def test_openai_takes_the_sdks_extra_keywords_and_vendor_fields(
-    upstream: FakeUpstream, isolated_settings: object, streamed: bool
+async def test_the_sdks_extra_keywords_and_vendor_fields_reach_the_wire(
+    upstream: FakeUpstream, isolated_settings: object, streamed: bool, provider: str
 ) -> None:
-    # The provider calls the SDK's low-level post(): the typed method's extra_* keywords
+    # The providers call the SDK's low-level post(): the typed method's extra_* keywords
     # must still mean what they mean there, and unknown fields must still reach the wire.
     extras: dict[str, Any] = {
         "extra_headers": {"x-trace": "t-1"},
@@ -254,7 +255,7 @@ async def test_openai_takes_the_sdks_extra_keywords_and_vendor_fields(
         "extra_body": {"seed": 7},
         "repetition_penalty": 1.1,  # a vLLM extension the SDK has no keyword for
     }
-    async with make("openai", upstream) as llm:
+    async with make(provider, upstream) as llm:
         if streamed:
             async with llm.stream(MESSAGES, **extras) as stream:
                 assert "".join([delta async for delta in stream])

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 import ssl
-from collections.abc import Callable
 from typing import Any
 
 from gateway.errors import ConfigurationError, ErrorKind, InvalidRequestError, ProviderError
@@ -141,19 +139,26 @@ def _httpx_tls() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def sdk_parameters(method: Callable[..., Any]) -> frozenset[str]:
-    """The keyword parameters an SDK method declares."""
-    return frozenset(inspect.signature(method).parameters) - {"self"}
+# The typed SDK methods' per-call extras, which the SDKs' `post()` takes as request options.
+_EXTRA_HEADERS, _EXTRA_QUERY, _EXTRA_BODY = "extra_headers", "extra_query", "extra_body"
 
 
-def fit_to_sdk(request: dict[str, Any], accepted: frozenset[str]) -> dict[str, Any]:
-    """`request` with the fields the SDK method does not declare moved into `extra_body`.
+def post_arguments(request: dict[str, Any], timeout_s: float) -> tuple[dict[str, Any], Any]:
+    """(JSON body, request options) for one call through an SDK client's `post()`.
 
-    SDKs refuse unknown keywords, but the API may still take the field (a newer or
-    vendor-specific parameter): it goes on the wire and the upstream decides.
+    The typed methods' `extra_headers`/`extra_query`/`extra_body` keywords keep working: they
+    become request options, and `extra_body`'s fields are merged into the body. Any other
+    field (a newer or vendor-specific parameter) goes on the wire as it is.
     """
-    call = {key: value for key, value in request.items() if key in accepted}
-    extra = {key: value for key, value in request.items() if key not in accepted}
+    body = dict(request)
+    options: dict[str, Any] = {"timeout": timeout_s}
+    headers = body.pop(_EXTRA_HEADERS, None)
+    query = body.pop(_EXTRA_QUERY, None)
+    extra = body.pop(_EXTRA_BODY, None)
+    if headers:
+        options["headers"] = headers
+    if query:
+        options["params"] = query
     if extra:
-        call["extra_body"] = {**extra, **(request.get("extra_body") or {})}
-    return call
+        body.update(extra)
+    return body, options

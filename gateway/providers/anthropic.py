@@ -1,5 +1,10 @@
 """Anthropic's Messages API through the official `anthropic` SDK.
 
+As in `openai.py`, the call goes through the client's own `post()`: the SDK owns base URL,
+auth and version headers, timeouts, the pool and its error classes (and its SSE parser, which
+turns an `event: error` into its status errors), and the JSON is read here without building
+the SDK's typed models.
+
 Message conversion (system prompt, merged turns, tool results) is described in
 `gateway.providers._messages`. Anthropic has no JSON mode: `json_mode=True` adds an
 instruction to the system prompt to answer with one JSON object only, and `generate_json`
@@ -25,18 +30,16 @@ from gateway.providers import _errors
 from gateway.providers._http import (
     call_timeout,
     check_limits,
-    fit_to_sdk,
     httpx2_client,
+    post_arguments,
     require_time,
-    sdk_parameters,
 )
 from gateway.providers._messages import to_anthropic
 from gateway.providers.base import LLMService
 from gateway.settings import get_settings, require_key
 from gateway.types import ChatStream, Completion, Message, StreamEnd, Usage, validate_messages
 
-# Fields the SDK has no keyword for (e.g. temperature, top_p in SDK 2.x) travel in extra_body.
-_CREATE_PARAMETERS = sdk_parameters(anthropic.resources.messages.AsyncMessages.create)
+_PATH = "/v1/messages"
 
 DEFAULT_MAX_TOKENS = 4096
 """Anthropic requires `max_tokens` on every call; this is what a call without one asks for."""
@@ -100,19 +103,30 @@ class AnthropicService(LLMService):
         request = self._request(checked, temperature, max_tokens, json_mode, params)
         timeout = call_timeout(timeout_s, self.timeout_s)
         require_time(timeout, self.name)
+        body, options = post_arguments(request, timeout)
         with _errors.mapped_by(lambda exc: self._error(exc, checked)):
-            response = await self._client.messages.create(
-                **fit_to_sdk(request, _CREATE_PARAMETERS), timeout=timeout
-            )
-        if response.stop_reason == "refusal":
-            raise _errors.content_filter_error(provider=self.name, reason=response.stop_reason)
-        text = "".join(block.text for block in response.content if block.type == "text")
+            response = await self._client.post(_PATH, body=body, cast_to=object, options=options)
+        return self._completion(response)
+
+    def _completion(self, response: Any) -> Completion:
+        if not isinstance(response, dict) or not isinstance(response.get("content"), list):
+            raise _malformed(self.name, "no content list")
+        stop_reason = _text_or_none(response.get("stop_reason"))
+        if stop_reason == "refusal":
+            raise _errors.content_filter_error(provider=self.name, reason=stop_reason)
+        parts = []
+        for block in response["content"]:
+            if isinstance(block, dict) and block.get("type") == "text":
+                text = block.get("text")
+                if not isinstance(text, str):
+                    raise _malformed(self.name, "a text block without text")
+                parts.append(text)
         return Completion(
-            text=text,
-            model=response.model or self.model,
-            finish_reason=_errors.finish_reason(response.stop_reason),
-            usage=_usage(response.usage),
-            response_id=response.id,
+            text="".join(parts),
+            model=_text_or_none(response.get("model")) or self.model,
+            finish_reason=_errors.finish_reason(stop_reason),
+            usage=_usage(response.get("usage")),
+            response_id=_text_or_none(response.get("id")),
         )
 
     def stream(
@@ -140,23 +154,40 @@ class AnthropicService(LLMService):
         model: str | None = None
         response_id: str | None = None
         finished = False
+        body, options = post_arguments({**request, "stream": True}, timeout_s)
         with _errors.mapped_by(lambda exc: self._error(exc, checked)):
-            stream = await self._client.messages.create(
-                **fit_to_sdk(request, _CREATE_PARAMETERS), stream=True, timeout=timeout_s
+            stream = await self._client.post(
+                _PATH,
+                body=body,
+                cast_to=object,
+                options=options,
+                stream=True,
+                stream_cls=anthropic.AsyncStream[object],
             )
             async with stream:
                 async for event in stream:
-                    if event.type == "message_start":
-                        start_usage = event.message.usage
-                        model = event.message.model
-                        response_id = event.message.id
-                    elif event.type == "content_block_delta":
-                        if event.delta.type == "text_delta" and event.delta.text:
-                            yield event.delta.text
-                    elif event.type == "message_delta":
-                        stop_reason = event.delta.stop_reason or stop_reason
-                        delta_usage = event.usage
-                    elif event.type == "message_stop":
+                    if not isinstance(event, dict):
+                        raise _malformed(self.name, "a stream event that is not an object")
+                    kind = event.get("type")
+                    if kind == "message_start":
+                        message = event.get("message") or {}
+                        start_usage = message.get("usage")
+                        model = _text_or_none(message.get("model"))
+                        response_id = _text_or_none(message.get("id"))
+                    elif kind == "content_block_delta":
+                        delta = event.get("delta") or {}
+                        if delta.get("type") == "text_delta" and delta.get("text"):
+                            text = delta["text"]
+                            if not isinstance(text, str):
+                                raise _malformed(self.name, "a text delta without text")
+                            yield text
+                    elif kind == "message_delta":
+                        stop_reason = (
+                            _text_or_none((event.get("delta") or {}).get("stop_reason"))
+                            or stop_reason
+                        )
+                        delta_usage = event.get("usage")
+                    elif kind == "message_stop":
                         finished = True
         if not finished:
             raise _errors.truncated_stream_error(provider=self.name)
@@ -201,13 +232,32 @@ class AnthropicService(LLMService):
         await self._http.aclose()
 
 
+def _malformed(provider: str, what: str) -> ProviderError:
+    return ProviderError(
+        f"upstream reply is not an Anthropic message ({what})",
+        kind=ErrorKind.INVALID_RESPONSE,
+        provider=provider,
+    )
+
+
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _count(usage: Any, field: str) -> int | None:
+    value = usage.get(field) if isinstance(usage, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
+
+
 def _usage(usage: Any) -> Usage:
     """Anthropic's `input_tokens` leaves out cache reads and writes: add them back."""
-    cache_read = getattr(usage, "cache_read_input_tokens", None) or 0
-    cache_write = getattr(usage, "cache_creation_input_tokens", None) or 0
+    cache_read = _count(usage, "cache_read_input_tokens") or 0
+    cache_write = _count(usage, "cache_creation_input_tokens") or 0
     return Usage(
-        input_tokens=(usage.input_tokens or 0) + cache_read + cache_write,
-        output_tokens=usage.output_tokens or 0,
+        input_tokens=(_count(usage, "input_tokens") or 0) + cache_read + cache_write,
+        output_tokens=_count(usage, "output_tokens") or 0,
         cached_input_tokens=cache_read,
     )
 
@@ -219,9 +269,9 @@ def _stream_usage(start: Any, delta: Any) -> Usage | None:
 
     def pick(field: str) -> int:
         for source in (delta, start):
-            value = getattr(source, field, None)
+            value = _count(source, field)
             if value is not None:
-                return int(value)
+                return value
         return 0
 
     cache_read = pick("cache_read_input_tokens")

@@ -23,7 +23,13 @@ except ImportError as exc:
 
 from gateway.errors import ProviderError
 from gateway.providers import _errors, _openai_shape
-from gateway.providers._http import call_timeout, check_limits, httpx2_client, require_time
+from gateway.providers._http import (
+    call_timeout,
+    check_limits,
+    httpx2_client,
+    post_arguments,
+    require_time,
+)
 from gateway.providers._messages import JSON_INSTRUCTION
 from gateway.providers.base import LLMService
 from gateway.settings import get_settings, require_key
@@ -37,8 +43,6 @@ from gateway.types import (
 )
 
 _PATH = "/chat/completions"
-# The typed SDK method's per-call extras, which `post()` takes as request options instead.
-_EXTRA_HEADERS, _EXTRA_QUERY, _EXTRA_BODY = "extra_headers", "extra_query", "extra_body"
 
 
 class OpenAIService(LLMService):
@@ -104,7 +108,7 @@ class OpenAIService(LLMService):
         request = self._request(checked, temperature, max_tokens, json_mode, params)
         timeout = call_timeout(timeout_s, self.timeout_s)
         require_time(timeout, self.name)
-        body, options = _split_options(request, timeout)
+        body, options = post_arguments(request, timeout)
         with _errors.mapped_by(lambda exc: self._error(exc, checked)):
             response = await self._client.post(_PATH, body=body, cast_to=object, options=options)
         return _openai_shape.completion(response, provider=self.name, model=self.model)
@@ -131,7 +135,7 @@ class OpenAIService(LLMService):
     ) -> AsyncIterator[str | StreamEnd]:
         require_time(timeout_s, self.name)
         reader = _openai_shape.ChunkReader(provider=self.name, first_choice_only=True)
-        body, options = _split_options(request, timeout_s)
+        body, options = post_arguments(request, timeout_s)
         with _errors.mapped_by(lambda exc: self._error(exc, checked)):
             stream = await self._client.post(
                 _PATH,
@@ -174,27 +178,6 @@ class OpenAIService(LLMService):
     async def aclose(self) -> None:
         await self._client.close()
         await self._http.aclose()
-
-
-def _split_options(request: dict[str, Any], timeout_s: float) -> tuple[dict[str, Any], Any]:
-    """(JSON body, SDK request options) for one call.
-
-    The typed method's `extra_headers`/`extra_query`/`extra_body` keywords keep working: they
-    become request options, and `extra_body`'s fields are merged into the body. Any other
-    field (a vendor extension of a compatible server) goes on the wire as it is.
-    """
-    body = dict(request)
-    options: dict[str, Any] = {"timeout": timeout_s}
-    headers = body.pop(_EXTRA_HEADERS, None)
-    query = body.pop(_EXTRA_QUERY, None)
-    extra = body.pop(_EXTRA_BODY, None)
-    if headers:
-        options["headers"] = headers
-    if query:
-        options["params"] = query
-    if extra:
-        body.update(extra)
-    return body, options
 
 
 def _mentions_json(messages: list[dict[str, Any]]) -> bool:
