@@ -29,7 +29,9 @@ from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 from gateway.demo import demo_policy_text
 from gateway.errors import ConfigurationError
 from gateway.server.auth import Access, KeyChecker, denial, is_loopback
+from gateway.server.chat import unless_disconnected
 from gateway.server.config import ServerSettings
+from gateway.server.disconnect import ClientGone
 from gateway.server.launcher import ServerProcess, free_port
 from gateway.server.openai_compat import ChatCompletion, ChunkWriter, completion_body
 from gateway.server.sse import event
@@ -1051,6 +1053,46 @@ async def test_answers_built_by_hand_match_the_documented_models() -> None:
     chunk = ChunkWriter(response_id="chatcmpl-1", model="m", include_usage=True).usage(usage)
     assert chunk is not None and chunk["usage"] == body["usage"]
     assert json.loads(event(body)[len(b"data: ") : -2]) == body
+
+
+async def test_a_disconnect_cancels_the_work_and_nothing_else() -> None:
+    disconnect = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await disconnect.wait()
+        return {"type": "http.disconnect"}
+
+    async def work(seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return "done"
+
+    task = asyncio.current_task()
+    assert task is not None
+    # No disconnect: the answer comes back and the watcher is gone.
+    before = len(asyncio.all_tasks())
+    assert await unless_disconnected(receive, work(0)) == "done"
+    await asyncio.sleep(0)
+    assert len(asyncio.all_tasks()) == before
+    # A disconnect cancels the work where it waits, and is reported as ClientGone; the task
+    # can go on awaiting afterwards (the cancellation was taken back).
+    asyncio.get_running_loop().call_later(0.05, disconnect.set)
+    started = time.monotonic()
+    with pytest.raises(ClientGone):
+        await unless_disconnected(receive, work(10))
+    assert time.monotonic() - started < 5
+    assert task.cancelling() == 0
+    await asyncio.sleep(0)
+    disconnect.clear()
+
+    # A cancellation from elsewhere (shutdown) stays a cancellation.
+    async def cancelled_from_outside() -> None:
+        await unless_disconnected(receive, work(10))
+
+    outside = asyncio.create_task(cancelled_from_outside())
+    await asyncio.sleep(0.01)
+    outside.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await outside
 
 
 async def test_key_checker_decisions() -> None:

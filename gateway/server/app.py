@@ -27,13 +27,13 @@ from gateway.server.auth import Access, Denial, KeyChecker, bearer_key, denial
 from gateway.server.chat import (
     TASK_HEADER,
     TASK_HEADER_MAX_LENGTH,
-    ClientGone,
     chat_completion,
     parse_request,
     read_body,
     request_headers,
 )
 from gateway.server.config import MAX_MESSAGES_ENV, ServerSettings
+from gateway.server.disconnect import ClientGone
 from gateway.server.errors import (
     RequestVocabulary,
     error_response,

@@ -1,8 +1,11 @@
 """Server-Sent Events: framing, and a response that always closes its source.
 
-Starlette cancels a streaming body when the client disconnects, but a generator suspended at
-a `yield` is then left for the garbage collector; here it is closed at once, shielded from the
-cancellation, so the upstream call it holds is cancelled and its connection released.
+The response sends what its source yields, each as one body message, and the source's
+`LastEvents` together with the end of the body. A client that disconnects cancels the source
+where it waits (see `CancelOnDisconnect`: one watcher task, not Starlette's task group per
+stream). A source suspended at a `yield` would be left for the garbage collector; it is closed
+at once, shielded from cancellation, so the upstream call it holds is cancelled and its
+connection released.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ from typing import Any
 
 import anyio
 from pydantic_core import to_json
-from starlette.responses import StreamingResponse
-from starlette.types import Send
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from gateway.server.disconnect import CancelOnDisconnect, ClientGone
 
 DONE = b"data: [DONE]\n\n"
 
@@ -28,18 +33,34 @@ def event(payload: Mapping[str, Any]) -> bytes:
     return b"data: " + to_json(payload) + b"\n\n"
 
 
-class EventStreamResponse(StreamingResponse):
+class LastEvents(bytes):
+    """The events that end a stream, sent together with the end of the response body."""
+
+
+class EventStreamResponse(Response):
     media_type = "text/event-stream"
 
     def __init__(
         self, events: AsyncGenerator[bytes, None], *, headers: Mapping[str, str] | None = None
     ) -> None:
-        super().__init__(events, headers={**STREAM_HEADERS, **(headers or {})})
+        self.status_code = 200
+        self.background = None
+        self.init_headers({**STREAM_HEADERS, **(headers or {})})
         self._events = events
 
-    async def stream_response(self, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().stream_response(send)
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            last = b""
+            with CancelOnDisconnect(receive):
+                async for chunk in self._events:
+                    if isinstance(chunk, LastEvents):
+                        last = chunk
+                        break
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": bytes(last), "more_body": False})
+        except ClientGone:
+            pass  # the source has recorded it as it was cancelled
         finally:
             with anyio.CancelScope(shield=True):
                 await self._events.aclose()
