@@ -143,7 +143,24 @@ def _httpx_tls() -> ssl.SSLContext:
 _EXTRA_HEADERS, _EXTRA_QUERY, _EXTRA_BODY = "extra_headers", "extra_query", "extra_body"
 
 
-def post_arguments(request: dict[str, Any], timeout_s: float) -> tuple[dict[str, Any], Any]:
+async def sdk_post(
+    client: Any, path: str, request: dict[str, Any], timeout_s: float, *, stream_cls: Any = None
+) -> Any:
+    """POST `request` through an official SDK client's own `post()`: the reply's JSON as parsed,
+    or with `stream_cls` (the SDK's `AsyncStream[object]`) its stream of parsed SSE events.
+
+    The SDK still builds the URL and headers, applies the timeout, sends through its pool and
+    raises its own error classes; what is skipped is its typed request and response models.
+    """
+    body, options = _post_arguments(request, timeout_s)
+    if stream_cls is None:
+        return await client.post(path, body=body, cast_to=object, options=options)
+    return await client.post(
+        path, body=body, cast_to=object, options=options, stream=True, stream_cls=stream_cls
+    )
+
+
+def _post_arguments(request: dict[str, Any], timeout_s: float) -> tuple[dict[str, Any], Any]:
     """(JSON body, request options) for one call through an SDK client's `post()`.
 
     The typed methods' `extra_headers`/`extra_query`/`extra_body` keywords keep working: they

@@ -31,8 +31,8 @@ from gateway.providers._http import (
     call_timeout,
     check_limits,
     httpx2_client,
-    post_arguments,
     require_time,
+    sdk_post,
 )
 from gateway.providers._messages import to_anthropic
 from gateway.providers.base import LLMService
@@ -103,9 +103,8 @@ class AnthropicService(LLMService):
         request = self._request(checked, temperature, max_tokens, json_mode, params)
         timeout = call_timeout(timeout_s, self.timeout_s)
         require_time(timeout, self.name)
-        body, options = post_arguments(request, timeout)
         with _errors.mapped_by(lambda exc: self._error(exc, checked)):
-            response = await self._client.post(_PATH, body=body, cast_to=object, options=options)
+            response = await sdk_post(self._client, _PATH, request, timeout)
         return self._completion(response)
 
     def _completion(self, response: Any) -> Completion:
@@ -154,14 +153,12 @@ class AnthropicService(LLMService):
         model: str | None = None
         response_id: str | None = None
         finished = False
-        body, options = post_arguments({**request, "stream": True}, timeout_s)
         with _errors.mapped_by(lambda exc: self._error(exc, checked)):
-            stream = await self._client.post(
+            stream = await sdk_post(
+                self._client,
                 _PATH,
-                body=body,
-                cast_to=object,
-                options=options,
-                stream=True,
+                {**request, "stream": True},
+                timeout_s,
                 stream_cls=anthropic.AsyncStream[object],
             )
             async with stream:

@@ -27,8 +27,8 @@ from gateway.providers._http import (
     call_timeout,
     check_limits,
     httpx2_client,
-    post_arguments,
     require_time,
+    sdk_post,
 )
 from gateway.providers._messages import JSON_INSTRUCTION
 from gateway.providers.base import LLMService
@@ -108,9 +108,8 @@ class OpenAIService(LLMService):
         request = self._request(checked, temperature, max_tokens, json_mode, params)
         timeout = call_timeout(timeout_s, self.timeout_s)
         require_time(timeout, self.name)
-        body, options = post_arguments(request, timeout)
         with _errors.mapped_by(lambda exc: self._error(exc, checked)):
-            response = await self._client.post(_PATH, body=body, cast_to=object, options=options)
+            response = await sdk_post(self._client, _PATH, request, timeout)
         return _openai_shape.completion(response, provider=self.name, model=self.model)
 
     def stream(
@@ -135,15 +134,9 @@ class OpenAIService(LLMService):
     ) -> AsyncIterator[str | StreamEnd]:
         require_time(timeout_s, self.name)
         reader = _openai_shape.ChunkReader(provider=self.name, first_choice_only=True)
-        body, options = post_arguments(request, timeout_s)
         with _errors.mapped_by(lambda exc: self._error(exc, checked)):
-            stream = await self._client.post(
-                _PATH,
-                body=body,
-                cast_to=object,
-                options=options,
-                stream=True,
-                stream_cls=openai.AsyncStream[object],
+            stream = await sdk_post(
+                self._client, _PATH, request, timeout_s, stream_cls=openai.AsyncStream[object]
             )
             async with stream:
                 async for chunk in stream:
