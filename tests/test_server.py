@@ -895,6 +895,32 @@ async def test_access_log_has_one_line_per_request_without_prompts_or_keys(
 # --- process ----------------------------------------------------------------------------------
 
 
+async def test_serves_on_uvloop_and_httptools_and_without_them(
+    server: ServerProcess, upstream: FakeUpstream, policy_file: Path, tmp_path: Path
+) -> None:
+    assert "event loop: uvloop; HTTP parser: httptools" in server.log()
+    # Where they cannot be imported, uvicorn's own asyncio loop and h11 parser serve instead.
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    for name in ("uvloop", "httptools"):
+        (hidden / f"{name}.py").write_text(f"raise ImportError('{name} hidden by the test')\n")
+    path = os.pathsep.join([str(hidden), os.environ.get("PYTHONPATH", "")])
+    env = {"GATEWAY_API_KEYS": CLIENT_KEY, "GATEWAY_POLICY_WATCH_S": "0", "PYTHONPATH": path}
+    with ServerProcess(policy_file, log_path=tmp_path / "plain.log", env=env) as plain:
+        await asyncio.to_thread(plain.wait_ready)
+        assert "event loop: asyncio; HTTP parser: h11" in plain.log()
+        async with openai.AsyncOpenAI(
+            base_url=plain.url + "/v1", api_key=CLIENT_KEY, max_retries=0
+        ) as sdk:
+            reply = await sdk.chat.completions.create(model="chat", messages=user("hi"))
+            assert reply.choices[0].message.content == MINI_TEXT
+            stream = await sdk.chat.completions.create(
+                model="chat", messages=user("hi"), stream=True
+            )
+            text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+            assert text == MINI_TEXT
+
+
 async def test_refuses_a_non_loopback_host_without_keys(policy_file: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     result = await asyncio.to_thread(

@@ -10,6 +10,7 @@ reads the file as it starts.
 from __future__ import annotations
 
 import copy
+import importlib
 import logging
 import os
 import signal
@@ -44,6 +45,21 @@ def log_config(level: str = "INFO") -> dict[str, Any]:
     config = copy.deepcopy(LOGGING_CONFIG)
     config["loggers"]["gateway"] = {"handlers": ["default"], "level": level, "propagate": False}
     return config
+
+
+def event_loop_and_parser() -> tuple[str, str]:
+    """uvloop and httptools (dependencies of the gateway) where they import, else asyncio's
+    own loop and h11: what uvicorn's `auto` picks, named so that the log can say it. The fast
+    pair takes ~0.3 ms of the server's CPU off each request."""
+    return _importable("uvloop", "asyncio"), _importable("httptools", "h11")
+
+
+def _importable(name: str, fallback: str) -> str:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return fallback
+    return name
 
 
 def serve(
@@ -87,6 +103,7 @@ def serve(
         if workers > 1 and not os.environ.get(MULTIPROC_ENV):
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="gateway-metrics-"))
             os.environ[MULTIPROC_ENV] = folder
+        loop, http = event_loop_and_parser()
         config = uvicorn.Config(
             APP_FACTORY,
             factory=True,
@@ -96,17 +113,15 @@ def serve(
             access_log=False,  # the gateway writes its own access line (no query strings)
             log_config=log_config(),
             lifespan="on",
-            # uvloop and httptools when installed (they are dependencies), else asyncio's own
-            # loop and h11: uvicorn falls back by itself. Together they take ~0.3 ms of the
-            # server's CPU off each request.
-            loop="auto",
-            http="auto",
+            loop=loop,
+            http=http,
             timeout_graceful_shutdown=round(settings.shutdown_grace_s),
             # Longer than clients' own idle-connection lifetime (the OpenAI SDK keeps idle
             # connections 5 s, as does uvicorn by default): otherwise both close the same idle
             # connection at once and the client's next request fails with a connection error.
             timeout_keep_alive=KEEP_ALIVE_S,
         )
+        log.info("event loop: %s; HTTP parser: %s", loop, http)
         unavailable = [name for name, spec in policy.providers.items() if not spec.available]
         if unavailable:
             print(
