@@ -35,6 +35,9 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
         "typing_extensions.py",
         "httpx2",
         "httpcore2",
+        "aiohttp",
+        "yarl",
+        "multidict",
     ),
     "the HTTP server: uvicorn, FastAPI, Starlette, pydantic": (
         "uvicorn",
@@ -47,6 +50,9 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
     "anyio and h11 (both sides)": ("anyio", "h11"),
     "gateway code": ("gateway/",),
     "tenacity, pybreaker, prometheus_client": ("tenacity", "pybreaker", "prometheus_client"),
+    # Under uvloop the loop runs in C inside asyncio.Runner.run: its own time is the waiting
+    # (epoll) and the socket reads and writes libuv does; under asyncio's loop they show apart.
+    "the event loop in C: waiting for the network, socket I/O (uvloop)": ("stdlib: runners.py",),
     "waiting for the network (epoll)": ("C: <method 'poll'",),
     "socket sends": ("C: <method 'send'",),
 }
