@@ -985,6 +985,14 @@ async def test_simulate_mode_serves_without_keys(tmp_path: Path) -> None:
         assert streamed.headers["x-gateway-attempts-detail"] == "sonnet:streaming"
         assert streamed.text.endswith("data: [DONE]\n\n")
         assert f"curl -s {sim.url}/v1/chat/completions" in sim.log()
+        fake_url = re.search(r"providers are a FakeUpstream at (\S+);", sim.log())
+        assert fake_url is not None
+        assert httpx.get(fake_url.group(1) + "/_fake/health").status_code == 200
+        # SIGTERM is a clean stop: exit code 0, and the simulation's FakeUpstream goes with it.
+        sim.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(sim.wait, 20) == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(fake_url.group(1) + "/_fake/health", timeout=5)
 
 
 async def test_workers_share_metrics_and_each_reloads_on_sighup(

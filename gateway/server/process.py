@@ -38,6 +38,7 @@ EXIT_STARTUP_FAILED = 3
 APP_FACTORY = "gateway.server.app:app_from_env"
 KEEP_ALIVE_S = 75
 """Seconds an idle client connection stays open."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def log_config(level: str = "INFO") -> dict[str, Any]:
@@ -139,10 +140,29 @@ def serve(
             return exc.code if isinstance(exc.code, int) else EXIT_STARTUP_FAILED
 
 
+class _Stopped(Exception):
+    """SIGINT or SIGTERM, raised again by uvicorn once it has shut down."""
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise _Stopped
+
+
 def _run(config: uvicorn.Config) -> int:
     if config.workers == 1:
         server = uvicorn.Server(config)
-        server.run()
+        # uvicorn raises the signal that stopped it again after its shutdown, with the handler
+        # it found installed: by default that kills the process (SIGTERM) before serve()'s own
+        # cleanup runs, and `--simulate` left its FakeUpstream process behind. Found installed,
+        # this handler turns it into an exception that ends the run cleanly instead.
+        previous = {sig: signal.signal(sig, _raise_stopped) for sig in STOP_SIGNALS}
+        try:
+            server.run()
+        except _Stopped:
+            return EXIT_OK
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         return EXIT_OK if server.started else EXIT_STARTUP_FAILED
     sock = config.bind_socket()
     try:
