@@ -675,6 +675,27 @@ def test_an_unknown_key_shows_no_value() -> None:
     assert "sk-live-zzzz9999" not in str(error)
 
 
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("version: 1", "version: 1\ndefaults: ${OPENAI_API_KEY}"),  # a value of the wrong type
+        ("type: openai", "type: ${OPENAI_API_KEY}"),  # an unknown provider type
+        ("chain: [mini, sonnet]", "chain: [mini, '${OPENAI_API_KEY}']"),  # an undefined provider
+    ],
+    ids=["wrong-type", "unknown-type", "undefined-provider"],
+)
+def test_a_key_from_the_environment_in_the_wrong_place_is_shown_as_its_reference(
+    old: str, new: str
+) -> None:
+    # The loader cannot know a misplaced value is a key; it knows it came from the environment.
+    text = replace(old, new)
+
+    error = error_of(text, environ=KEYS)
+
+    assert KEYS["OPENAI_API_KEY"] not in str(error)
+    assert "${OPENAI_API_KEY}" in error.reason
+
+
 def test_alias_bombs_are_refused() -> None:
     lines = ["version: 1", "a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     for level in range(1, 7):
@@ -752,6 +773,27 @@ def test_reprs_never_show_a_key() -> None:
     for secret in KEYS.values():
         assert secret not in repr(policy)
         assert secret not in str(policy.providers)
+
+
+def test_values_from_the_environment_are_shown_as_their_references() -> None:
+    # An option can carry a credential under any name (a header, a token field): what came
+    # from the environment is shown as the reference, in the admin view and in reprs.
+    token = "tok-live-5551234"
+    text = replace(
+        "model: gpt-4o-mini",
+        "model: gpt-4o-mini\n"
+        "    options: {default_headers: {Authorization: 'Bearer ${GATEWAY_TOKEN}'}}",
+    )
+    policy = parse_policy(text, environ={"GATEWAY_TOKEN": token})
+
+    shown = policy.masked()
+    headers = shown["providers"]["mini"]["options"]["default_headers"]
+    assert headers == {"Authorization": "Bearer ${GATEWAY_TOKEN}"}
+    for text_form in (json.dumps(shown), repr(policy), str(policy.providers)):
+        assert token not in text_form
+    # The provider itself still gets the real value.
+    options = policy.providers["mini"].factory_options()["default_headers"]
+    assert options == {"Authorization": f"Bearer {token}"}
 
 
 # --- fingerprints ----------------------------------------------------------------------------

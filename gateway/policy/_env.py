@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gateway.errors import PolicyError
+from gateway.policy._masking import scrub_text
 from gateway.policy._messages import describe
 from gateway.policy._yaml import KeyPath, format_path, line_of
 
@@ -32,6 +33,10 @@ class Substituter:
         self.lines = lines
         self.source = source
         self.unset_by_provider: dict[str, list[str]] = {}
+        # Each value taken from the environment, and the reference it replaced: errors about
+        # the substituted tree show the reference instead (the value may be a key that ended
+        # up in the wrong place).
+        self._revealed: dict[str, str] = {}
 
     def walk(self, value: Any, path: KeyPath) -> Any:
         if isinstance(value, dict):
@@ -62,6 +67,7 @@ class Substituter:
                 )
             value = self.environ.get(name, "")
             if value:
+                self._revealed[value] = f"${{{name}}}"
                 return value
             default = match.group("default")
             if default is not None:
@@ -85,6 +91,18 @@ class Substituter:
             line=line_of(path, self.lines),
             source=self.source,
         )
+
+    @property
+    def revealed(self) -> dict[str, str]:
+        """Each value taken from the environment, and the `${NAME}` it replaced."""
+        return dict(self._revealed)
+
+    def scrubbed(self, error: PolicyError) -> PolicyError:
+        """`error` with every environment value it repeats shown as its `${NAME}`."""
+        reason = scrub_text(error.reason, self._revealed)
+        if reason == error.reason:
+            return error
+        return PolicyError(reason, path=error.path, line=error.line, source=error.source)
 
 
 def unavailable_reason(names: Sequence[str] | None) -> str | None:

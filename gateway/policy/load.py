@@ -6,7 +6,8 @@ value and the fix:
 1. YAML is composed into nodes, so every value keeps its line; duplicate keys are rejected
    (PyYAML would silently keep the last one) and booleans follow YAML 1.2 (`on:` is a key,
    not `True`; `2024-10-21` stays text).
-2. `${VAR}` and `${VAR:-default}` are substituted in string values of the parsed tree.
+2. `${VAR}` and `${VAR:-default}` are substituted in string values of the parsed tree. From
+   here on, an error that would repeat a value taken from the environment shows its `${VAR}`.
 3. The tree is validated against the file-form models (these also give the JSON Schema).
 4. The file form is resolved: defaults merged key by key into each provider, `{task: other}`
    chain entries spliced in, and every name cross-checked.
@@ -22,6 +23,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -29,7 +31,7 @@ from gateway.errors import PolicyError
 from gateway.policy._env import Substituter
 from gateway.policy._messages import YAML_TYPE_NAMES, describe, translate
 from gateway.policy._resolve import Resolver
-from gateway.policy._yaml import read_with_lines
+from gateway.policy._yaml import KeyPath, read_with_lines
 from gateway.policy.document import PolicyDocument
 from gateway.policy.models import Policy
 
@@ -67,6 +69,22 @@ def parse_policy(
         )
     substituter = Substituter(os.environ if environ is None else environ, lines, source)
     tree = substituter.walk(tree, ())
+    try:
+        policy = _build(tree, raw, lines, source, substituter)
+    except PolicyError as exc:
+        raise substituter.scrubbed(exc) from None
+    policy.remember_revealed(substituter.revealed)
+    return policy
+
+
+def _build(
+    tree: dict[str, Any],
+    raw: bytes,
+    lines: Mapping[KeyPath, int],
+    source: str,
+    substituter: Substituter,
+) -> Policy:
+    """The `Policy` from a substituted tree: validation, then resolution."""
     try:
         document = PolicyDocument.model_validate(tree)
     except ValidationError as exc:

@@ -12,6 +12,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationInfo,
     field_serializer,
@@ -20,7 +21,7 @@ from pydantic import (
 )
 
 from gateway.errors import ErrorKind, UnknownTaskError
-from gateway.policy._masking import mask_secret_keys, mask_url
+from gateway.policy._masking import mask_secret_keys, mask_url, scrub
 
 DEFAULT_TASK = "default"
 DEFAULT_RETRY_ON = frozenset(
@@ -238,13 +239,24 @@ class ProviderSpec(BaseModel):
         encoded = json.dumps(material, sort_keys=True, default=repr).encode()
         return hashlib.sha256(encoded).hexdigest()
 
+    # Values the loader took from the environment (value -> `${NAME}`): shown as references.
+    _revealed: dict[str, str] = PrivateAttr(default_factory=dict)
+
     def masked(self) -> dict[str, Any]:
         shown = self.model_dump(mode="json")
         shown["api_key"] = "***" if self.api_key else None
         if self.base_url:
             shown["base_url"] = mask_url(self.base_url)
         shown["options"] = mask_secret_keys(self.options)
-        return shown
+        return scrub(shown, self._revealed)
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name == "options":
+                value = scrub(mask_secret_keys(self.options), self._revealed)
+            elif isinstance(value, str):
+                value = scrub(value, self._revealed)
+            yield name, value
 
 
 class Policy(BaseModel):
@@ -271,10 +283,30 @@ class Policy(BaseModel):
             )
         return spec
 
+    _revealed: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def remember_revealed(self, revealed: dict[str, str]) -> None:
+        """Note the values the loader took from the environment (value -> `${NAME}`), so that
+        `masked()` and the providers' reprs show those references, never the values."""
+        self._revealed = dict(revealed)
+        for spec in self.providers.values():
+            spec._revealed = self._revealed
+
+    def __repr__(self) -> str:
+        # The whole tree would repeat every option and parameter; these say which policy it is.
+        return (
+            f"Policy(source={self.source!r}, sha256={self.sha256[:12]!r}, "
+            f"providers={sorted(self.providers)}, tasks={sorted(self.tasks)})"
+        )
+
     def masked(self) -> dict[str, Any]:
-        """The policy in effect as JSON-able data, with API keys shown as "***" or null."""
+        """The policy in effect as JSON-able data, with API keys shown as "***" or null, and
+        values taken from the environment as their `${NAME}`."""
         state = self.state.model_dump(mode="json")
         state["url"] = mask_url(self.state.url)
+        return scrub(self._masked_tree(state), self._revealed)
+
+    def _masked_tree(self, state: dict[str, Any]) -> dict[str, Any]:
         return {
             "version": self.version,
             "defaults": self.defaults.model_dump(mode="json"),
