@@ -105,24 +105,6 @@ TARGETS = (
         lambda v: v <= 100e-6,
         lambda r: _round_added(r, "router", BASELINE),
     ),
-    # The gateway's provider is faster than the typed SDK call (see below), which flatters the
-    # two rows above: these hold the Router to the same goals against its own provider alone.
-    Target(
-        "stricter: Router throughput / its own provider's, no router",
-        ">= 0.95",
-        lambda r: _ratio(_throughput(r, "router"), _throughput(r, PROVIDER)),
-        lambda v: f"{v:.2f}",
-        lambda v: v >= 0.95,
-        lambda r: _round_ratios(r, "router", PROVIDER),
-    ),
-    Target(
-        "stricter: Router p50 added over its own provider, no router",
-        "<= 100 µs",
-        lambda r: _added(r, "router", PROVIDER),
-        lambda v: f"{v * 1e6:+.0f} µs",
-        lambda v: v <= 100e-6,
-        lambda r: _round_added(r, "router", PROVIDER),
-    ),
     Target(
         "Router throughput / LiteLLM Router throughput",
         ">= 5",
@@ -153,6 +135,29 @@ TARGETS = (
         lambda v: f"{v * 1e3:+.2f} ms",
         lambda v: v <= 1e-3,
         lambda r: _round_added(r, "serve", BASELINE),
+    ),
+)
+
+
+# The gateway's provider is faster than the typed SDK call of the baseline, which flatters the
+# first two targets: the same figures against the provider alone show what the Router itself
+# costs. Shown beside the targets, not as targets (the issue sets its goals against the SDK).
+OVERHEAD = (
+    Target(
+        "Router throughput / its own provider's throughput, no router",
+        ">= 0.95",
+        lambda r: _ratio(_throughput(r, "router"), _throughput(r, PROVIDER)),
+        lambda v: f"{v:.2f}",
+        lambda v: v >= 0.95,
+        lambda r: _round_ratios(r, "router", PROVIDER),
+    ),
+    Target(
+        "Router p50 added over its own provider, no router",
+        "<= 100 µs",
+        lambda r: _added(r, "router", PROVIDER),
+        lambda v: f"{v * 1e6:+.0f} µs",
+        lambda v: v <= 100e-6,
+        lambda r: _round_added(r, "router", PROVIDER),
     ),
 )
 
@@ -219,11 +224,7 @@ def targets_table(results: Results) -> list[str]:
         "## Targets",
         "",
         "Measured over the whole run; beside it, the lowest and highest of the same figure "
-        "taken round by round, to show how much the shared machine moved it. The gateway's "
-        "providers call the SDK's `post()` over the SDK's aiohttp adapter, which is faster "
-        "than the typed SDK call of the baseline; the two rows marked *stricter* hold the "
-        "Router to the same goals against its own provider, so that they show what routing, "
-        "retries, breakers and metrics cost by themselves.",
+        "taken round by round, to show how much the shared machine moved it.",
         "",
         "| target | goal | measured | round by round | |",
         "|---|---|---|---|---|",
@@ -239,6 +240,25 @@ def targets_table(results: Results) -> list[str]:
         lines.append(
             f"| {target.label} | {target.goal} | {target.show(value)} | {spread} | {verdict} |"
         )
+    lines += [
+        "",
+        "### The Router over its own provider",
+        "",
+        "The gateway's providers call the SDK's `post()` over the SDK's aiohttp adapter, which "
+        "is faster than the typed SDK call of the baseline above. Against the gateway's own "
+        "provider called alone, the same figures show what routing, retries, breakers and "
+        "metrics cost by themselves (for reading, not targets: the goals above are set against "
+        "the SDK).",
+        "",
+        "| figure | measured | round by round |",
+        "|---|---|---|",
+    ]
+    for figure in OVERHEAD:
+        value = figure.measure(results)
+        shown = "not measured" if value is None else figure.show(value)
+        rounds = figure.spread(results)
+        spread = f"{figure.show(min(rounds))} to {figure.show(max(rounds))}" if rounds else ""
+        lines.append(f"| {figure.label} | {shown} | {spread} |")
     return [*lines, ""]
 
 

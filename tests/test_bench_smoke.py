@@ -55,6 +55,8 @@ def test_quick_run_writes_every_row_and_keeps_the_analysis(tmp_path: Path) -> No
     for target in report.TARGETS:
         row = next(line for line in text.splitlines() if line.startswith(f"| {target.label} |"))
         assert "**met**" in row or "**not met**" in row, row
+    for figure in report.OVERHEAD:
+        assert f"| {figure.label} |" in text
     for name in (*MAIN_SCENARIOS, *FAILOVER_SCENARIOS):
         assert f"| {SCENARIOS[name].label} |" in text
     for statement in ("`import openai`", "`from gateway import Router`", "`import litellm`"):
