@@ -7,6 +7,7 @@ the time an answer takes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -18,6 +19,8 @@ from gateway.server.config import ADMIN_KEYS_ENV, API_KEYS_ENV, ServerSettings
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
+# Asked on every request in open mode; a client's address rarely changes between its requests.
+@functools.lru_cache(maxsize=1024)
 def is_loopback(host: str | None) -> bool:
     """True for 127.0.0.0/8, ::1 and localhost; a wildcard or any other name is not."""
     if not host:
