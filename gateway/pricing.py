@@ -31,7 +31,9 @@ BUNDLED_FILE = "model_prices_and_context_window_backup.json"
 
 # The bundled map keys most models by "<litellm provider>/<model>"; where this gateway's
 # provider type names differ from LiteLLM's, this says which prefix to look under.
-_BUNDLED_PREFIX: Mapping[str, str] = MappingProxyType({"azure_openai": "azure", "local": "ollama"})
+_BUNDLED_PREFIX: Mapping[str, str] = MappingProxyType(
+    {"azure_openai": "azure", "local": "ollama", "openai_http": "openai"}
+)
 _CACHE_LIMIT = 4096
 _DOCUMENTATION_ENTRY = "sample_spec"
 

@@ -19,9 +19,11 @@ from gateway.providers.base import LLMService
 from gateway.testing import FakeUpstream, Fault, fake_usage
 from gateway.testing._replies import split_words
 
-PROVIDERS = ["openai", "azure_openai", "anthropic", "ollama"]
+PROVIDERS = ["openai", "openai_http", "azure_openai", "anthropic", "ollama"]
+OPENAI_WIRE = ("openai", "openai_http", "azure_openai")
 MODELS = {
     "openai": "gpt-test",
+    "openai_http": "gpt-test",
     "azure_openai": "deploy-test",
     "anthropic": "claude-test",
     "ollama": "llama-test",
@@ -29,6 +31,7 @@ MODELS = {
 }
 PROTOCOLS = {
     "openai": "openai",
+    "openai_http": "openai",
     "azure_openai": "azure",
     "anthropic": "anthropic",
     "ollama": "ollama",
@@ -45,6 +48,7 @@ REPLY = "Revenue grew and costs fell."
 def make(name: str, up: FakeUpstream, **options: Any) -> LLMService:
     base_url = {
         "openai": up.openai_base_url,
+        "openai_http": up.openai_base_url,
         "azure_openai": up.azure_endpoint,
         "anthropic": up.anthropic_base_url,
         "ollama": up.ollama_base_url,
@@ -65,6 +69,7 @@ def make(name: str, up: FakeUpstream, **options: Any) -> LLMService:
 CLIENTS = [
     pytest.param(("openai", {}), id="openai"),
     pytest.param(("openai", {"http_transport": "httpx2"}), id="openai-httpx2"),
+    pytest.param(("openai_http", {}), id="openai_http"),
     pytest.param(("azure_openai", {}), id="azure_openai"),
     pytest.param(("azure_openai", {"http_transport": "httpx2"}), id="azure_openai-httpx2"),
     pytest.param(("anthropic", {}), id="anthropic"),
@@ -152,7 +157,7 @@ async def test_stream_yields_deltas_then_usage_finish_reason_and_id(
         assert stream.response_id
     received = upstream.requests[-1]
     assert received.stream is True
-    if llm.name in ("openai", "azure_openai"):
+    if llm.name in OPENAI_WIRE:
         assert received.body["stream_options"] == {"include_usage": True}
     if llm.name == "ollama":
         assert received.body["stream"] is True  # explicit, not Ollama's implicit default
@@ -195,7 +200,7 @@ async def test_json_mode_asks_each_upstream_in_its_own_way(
 
     assert isinstance(json.loads(completion.text), dict)
     body = upstream.requests[-1].body
-    if llm.name in ("openai", "azure_openai"):
+    if llm.name in OPENAI_WIRE:
         assert body["response_format"] == {"type": "json_object"}
         # OpenAI refuses JSON mode unless the conversation mentions JSON: an instruction leads.
         assert body["messages"][0] == {"role": "system", "content": JSON_INSTRUCTION}
@@ -221,7 +226,7 @@ async def test_sampling_options_and_extra_params_reach_the_upstream(
     await llm.complete(MESSAGES, temperature=0.25, max_tokens=64, top_p=0.5, stop=["END"])
 
     body = upstream.requests[-1].body
-    if llm.name in ("openai", "azure_openai"):
+    if llm.name in OPENAI_WIRE:
         assert (body["temperature"], body["max_tokens"], body["top_p"], body["stop"]) == (
             0.25,
             64,
@@ -242,7 +247,7 @@ async def test_sampling_options_and_extra_params_reach_the_upstream(
         }
 
 
-@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+@pytest.mark.parametrize("provider", ["openai", "openai_http", "anthropic"])
 @pytest.mark.parametrize("streamed", [False, True], ids=["complete", "stream"])
 async def test_the_sdks_extra_keywords_and_vendor_fields_reach_the_wire(
     upstream: FakeUpstream, isolated_settings: object, streamed: bool, provider: str
@@ -494,6 +499,7 @@ async def test_a_cut_stream_delivers_its_chunks_before_the_error(
 MIDSTREAM_KINDS = {
     "anthropic": ErrorKind.OVERLOADED,  # event: error, type overloaded_error
     "openai": ErrorKind.SERVER_ERROR,  # data: {"error": {"type": "server_error"}}
+    "openai_http": ErrorKind.SERVER_ERROR,
     "azure_openai": ErrorKind.SERVER_ERROR,
     "ollama": ErrorKind.OVERLOADED,  # {"error": "server busy, please try again. ..."}
 }

@@ -32,6 +32,7 @@ TIMEOUT_S = 2.0
 MAX_CONCURRENCY = 20
 PROTOCOLS = {  # provider type -> (model, base_url suffix)
     "openai": ("gpt-4o-mini", "/v1"),
+    "openai_http": ("gpt-4o-mini", "/v1"),
     "anthropic": ("claude-sonnet-4-5", ""),
     "ollama": ("llama3.2", ""),
 }

@@ -253,9 +253,9 @@ def connection_error(exc: BaseException, *, provider: str, timed_out: bool) -> P
     hung upstream.
     """
     for link in _chain(exc):
-        aiohttp_kind = _aiohttp_kind(link)
-        if aiohttp_kind is not None:
-            return transport_error(link, aiohttp_kind, provider=provider)
+        kind = aiohttp_kind(link)
+        if kind is not None:
+            return transport_error(link, kind, provider=provider)
     cause = exc.__cause__
     if timed_out:
         return transport_error(cause or exc, ErrorKind.TIMEOUT, provider=provider)
@@ -273,7 +273,7 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
-def _aiohttp_kind(exc: BaseException) -> ErrorKind | None:
+def aiohttp_kind(exc: BaseException) -> ErrorKind | None:
     """TIMEOUT or CONNECTION for an aiohttp client failure, else None.
 
     aiohttp is only loaded with the SDKs' aiohttp adapter; an exception cannot be one of its

@@ -115,7 +115,7 @@ def httpx_client(
     return httpx.AsyncClient(
         base_url=base_url,
         headers=headers,
-        verify=_httpx_tls(),
+        verify=httpx_tls(),
         timeout=httpx.Timeout(timeout_s),
         limits=httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
@@ -133,13 +133,13 @@ def _httpx2_tls() -> ssl.SSLContext:
 
 
 @functools.cache
-def _httpx_tls() -> ssl.SSLContext:
+def httpx_tls() -> ssl.SSLContext:
     import httpx
 
     return httpx.create_ssl_context()
 
 
-# The typed SDK methods' per-call extras, which the SDKs' `post()` takes as request options.
+# The typed SDK methods' per-call extras (`post()` and raw HTTP take them as headers and query).
 _EXTRA_HEADERS, _EXTRA_QUERY, _EXTRA_BODY = "extra_headers", "extra_query", "extra_body"
 
 
@@ -152,7 +152,12 @@ async def sdk_post(
     The SDK still builds the URL and headers, applies the timeout, sends through its pool and
     raises its own error classes; what is skipped is its typed request and response models.
     """
-    body, options = _post_arguments(request, timeout_s)
+    body, headers, query = split_extras(request)
+    options: dict[str, Any] = {"timeout": timeout_s}
+    if headers:
+        options["headers"] = headers
+    if query:
+        options["params"] = query
     if stream_cls is None:
         return await client.post(path, body=body, cast_to=object, options=options)
     return await client.post(
@@ -160,22 +165,19 @@ async def sdk_post(
     )
 
 
-def _post_arguments(request: dict[str, Any], timeout_s: float) -> tuple[dict[str, Any], Any]:
-    """(JSON body, request options) for one call through an SDK client's `post()`.
+def split_extras(
+    request: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, str] | None, dict[str, Any] | None]:
+    """(JSON body, extra headers, extra query) for one request.
 
-    The typed methods' `extra_headers`/`extra_query`/`extra_body` keywords keep working: they
-    become request options, and `extra_body`'s fields are merged into the body. Any other
+    The typed SDK methods' `extra_headers`/`extra_query`/`extra_body` keywords keep working
+    wherever the request is sent: `extra_body`'s fields are merged into the body. Any other
     field (a newer or vendor-specific parameter) goes on the wire as it is.
     """
     body = dict(request)
-    options: dict[str, Any] = {"timeout": timeout_s}
     headers = body.pop(_EXTRA_HEADERS, None)
     query = body.pop(_EXTRA_QUERY, None)
     extra = body.pop(_EXTRA_BODY, None)
-    if headers:
-        options["headers"] = headers
-    if query:
-        options["params"] = query
     if extra:
         body.update(extra)
-    return body, options
+    return body, headers or None, query or None

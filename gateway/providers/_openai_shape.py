@@ -13,10 +13,36 @@ from typing import Any
 
 from gateway.errors import ErrorKind, ProviderError
 from gateway.providers import _errors
-from gateway.types import Completion, StreamEnd, Usage
+from gateway.providers._messages import JSON_INSTRUCTION
+from gateway.types import Completion, StreamEnd, Usage, content_text
 
 # Error codes that say more than the HTTP status they come with.
 _SPECIFIC_CODES = frozenset({ErrorKind.CONTEXT_LENGTH, ErrorKind.CONTENT_FILTER})
+
+
+def request_body(
+    model: str,
+    messages: list[dict[str, Any]],
+    temperature: float | None,
+    max_tokens: int | None,
+    json_mode: bool,
+    params: dict[str, Any],
+) -> dict[str, Any]:
+    """A Chat Completions request; fields the caller set in `params` go on the wire as given."""
+    request: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        **params,
+        **sampling_fields(temperature, max_tokens, json_mode=json_mode),
+    }
+    if json_mode and not _mentions_json(messages):
+        # OpenAI rejects JSON mode unless the conversation mentions JSON.
+        request["messages"] = [{"role": "system", "content": JSON_INSTRUCTION}, *messages]
+    return request
+
+
+def _mentions_json(messages: list[dict[str, Any]]) -> bool:
+    return any("json" in content_text(m.get("content")).lower() for m in messages)
 
 
 def sampling_fields(

@@ -30,7 +30,6 @@ from gateway.providers._http import (
     require_time,
     sdk_post,
 )
-from gateway.providers._messages import JSON_INSTRUCTION
 from gateway.providers.base import LLMService
 from gateway.settings import get_settings, require_key
 from gateway.types import (
@@ -38,7 +37,6 @@ from gateway.types import (
     Completion,
     Message,
     StreamEnd,
-    content_text,
     validate_messages,
 )
 
@@ -152,16 +150,9 @@ class OpenAIService(LLMService):
         json_mode: bool,
         params: dict[str, Any],
     ) -> dict[str, Any]:
-        request: dict[str, Any] = {
-            "model": self._wire_model,
-            "messages": messages,
-            **params,
-            **_openai_shape.sampling_fields(temperature, max_tokens, json_mode=json_mode),
-        }
-        if json_mode and not _mentions_json(messages):
-            # OpenAI rejects JSON mode unless the conversation mentions JSON.
-            request["messages"] = [{"role": "system", "content": JSON_INSTRUCTION}, *messages]
-        return request
+        return _openai_shape.request_body(
+            self._wire_model, messages, temperature, max_tokens, json_mode, params
+        )
 
     def _error(self, exc: Exception, messages: list[dict[str, Any]]) -> ProviderError | None:
         """The `ProviderError` for an SDK failure; None for anything else."""
@@ -171,10 +162,6 @@ class OpenAIService(LLMService):
     async def aclose(self) -> None:
         await self._client.close()
         await self._http.aclose()
-
-
-def _mentions_json(messages: list[dict[str, Any]]) -> bool:
-    return any("json" in content_text(m.get("content")).lower() for m in messages)
 
 
 def openai_error(

@@ -41,6 +41,7 @@ class _Lazy:
 
 _BUILTINS: dict[str, _Lazy] = {
     "openai": _Lazy("gateway.providers.openai:OpenAIService", "openai"),
+    "openai_http": _Lazy("gateway.providers.openai_http:OpenAIHTTPService", "aiohttp"),
     "azure_openai": _Lazy("gateway.providers.azure_openai:AzureOpenAIService", "openai"),
     "anthropic": _Lazy("gateway.providers.anthropic:AnthropicService", "anthropic"),
     "ollama": _Lazy("gateway.providers.ollama:OllamaService", "httpx"),
