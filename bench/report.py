@@ -136,6 +136,14 @@ TARGETS = (
         lambda v: v <= 1e-3,
         lambda r: _round_added(r, "serve", BASELINE),
     ),
+    Target(
+        "the same, the server's chain on the `openai_http` provider",
+        "<= 1 ms",
+        lambda r: _added(r, "serve_http", BASELINE),
+        lambda v: f"{v * 1e3:+.2f} ms",
+        lambda v: v <= 1e-3,
+        lambda r: _round_added(r, "serve_http", BASELINE),
+    ),
 )
 
 

@@ -42,8 +42,19 @@ from gateway.testing import FakeUpstream, Fault
 
 REPO = Path(__file__).resolve().parents[1]
 
-MAIN_SCENARIOS = ("direct", "raw_http", "provider", "router", "litellm", "serve")
+MAIN_SCENARIOS = (
+    "direct",
+    "raw_http",
+    "provider",
+    "router",
+    "router_http",
+    "litellm",
+    "serve",
+    "serve_http",
+)
 """Measured for latency, throughput and streams, in this order in the report."""
+SERVE_SCENARIOS = ("serve", "serve_http")
+"""The clients of the one `gateway serve` process the run starts."""
 FAILOVER_SCENARIOS = ("failover_open", "failover_without")
 """Measured for sequential latency only, against each other."""
 
@@ -351,7 +362,7 @@ class Run:
                 self.clients[name] = ClientProcess.start(
                     name,
                     upstream_url=upstream_url,
-                    server_url=server_url if name == "serve" else None,
+                    server_url=server_url if name in SERVE_SCENARIOS else None,
                     plan=self.plan,
                     log_dir=log_dir,
                 )
@@ -502,7 +513,8 @@ def run(plan: Plan, results: Results, progress: Callable[[str], None]) -> Result
             server_url = server.url
         except (RuntimeError, OSError) as exc:
             server = None
-            results.scenarios["serve"].not_run = f"gateway serve could not start: {exc}"
+            for name in SERVE_SCENARIOS:
+                results.scenarios[name].not_run = f"gateway serve could not start: {exc}"
             progress(f"  serve: not run: {exc}")
         stack.callback(bench_run.close_clients)
         progress("starting the clients (imports and warm-up)")

@@ -26,6 +26,8 @@ BACKUP_MODEL = "gpt-4o"
 DEAD_MODEL = "dead-model"
 """The model the upstream always fails: the first provider of the failover chain."""
 TASK = "default"
+LEAN_TASK = "lean"
+"""The same chain on the `openai_http` provider (no SDK on the gateway's side)."""
 FAILOVER_TASK = "failover"
 SINGLE_TASK = "single"
 BENCH_KEY = "bench-key"
@@ -204,6 +206,23 @@ class GatewayRouter(_GatewayScenario):
             raise WrongAnswer(f"{self.name}: streamed by {stream.provider}, expected primary")
 
 
+class GatewayRouterHTTP(_GatewayScenario):
+    """`gateway.Router` as in (b), its chain on the `openai_http` provider instead."""
+
+    name = "router_http"
+    label = "gateway Router, openai_http provider"
+
+    async def call(self) -> None:
+        await self._generate(LEAN_TASK, "primary_http")
+
+    async def _deltas(self) -> AsyncIterator[str]:
+        async with self._router.stream(MESSAGES, task=LEAN_TASK) as stream:
+            async for delta in stream:
+                yield delta
+        if stream.provider != "primary_http":
+            raise WrongAnswer(f"{self.name}: streamed by {stream.provider}, expected primary_http")
+
+
 class FailoverOpenBreaker(_GatewayScenario):
     """The chain [dead, primary] once dead's breaker is open: every request skips dead."""
 
@@ -296,6 +315,8 @@ class GatewayServe(DirectSDK):
 
     name = "serve"
     label = "gateway serve (via OpenAI SDK)"
+    task = TASK
+    """What the client names as `model`: the server routes by task."""
 
     async def start(self) -> None:
         import httpx2
@@ -321,17 +342,25 @@ class GatewayServe(DirectSDK):
 
     async def call(self) -> None:
         # The server routes by task: `model` names it.
-        reply = await self._client.chat.completions.create(model=TASK, messages=SDK_MESSAGES)
+        reply = await self._client.chat.completions.create(model=self.task, messages=SDK_MESSAGES)
         check_text(self.name, reply.choices[0].message.content)
 
     async def _deltas(self) -> AsyncIterator[str]:
         stream = await self._client.chat.completions.create(
-            model=TASK, messages=SDK_MESSAGES, stream=True
+            model=self.task, messages=SDK_MESSAGES, stream=True
         )
         async with stream:
             async for chunk in stream:
                 if text := _chunk_text(chunk):
                     yield text
+
+
+class GatewayServeHTTP(GatewayServe):
+    """(d) as above, the server's chain on the `openai_http` provider."""
+
+    name = "serve_http"
+    label = "gateway serve, openai_http provider (via OpenAI SDK)"
+    task = LEAN_TASK
 
 
 class RawHTTP(Scenario):
@@ -381,8 +410,10 @@ SCENARIOS: dict[str, type[Scenario]] = {
         DirectSDK,
         GatewayProvider,
         GatewayRouter,
+        GatewayRouterHTTP,
         LiteLLMRouter,
         GatewayServe,
+        GatewayServeHTTP,
         RawHTTP,
         FailoverOpenBreaker,
         FailoverWithout,

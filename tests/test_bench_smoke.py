@@ -103,7 +103,7 @@ def test_report_verdicts_follow_the_goals_and_the_analysis_is_kept(tmp_path: Pat
         "failover_open": _result("failover_open", 0.001300, 1.0),
         "failover_without": _result("failover_without", 0.001050, 1.0),  # +250 µs: not met
     }
-    for name in ("raw_http", "provider", "serve"):
+    for name in ("raw_http", "provider", "router_http", "serve", "serve_http"):
         results.scenarios[name] = ScenarioResult(name, SCENARIOS[name].label, not_run="skipped")
     results.layers = [asdict(Layer("Router.generate, hooks=[]", 12.5, "+10.0 µs"))]
     out = tmp_path / "performance.md"
