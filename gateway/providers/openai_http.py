@@ -213,6 +213,10 @@ class OpenAIHTTPService(LLMService):
             kind = ErrorKind.TIMEOUT
         if kind is not None:
             return _errors.transport_error(exc, kind, provider=self.name)
+        if isinstance(exc, ValueError):
+            # Bad JSON, or an SSE line longer than aiohttp's line limit (64 KiB): either way
+            # not what the protocol promises.
+            return _errors.malformed_error(exc, provider=self.name)
         return _errors.unwrapped_error(exc, provider=self.name)
 
     async def aclose(self) -> None:
