@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from bench.runner import REPO, child_environment, free_port
-from bench.scenarios import REPLY_TEXT, SDK_MESSAGES, TASK
+from bench.scenarios import LEAN_TASK, REPLY_TEXT, SDK_MESSAGES, TASK
 from gateway.testing import FakeUpstream
 
 READY_TIMEOUT_S = 60.0
@@ -104,7 +104,7 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
     raise RuntimeError(f"the profiled server did not answer within {READY_TIMEOUT_S:g} s")
 
 
-def drive(url: str, requests: int, *, stream: bool) -> float:
+def drive(url: str, requests: int, *, stream: bool, task: str = TASK) -> float:
     """Send the requests one at a time; seconds per request."""
     import openai
 
@@ -113,11 +113,11 @@ def drive(url: str, requests: int, *, stream: bool) -> float:
     for _ in range(requests):
         if stream:
             for _chunk in client.chat.completions.create(
-                model=TASK, messages=SDK_MESSAGES, stream=True
+                model=task, messages=SDK_MESSAGES, stream=True
             ):
                 pass
         else:
-            client.chat.completions.create(model=TASK, messages=SDK_MESSAGES)
+            client.chat.completions.create(model=task, messages=SDK_MESSAGES)
     client.close()
     return (time.perf_counter() - began) / requests
 
@@ -127,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1500)
     parser.add_argument("--stream", action="store_true", help="streamed requests")
     parser.add_argument("--top", type=int, default=25, help="rows to print")
+    parser.add_argument(
+        "--lean", action="store_true", help="the task on the openai_http provider (no SDK)"
+    )
     args = parser.parse_args(argv)
     if args.requests < 1:
         parser.error("--requests must be at least 1")
@@ -148,8 +151,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             try:
                 _wait_ready(url, server)
-                drive(url, min(100, args.requests), stream=args.stream)  # warm-up
-                per_request = drive(url, args.requests, stream=args.stream)
+                task = LEAN_TASK if args.lean else TASK
+                drive(url, min(100, args.requests), stream=args.stream, task=task)  # warm-up
+                per_request = drive(url, args.requests, stream=args.stream, task=task)
             finally:
                 server.send_signal(signal.SIGINT)
                 server.wait(60)
