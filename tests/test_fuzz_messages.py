@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
 from gateway.errors import GatewayError, InvalidRequestError, ProviderError
+from gateway.providers import _openai_shape
 from gateway.providers.anthropic import AnthropicService
 from gateway.providers.base import LLMService
 from gateway.providers.litellm import LiteLLMService
@@ -315,7 +316,10 @@ def builders() -> Iterator[dict[str, tuple[Builder, Callable[[dict[str, Any]], l
     litellm = LiteLLMService(model="openai/gpt-4o-mini", api_key="test-key", base_url=UNUSED_URL)
     yield {
         # The same calls complete() and stream() make before anything is sent.
-        "openai": (lambda m, j: openai._request(m, None, None, j, {}), openai_problems),
+        "openai": (
+            lambda m, j: _openai_shape.request_body(openai.model, m, None, None, j, {}),
+            openai_problems,
+        ),
         "anthropic": (lambda m, j: anthropic._request(m, None, None, j, {}), anthropic_problems),
         "ollama": (
             lambda m, j: ollama._body(m, None, None, j, {}, stream=False),

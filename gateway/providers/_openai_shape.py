@@ -27,8 +27,14 @@ def request_body(
     max_tokens: int | None,
     json_mode: bool,
     params: dict[str, Any],
+    *,
+    stream: bool = False,
 ) -> dict[str, Any]:
-    """A Chat Completions request; fields the caller set in `params` go on the wire as given."""
+    """A Chat Completions request; fields the caller set in `params` go on the wire as given.
+
+    A streamed one asks for the usage chunk at the end, which is where a stream's tokens (and
+    so its cost) come from.
+    """
     request: dict[str, Any] = {
         "model": model,
         "messages": messages,
@@ -38,6 +44,9 @@ def request_body(
     if json_mode and not _mentions_json(messages):
         # OpenAI rejects JSON mode unless the conversation mentions JSON.
         request["messages"] = [{"role": "system", "content": JSON_INSTRUCTION}, *messages]
+    if stream:
+        request["stream"] = True
+        request["stream_options"] = {"include_usage": True}
     return request
 
 

@@ -103,7 +103,9 @@ class OpenAIService(LLMService):
         **params: Any,
     ) -> Completion:
         checked = validate_messages(messages)
-        request = self._request(checked, temperature, max_tokens, json_mode, params)
+        request = _openai_shape.request_body(
+            self._wire_model, checked, temperature, max_tokens, json_mode, params
+        )
         timeout = call_timeout(timeout_s, self.timeout_s)
         require_time(timeout, self.name)
         with _errors.mapped_by(lambda exc: self._error(exc, checked)):
@@ -121,9 +123,9 @@ class OpenAIService(LLMService):
         **params: Any,
     ) -> ChatStream:
         checked = validate_messages(messages)
-        request = self._request(checked, temperature, max_tokens, json_mode, params)
-        request["stream"] = True
-        request["stream_options"] = {"include_usage": True}
+        request = _openai_shape.request_body(
+            self._wire_model, checked, temperature, max_tokens, json_mode, params, stream=True
+        )
         events = self._stream_events(request, checked, call_timeout(timeout_s, self.timeout_s))
         return ChatStream(events, model=self.model)
 
@@ -141,18 +143,6 @@ class OpenAIService(LLMService):
                     for delta in reader.read(chunk):
                         yield delta
         yield reader.end()
-
-    def _request(
-        self,
-        messages: list[dict[str, Any]],
-        temperature: float | None,
-        max_tokens: int | None,
-        json_mode: bool,
-        params: dict[str, Any],
-    ) -> dict[str, Any]:
-        return _openai_shape.request_body(
-            self._wire_model, messages, temperature, max_tokens, json_mode, params
-        )
 
     def _error(self, exc: Exception, messages: list[dict[str, Any]]) -> ProviderError | None:
         """The `ProviderError` for an SDK failure; None for anything else."""

@@ -93,7 +93,9 @@ class OpenAIHTTPService(LLMService):
         **params: Any,
     ) -> Completion:
         checked = validate_messages(messages)
-        request = self._request(checked, temperature, max_tokens, json_mode, params)
+        request = _openai_shape.request_body(
+            self.model, checked, temperature, max_tokens, json_mode, params
+        )
         timeout = call_timeout(timeout_s, self.timeout_s)
         require_time(timeout, self.name)
         redact = self._redactor(checked)
@@ -118,9 +120,9 @@ class OpenAIHTTPService(LLMService):
         **params: Any,
     ) -> ChatStream:
         checked = validate_messages(messages)
-        request = self._request(checked, temperature, max_tokens, json_mode, params)
-        request["stream"] = True
-        request["stream_options"] = {"include_usage": True}
+        request = _openai_shape.request_body(
+            self.model, checked, temperature, max_tokens, json_mode, params, stream=True
+        )
         events = self._stream_events(request, checked, call_timeout(timeout_s, self.timeout_s))
         return ChatStream(events, model=self.model)
 
@@ -149,18 +151,6 @@ class OpenAIHTTPService(LLMService):
                     for delta in reader.read(chunk):
                         yield delta
         yield reader.end()
-
-    def _request(
-        self,
-        messages: list[dict[str, Any]],
-        temperature: float | None,
-        max_tokens: int | None,
-        json_mode: bool,
-        params: dict[str, Any],
-    ) -> dict[str, Any]:
-        return _openai_shape.request_body(
-            self.model, messages, temperature, max_tokens, json_mode, params
-        )
 
     def _post(
         self,
