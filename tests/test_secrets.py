@@ -43,7 +43,16 @@ ALL_KEYS = (OPENAI_KEY, ANTHROPIC_KEY, LITERAL_KEY, OLLAMA_KEY, CLIENT_KEY, ADMI
 GPT, GPT4, CLAUDE, LLAMA = "gpt-4o-mini", "gpt-4o", "claude-sonnet-4-5", "llama3.2"
 MODEL_KEYS = {GPT: OPENAI_KEY, GPT4: LITERAL_KEY, CLAUDE: ANTHROPIC_KEY, LLAMA: OLLAMA_KEY}
 MESSAGES = [{"role": "user", "content": "Say hello."}]
-SDK_LOGGERS = ("openai", "anthropic", "httpx", "httpx2", "httpcore", "httpcore2", "gateway")
+SDK_LOGGERS = (
+    "openai",
+    "anthropic",
+    "aiohttp",
+    "httpx",
+    "httpx2",
+    "httpcore",
+    "httpcore2",
+    "gateway",
+)
 
 
 def assert_clean(text: str, where: str) -> None:
@@ -65,6 +74,8 @@ defaults:
 providers:
   gpt: {{type: openai, model: {GPT}, base_url: "{url}/v1", api_key: "${{OPENAI_API_KEY}}"}}
   gpt_env: {{type: openai, model: {GPT}, base_url: "{url}/v1"}}
+  gpt_http:
+    {{type: openai_http, model: {GPT}, base_url: "{url}/v1", api_key: "${{OPENAI_API_KEY}}"}}
   gpt4: {{type: openai, model: {GPT4}, base_url: "{url}/v1", api_key: {LITERAL_KEY}}}
   claude: {{type: anthropic, model: {CLAUDE}, base_url: "{url}", api_key: "${{ANTHROPIC_API_KEY}}"}}
   llama: {{type: ollama, model: {LLAMA}, base_url: "{url}", api_key: {OLLAMA_KEY}}}
@@ -73,6 +84,7 @@ prices:
 tasks:
   gpt: {{chain: [gpt]}}
   gpt_env: {{chain: [gpt_env]}}
+  gpt_http: {{chain: [gpt_http]}}
   gpt4: {{chain: [gpt4]}}
   claude: {{chain: [claude]}}
   llama: {{chain: [llama]}}
@@ -143,13 +155,13 @@ async def test_keys_never_leave_the_router(
             pytest.fail(f"task {task}: the scripted failure did not fail the request")
 
     try:
-        for task in ("gpt", "gpt_env", "gpt4", "claude", "llama"):
+        for task in ("gpt", "gpt_env", "gpt_http", "gpt4", "claude", "llama"):
             assert (await router.generate(MESSAGES, task=task)).text
             assert await _drain(router, task)
         # What upstreams say when a key is refused or they break, failing whole requests.
         for model in MODEL_KEYS:
             upstream.fail_always(model, Fault.unauthorized())
-        for task in ("gpt", "gpt_env", "gpt4", "claude", "llama", "default"):
+        for task in ("gpt", "gpt_env", "gpt_http", "gpt4", "claude", "llama", "default"):
             await expect_failure(task)
             await expect_failure(task, stream=True)
         for fault in (Fault.server_error(), Fault.reset(), Fault.hang(), Fault.malformed_json()):
@@ -216,7 +228,7 @@ async def test_keys_the_upstream_echoes_back_are_redacted(
     try:
         for model, key in MODEL_KEYS.items():
             upstream.fail_always(model, Fault.status(401, message=f"Incorrect API key: {key}"))
-        for task in ("gpt", "gpt_env", "gpt4", "claude", "llama", "default"):
+        for task in ("gpt", "gpt_env", "gpt_http", "gpt4", "claude", "llama", "default"):
             for stream in (False, True):
                 with pytest.raises(GatewayError) as caught:
                     if stream:
