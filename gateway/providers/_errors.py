@@ -252,7 +252,7 @@ def connection_error(exc: BaseException, *, provider: str, timed_out: bool) -> P
     every dropped connection as a connect *timeout*, which would make a reset look like a
     hung upstream.
     """
-    for link in _chain(exc):
+    for link in exception_chain(exc):
         kind = aiohttp_kind(link)
         if kind is not None:
             return transport_error(link, kind, provider=provider)
@@ -263,14 +263,17 @@ def connection_error(exc: BaseException, *, provider: str, timed_out: bool) -> P
     return transport_error(cause or exc, kind or ErrorKind.CONNECTION, provider=provider)
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """`exc` and the exceptions it was raised from or while handling, outermost first."""
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and the exceptions it wraps, outermost first: what it was raised from, else what
+    it was raised while handling (LiteLLM keeps its wrapped one in `original_exception`)."""
     seen: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and all(current is not other for other in seen):
         seen.append(current)
         yield current
-        current = current.__cause__ or current.__context__
+        current = (
+            current.__cause__ or getattr(current, "original_exception", None) or current.__context__
+        )
 
 
 def aiohttp_kind(exc: BaseException) -> ErrorKind | None:

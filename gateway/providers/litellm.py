@@ -176,7 +176,7 @@ def litellm_error(
 
 def _kind_from_chain(exc: BaseException) -> tuple[ErrorKind | None, int | None]:
     """(kind, HTTP status) from the innermost exception that says what went wrong."""
-    for error in reversed(_chain(exc)):
+    for error in reversed(list(_errors.exception_chain(exc))):
         kind = _errors.transport_kind(error)
         if kind is not None:
             return kind, None
@@ -194,18 +194,6 @@ def _kind_from_chain(exc: BaseException) -> tuple[ErrorKind | None, int | None]:
                 return _errors.kind_for_status(status), status
             return _openai_shape.stream_error_kind(error.code, error.type), None
     return None, None
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """`exc` and the exceptions it wraps, outermost first."""
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and all(current is not seen for seen in chain):
-        chain.append(current)
-        current = (
-            current.__cause__ or getattr(current, "original_exception", None) or current.__context__
-        )
-    return chain
 
 
 def _headers(exc: BaseException) -> dict[str, str]:
