@@ -198,17 +198,26 @@ class Redactor:
     our errors end up in logs and API responses, so neither may pass through.
     """
 
+    __slots__ = ("_messages", "_secrets", "_texts")
+
     def __init__(self, secrets: Iterable[str | None] = (), messages: Iterable[Any] = ()) -> None:
-        texts = [s for s in secrets if s]
-        for message in messages:
+        # Kept as given and read only when an error needs cleaning: most calls have none.
+        self._secrets, self._messages = secrets, messages
+        self._texts: list[str] | None = None
+
+    def _removed(self) -> list[str]:
+        texts = [s for s in self._secrets if s]
+        for message in self._messages:
             if isinstance(message, Mapping):
                 text = content_text(message.get("content"))
                 if len(text) >= _MIN_REDACTED_CHARS:
                     texts.append(text)
         # Longest first, so a text that contains another is removed whole.
-        self._texts = sorted(set(texts), key=len, reverse=True)
+        return sorted(set(texts), key=len, reverse=True)
 
     def __call__(self, text: object) -> str:
+        if self._texts is None:
+            self._texts = self._removed()
         clean = " ".join(str(text).split())
         for secret in self._texts:
             if secret in clean:
