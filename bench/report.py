@@ -170,6 +170,32 @@ OVERHEAD = (
 )
 
 
+# The floor (bench/floor_server.py) is a bare forwarder on the same uvicorn and aiohttp: what
+# any Python server in `gateway serve`'s place adds. Shown to split serve's added latency into
+# the stack's share and the gateway's own.
+FLOOR = "serve_floor"
+
+
+def _floor_figure(label: str, name: str, over: str) -> Target:
+    return Target(
+        label,
+        "",
+        lambda r: _added(r, name, over),
+        lambda v: f"{v * 1e3:+.2f} ms",
+        lambda v: True,
+        lambda r: _round_added(r, name, over),
+    )
+
+
+FLOOR_FIGURES = (
+    _floor_figure("the floor: p50 added over calling the upstream directly", FLOOR, BASELINE),
+    _floor_figure("`gateway serve` p50 added over the floor", "serve", FLOOR),
+    _floor_figure(
+        "`gateway serve`, `openai_http` provider, p50 added over the floor", "serve_http", FLOOR
+    ),
+)
+
+
 def _ms(seconds: float | None) -> str:
     return "—" if seconds is None else f"{seconds * 1e3:.2f} ms"
 
@@ -261,13 +287,33 @@ def targets_table(results: Results) -> list[str]:
         "| figure | measured | round by round |",
         "|---|---|---|",
     ]
-    for figure in OVERHEAD:
+    lines += _figure_rows(OVERHEAD, results)
+    lines += [
+        "",
+        "### `gateway serve` against the floor",
+        "",
+        "The floor is a bare ASGI app on the same uvicorn, event loop and HTTP parser that "
+        "passes each request on to the upstream with aiohttp and the answer back "
+        "(`bench/floor_server.py`): no routing, retries, breakers, metrics, validation or "
+        "access log. Any Python server in `gateway serve`'s place adds at least this much; "
+        "what the server adds over it is the gateway's own work (for reading, not targets).",
+        "",
+        "| figure | measured | round by round |",
+        "|---|---|---|",
+        *_figure_rows(FLOOR_FIGURES, results),
+    ]
+    return [*lines, ""]
+
+
+def _figure_rows(figures: tuple[Target, ...], results: Results) -> list[str]:
+    rows = []
+    for figure in figures:
         value = figure.measure(results)
         shown = "not measured" if value is None else figure.show(value)
         rounds = figure.spread(results)
         spread = f"{figure.show(min(rounds))} to {figure.show(max(rounds))}" if rounds else ""
-        lines.append(f"| {figure.label} | {shown} | {spread} |")
-    return [*lines, ""]
+        rows.append(f"| {figure.label} | {shown} | {spread} |")
+    return rows
 
 
 def scenario_table(results: Results) -> list[str]:

@@ -51,10 +51,13 @@ MAIN_SCENARIOS = (
     "litellm",
     "serve",
     "serve_http",
+    "serve_floor",
 )
 """Measured for latency, throughput and streams, in this order in the report."""
 SERVE_SCENARIOS = ("serve", "serve_http")
 """The clients of the one `gateway serve` process the run starts."""
+FLOOR_SCENARIO = "serve_floor"
+"""The client of `bench.floor_server`, the bare forwarder measured beside `gateway serve`."""
 FAILOVER_SCENARIOS = ("failover_open", "failover_without")
 """Measured for sequential latency only, against each other."""
 
@@ -271,27 +274,26 @@ class ClientProcess:
 
 
 class ServerProcess:
-    """`python -m gateway.server --policy bench/routing.yaml --port N` until closed."""
+    """A server in its own process until closed: `gateway serve` on bench/routing.yaml, or
+    the bare forwarder `bench.floor_server` (`floor=True`)."""
 
-    def __init__(self, process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], url: str, log: Path, name: str) -> None:
         self.process = process
         self.url = url
         self.log = log
+        self.name = name
 
     @classmethod
-    def start(cls, upstream_url: str, log_dir: Path) -> ServerProcess:
+    def start(cls, upstream_url: str, log_dir: Path, *, floor: bool = False) -> ServerProcess:
         """Start and wait until /healthz answers; `RuntimeError` with the reason otherwise."""
         port = free_port()
-        log = log_dir / "server.log"
-        command = [
-            sys.executable,
-            "-m",
-            "gateway.server",
-            "--policy",
-            str(POLICY_PATH),
-            "--port",
-            str(port),
-        ]
+        if floor:
+            name, log = "the floor server", log_dir / "floor_server.log"
+            arguments = ["bench.floor_server", "--port", str(port)]
+        else:
+            name, log = "gateway serve", log_dir / "server.log"
+            arguments = ["gateway.server", "--policy", str(POLICY_PATH), "--port", str(port)]
+        command = [sys.executable, "-m", *arguments]
         with log.open("w") as output:
             process = subprocess.Popen(
                 command,
@@ -300,7 +302,7 @@ class ServerProcess:
                 cwd=REPO,
                 env=child_environment(upstream_url),
             )
-        server = cls(process, f"http://127.0.0.1:{port}", log)
+        server = cls(process, f"http://127.0.0.1:{port}", log, name)
         deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -315,9 +317,7 @@ class ServerProcess:
                 pass
             time.sleep(0.1)
         server.close()
-        raise RuntimeError(
-            f"gateway serve did not answer /healthz within {SERVER_READY_TIMEOUT_S:g} s"
-        )
+        raise RuntimeError(f"{name} did not answer /healthz within {SERVER_READY_TIMEOUT_S:g} s")
 
     def peak_rss_kb(self) -> int | None:
         return peak_rss_of(self.process.pid)
@@ -355,14 +355,19 @@ class Run:
         self.progress(f"  {name}: not run: {reason.splitlines()[0]}")
 
     def start_clients(
-        self, names: Sequence[str], upstream_url: str, server_url: str | None, log_dir: Path
+        self,
+        names: Sequence[str],
+        upstream_url: str,
+        server_urls: dict[str, str],
+        log_dir: Path,
     ) -> None:
+        """`server_urls`: the server each server scenario's client talks to."""
         for name in names:
             if self.results.scenarios[name].not_run is None:
                 self.clients[name] = ClientProcess.start(
                     name,
                     upstream_url=upstream_url,
-                    server_url=server_url if name in SERVE_SCENARIOS else None,
+                    server_url=server_urls.get(name),
                     plan=self.plan,
                     log_dir=log_dir,
                 )
@@ -505,21 +510,25 @@ def run(plan: Plan, results: Results, progress: Callable[[str], None]) -> Result
         upstream = stack.enter_context(FakeUpstream.spawn())
         upstream.client.reply(None, REPLY_TEXT)
         upstream.client.fail_always(DEAD_MODEL, Fault.server_error())
-        server_url = None
-        progress("starting gateway serve")
-        try:
-            server = ServerProcess.start(upstream.url, log_dir)
-            stack.callback(server.close)
-            server_url = server.url
-        except (RuntimeError, OSError) as exc:
-            server = None
-            for name in SERVE_SCENARIOS:
-                results.scenarios[name].not_run = f"gateway serve could not start: {exc}"
-            progress(f"  serve: not run: {exc}")
+        server_urls: dict[str, str] = {}
+        server: ServerProcess | None = None
+        for floor, names in ((False, SERVE_SCENARIOS), (True, (FLOOR_SCENARIO,))):
+            progress("starting the floor server" if floor else "starting gateway serve")
+            try:
+                started = ServerProcess.start(upstream.url, log_dir, floor=floor)
+            except (RuntimeError, OSError) as exc:
+                for name in names:
+                    results.scenarios[name].not_run = f"the server could not start: {exc}"
+                progress(f"  {', '.join(names)}: not run: {exc}")
+                continue
+            stack.callback(started.close)
+            server_urls.update(dict.fromkeys(names, started.url))
+            if not floor:
+                server = started
         stack.callback(bench_run.close_clients)
         progress("starting the clients (imports and warm-up)")
         bench_run.start_clients(
-            (*MAIN_SCENARIOS, *FAILOVER_SCENARIOS), upstream.url, server_url, log_dir
+            (*MAIN_SCENARIOS, *FAILOVER_SCENARIOS), upstream.url, server_urls, log_dir
         )
         progress(f"sequential: {plan.sequential} requests each, {plan.rounds} rounds")
         bench_run.measure(MAIN_SCENARIOS, "sequential", plan.sequential)

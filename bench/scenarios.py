@@ -363,6 +363,17 @@ class GatewayServeHTTP(GatewayServe):
     task = LEAN_TASK
 
 
+class ServeFloor(GatewayServe):
+    """The OpenAI SDK through `bench.floor_server`: a bare forwarder on the same uvicorn.
+
+    Not a contender; the floor under `gateway serve`, showing how much of its added latency any
+    Python server on this stack adds on this machine.
+    """
+
+    name = "serve_floor"
+    label = "serve's floor: bare uvicorn + aiohttp forwarder (via OpenAI SDK)"
+
+
 class RawHTTP(Scenario):
     """No SDK: httpx2 (the SDKs' transport) posting JSON and reading the SSE lines itself.
 
@@ -414,6 +425,7 @@ SCENARIOS: dict[str, type[Scenario]] = {
         LiteLLMRouter,
         GatewayServe,
         GatewayServeHTTP,
+        ServeFloor,
         RawHTTP,
         FailoverOpenBreaker,
         FailoverWithout,

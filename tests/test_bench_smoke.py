@@ -55,7 +55,7 @@ def test_quick_run_writes_every_row_and_keeps_the_analysis(tmp_path: Path) -> No
     for target in report.TARGETS:
         row = next(line for line in text.splitlines() if line.startswith(f"| {target.label} |"))
         assert "**met**" in row or "**not met**" in row, row
-    for figure in report.OVERHEAD:
+    for figure in (*report.OVERHEAD, *report.FLOOR_FIGURES):
         assert f"| {figure.label} |" in text
     for name in (*MAIN_SCENARIOS, *FAILOVER_SCENARIOS):
         assert f"| {SCENARIOS[name].label} |" in text
@@ -103,7 +103,7 @@ def test_report_verdicts_follow_the_goals_and_the_analysis_is_kept(tmp_path: Pat
         "failover_open": _result("failover_open", 0.001300, 1.0),
         "failover_without": _result("failover_without", 0.001050, 1.0),  # +250 µs: not met
     }
-    for name in ("raw_http", "provider", "router_http", "serve", "serve_http"):
+    for name in ("raw_http", "provider", "router_http", "serve", "serve_http", "serve_floor"):
         results.scenarios[name] = ScenarioResult(name, SCENARIOS[name].label, not_run="skipped")
     results.layers = [asdict(Layer("Router.generate, hooks=[]", 12.5, "+10.0 µs"))]
     out = tmp_path / "performance.md"
