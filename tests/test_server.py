@@ -232,6 +232,24 @@ async def test_fall_through_is_visible_in_the_headers(
     assert raw.headers["x-gateway-attempts-detail"] == "mini:server_error,sonnet:success"
 
 
+async def test_a_lone_surrogate_from_the_upstream_is_passed_on_escaped(
+    client: openai.AsyncOpenAI, upstream: FakeUpstream
+) -> None:
+    # "\ud800" is valid JSON but has no UTF-8 form: it was a 500 before.
+    text = "half \ud800 a pair"
+    upstream.reply("gpt-4o-mini", text)
+    try:
+        whole = await client.chat.completions.create(model="chat", messages=user("x"))
+        stream = await client.chat.completions.create(
+            model="chat", messages=user("x"), stream=True
+        )
+        deltas = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+    finally:
+        upstream.reply("gpt-4o-mini", None)
+    assert whole.choices[0].message.content == text
+    assert "".join(deltas) == text
+
+
 async def test_json_mode_answers_a_json_object(
     client: openai.AsyncOpenAI, upstream: FakeUpstream
 ) -> None:

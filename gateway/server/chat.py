@@ -20,7 +20,6 @@ from typing import Annotated, Any, TypeVar
 import anyio
 from fastapi.exceptions import RequestValidationError
 from pydantic import Field, TypeAdapter, ValidationError
-from pydantic_core import to_json
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope
@@ -36,7 +35,7 @@ from gateway.server.openai_compat import (
     completion_body,
     new_completion_id,
 )
-from gateway.server.sse import DONE, EventStreamResponse, LastEvents, event
+from gateway.server.sse import DONE, EventStreamResponse, LastEvents, event, json_bytes
 from gateway.streaming import RoutedStream
 from gateway.types import Attempt
 
@@ -243,7 +242,7 @@ async def _complete(
     headers = gateway_headers(
         task=task, provider=routed.provider, attempts=routed.attempts, cost=routed.cost_usd
     )
-    return Response(to_json(payload), headers=headers, media_type="application/json")
+    return Response(json_bytes(payload), headers=headers, media_type="application/json")
 
 
 async def _stream(

@@ -10,11 +10,12 @@ connection released.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import anyio
-from pydantic_core import to_json
+from pydantic_core import PydanticSerializationError, to_json
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -29,8 +30,17 @@ STREAM_HEADERS = {
 }
 
 
+def json_bytes(payload: Mapping[str, Any]) -> bytes:
+    """`payload` as UTF-8 JSON. Text with a lone surrogate (an upstream may send `"\\ud800"`,
+    which is valid JSON) has no UTF-8 form: it is sent escaped, as the upstream sent it."""
+    try:
+        return to_json(payload)
+    except PydanticSerializationError:
+        return json.dumps(payload, separators=(",", ":")).encode()
+
+
 def event(payload: Mapping[str, Any]) -> bytes:
-    return b"data: " + to_json(payload) + b"\n\n"
+    return b"data: " + json_bytes(payload) + b"\n\n"
 
 
 class LastEvents(bytes):
