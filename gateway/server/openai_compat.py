@@ -123,9 +123,12 @@ class ChatCompletionRequest(BaseModel):
         """The messages as plain dicts for the router (`developer` becomes `system`)."""
         out: list[dict[str, Any]] = []
         for message in self.messages:
+            role = "system" if message.role == "developer" else message.role
+            if type(message.content) is str:  # most messages: no parts to dump
+                out.append({"role": role, "content": message.content})
+                continue
             data = message.model_dump(exclude_none=True)
-            if data["role"] == "developer":
-                data["role"] = "system"
+            data["role"] = role
             out.append(data)
         return out
 
