@@ -232,6 +232,27 @@ async def test_fall_through_is_visible_in_the_headers(
     assert raw.headers["x-gateway-attempts-detail"] == "mini:server_error,sonnet:success"
 
 
+async def test_developer_messages_reach_the_upstream_as_system(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    messages = [
+        {"role": "developer", "content": "Be terse."},
+        {"role": "developer", "content": [{"type": "text", "text": "Answer in French."}]},
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": None},
+        {"role": "user", "content": [{"type": "text", "text": "Again"}]},
+    ]
+    response = await http.post("/v1/chat/completions", json={"model": "chat", "messages": messages})
+    assert response.status_code == 200, response.text
+    assert upstream.requests[-1].body["messages"] == [
+        {"role": "system", "content": "Be terse."},
+        {"role": "system", "content": [{"type": "text", "text": "Answer in French."}]},
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant"},
+        {"role": "user", "content": [{"type": "text", "text": "Again"}]},
+    ]
+
+
 async def test_a_lone_surrogate_from_the_upstream_is_passed_on_escaped(
     client: openai.AsyncOpenAI, upstream: FakeUpstream
 ) -> None:
@@ -240,9 +261,7 @@ async def test_a_lone_surrogate_from_the_upstream_is_passed_on_escaped(
     upstream.reply("gpt-4o-mini", text)
     try:
         whole = await client.chat.completions.create(model="chat", messages=user("x"))
-        stream = await client.chat.completions.create(
-            model="chat", messages=user("x"), stream=True
-        )
+        stream = await client.chat.completions.create(model="chat", messages=user("x"), stream=True)
         deltas = [c.choices[0].delta.content or "" async for c in stream if c.choices]
     finally:
         upstream.reply("gpt-4o-mini", None)
