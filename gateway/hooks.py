@@ -8,9 +8,15 @@ from prompts or error text, so metrics built on them have bounded cardinality.
 
 from __future__ import annotations
 
-from typing import Protocol
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
+from typing import Any, Protocol
 
 from gateway.types import Usage
+
+log = logging.getLogger("gateway")
 
 
 class RouterHooks(Protocol):
@@ -86,3 +92,57 @@ class BaseHooks:
 
     def on_policy(self, *, outcome: str, version: int | None, sha256: str | None) -> None:
         pass
+
+
+EVENTS = tuple(name for name in vars(BaseHooks) if name.startswith("on_"))
+
+
+def deliver(hooks: Iterable[object], event: str, kwargs: Mapping[str, Any]) -> None:
+    """Call `event` on every hook that has it. A hook that raises is logged and skipped: a
+    broken hook must never fail a request."""
+    for hook in hooks:
+        method = getattr(hook, event, None)
+        if method is None:
+            continue
+        try:
+            method(**kwargs)
+        except Exception:
+            log.exception("router hook %s.%s failed", type(hook).__name__, event)
+
+
+class Deferred:
+    """Hooks that pass every event on to `hooks` at the event loop's next turn, rather than
+    in the middle of the router's work.
+
+    `gateway serve` wraps its metrics in this: nothing awaits between the router's answer and
+    the response, so the answer is sent first and the metrics are recorded right after it,
+    off the request's path. Events keep their order. Without a running event loop they are
+    passed on at once.
+    """
+
+    # One attribute per event, set in __init__ (typed here for RouterHooks' sake).
+    on_request: Callable[..., None]
+    on_attempt: Callable[..., None]
+    on_first_token: Callable[..., None]
+    on_retry: Callable[..., None]
+    on_fallback: Callable[..., None]
+    on_usage: Callable[..., None]
+    on_breaker_state: Callable[..., None]
+    on_state_backend_error: Callable[..., None]
+    on_policy: Callable[..., None]
+
+    def __init__(self, *hooks: RouterHooks) -> None:
+        self.hooks = hooks
+        for event in EVENTS:
+            setattr(self, event, partial(self._later, event))
+
+    def __repr__(self) -> str:
+        return f"Deferred({', '.join(map(repr, self.hooks))})"
+
+    def _later(self, event: str, /, **kwargs: Any) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            deliver(self.hooks, event, kwargs)
+            return
+        loop.call_soon(deliver, self.hooks, event, kwargs)

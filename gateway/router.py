@@ -41,7 +41,7 @@ from gateway.errors import (
     PolicyError,
     ProviderError,
 )
-from gateway.hooks import RouterHooks
+from gateway.hooks import RouterHooks, deliver
 from gateway.policy import Policy, load_policy
 from gateway.providers.base import parse_json_object
 from gateway.resilience import Admission, RetryAborted, Sleep, call_with_retries
@@ -614,14 +614,7 @@ class Router:
         self._emit("on_state_backend_error", backend=backend)
 
     def _emit(self, event: str, **kwargs: Any) -> None:
-        for hook in self._hooks:
-            method = getattr(hook, event, None)
-            if method is None:
-                continue
-            try:
-                method(**kwargs)
-            except Exception:  # a broken hook must never fail a request
-                log.exception("router hook %s.%s failed", type(hook).__name__, event)
+        deliver(self._hooks, event, kwargs)
 
     # --- live reload ------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from prometheus_harness import PrometheusServer
 from test_router import BACKUP, MESSAGES, PRIMARY, policy_doc, with_provider
 
 from gateway import AllProvidersFailed, Router, UnknownTaskError
+from gateway.hooks import BaseHooks, Deferred
 from gateway.metrics import GatewayMetrics
 from gateway.policy import parse_policy
 from gateway.testing import FakeUpstream, Fault
@@ -239,6 +240,55 @@ async def test_unknown_task_without_default_counts_as_rejected(up: FakeUpstream)
     finally:
         await router.aclose()
     assert Samples(registry).total("gateway_requests_total", outcome="rejected") == 1
+
+
+class Recorder(BaseHooks):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def on_attempt(self, *, task: str, provider: str, **_: object) -> None:
+        self.events.append(("attempt", provider))
+
+    def on_request(self, *, task: str, outcome: str, **_: object) -> None:
+        self.events.append(("request", outcome))
+
+
+class Broken(BaseHooks):
+    def on_request(self, **_: object) -> None:
+        raise RuntimeError("a bug in a hook")
+
+
+async def test_deferred_hooks_get_every_event_in_order_once_the_call_has_returned(
+    up: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry, recorder = CollectorRegistry(), Recorder()
+    deferred = Deferred(GatewayMetrics(registry), recorder, Broken())
+    doc = with_provider(policy_doc(up.url), "primary", retry={"attempts": 1})
+    router = Router(parse_policy(yaml.safe_dump(doc)), hooks=[deferred])
+    try:
+        up.script(PRIMARY, Fault.server_error())
+        routed = await router.generate(MESSAGES, task="summarize")
+        # The failed attempt was delivered while the router awaited the backup; what came
+        # after the last await is not yet, when the caller gets the answer...
+        assert recorder.events == [("attempt", "primary")]
+        assert Samples(registry).total("gateway_requests_total") == 0
+        await asyncio.sleep(0)  # ...and is once the loop has turned.
+    finally:
+        await router.aclose()
+    assert [a.provider for a in routed.attempts] == ["primary", "backup"]
+    assert recorder.events == [
+        ("attempt", "primary"),
+        ("attempt", "backup"),
+        ("request", "success"),
+    ]
+    assert Samples(registry).total("gateway_requests_total", outcome="success") == 1
+    assert "router hook Broken.on_request failed" in caplog.text
+
+
+def test_deferred_hooks_pass_events_on_at_once_outside_an_event_loop() -> None:
+    recorder = Recorder()
+    Deferred(recorder).on_request(task="t", outcome="success", duration_s=1.0, overhead_s=0.0)
+    assert recorder.events == [("request", "success")]
 
 
 # A process running the real router on FakeUpstream, its metrics served for Prometheus.

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import gateway
 from gateway.errors import GatewayError, PolicyError
+from gateway.hooks import Deferred
 from gateway.metrics import default_metrics, exposition
 from gateway.router import Router
 from gateway.server import monitoring
@@ -211,7 +212,8 @@ def create_app(
                 path,
                 watch=settings.policy_watch_s is not None,
                 watch_interval_s=settings.policy_watch_s or 1.0,
-                hooks=[default_metrics()],
+                # Recorded just after each response is sent, not before (see Deferred).
+                hooks=[Deferred(default_metrics())],
             )
             await stack.enter_async_context(router)
             state = ServerState(router, settings, KeyChecker(settings))
