@@ -51,6 +51,9 @@ class RouterHooks(Protocol):
     def on_breaker_state(self, *, provider: str, state: str) -> None:
         """A breaker changed state (closed, half_open, open), or was created (closed)."""
 
+    def on_provider_removed(self, *, provider: str) -> None:
+        """A policy reload removed this provider: what is recorded per provider is stale."""
+
     def on_state_backend_error(self, *, backend: str) -> None:
         """Shared state (e.g. Redis) could not be read or written; local state is used."""
 
@@ -85,6 +88,9 @@ class BaseHooks:
         pass
 
     def on_breaker_state(self, *, provider: str, state: str) -> None:
+        pass
+
+    def on_provider_removed(self, *, provider: str) -> None:
         pass
 
     def on_state_backend_error(self, *, backend: str) -> None:
@@ -128,6 +134,7 @@ class Deferred:
     on_fallback: Callable[..., None]
     on_usage: Callable[..., None]
     on_breaker_state: Callable[..., None]
+    on_provider_removed: Callable[..., None]
     on_state_backend_error: Callable[..., None]
     on_policy: Callable[..., None]
 

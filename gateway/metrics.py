@@ -13,6 +13,7 @@ imports prometheus_client, and call `mark_process_dead(pid)` when a worker exits
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -107,6 +108,12 @@ class _Children(Generic[_MetricT]):
         if child is None:
             child = self._cache[labels] = self.metric.labels(*labels)
         return child
+
+    def forget(self, *labels: str) -> None:
+        """Drop the series for these labels (it reappears if they are used again)."""
+        self._cache.pop(labels, None)
+        with contextlib.suppress(KeyError):
+            self.metric.remove(*labels)
 
 
 class GatewayMetrics:
@@ -375,6 +382,20 @@ class GatewayMetrics:
                 self.circuit_transitions.get(provider, state).inc()
         except Exception as exc:
             self._hook_failed("on_breaker_state", exc)
+
+    def on_provider_removed(self, *, provider: str) -> None:
+        try:
+            provider = _name(provider)
+            with self._lock:
+                self._breaker_states.pop(provider, None)
+                if _values_in_files():
+                    # A worker cannot delete a series from its mmap file: 0 (closed) is the
+                    # value that keeps the `livemax` aggregate and the alerts quiet.
+                    self.circuit_state.get(provider).set(0)
+                else:
+                    self.circuit_state.forget(provider)
+        except Exception as exc:
+            self._hook_failed("on_provider_removed", exc)
 
     def on_state_backend_error(self, *, backend: str) -> None:
         try:

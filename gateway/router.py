@@ -254,6 +254,11 @@ class Router:
         old.retired = True
         if old.in_flight == 0:
             await old.close_dropped()
+        for name in old.candidates.keys() - self._runtime.candidates.keys():
+            # Its breaker is gone: a state reported for it would otherwise stay as last seen
+            # (an `open` gauge would keep an alert firing for a provider no longer used).
+            self._breaker_seen.pop(name, None)
+            self._emit("on_provider_removed", provider=name)
         self._emit("on_policy", outcome="applied", version=policy.version, sha256=policy.sha256)
         log.info("policy applied (sha256 %s)", policy.sha256[:12])
 

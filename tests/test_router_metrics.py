@@ -4,6 +4,7 @@ an open breaker and recovery; and a real Prometheus scraping a router process ag
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import math
 import subprocess
@@ -240,6 +241,34 @@ async def test_unknown_task_without_default_counts_as_rejected(up: FakeUpstream)
     finally:
         await router.aclose()
     assert Samples(registry).total("gateway_requests_total", outcome="rejected") == 1
+
+
+async def test_a_provider_removed_by_a_reload_leaves_no_breaker_state_behind(
+    up: FakeUpstream,
+) -> None:
+    registry = CollectorRegistry()
+    sample = Samples(registry)
+    doc = with_provider(
+        policy_doc(up.url), "primary", retry={"attempts": 1}, breaker={"fail_max": 1}
+    )
+    router = Router(parse_policy(yaml.safe_dump(doc)), hooks=[GatewayMetrics(registry)])
+    try:
+        up.fail_always(PRIMARY, Fault.server_error())
+        await router.generate(MESSAGES, task="summarize")  # answered by backup
+        assert sample("gateway_circuit_state", provider="primary") == 2  # open
+        assert sample("gateway_circuit_state", provider="backup") == 0
+
+        without = copy.deepcopy(doc)
+        del without["providers"]["primary"]
+        without["tasks"]["summarize"]["chain"] = ["backup", "local"]
+        await router.apply_policy(parse_policy(yaml.safe_dump(without)))
+    finally:
+        await router.aclose()
+    # An open state kept for a provider no longer used would keep its alert firing.
+    assert registry.get_sample_value("gateway_circuit_state", {"provider": "primary"}) is None
+    assert sample("gateway_circuit_state", provider="backup") == 0
+    # Counters keep their history: they only ever say what happened.
+    assert sample.total("gateway_attempts_total", provider="primary") == 1
 
 
 class Recorder(BaseHooks):
