@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from gateway.server.chat import (
     TASK_HEADER,
     TASK_HEADER_MAX_LENGTH,
     chat_completion,
+    declared_too_large,
     parse_request,
     read_body,
     request_headers,
@@ -43,7 +45,15 @@ from gateway.server.errors import (
     internal_error_body,
     routing_failure,
 )
-from gateway.server.middleware import CLIENT_CLOSED, AccessLog, BodyLimit, access_record
+from gateway.server.middleware import (
+    CLIENT_CLOSED,
+    AccessLog,
+    BodyLimit,
+    BodyTooLarge,
+    access_record,
+    log_access,
+    too_large_response,
+)
 from gateway.server.openai_compat import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -255,16 +265,16 @@ def create_app(
         access.outcome = body["error"]["code"]
         return JSONResponse(body, status_code=status)
 
+    async def on_too_large(request: Request, exc: Exception) -> Response:
+        return too_large_response(settings.max_body_bytes)
+
     app.add_exception_handler(AccessDenied, on_denied)
+    app.add_exception_handler(BodyTooLarge, on_too_large)
     app.add_exception_handler(GatewayError, on_gateway_error)
     _add_routes(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLog)
-    app.open_chat_lane(
-        AccessLog(
-            BodyLimit(app.answering_errors(ChatCompletions()), max_bytes=settings.max_body_bytes)
-        )
-    )
+    app.open_chat_lane(ChatCompletions())
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     return app
 
@@ -301,24 +311,25 @@ def _install_sighup(state: ServerState, stack: AsyncExitStack) -> None:
 class GatewayApp(FastAPI):
     """FastAPI, with a short way in for `POST /v1/chat/completions`.
 
-    The busiest route goes through the same access log, body limit, endpoint and exception
-    handlers as it would inside FastAPI, but not through Starlette's and FastAPI's own layers
-    (server errors, telemetry, exceptions, exit stack, routing), which cost about 60 µs a
-    request in-process (docs/performance.md). The lane steps aside whenever skipping those
-    layers could change what happens: while FastAPI's OpenTelemetry instrumentation is active,
-    once middleware has been added after `create_app`, or under a root path (a mounted app).
+    The busiest route gets the same access line, endpoint and exception handlers as it would
+    inside FastAPI, in one layer, without Starlette's and FastAPI's own (server errors,
+    telemetry, exceptions, exit stack, routing, the body-limit and access-log middleware),
+    which cost about 60 µs a request in-process (docs/performance.md). The endpoint enforces
+    the body limit itself. The lane steps aside whenever skipping those layers could change
+    what happens: while FastAPI's OpenTelemetry instrumentation is active, once middleware has
+    been added after `create_app`, or under a root path (a mounted app).
     """
 
-    _chat_lane: ASGIApp | None = None
+    _chat_endpoint: ASGIApp | None = None
     _lane_middleware = 0
 
-    def open_chat_lane(self, lane: ASGIApp) -> None:
-        """Serve the chat route with `lane`, for as long as the app's middleware is as now."""
-        self._chat_lane = lane
+    def open_chat_lane(self, endpoint: ASGIApp) -> None:
+        """Serve the chat route with `endpoint`, for as long as the app's middleware is as now."""
+        self._chat_endpoint = endpoint
         self._lane_middleware = len(self.user_middleware)
 
     def chat_lane_open(self, scope: Scope) -> bool:
-        if self._chat_lane is None or self.root_path or scope.get("root_path"):
+        if self._chat_endpoint is None or self.root_path or scope.get("root_path"):
             return False
         if len(self.user_middleware) != self._lane_middleware:
             return False
@@ -332,38 +343,39 @@ class GatewayApp(FastAPI):
             scope["type"] == "http"
             and scope["path"] == CHAT_PATH
             and scope["method"] == "POST"
-            and self._chat_lane is not None
+            and self._chat_endpoint is not None
             and self.chat_lane_open(scope)
         ):
             scope["app"] = self
-            await self._chat_lane(scope, receive, send)
+            await self._lane(self._chat_endpoint, scope, receive, send)
             return
         await super().__call__(scope, receive, send)
 
-    def answering_errors(self, endpoint: ASGIApp) -> ASGIApp:
-        """`endpoint`, its exceptions answered by this app's exception handlers (as FastAPI's
-        exception middleware would). An unexpected error is logged and answered 500 by the
-        handler for `Exception`; one raised after the response started is re-raised, and the
-        server closes the connection."""
+    async def _lane(self, endpoint: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        """`endpoint` with its access line, its exceptions answered by this app's handlers (as
+        FastAPI's exception middleware would). An unexpected error is logged and answered 500
+        by the handler for `Exception`; one raised after the response started is re-raised,
+        and the server closes the connection."""
+        began = time.perf_counter()
+        record = access_record(scope)
+        status = 0
 
-        async def answered(scope: Scope, receive: Receive, send: Send) -> None:
-            started = False
+        async def noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
 
-            async def noting_start(message: Message) -> None:
-                nonlocal started
-                started = True
-                await send(message)
-
-            try:
-                await endpoint(scope, receive, noting_start)
-            except Exception as exc:
-                handler = self._handler_for(exc)
-                if started or handler is None:
-                    raise
-                response = await handler(StarletteRequest(scope, receive), exc)
-                await response(scope, receive, send)
-
-        return answered
+        try:
+            await endpoint(scope, receive, noting_status)
+        except Exception as exc:
+            handler = self._handler_for(exc)
+            if status or handler is None:
+                raise
+            response = await handler(StarletteRequest(scope, receive), exc)
+            await response(scope, receive, noting_status)
+        finally:
+            log_access(scope, record, status or 500, time.perf_counter() - began)
 
     def _handler_for(self, exc: Exception) -> Any:
         for kind in type(exc).__mro__:
@@ -381,20 +393,25 @@ class ChatCompletions:
     (that declaration is what the OpenAPI document shows); errors it raises go to the same
     exception handlers as every other route's.
 
-    The key is checked before the body is read, so a client without a valid key learns nothing
-    about its body (FastAPI parsed the JSON first).
+    A declared Content-Length over the limit is refused first (413, as the body-limit
+    middleware does for the other routes); then the key is checked before the body is read, so
+    a client without a valid key learns nothing about its body (FastAPI parsed the JSON first);
+    a body sent without a length is read up to the limit and no further.
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state: ServerState = scope["app"].state.gateway
         headers = request_headers(scope)
+        max_bytes = state.settings.max_body_bytes
+        if declared_too_large(headers, max_bytes):
+            raise BodyTooLarge
         client = scope.get("client")
         access = state.keys.client(bearer_key(headers.authorization), client[0] if client else None)
         if access is not Access.GRANTED:
             raise AccessDenied(denial(access))
         record = access_record(scope)
         try:
-            raw = await read_body(receive)
+            raw = await read_body(receive, max_bytes)
         except ClientGone:
             record.status, record.outcome = CLIENT_CLOSED, "client_closed"
             return

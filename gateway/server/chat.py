@@ -28,7 +28,12 @@ from gateway.errors import RoutingError
 from gateway.router import Router
 from gateway.server.disconnect import CancelOnDisconnect, ClientGone
 from gateway.server.errors import internal_error_body, routing_failure
-from gateway.server.middleware import CLIENT_CLOSED, AccessRecord, attempts_detail
+from gateway.server.middleware import (
+    CLIENT_CLOSED,
+    AccessRecord,
+    BodyTooLarge,
+    attempts_detail,
+)
 from gateway.server.openai_compat import (
     ChatCompletionRequest,
     ChunkWriter,
@@ -71,9 +76,11 @@ class RequestHeaders:
     content_type: str | None = None
     authorization: str | None = None
     task: str | None = None
+    content_length: str | None = None
 
 
 _WANTED = {
+    b"content-length": "content_length",
     b"content-type": "content_type",
     b"authorization": "authorization",
     TASK_HEADER.encode(): "task",
@@ -89,17 +96,30 @@ def request_headers(scope: Scope) -> RequestHeaders:
     return found
 
 
-async def read_body(receive: Receive) -> bytes:
-    """The whole request body; `ClientGone` if the client leaves before sending all of it."""
+async def read_body(receive: Receive, max_bytes: int) -> bytes:
+    """The whole request body; `BodyTooLarge` once it is over `max_bytes` (the rest is not
+    read), `ClientGone` if the client leaves before sending all of it."""
     chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
             raise ClientGone
         chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise BodyTooLarge
         if not message.get("more_body", False):
             return b"".join([*chunks, chunk]) if chunks else chunk
         chunks.append(chunk)
+
+
+def declared_too_large(headers: RequestHeaders, max_bytes: int) -> bool:
+    """A Content-Length over `max_bytes` (refused before anything else is looked at)."""
+    try:
+        return headers.content_length is not None and int(headers.content_length) > max_bytes
+    except ValueError:
+        return False
 
 
 @lru_cache(maxsize=64)

@@ -6,12 +6,12 @@ prompt, the answer, the query string or any header (keys travel in headers).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.server.config import MAX_BODY_BYTES_ENV
@@ -72,8 +72,13 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            if access_log.isEnabledFor(logging.INFO):
-                access_log.info(_line(scope, record, status, time.perf_counter() - started))
+            log_access(scope, record, status, time.perf_counter() - started)
+
+
+def log_access(scope: Scope, record: AccessRecord, status: int, seconds: float) -> None:
+    """The request's access line (`status`: what was sent; the record may override it)."""
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(_line(scope, record, status, seconds))
 
 
 def _line(scope: Scope, record: AccessRecord, status: int, seconds: float) -> str:
@@ -96,8 +101,8 @@ def _line(scope: Scope, record: AccessRecord, status: int, seconds: float) -> st
     return " ".join(parts)
 
 
-class _TooLarge(Exception):
-    pass
+class BodyTooLarge(Exception):
+    """The request body is over the server's limit (answered 413 by `too_large_response`)."""
 
 
 class BodyLimit:
@@ -121,7 +126,7 @@ class BodyLimit:
             return
         try:
             body, more = await self._read(receive)
-        except _TooLarge:
+        except BodyTooLarge:
             await self._refuse(send)
             return
         replayed = False
@@ -148,31 +153,28 @@ class BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                raise _TooLarge
+                raise BodyTooLarge
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks), None
 
     async def _refuse(self, send: Send) -> None:
-        body = error_body(
-            f"the request body is over {self.max_bytes} bytes; send less (the server's limit "
-            f"is {MAX_BODY_BYTES_ENV})",
-            status=413,
-            code="request_too_large",
-        )
-        payload = json.dumps(body).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+        await too_large_response(self.max_bytes)({}, _no_receive, send)
+
+
+def too_large_response(max_bytes: int) -> Response:
+    """413, closing the connection: the rest of the body is left unread."""
+    body = error_body(
+        f"the request body is over {max_bytes} bytes; send less (the server's limit "
+        f"is {MAX_BODY_BYTES_ENV})",
+        status=413,
+        code="request_too_large",
+    )
+    return JSONResponse(body, status_code=413, headers={"connection": "close"})
+
+
+async def _no_receive() -> Message:
+    raise RuntimeError("a refusal reads nothing")
 
 
 def _first(message: Message, receive: Receive) -> Receive:
