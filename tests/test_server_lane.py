@@ -122,6 +122,32 @@ async def test_errors_on_the_lane_use_the_apps_handlers(policy: Path) -> None:
     assert unknown.json()["error"]["code"] == "model_not_found"
 
 
+async def test_a_body_sent_without_a_length_is_read_up_to_the_limit_and_refused(
+    policy: Path,
+) -> None:
+    # In-process: over TCP, a server that answers before the client has sent everything and
+    # closes may reset the connection before the client reads the answer.
+    sent = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal sent
+        yield b'{"model": "chat", "messages": [{"role": "user", "content": "'
+        for _ in range(100):
+            sent += 1
+            yield b"z" * 100
+        yield b'"}]}'
+
+    app = create_app(policy, settings=ServerSettings(max_body_bytes=1_000))
+    async with started(app) as client:
+        response = await client.post(
+            CHAT_PATH, content=chunks(), headers={"content-type": "application/json"}
+        )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+    assert "GATEWAY_MAX_BODY_BYTES" in response.json()["error"]["message"]
+    assert sent < 100  # the rest was never read
+
+
 def test_the_lane_steps_aside_under_a_root_path(tmp_path: Path) -> None:
     app = create_app(tmp_path / "unused.yaml", settings=ServerSettings())
     assert app.chat_lane_open(chat_scope())
