@@ -18,7 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 import gateway
 from gateway.errors import GatewayError, PolicyError
@@ -50,6 +50,7 @@ from gateway.server.middleware import (
     AccessLog,
     BodyLimit,
     BodyTooLarge,
+    StatusNoted,
     access_record,
     log_access,
     too_large_response,
@@ -358,24 +359,17 @@ class GatewayApp(FastAPI):
         and the server closes the connection."""
         began = time.perf_counter()
         record = access_record(scope)
-        status = 0
-
-        async def noting_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        noted = StatusNoted(send)
         try:
-            await endpoint(scope, receive, noting_status)
+            await endpoint(scope, receive, noted)
         except Exception as exc:
             handler = self._handler_for(exc)
-            if status or handler is None:
+            if noted.status or handler is None:
                 raise
             response = await handler(StarletteRequest(scope, receive), exc)
-            await response(scope, receive, noting_status)
+            await response(scope, receive, noted)
         finally:
-            log_access(scope, record, status or 500, time.perf_counter() - began)
+            log_access(scope, record, noted.status or 500, time.perf_counter() - began)
 
     def _handler_for(self, exc: Exception) -> Any:
         for kind in type(exc).__mro__:

@@ -61,18 +61,26 @@ class AccessLog:
             return
         started = time.perf_counter()
         record = access_record(scope)
-        status = 500
-
-        async def send_and_note(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        noted = StatusNoted(send)
         try:
-            await self.app(scope, receive, send_and_note)
+            await self.app(scope, receive, noted)
         finally:
-            log_access(scope, record, status, time.perf_counter() - started)
+            log_access(scope, record, noted.status or 500, time.perf_counter() - started)
+
+
+class StatusNoted:
+    """`send`, noting the status of the response it starts (0 until then)."""
+
+    __slots__ = ("send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 0
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
 
 
 def log_access(scope: Scope, record: AccessRecord, status: int, seconds: float) -> None:
