@@ -95,7 +95,7 @@ async def test_the_chat_route_takes_the_lane(policy: Path) -> None:
 
 
 async def test_middleware_added_after_create_app_sees_chat_requests(policy: Path) -> None:
-    app = create_app(policy, settings=ServerSettings())
+    app = create_app(policy, settings=ServerSettings(max_body_bytes=1_000))
     app.add_middleware(Stamp)
     assert not app.chat_lane_open(chat_scope())
     async with started(app) as client:
@@ -103,10 +103,14 @@ async def test_middleware_added_after_create_app_sees_chat_requests(policy: Path
         refused = await client.post(
             CHAT_PATH, content=b"{", headers={"content-type": "application/json"}
         )
+        too_large = await client.post(CHAT_PATH, content=b"x" * 2_000)
     assert answered.status_code == 200, answered.text
     assert answered.headers["x-stamp"] == "1"
     assert refused.status_code == 400
     assert refused.headers["x-stamp"] == "1"
+    # Off the lane, the body-limit middleware refuses it.
+    assert too_large.status_code == 413
+    assert too_large.json()["error"]["code"] == "request_too_large"
 
 
 async def test_errors_on_the_lane_use_the_apps_handlers(policy: Path) -> None:

@@ -130,12 +130,12 @@ class BodyLimit:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            await self._refuse(send)
+            await too_large_response(self.max_bytes)(scope, receive, send)
             return
         try:
             body, more = await self._read(receive)
         except BodyTooLarge:
-            await self._refuse(send)
+            await too_large_response(self.max_bytes)(scope, receive, send)
             return
         replayed = False
 
@@ -166,9 +166,6 @@ class BodyLimit:
             if not message.get("more_body", False):
                 return b"".join(chunks), None
 
-    async def _refuse(self, send: Send) -> None:
-        await too_large_response(self.max_bytes)({}, _no_receive, send)
-
 
 def too_large_response(max_bytes: int) -> Response:
     """413, closing the connection: the rest of the body is left unread."""
@@ -179,10 +176,6 @@ def too_large_response(max_bytes: int) -> Response:
         code="request_too_large",
     )
     return JSONResponse(body, status_code=413, headers={"connection": "close"})
-
-
-async def _no_receive() -> Message:
-    raise RuntimeError("a refusal reads nothing")
 
 
 def _first(message: Message, receive: Receive) -> Receive:
