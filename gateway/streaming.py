@@ -100,7 +100,7 @@ class RoutedStream:
             steps = runtime.ordered(task, messages, self._params.get("max_tokens"))
             for step in router._eligible(runtime, request, steps, prompt_tokens(messages)):
                 candidate = step.candidate
-                conversation = messages
+                conversation: list[dict[str, Any]] = messages
                 if sent:
                     conversation = [*messages, {"role": "assistant", "content": "".join(sent)}]
                 params = {**step.params, **self._params}

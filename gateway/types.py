@@ -113,8 +113,17 @@ class Attempt:
     """A short description of the last failure, safe to show (no secrets, no prompt text)."""
 
 
-def validate_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
+class Conversation(list[dict[str, Any]]):
+    """Messages that passed `validate_messages`. Checking them again returns them as they are,
+    so the router validates a request once and the provider it reaches does not repeat it."""
+
+    __slots__ = ()
+
+
+def validate_messages(messages: Sequence[Message]) -> Conversation:
     """Check the shape every provider relies on; raise `InvalidRequestError` naming the fix."""
+    if type(messages) is Conversation:
+        return messages
     if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
         raise InvalidRequestError(
             f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}"
@@ -123,7 +132,7 @@ def validate_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
         raise InvalidRequestError(
             "messages is empty: pass at least one {'role': 'user', 'content': '...'}"
         )
-    checked: list[dict[str, Any]] = []
+    checked = Conversation()
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping):
             raise InvalidRequestError(
