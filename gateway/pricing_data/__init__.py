@@ -1,0 +1,1 @@
+"""Package data: the model price snapshot (see gateway.pricing)."""
