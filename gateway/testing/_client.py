@@ -8,11 +8,12 @@ import sys
 import time
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from gateway.testing._faults import Fault
+
+if TYPE_CHECKING:
+    import httpx
 
 READY_PREFIX = "FAKE_UPSTREAM_URL="
 
@@ -94,12 +95,18 @@ class FakeUpstreamClient:
         return data
 
     def _call(self, op: tuple[str, str, Any, Any]) -> Any:
+        # Imported here: FakeUpstream itself (the demo, `serve --simulate`) must not need httpx,
+        # which only the `test` extra installs; only this control client does.
+        import httpx
+
         method, route, body, params = op
         with httpx.Client(timeout=self.timeout_s) as client:
             response = client.request(method, f"{self.url}/_fake/{route}", json=body, params=params)
         return self._check(response)
 
     async def _acall(self, op: tuple[str, str, Any, Any]) -> Any:
+        import httpx
+
         method, route, body, params = op
         async with httpx.AsyncClient(timeout=self.timeout_s) as client:
             response = await client.request(
