@@ -4,15 +4,26 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 APT_PACKAGES := redis-server prometheus
 
 .PHONY: demo test install system-deps lint typecheck bench soak serve clean
 
+# Everything: every extra (each provider's SDK, litellm, the server, redis) and the test and
+# bench tools, for the test suite and the developer targets.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[test,bench]'
+	$(PIP) install --quiet -e '.[all,test,bench]'
 	touch $(STAMP)
+
+# The demo runs the router on its core install plus the OpenAI and Anthropic SDKs, so a first
+# `make demo` does not wait for litellm, the server or the test tools.
+$(DEMO_STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[openai,anthropic]'
+	touch $(DEMO_STAMP)
 
 install: $(STAMP)
 
@@ -28,7 +39,7 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(VENV)/bin/gateway demo
 
 test: $(STAMP) system-deps
