@@ -28,7 +28,13 @@ _EXPORTS = {
     "Completion": "gateway.types",
     "ChatStream": "gateway.types",
     "Usage": "gateway.types",
-    "Attempt": "gateway.types",
+    "Attempt": "gateway._outcomes",
+    "AttemptOutcome": "gateway._outcomes",
+    "RequestOutcome": "gateway._outcomes",
+    "PolicyOutcome": "gateway._outcomes",
+    "BreakerState": "gateway._outcomes",
+    "RouterHooks": "gateway.hooks",
+    "BaseHooks": "gateway.hooks",
     "ErrorKind": "gateway.errors",
     "GatewayError": "gateway.errors",
     "ConfigurationError": "gateway.errors",
@@ -48,6 +54,9 @@ _EXPORTS = {
 __all__ = [
     "AllProvidersFailed",
     "Attempt",
+    "AttemptOutcome",
+    "BaseHooks",
+    "BreakerState",
     "ChatStream",
     "Completion",
     "ConfigurationError",
@@ -61,10 +70,13 @@ __all__ = [
     "MissingDependencyError",
     "Policy",
     "PolicyError",
+    "PolicyOutcome",
     "ProviderError",
+    "RequestOutcome",
     "RoutedCompletion",
     "RoutedStream",
     "Router",
+    "RouterHooks",
     "RoutingError",
     "Settings",
     "StreamInterrupted",
@@ -99,7 +111,15 @@ if TYPE_CHECKING:
     from gateway.settings import Settings
     from gateway.streaming import RoutedStream
     from gateway.sync import SyncRouter
-    from gateway.types import Attempt, ChatStream, Completion, Usage
+    from gateway._outcomes import (
+        Attempt,
+        AttemptOutcome,
+        BreakerState,
+        PolicyOutcome,
+        RequestOutcome,
+    )
+    from gateway.hooks import BaseHooks, RouterHooks
+    from gateway.types import ChatStream, Completion, Usage
 
 
 def __getattr__(name: str) -> Any:

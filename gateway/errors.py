@@ -18,27 +18,25 @@ GatewayError
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import StrEnum
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from gateway.types import Attempt
+from gateway._outcomes import Attempt, ErrorKind
 
-
-class ErrorKind(StrEnum):
-    """How an upstream call failed. Retry and breaker policies are written in these words."""
-
-    RATE_LIMIT = "rate_limit"
-    TIMEOUT = "timeout"
-    CONNECTION = "connection"
-    SERVER_ERROR = "server_error"
-    OVERLOADED = "overloaded"
-    AUTH = "auth"
-    BAD_REQUEST = "bad_request"
-    NOT_FOUND = "not_found"
-    CONTEXT_LENGTH = "context_length"
-    CONTENT_FILTER = "content_filter"
-    INVALID_RESPONSE = "invalid_response"
+__all__ = [
+    "AllProvidersFailed",
+    "ConfigurationError",
+    "DeadlineExceeded",
+    "ErrorKind",
+    "GatewayError",
+    "InvalidRequestError",
+    "MissingCredentialsError",
+    "MissingDependencyError",
+    "PolicyError",
+    "ProviderError",
+    "RoutingError",
+    "StreamInterrupted",
+    "UnknownProviderError",
+    "UnknownTaskError",
+]
 
 
 class GatewayError(Exception):

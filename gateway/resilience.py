@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pybreaker
 import tenacity
 
+from gateway._outcomes import BreakerState
 from gateway.errors import ErrorKind, ProviderError
 
 if TYPE_CHECKING:
@@ -30,9 +31,9 @@ Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
 
 _STATES = {
-    pybreaker.STATE_CLOSED: "closed",
-    pybreaker.STATE_HALF_OPEN: "half_open",
-    pybreaker.STATE_OPEN: "open",
+    pybreaker.STATE_CLOSED: BreakerState.CLOSED,
+    pybreaker.STATE_HALF_OPEN: BreakerState.HALF_OPEN,
+    pybreaker.STATE_OPEN: BreakerState.OPEN,
 }
 
 
@@ -67,7 +68,7 @@ class Breaker:
         name: str,
         policy: BreakerPolicy,
         *,
-        on_state_change: Callable[[str, str], None] | None = None,
+        on_state_change: Callable[[str, BreakerState], None] | None = None,
         storage: pybreaker.CircuitBreakerStorage | None = None,
     ) -> None:
         self.name = name
@@ -90,8 +91,7 @@ class Breaker:
         return f"Breaker({self.name!r}, state={self.state!r}, failures={self.failure_count})"
 
     @property
-    def state(self) -> str:
-        """closed, half_open or open."""
+    def state(self) -> BreakerState:
         return _STATES[self._cb.current_state]
 
     @property
@@ -158,9 +158,77 @@ class Breaker:
         if admission is Admission.PROBE:
             self._probe_in_flight = False
 
-    def _notify(self, new_state: str) -> None:
+    def admitted(self) -> Ticket:
+        """Admit one call, as a `Ticket` that settles it; `BreakerOpen` if it must not run."""
+        admission = self.admit()
+        if admission is Admission.REJECT:
+            raise BreakerOpen(self.name)
+        return Ticket(self, admission)
+
+    def state_changed(self, new_state: str) -> None:
+        """pybreaker moved to `new_state` (its state's name)."""
         if self._on_state_change is not None:
-            self._on_state_change(self.name, _STATES.get(new_state, new_state))
+            self._on_state_change(self.name, _STATES[new_state])
+
+
+class BreakerOpen(Exception):
+    """The breaker refused the call: open, or half-open with its probe already in flight."""
+
+
+class Ticket:
+    """One admitted call, settled exactly once as a success, a failure or a release.
+
+    Used as `with ticket:` around the call: any exception leaving the block settles it (a
+    `ProviderError` or a timeout as a failure of that kind, anything else, cancellation and
+    bugs below us included, as a release that says nothing about the provider's health).
+    The code inside settles the ticket itself when the call succeeds, or when it knows
+    better than the exception (a reply it rejects after the provider answered). Settling
+    again is a no-op, so a ticket can be guarded twice, around the call and around reading
+    a stream, and released once more in a `finally` for good measure.
+    """
+
+    __slots__ = ("_admission", "_breaker", "settled")
+
+    def __init__(self, breaker: Breaker, admission: Admission) -> None:
+        self._breaker = breaker
+        self._admission = admission
+        self.settled = False
+
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is not None and not self.settled:
+            kind = failure_kind(exc)
+            if kind is None:
+                self.release()
+            else:
+                self.fail(kind)
+
+    def succeed(self) -> None:
+        if not self.settled:
+            self.settled = True
+            self._breaker.success(self._admission)
+
+    def fail(self, kind: ErrorKind) -> None:
+        if not self.settled:
+            self.settled = True
+            self._breaker.failure(self._admission, kind)
+
+    def release(self) -> None:
+        if not self.settled:
+            self.settled = True
+            self._breaker.release(self._admission)
+
+
+def failure_kind(exc: BaseException) -> ErrorKind | None:
+    """The provider failure an exception stands for; None when it says nothing about the
+    provider (a refusal of the request, a cancellation, a bug)."""
+    if isinstance(exc, ProviderError):
+        return exc.kind
+    if isinstance(exc, TimeoutError):
+        return ErrorKind.TIMEOUT
+    return None
 
 
 class _StateListener(pybreaker.CircuitBreakerListener):
@@ -168,7 +236,7 @@ class _StateListener(pybreaker.CircuitBreakerListener):
         self._breaker = breaker
 
     def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
-        self._breaker._notify(new_state.name)
+        self._breaker.state_changed(new_state.name)
 
 
 # --- retries -------------------------------------------------------------------------------

@@ -1,9 +1,8 @@
-"""The chain walk: for one request, try a task's candidates in order until one answers.
+"""`Router`: the public face of the gateway in-process, and the policy's lifecycle.
 
-Each candidate is guarded by its breaker (skip when open), its concurrency limit (skip when
-saturated) and a context-size pre-check; each call is bounded by the provider's `timeout_s`
-and the request's `deadline_s`, and retried on the same candidate for the kinds in `retry.on`.
-What happened to every candidate is returned in `attempts` (or carried by the error).
+A router holds the live policy (its `Runtime`: one client and breaker per provider), applies
+reloads, and hands each request to the chain walk in `_walk`. What happened to every candidate
+is returned in `attempts` (or carried by the error).
 """
 
 from __future__ import annotations
@@ -12,48 +11,28 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from gateway._attempts import (
-    BREAKER_OPEN,
-    CANCELLED,
-    DEADLINE,
-    SATURATED,
-    SKIPPED_CONTEXT,
-    SUCCESS,
-    UNAVAILABLE,
-    CandidateFailed,
-    RequestState,
-    refused,
-    summary,
-)
-from gateway.errors import (
-    AllProvidersFailed,
-    DeadlineExceeded,
-    ErrorKind,
-    GatewayError,
-    InvalidRequestError,
-    PolicyError,
-    ProviderError,
-)
-from gateway.hooks import RouterHooks, deliver
+from gateway._outcomes import Attempt, BreakerState, PolicyOutcome
+from gateway._walk import CandidateFailed, Check, Walker
+from gateway.errors import ErrorKind, GatewayError, PolicyError, ProviderError
+from gateway.hooks import HookSet, RouterHooks, default_hooks
 from gateway.policy import Policy, load_policy
 from gateway.providers.base import parse_json_object
-from gateway.resilience import Admission, RetryAborted, Sleep, call_with_retries
-from gateway.runtime import Candidate, Runtime, Step, build_runtime, close_runtime, prompt_tokens
+from gateway.resilience import Sleep
+from gateway.runtime import Candidate, Runtime, build_runtime, close_runtime
 from gateway.state import StateBackend, open_state_backend
 from gateway.streaming import RoutedStream
-from gateway.types import Attempt, Completion, Message, Usage, validate_messages
+from gateway.types import Completion, Message, Usage
 
 log = logging.getLogger("gateway")
 
 M = TypeVar("M", bound=BaseModel)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,14 +70,9 @@ class Router:
         watch_interval_s: float | None = 1.0,
         state: StateBackend | None = None,
     ) -> None:
-        if hooks is None:
-            from gateway.metrics import default_metrics
-
-            hooks = [default_metrics()]
-        self._hooks = list(hooks)
-        self._sleep = sleep
-        self._unpriced_warned: set[tuple[str, str]] = set()
-        self._breaker_seen: dict[str, str] = {}
+        self._hooks = HookSet(default_hooks() if hooks is None else hooks)
+        self._walker = Walker(self._hooks, sleep, self._current_runtime, self._ensure_watcher)
+        self._breaker_seen: dict[str, BreakerState] = {}
         # Where breaker state lives (policy `state:`); `state=` overrides it, for tests.
         if state is None:
             state = open_state_backend(policy.state, on_error=self._state_error)
@@ -114,7 +88,9 @@ class Router:
         # first request, and a change made before then must still count as a change.
         self._watch_baseline = _stat(self._policy_path) if self._policy_path else None
         self._closed = False
-        self._emit("on_policy", outcome="applied", version=policy.version, sha256=policy.sha256)
+        self._hooks.on_policy(
+            outcome=PolicyOutcome.APPLIED, version=policy.version, sha256=policy.sha256
+        )
 
     @classmethod
     def from_yaml(
@@ -216,7 +192,10 @@ class Router:
         continues from the partial text).
         """
         return RoutedStream(
-            self, messages, task, dict(params, temperature=temperature, max_tokens=max_tokens)
+            self._walker,
+            messages,
+            task,
+            dict(params, temperature=temperature, max_tokens=max_tokens),
         )
 
     async def reload(self) -> bool:
@@ -230,8 +209,8 @@ class Router:
             policy = await asyncio.to_thread(load_policy, self._policy_path)
         except PolicyError:
             current = self._runtime.policy
-            self._emit(
-                "on_policy", outcome="rejected", version=current.version, sha256=current.sha256
+            self._hooks.on_policy(
+                outcome=PolicyOutcome.REJECTED, version=current.version, sha256=current.sha256
             )
             raise
         if policy.sha256 == self._runtime.policy.sha256:
@@ -258,8 +237,10 @@ class Router:
             # Its breaker is gone: a state reported for it would otherwise stay as last seen
             # (an `open` gauge would keep an alert firing for a provider no longer used).
             self._breaker_seen.pop(name, None)
-            self._emit("on_provider_removed", provider=name)
-        self._emit("on_policy", outcome="applied", version=policy.version, sha256=policy.sha256)
+            self._hooks.on_provider_removed(provider=name)
+        self._hooks.on_policy(
+            outcome=PolicyOutcome.APPLIED, version=policy.version, sha256=policy.sha256
+        )
         log.info("policy applied (sha256 %s)", policy.sha256[:12])
 
     async def aclose(self) -> None:
@@ -309,317 +290,48 @@ class Router:
         messages: Sequence[Message],
         task_name: str,
         params: dict[str, Any],
-        check: Callable[[Completion, str], Any] | None,
+        check: Check | None,
     ) -> RoutedCompletion:
-        self._ensure_watcher()
-        started = time.perf_counter()
-        runtime = self._runtime
-        runtime.in_flight += 1
-        request: RequestState | None = None
-        outcome = "rejected"
-        try:
-            task = runtime.policy.task(task_name)
-            checked = validate_messages(messages)
-            request = RequestState(
-                task, started, started + task.deadline_s if task.deadline_s else None
-            )
+        async with self._walker.request(task_name) as walk:
             call_params = {k: v for k, v in params.items() if v is not None}
-            steps = runtime.ordered(task, checked, call_params.get("max_tokens"))
-            result = await self._walk(runtime, request, steps, checked, call_params, check)
-            outcome = SUCCESS
-            return result
-        except DeadlineExceeded:
-            outcome = DEADLINE
-            raise
-        except AllProvidersFailed:
-            outcome = "exhausted"
-            raise
-        except asyncio.CancelledError:
-            outcome = CANCELLED
-            raise
-        finally:
-            self._finish(task_name, request, started, outcome)
-            await runtime.release()
-
-    async def _walk(
-        self,
-        runtime: Runtime,
-        request: RequestState,
-        steps: Sequence[Step],
-        messages: list[dict[str, Any]],
-        params: dict[str, Any],
-        check: Callable[[Completion, str], Any] | None,
-    ) -> RoutedCompletion:
-        task = request.task
-        for step in self._eligible(runtime, request, steps, prompt_tokens(messages)):
-            candidate = step.candidate
-            call_params = {**step.params, **params}
-            try:
-                completion, parsed, retries, latency = await self._call_candidate(
-                    request, candidate, messages, call_params, check
-                )
-            except CandidateFailed as failed:
-                if failed.outcome == DEADLINE:
-                    raise self._deadline(request, None) from failed.error
-                request.left_behind = (candidate.name, failed.outcome)
-                continue
-            self._record(request, candidate, SUCCESS, latency, retries=retries)
-            routed = RoutedCompletion(
-                text=completion.text,
-                task=task.name,
-                provider=candidate.name,
-                model=completion.model or candidate.model,
-                usage=completion.usage,
-                cost_usd=request.cost_usd,
-                latency_s=time.perf_counter() - request.started,
-                attempts=request.attempts,
-                finish_reason=completion.finish_reason,
-                response_id=completion.response_id,
-                parsed=parsed,
-            )
-            return routed
-        raise AllProvidersFailed(
-            summary(task.name, request.attempts), task=task.name, attempts=request.attempts
-        )
-
-    def _eligible(
-        self, runtime: Runtime, request: RequestState, steps: Sequence[Step], input_tokens: int
-    ) -> Iterator[Step]:
-        """The chain's steps worth calling, in order. Skipped candidates are recorded, each move
-        to the next candidate is reported (the caller sets `request.left_behind` when a call
-        fails), and a deadline that runs out between candidates raises `DeadlineExceeded`."""
-        for step in steps:
-            candidate = step.candidate
-            if request.left_behind is not None:
-                left_name, kind = request.left_behind
-                self._emit(
-                    "on_fallback",
-                    task=request.task.name,
-                    from_provider=left_name,
-                    to_provider=candidate.name,
-                    kind=kind,
-                )
-                request.left_behind = None
-            left = request.remaining()
-            if left is not None and left <= 0:
-                raise self._deadline(request, candidate)
-            skipped = self._skip_reason(runtime, candidate, input_tokens)
-            if skipped is not None:
-                self._record(request, candidate, skipped, None)
-                request.left_behind = (candidate.name, skipped)
-                continue
-            yield step
-
-    def _skip_reason(self, runtime: Runtime, candidate: Candidate, input_tokens: int) -> str | None:
-        if candidate.client is None:
-            return UNAVAILABLE
-        if candidate.saturated:
-            return SATURATED
-        window = runtime.context_window(candidate)
-        if window is not None and input_tokens > window:
-            return SKIPPED_CONTEXT
-        if candidate.breaker.refusing():
-            return BREAKER_OPEN
-        return None
-
-    async def _call_candidate(
-        self,
-        request: RequestState,
-        candidate: Candidate,
-        messages: list[dict[str, Any]],
-        params: dict[str, Any],
-        check: Callable[[Completion, str], Any] | None,
-    ) -> tuple[Completion, Any, int, float]:
-        """Call one candidate with retries. Returns (completion, parsed, retries, latency)."""
-        client = candidate.client
-        assert client is not None
-        retries = 0
-        total_latency = 0.0
-        last_error: ProviderError | None = None
-
-        async def attempt() -> tuple[Completion, Any]:
-            nonlocal total_latency
-            timeout, deadline_binds = request.attempt_timeout(candidate)
-            admission = candidate.breaker.admit()
-            if admission is Admission.REJECT:
-                raise CandidateFailed(BREAKER_OPEN)
-            candidate.in_flight += 1
-            began = time.perf_counter()
-            try:
-                async with asyncio.timeout(timeout):
-                    completion = await client.complete(messages, timeout_s=timeout, **params)
-            except TimeoutError as exc:
-                candidate.breaker.failure(admission, ErrorKind.TIMEOUT)
-                if deadline_binds:
-                    raise CandidateFailed(DEADLINE) from exc
-                raise ProviderError(
-                    f"no answer within timeout_s={timeout:g}",
-                    kind=ErrorKind.TIMEOUT,
-                    provider=candidate.name,
-                ) from exc
-            except ProviderError as exc:
-                nonlocal last_error
-                last_error = exc
-                candidate.breaker.failure(admission, exc.kind)
-                exc.provider = exc.provider or candidate.name
-                raise
-            except InvalidRequestError as exc:
-                # The messages passed the router's checks, so this provider alone cannot take
-                # them (e.g. Ollama and image URLs): the next candidate may.
-                candidate.breaker.release(admission)
-                raise refused(exc, candidate.name) from exc
-            except BaseException:
-                # Cancellation, or a bug below us: neither says the provider is unhealthy.
-                candidate.breaker.release(admission)
-                raise
-            finally:
-                elapsed = time.perf_counter() - began
-                total_latency += elapsed
-                request.upstream_s += elapsed
-                candidate.in_flight -= 1
-            self._bill(request, candidate, completion.model, completion.usage)
-            parsed = None
-            if check is not None:
+            checked, steps = walk.begin(messages, call_params.get("max_tokens"))
+            for step in walk.eligible(steps, checked):
                 try:
-                    parsed = check(completion, candidate.name)
-                except ProviderError:
-                    candidate.breaker.release(admission)
-                    raise
-            candidate.breaker.success(admission)
-            candidate.observe_latency(elapsed)
-            return completion, parsed
-
-        def on_retry(error: ProviderError, wait_s: float) -> None:
-            nonlocal retries
-            retries += 1
-            request.waited_s += wait_s
-            self._emit(
-                "on_retry", provider=candidate.name, model=candidate.model, kind=error.kind.value
-            )
-
-        try:
-            completion, parsed = await call_with_retries(
-                attempt,
-                candidate.spec.retry,
-                remaining_s=request.remaining,
-                on_retry=on_retry,
-                sleep=self._sleep,
-            )
-        except CandidateFailed as failed:
-            if failed.outcome == BREAKER_OPEN and last_error is not None:
-                # The breaker opened between our own retries: the real cause is the last error.
-                self._fail(request, candidate, last_error, total_latency, retries)
-            self._record(request, candidate, failed.outcome, total_latency or None, retries=retries)
-            raise
-        except RetryAborted as aborted:
-            self._fail(request, candidate, aborted.error, total_latency, retries)
-        except ProviderError as error:
-            self._fail(request, candidate, error, total_latency, retries)
-        except asyncio.CancelledError:
-            self._record(request, candidate, CANCELLED, total_latency, retries=retries)
-            raise
-        return completion, parsed, retries, total_latency
-
-    def _fail(
-        self,
-        request: RequestState,
-        candidate: Candidate,
-        error: ProviderError,
-        latency: float,
-        retries: int,
-    ) -> None:
-        self._record(
-            request, candidate, error.kind.value, latency, retries=retries, error=str(error)
-        )
-        raise CandidateFailed(error.kind.value, error)
-
-    # --- book-keeping -----------------------------------------------------------------------
-
-    def _bill(self, request: RequestState, candidate: Candidate, model: str, usage: Usage) -> None:
-        model = model or candidate.model
-        cost = self._runtime.prices.cost(model, usage, candidate.spec.type)
-        if cost is None:
-            key = (candidate.name, model)
-            if key not in self._unpriced_warned:
-                self._unpriced_warned.add(key)
-                log.warning(
-                    "no price for model %r (provider %s): its cost counts as 0; add it under "
-                    "`prices:` in the policy",
-                    model,
-                    candidate.name,
+                    completion, parsed = await walk.call(step, checked, call_params, check)
+                except CandidateFailed as failed:
+                    walk.left(step.candidate, failed)
+                    continue
+                return RoutedCompletion(
+                    text=completion.text,
+                    task=walk.spec.name,
+                    provider=step.candidate.name,
+                    model=completion.model or step.candidate.model,
+                    usage=completion.usage,
+                    cost_usd=walk.cost_usd,
+                    latency_s=time.perf_counter() - walk.started,
+                    attempts=walk.attempts,
+                    finish_reason=completion.finish_reason,
+                    response_id=completion.response_id,
+                    parsed=parsed,
                 )
-        request.cost_usd += cost or 0.0
-        request.billed = request.billed + usage
-        self._emit(
-            "on_usage",
-            task=request.task.name,
-            provider=candidate.name,
-            model=candidate.model,
-            usage=usage,
-            cost_usd=cost,
-        )
+            raise walk.exhausted()
 
-    def _record(
-        self,
-        request: RequestState,
-        candidate: Candidate,
-        outcome: str,
-        latency: float | None,
-        *,
-        retries: int = 0,
-        error: str | None = None,
-    ) -> None:
-        request.attempts.append(
-            Attempt(candidate.name, candidate.model, outcome, retries, latency or 0.0, error)
-        )
-        self._emit(
-            "on_attempt",
-            task=request.task.name,
-            provider=candidate.name,
-            model=candidate.model,
-            outcome=outcome,
-            duration_s=latency,
-        )
+    def _current_runtime(self) -> Runtime:
+        return self._runtime
 
-    def _deadline(self, request: RequestState, candidate: Candidate | None) -> DeadlineExceeded:
-        if candidate is not None:
-            # Listed and counted like any skipped candidate, so metrics match `attempts`.
-            self._record(request, candidate, DEADLINE, None)
-        return DeadlineExceeded(
-            f"task {request.task.name!r}: deadline_s={request.task.deadline_s:g} ran out; "
-            + summary(request.task.name, request.attempts, header=False),
-            task=request.task.name,
-            attempts=request.attempts,
-        )
-
-    def _finish(
-        self, task_name: str, request: RequestState | None, started: float, outcome: str
-    ) -> None:
-        duration = time.perf_counter() - started
-        overhead = duration
-        if request is not None:
-            task_name = request.task.name
-            overhead = max(0.0, duration - request.upstream_s - request.waited_s)
-        self._emit(
-            "on_request", task=task_name, outcome=outcome, duration_s=duration, overhead_s=overhead
-        )
-
-    def _breaker_changed(self, provider: str, state: str) -> None:
-        self._emit("on_breaker_state", provider=provider, state=state)
+    def _breaker_changed(self, provider: str, state: BreakerState) -> None:
+        self._hooks.on_breaker_state(provider=provider, state=state)
         before = self._breaker_seen.get(provider)
         self._breaker_seen[provider] = state
         if before is None or before == state:
             return  # a new breaker reporting in, not a change worth a log line
-        if state == "open":
+        if state is BreakerState.OPEN:
             log.warning("circuit breaker for %s opened", provider)
         else:
             log.info("circuit breaker for %s: %s -> %s", provider, before, state)
 
     def _state_error(self, backend: str) -> None:
-        self._emit("on_state_backend_error", backend=backend)
-
-    def _emit(self, event: str, **kwargs: Any) -> None:
-        deliver(self._hooks, event, kwargs)
+        self._hooks.on_state_backend_error(backend=backend)
 
     # --- live reload ------------------------------------------------------------------------
 

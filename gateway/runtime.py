@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway._outcomes import BreakerState
 from gateway.errors import GatewayError
 from gateway.policy import ChainEntry, Policy, ProviderSpec, TaskSpec
 from gateway.pricing import PriceBook
@@ -159,7 +160,7 @@ def build_runtime(
     policy: Policy,
     *,
     previous: Runtime | None = None,
-    on_breaker_state: Callable[[str, str], None] | None = None,
+    on_breaker_state: Callable[[str, BreakerState], None] | None = None,
     breaker_factory: Callable[[ProviderSpec], Breaker] | None = None,
 ) -> Runtime:
     """Create clients and breakers for `policy`, reusing unchanged ones from `previous`."""
@@ -196,7 +197,7 @@ def build_runtime(
 
 def _new_candidate(
     spec: ProviderSpec,
-    on_breaker_state: Callable[[str, str], None] | None,
+    on_breaker_state: Callable[[str, BreakerState], None] | None,
     breaker_factory: Callable[[ProviderSpec], Breaker] | None,
 ) -> Candidate:
     breaker = (

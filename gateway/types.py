@@ -6,7 +6,20 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway._outcomes import Attempt
 from gateway.errors import InvalidRequestError
+
+__all__ = [
+    "Attempt",
+    "ChatStream",
+    "Completion",
+    "Conversation",
+    "Message",
+    "StreamEnd",
+    "Usage",
+    "content_text",
+    "validate_messages",
+]
 
 Message = Mapping[str, Any]
 """An OpenAI-style chat message: `{"role": "user", "content": "..."}`."""
@@ -96,21 +109,6 @@ class ChatStream:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One candidate the router considered for one request."""
-
-    provider: str
-    model: str
-    outcome: str
-    """`success`, an `ErrorKind` value, `breaker_open`, `saturated`, `skipped_context`,
-    `unavailable`, `deadline` or `cancelled`."""
-    retries: int = 0
-    latency_s: float = 0.0
-    error: str | None = None
-    """A short description of the last failure, safe to show (no secrets, no prompt text)."""
 
 
 class Conversation(list[dict[str, Any]]):

@@ -367,14 +367,14 @@ def rss_bytes() -> int:
 
 def _per_request_types() -> tuple[type, ...]:
     """What the gateway creates for each request and must drop once it ends."""
-    from gateway._attempts import RequestState
+    from gateway._walk import Walk
     from gateway.errors import ProviderError, RoutingError
     from gateway.router import RoutedCompletion
     from gateway.streaming import RoutedStream
     from gateway.types import Attempt, ChatStream, Completion
 
     return (
-        RequestState,
+        Walk,
         RoutedCompletion,
         RoutedStream,
         ChatStream,

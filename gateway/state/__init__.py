@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from gateway._outcomes import BreakerState
+
 if TYPE_CHECKING:
     from gateway.policy import ProviderSpec, StateSpec
     from gateway.resilience import Breaker
@@ -21,7 +23,7 @@ class StateBackend(Protocol):
     spec: StateSpec
 
     def breaker_factory(
-        self, on_state_change: Callable[[str, str], None] | None = None
+        self, on_state_change: Callable[[str, BreakerState], None] | None = None
     ) -> Callable[[ProviderSpec], Breaker]:
         """Builds one provider's breaker; `on_state_change(provider, state)` hears its moves."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from gateway._outcomes import BreakerState
 from gateway.resilience import Breaker
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ class MemoryState:
         return "MemoryState()"
 
     def breaker_factory(
-        self, on_state_change: Callable[[str, str], None] | None = None
+        self, on_state_change: Callable[[str, BreakerState], None] | None = None
     ) -> Callable[[ProviderSpec], Breaker]:
         def build(spec: ProviderSpec) -> Breaker:
             return Breaker(spec.name, spec.breaker, on_state_change=on_state_change)

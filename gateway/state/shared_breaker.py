@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import pybreaker
 
+from gateway._outcomes import BreakerState
 from gateway.errors import ErrorKind
 from gateway.resilience import Admission, Breaker
 
@@ -159,7 +160,7 @@ class SharedBreaker(Breaker):
         link: StateLink,
         *,
         key: str,
-        on_state_change: Callable[[str, str], None] | None = None,
+        on_state_change: Callable[[str, BreakerState], None] | None = None,
         grant_hold_s: float = DEFAULT_GRANT_HOLD_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

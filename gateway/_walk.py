@@ -1,0 +1,612 @@
+"""The chain walk: for one request, try a task's candidates in order until one answers.
+
+One `Walk` is one request, whole or streamed. It owns what the request has seen (attempts,
+deadline, time upstream, cost) and the rules both modes share: which candidates are skipped
+and why, each move to the next candidate, retries on one candidate, billing, and the events
+reported to the hooks. Every call a breaker admits runs inside its `Ticket`, which settles
+the admission exactly once whatever is raised.
+
+Each candidate is guarded by its breaker (skipped when open), its concurrency limit (skipped
+when saturated) and a context-size pre-check; each call is bounded by the provider's
+`timeout_s` and the request's `deadline_s`, and retried on the same candidate for the kinds in
+`retry.on`. A stream may be retried or left for the next candidate until its first delta;
+`first_token_timeout_s` bounds that wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
+from contextlib import suppress
+from typing import Any, TypeVar
+
+from gateway._outcomes import Attempt, AttemptOutcome, ErrorKind, RequestOutcome
+from gateway.errors import (
+    AllProvidersFailed,
+    DeadlineExceeded,
+    InvalidRequestError,
+    ProviderError,
+    RoutingError,
+    StreamInterrupted,
+)
+from gateway.hooks import HookSet
+from gateway.policy import TaskSpec
+from gateway.resilience import BreakerOpen, RetryAborted, Sleep, Ticket, call_with_retries
+from gateway.runtime import Candidate, Runtime, Step, prompt_tokens
+from gateway.types import ChatStream, Completion, Conversation, Message, Usage, validate_messages
+
+log = logging.getLogger("gateway")
+
+T = TypeVar("T")
+
+Check = Callable[[Completion, str], Any]
+"""Validates a whole answer for one provider (e.g. as JSON); raises `ProviderError` to reject."""
+
+
+class CandidateFailed(Exception):
+    """One candidate is done without an answer; `outcome` says why."""
+
+    def __init__(self, outcome: AttemptOutcome, error: ProviderError | None = None) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+        self.error = error
+
+
+class Walker:
+    """What every request's walk shares: the hooks, the backoff sleep, and the router's
+    view of its current runtime."""
+
+    def __init__(
+        self,
+        hooks: HookSet,
+        sleep: Sleep,
+        runtime: Callable[[], Runtime],
+        before_request: Callable[[], None],
+    ) -> None:
+        self.hooks = hooks
+        self.sleep = sleep
+        self._runtime = runtime
+        self._before_request = before_request
+        self._unpriced_warned: set[tuple[str, str]] = set()
+
+    def request(self, task_name: str) -> Walk:
+        """A request for `task_name`, to be used as `async with walker.request(task) as walk`."""
+        self._before_request()
+        return Walk(self, self._runtime(), task_name)
+
+    def warn_unpriced(self, candidate: Candidate, model: str) -> None:
+        key = (candidate.name, model)
+        if key not in self._unpriced_warned:
+            self._unpriced_warned.add(key)
+            log.warning(
+                "no price for model %r (provider %s): its cost counts as 0; add it under "
+                "`prices:` in the policy",
+                model,
+                candidate.name,
+            )
+
+
+class Walk:
+    """One request on its way through a task's chain.
+
+    As an async context manager it holds the runtime it started on (a reload does not close
+    clients under it) and, on the way out, reports the request's outcome, read from how it
+    ended.
+    """
+
+    def __init__(self, walker: Walker, runtime: Runtime, task_name: str) -> None:
+        self.walker = walker
+        self.hooks = walker.hooks
+        self.runtime = runtime
+        self.task_name = task_name
+        self.task: TaskSpec | None = None
+        self.started = time.perf_counter()
+        self.deadline: float | None = None
+        self.attempts: list[Attempt] = []
+        self.upstream_s = 0.0
+        self.waited_s = 0.0
+        self.cost_usd = 0.0
+        self.billed = Usage()
+        self.outcome: RequestOutcome | None = None
+        """Set by the caller where the exception alone does not say how the request ended."""
+        self._left_behind: tuple[str, AttemptOutcome] | None = None
+
+    async def __aenter__(self) -> Walk:
+        self.runtime.in_flight += 1
+        return self
+
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        try:
+            outcome = self.outcome or _request_outcome(exc)
+            duration = time.perf_counter() - self.started
+            overhead = max(0.0, duration - self.upstream_s - self.waited_s)
+            self.hooks.on_request(
+                task=self.task.name if self.task is not None else self.task_name,
+                outcome=outcome,
+                duration_s=duration,
+                overhead_s=overhead,
+            )
+        finally:
+            await self.runtime.release()
+
+    # --- the chain ---------------------------------------------------------------------
+
+    def begin(
+        self, messages: Sequence[Message], max_tokens: int | None
+    ) -> tuple[Conversation, Sequence[Step]]:
+        """Resolve the task and check the messages: the conversation and the steps to try."""
+        task = self.task = self.runtime.policy.task(self.task_name)
+        if task.deadline_s:
+            self.deadline = self.started + task.deadline_s
+        checked = validate_messages(messages)
+        return checked, self.runtime.ordered(task, checked, max_tokens)
+
+    def eligible(self, steps: Sequence[Step], messages: Sequence[Message]) -> Iterator[Step]:
+        """The chain's steps worth calling, in order. Skipped candidates are recorded, each
+        move to the next candidate is reported (after `left()`), and a deadline that runs out
+        between candidates raises `DeadlineExceeded`."""
+        task = self.spec
+        input_tokens = prompt_tokens(messages)
+        for step in steps:
+            candidate = step.candidate
+            if self._left_behind is not None:
+                left_name, why = self._left_behind
+                self._left_behind = None
+                self.hooks.on_fallback(
+                    task=task.name, from_provider=left_name, to_provider=candidate.name, kind=why
+                )
+            left = self.remaining()
+            if left is not None and left <= 0:
+                raise self.deadline_exceeded(candidate)
+            skipped = self._skip_reason(candidate, input_tokens)
+            if skipped is not None:
+                self.record(candidate, skipped, None)
+                self._left_behind = (candidate.name, skipped)
+                continue
+            yield step
+
+    def left(self, candidate: Candidate, failed: CandidateFailed) -> None:
+        """`candidate` gave no answer; a deadline ends the request here."""
+        if failed.outcome is AttemptOutcome.DEADLINE:
+            raise self.deadline_exceeded(None) from failed.error
+        self._left_behind = (candidate.name, failed.outcome)
+
+    def _skip_reason(self, candidate: Candidate, input_tokens: int) -> AttemptOutcome | None:
+        if candidate.client is None:
+            return AttemptOutcome.UNAVAILABLE
+        if candidate.saturated:
+            return AttemptOutcome.SATURATED
+        window = self.runtime.context_window(candidate)
+        if window is not None and input_tokens > window:
+            return AttemptOutcome.SKIPPED_CONTEXT
+        if candidate.breaker.refusing():
+            return AttemptOutcome.BREAKER_OPEN
+        return None
+
+    @property
+    def spec(self) -> TaskSpec:
+        assert self.task is not None, "begin() resolves the task"
+        return self.task
+
+    def remaining(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return self.deadline - time.perf_counter()
+
+    def attempt_timeout(self, candidate: Candidate) -> tuple[float, bool]:
+        """The bound for one call, and whether it is the deadline (not timeout_s) that binds."""
+        timeout = candidate.spec.timeout_s
+        left = self.remaining()
+        if left is not None and left < timeout:
+            return max(left, 0.0), True
+        return timeout, False
+
+    # --- one candidate, whole ----------------------------------------------------------
+
+    async def call(
+        self, step: Step, messages: Conversation, params: dict[str, Any], check: Check | None
+    ) -> tuple[Completion, Any]:
+        """One candidate's answer, with retries; `CandidateFailed` when it gives none."""
+        candidate = step.candidate
+        client = candidate.client
+        assert client is not None
+        call_params = {**step.params, **params}
+        tries = _Tries(self, candidate)
+
+        async def attempt() -> tuple[Completion, Any]:
+            timeout, deadline_binds = self.attempt_timeout(candidate)
+            ticket = tries.admit()
+            candidate.in_flight += 1
+            began = time.perf_counter()
+            with ticket:
+                try:
+                    async with asyncio.timeout(timeout):
+                        completion = await client.complete(
+                            messages, timeout_s=timeout, **call_params
+                        )
+                except TimeoutError as exc:
+                    ticket.fail(ErrorKind.TIMEOUT)
+                    if deadline_binds:
+                        raise CandidateFailed(AttemptOutcome.DEADLINE) from exc
+                    raise ProviderError(
+                        f"no answer within timeout_s={timeout:g}",
+                        kind=ErrorKind.TIMEOUT,
+                        provider=candidate.name,
+                    ) from exc
+                except InvalidRequestError as exc:
+                    # The messages passed the router's checks, so this provider alone cannot
+                    # take them (e.g. Ollama and image URLs): the next candidate may.
+                    ticket.release()
+                    raise refused(exc, candidate.name) from exc
+                finally:
+                    elapsed = time.perf_counter() - began
+                    tries.latency_s += elapsed
+                    self.upstream_s += elapsed
+                    candidate.in_flight -= 1
+                self.bill(candidate, completion.model, completion.usage)
+                parsed = None
+                if check is not None:
+                    try:
+                        parsed = check(completion, candidate.name)
+                    except ProviderError:
+                        # The provider answered; only this caller cannot use the answer.
+                        ticket.release()
+                        raise
+                ticket.succeed()
+            candidate.observe_latency(elapsed)
+            return completion, parsed
+
+        answer = await tries.run(attempt)
+        self.record(candidate, AttemptOutcome.SUCCESS, tries.latency_s, retries=tries.retries)
+        return answer
+
+    # --- one candidate, streamed -------------------------------------------------------
+
+    async def stream(
+        self, step: Step, messages: list[dict[str, Any]], params: dict[str, Any], into: Streamed
+    ) -> AsyncGenerator[str, None]:
+        """One candidate's deltas. Retries happen only before its first delta reaches the
+        caller; after it, a failure raises `CandidateFailed` as any other."""
+        candidate = step.candidate
+        client = candidate.client
+        assert client is not None
+        call_params = {**step.params, **params}
+        task = self.spec
+        tries = _Tries(self, candidate)
+
+        async def open_stream() -> tuple[ChatStream, str | None, Ticket, float]:
+            timeout, deadline_binds = self.attempt_timeout(candidate)
+            first_bound = timeout
+            if task.first_token_timeout_s is not None and task.first_token_timeout_s < timeout:
+                first_bound, deadline_binds = task.first_token_timeout_s, False
+            ticket = tries.admit()
+            with ticket:
+                try:
+                    stream = client.stream(messages, timeout_s=timeout, **call_params)
+                except InvalidRequestError as exc:
+                    ticket.release()  # refused before any call: nothing to say about health
+                    raise refused(exc, candidate.name) from exc
+                candidate.in_flight += 1
+                began = time.perf_counter()
+                try:
+                    async with asyncio.timeout(first_bound):
+                        first: str | None = await stream.__anext__()
+                except StopAsyncIteration:
+                    first = None
+                except BaseException as exc:
+                    candidate.in_flight -= 1
+                    tries.latency_s += time.perf_counter() - began
+                    await _close_quietly(stream)
+                    error = _as_error(exc, candidate, first_bound)
+                    if error is None:
+                        raise
+                    ticket.fail(error.kind)
+                    if isinstance(exc, TimeoutError) and deadline_binds:
+                        raise CandidateFailed(AttemptOutcome.DEADLINE) from exc
+                    raise error from exc
+            self.hooks.on_first_token(
+                provider=candidate.name,
+                model=candidate.model,
+                seconds=time.perf_counter() - began,
+            )
+            return stream, first, ticket, began
+
+        stream, first, ticket, began = await tries.run(open_stream)
+        outcome = AttemptOutcome.CANCELLED
+        # From its first delta on, this candidate is the one answering (until a `resume`).
+        into.provider = candidate.name
+        into.model = stream.model or candidate.model
+        idle = _GapTimer()
+        try:
+            with ticket:
+                if first is not None:
+                    yield first
+                    while True:
+                        timeout, deadline_binds = self.attempt_timeout(candidate)
+                        try:
+                            delta = await idle.next_within(stream, timeout)
+                        except StopAsyncIteration:
+                            break
+                        except BaseException as exc:
+                            failure = _as_error(exc, candidate, timeout)
+                            if failure is None:
+                                raise
+                            ticket.fail(failure.kind)
+                            outcome = (
+                                AttemptOutcome.DEADLINE
+                                if isinstance(exc, TimeoutError) and deadline_binds
+                                else AttemptOutcome.failed(failure.kind)
+                            )
+                            raise CandidateFailed(outcome, failure) from exc
+                        yield delta
+                ticket.succeed()
+                outcome = AttemptOutcome.SUCCESS
+        finally:
+            ticket.release()  # a no-op once settled; here so no path leaves it open
+            idle.close()
+            candidate.in_flight -= 1
+            elapsed = time.perf_counter() - began
+            self.upstream_s += elapsed
+            await _close_quietly(stream)
+            if outcome is AttemptOutcome.SUCCESS:
+                candidate.observe_latency(elapsed)
+                into.provider = candidate.name
+                into.model = stream.model or candidate.model
+                into.finish_reason = stream.finish_reason
+            if stream.usage is not None:
+                into.usage = stream.usage
+                self.bill(candidate, stream.model, stream.usage)
+            self.record(candidate, outcome, elapsed + tries.latency_s, retries=tries.retries)
+
+    # --- book-keeping ------------------------------------------------------------------
+
+    def bill(self, candidate: Candidate, model: str, usage: Usage) -> None:
+        model = model or candidate.model
+        cost = self.runtime.prices.cost(model, usage, candidate.spec.type)
+        if cost is None:
+            self.walker.warn_unpriced(candidate, model)
+        self.cost_usd += cost or 0.0
+        self.billed = self.billed + usage
+        self.hooks.on_usage(
+            task=self.spec.name,
+            provider=candidate.name,
+            model=candidate.model,
+            usage=usage,
+            cost_usd=cost,
+        )
+
+    def record(
+        self,
+        candidate: Candidate,
+        outcome: AttemptOutcome,
+        latency: float | None,
+        *,
+        retries: int = 0,
+        error: str | None = None,
+    ) -> None:
+        self.attempts.append(
+            Attempt(candidate.name, candidate.model, outcome, retries, latency or 0.0, error)
+        )
+        self.hooks.on_attempt(
+            task=self.spec.name,
+            provider=candidate.name,
+            model=candidate.model,
+            outcome=outcome,
+            duration_s=latency,
+        )
+
+    def deadline_exceeded(self, candidate: Candidate | None) -> DeadlineExceeded:
+        task = self.spec
+        if candidate is not None:
+            # Listed and counted like any skipped candidate, so metrics match `attempts`.
+            self.record(candidate, AttemptOutcome.DEADLINE, None)
+        return DeadlineExceeded(
+            f"task {task.name!r}: deadline_s={task.deadline_s:g} ran out; "
+            + summary(task.name, self.attempts, header=False),
+            task=task.name,
+            attempts=self.attempts,
+        )
+
+    def exhausted(self) -> AllProvidersFailed:
+        task = self.spec.name
+        return AllProvidersFailed(summary(task, self.attempts), task=task, attempts=self.attempts)
+
+    def interrupted(self, partial: str) -> StreamInterrupted:
+        task = self.spec.name
+        return StreamInterrupted(
+            f"stream for task {task!r} failed after {len(partial)} characters reached the "
+            "caller; " + summary(task, self.attempts, header=False),
+            task=task,
+            attempts=self.attempts,
+            partial_text=partial,
+        )
+
+
+class Streamed:
+    """What a streamed walk tells its reader as it goes: the candidate answering, and once
+    the stream has ended, its usage and finish reason."""
+
+    provider: str | None = None
+    model: str | None = None
+    usage: Usage = Usage()
+    finish_reason: str | None = None
+
+
+class _Tries:
+    """One candidate's calls for one request: admission, retries, and how they ended."""
+
+    __slots__ = ("candidate", "last_error", "latency_s", "retries", "walk")
+
+    def __init__(self, walk: Walk, candidate: Candidate) -> None:
+        self.walk = walk
+        self.candidate = candidate
+        self.retries = 0
+        self.latency_s = 0.0
+        self.last_error: ProviderError | None = None
+
+    def admit(self) -> Ticket:
+        try:
+            return self.candidate.breaker.admitted()
+        except BreakerOpen:
+            raise CandidateFailed(AttemptOutcome.BREAKER_OPEN) from None
+
+    def on_retry(self, error: ProviderError, wait_s: float) -> None:
+        self.retries += 1
+        self.walk.waited_s += wait_s
+        self.walk.hooks.on_retry(
+            provider=self.candidate.name, model=self.candidate.model, kind=error.kind
+        )
+
+    async def run(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run `attempt` under the candidate's retry policy. Every way it can end without an
+        answer is recorded and raised as `CandidateFailed`."""
+        walk, candidate = self.walk, self.candidate
+        try:
+            return await call_with_retries(
+                self._noting(attempt),
+                candidate.spec.retry,
+                remaining_s=walk.remaining,
+                on_retry=self.on_retry,
+                sleep=walk.walker.sleep,
+            )
+        except CandidateFailed as failed:
+            if failed.outcome is AttemptOutcome.BREAKER_OPEN and self.last_error is not None:
+                # The breaker opened between our own retries: the real cause is the last error.
+                failed = CandidateFailed(
+                    AttemptOutcome.failed(self.last_error.kind), self.last_error
+                )
+            self.fail(failed.outcome, failed.error)
+            raise failed from None
+        except (RetryAborted, ProviderError) as exc:
+            error = exc.error if isinstance(exc, RetryAborted) else exc
+            error.provider = error.provider or candidate.name
+            outcome = AttemptOutcome.failed(error.kind)
+            self.fail(outcome, error)
+            raise CandidateFailed(outcome, error) from None
+        except asyncio.CancelledError:
+            self.fail(AttemptOutcome.CANCELLED, None)
+            raise
+
+    def _noting(self, attempt: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
+        async def noted() -> T:
+            try:
+                return await attempt()
+            except ProviderError as error:
+                self.last_error = error
+                raise
+
+        return noted
+
+    def fail(self, outcome: AttemptOutcome, error: ProviderError | None) -> None:
+        self.walk.record(
+            self.candidate,
+            outcome,
+            self.latency_s or None,
+            retries=self.retries,
+            error=str(error) if error is not None else None,
+        )
+
+
+def _request_outcome(exc: BaseException | None) -> RequestOutcome:
+    if exc is None:
+        return RequestOutcome.SUCCESS
+    if isinstance(exc, DeadlineExceeded):
+        return RequestOutcome.DEADLINE
+    if isinstance(exc, RoutingError):
+        return RequestOutcome.EXHAUSTED
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        return RequestOutcome.CANCELLED
+    return RequestOutcome.REJECTED
+
+
+def refused(exc: InvalidRequestError, provider: str) -> ProviderError:
+    """A provider-specific refusal of a request, as a `bad_request` that falls through."""
+    return ProviderError(str(exc), kind=ErrorKind.BAD_REQUEST, provider=provider)
+
+
+def summary(task: str, attempts: Sequence[Attempt], *, header: bool = True) -> str:
+    parts = []
+    for a in attempts:
+        detail = f": {a.error}" if a.error else ""
+        retried = f" after {a.retries} retr{'y' if a.retries == 1 else 'ies'}" if a.retries else ""
+        parts.append(f"{a.provider} ({a.model}) {a.outcome}{retried}{detail}")
+    listing = "; ".join(parts) or "no candidates"
+    return f"every provider for task {task!r} failed: {listing}" if header else listing
+
+
+class _GapTimer:
+    """Bounds each wait for a stream's next delta, without a new timer per delta.
+
+    `asyncio.timeout()` around every `__anext__` pushes a timer on the loop's heap and cancels
+    it again for every chunk. Here one timer stays armed for the whole stream: a wait only
+    notes when it must end, and the timer, when it fires, either finds the current wait
+    overdue (and cancels the waiting task, which the wait turns into `TimeoutError`, as
+    `asyncio.timeout` does) or re-arms itself for the current wait's end. Time the caller
+    spends between waits counts for nothing.
+    """
+
+    __slots__ = ("_fired", "_handle", "_loop", "_until", "_waiter")
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._handle: asyncio.TimerHandle | None = None
+        self._waiter: asyncio.Task[Any] | None = None
+        self._until: float | None = None
+        self._fired = False
+
+    async def next_within(self, stream: ChatStream, timeout_s: float) -> str:
+        """`stream`'s next delta, or `TimeoutError` after `timeout_s` without one."""
+        task = asyncio.current_task()
+        assert task is not None
+        until = self._loop.time() + timeout_s
+        if self._handle is None or self._handle.when() > until:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._handle = self._loop.call_at(until, self._check)
+        cancelling = task.cancelling()
+        self._waiter, self._until = task, until
+        try:
+            return await stream.__anext__()
+        except asyncio.CancelledError:
+            if self._fired:
+                self._fired = False
+                if task.uncancel() <= cancelling:
+                    raise TimeoutError from None
+            raise
+        finally:
+            self._waiter = self._until = None
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        self._handle = None
+        if self._waiter is None or self._until is None:
+            return  # between waits: the next wait arms the timer again
+        if self._loop.time() >= self._until:
+            self._fired = True
+            self._waiter.cancel()
+        else:
+            self._handle = self._loop.call_at(self._until, self._check)
+
+
+def _as_error(exc: BaseException, candidate: Candidate, bound: float) -> ProviderError | None:
+    if isinstance(exc, ProviderError):
+        exc.provider = exc.provider or candidate.name
+        return exc
+    if isinstance(exc, TimeoutError):
+        return ProviderError(
+            f"no data within {bound:g}s", kind=ErrorKind.TIMEOUT, provider=candidate.name
+        )
+    if isinstance(exc, InvalidRequestError):
+        return refused(exc, candidate.name)
+    return None
+
+
+async def _close_quietly(stream: ChatStream) -> None:
+    with suppress(Exception):
+        await stream.aclose()
