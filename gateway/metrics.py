@@ -40,7 +40,13 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from gateway.errors import ErrorKind
+from gateway._outcomes import (
+    AttemptOutcome,
+    BreakerState,
+    ErrorKind,
+    PolicyOutcome,
+    RequestOutcome,
+)
 from gateway.types import Usage
 
 __all__ = [
@@ -74,16 +80,17 @@ OVERHEAD_BUCKETS: Final = (
 # so a caller passing free text by mistake cannot blow up the number of series.
 OTHER: Final = "other"
 UNKNOWN: Final = "unknown"
-REQUEST_OUTCOMES: Final = frozenset({"success", "exhausted", "deadline", "rejected", "cancelled"})
-ATTEMPT_OUTCOMES: Final = frozenset(
-    {"success", "breaker_open", "saturated", "skipped_context", "unavailable", "deadline"}
-    | {"cancelled"}
-    | {kind.value for kind in ErrorKind}
-)
-LEAVE_REASONS: Final = ATTEMPT_OUTCOMES - {"success"}
+REQUEST_OUTCOMES: Final = frozenset(RequestOutcome)
+ATTEMPT_OUTCOMES: Final = frozenset(AttemptOutcome) - {AttemptOutcome.STREAMING}
+"""How an attempt ended (a stream in progress is never recorded)."""
+LEAVE_REASONS: Final = ATTEMPT_OUTCOMES - {AttemptOutcome.SUCCESS}
 """Why a call is retried or a request falls back: an ErrorKind or a skip reason."""
-BREAKER_STATES: Final = {"closed": 0, "half_open": 1, "open": 2}
-POLICY_OUTCOMES: Final = frozenset({"applied", "rejected"})
+BREAKER_STATES: Final[dict[str, int]] = {
+    BreakerState.CLOSED: 0,
+    BreakerState.HALF_OPEN: 1,
+    BreakerState.OPEN: 2,
+}
+POLICY_OUTCOMES: Final = frozenset(PolicyOutcome)
 
 _MAX_WARNINGS: Final = 200
 
@@ -286,7 +293,9 @@ class GatewayMetrics:
 
     # -- RouterHooks --------------------------------------------------------------------------
 
-    def on_request(self, *, task: str, outcome: str, duration_s: float, overhead_s: float) -> None:
+    def on_request(
+        self, *, task: str, outcome: RequestOutcome, duration_s: float, overhead_s: float
+    ) -> None:
         try:
             task = _name(task)
             self.requests.get(task, self._vocab("outcome", outcome, REQUEST_OUTCOMES)).inc()
@@ -300,12 +309,18 @@ class GatewayMetrics:
             self._hook_failed("on_request", exc)
 
     def on_attempt(
-        self, *, task: str, provider: str, model: str, outcome: str, duration_s: float | None
+        self,
+        *,
+        task: str,
+        provider: str,
+        model: str,
+        outcome: AttemptOutcome,
+        duration_s: float | None,
     ) -> None:
         try:
             provider, model = _name(provider), _name(model)
-            outcome = self._vocab("outcome", outcome, ATTEMPT_OUTCOMES)
-            self.attempts.get(_name(task), provider, model, outcome).inc()
+            label = self._vocab("outcome", outcome, ATTEMPT_OUTCOMES)
+            self.attempts.get(_name(task), provider, model, label).inc()
             if duration_s is not None:
                 seconds = _amount(duration_s)
                 if seconds is not None:
@@ -321,17 +336,19 @@ class GatewayMetrics:
         except Exception as exc:
             self._hook_failed("on_first_token", exc)
 
-    def on_retry(self, *, provider: str, model: str, kind: str) -> None:
+    def on_retry(self, *, provider: str, model: str, kind: ErrorKind) -> None:
         try:
-            kind = self._vocab("kind", kind, LEAVE_REASONS)
-            self.retries.get(_name(provider), _name(model), kind).inc()
+            label = self._vocab("kind", kind, LEAVE_REASONS)
+            self.retries.get(_name(provider), _name(model), label).inc()
         except Exception as exc:
             self._hook_failed("on_retry", exc)
 
-    def on_fallback(self, *, task: str, from_provider: str, to_provider: str, kind: str) -> None:
+    def on_fallback(
+        self, *, task: str, from_provider: str, to_provider: str, kind: AttemptOutcome
+    ) -> None:
         try:
-            kind = self._vocab("kind", kind, LEAVE_REASONS)
-            self.fallbacks.get(_name(task), _name(from_provider), _name(to_provider), kind).inc()
+            label = self._vocab("kind", kind, LEAVE_REASONS)
+            self.fallbacks.get(_name(task), _name(from_provider), _name(to_provider), label).inc()
         except Exception as exc:
             self._hook_failed("on_fallback", exc)
 
@@ -365,21 +382,22 @@ class GatewayMetrics:
         except Exception as exc:
             self._hook_failed("on_usage", exc)
 
-    def on_breaker_state(self, *, provider: str, state: str) -> None:
+    def on_breaker_state(self, *, provider: str, state: BreakerState) -> None:
         try:
             provider = _name(provider)
-            state = str(state).replace("-", "_")
-            level = BREAKER_STATES.get(state)
+            # pybreaker spells it half-open; a hook caller reading it from there may too.
+            entered = str(state).replace("-", "_")
+            level = BREAKER_STATES.get(entered)
             if level is None:
-                self._warn_once("state", state)
+                self._warn_once("state", repr(state))
                 return
             with self._lock:  # so concurrent reports cannot leave the gauge on an older state
                 # A new breaker announces itself as closed; that is a birth, not a transition.
-                previous = self._breaker_states.get(provider, "closed")
-                self._breaker_states[provider] = state
+                previous = self._breaker_states.get(provider, BreakerState.CLOSED)
+                self._breaker_states[provider] = entered
                 self.circuit_state.get(provider).set(level)
-            if state != previous:
-                self.circuit_transitions.get(provider, state).inc()
+            if entered != previous:
+                self.circuit_transitions.get(provider, entered).inc()
         except Exception as exc:
             self._hook_failed("on_breaker_state", exc)
 
@@ -403,11 +421,11 @@ class GatewayMetrics:
         except Exception as exc:
             self._hook_failed("on_state_backend_error", exc)
 
-    def on_policy(self, *, outcome: str, version: int | None, sha256: str | None) -> None:
+    def on_policy(self, *, outcome: PolicyOutcome, version: int | None, sha256: str | None) -> None:
         try:
-            outcome = self._vocab("outcome", outcome, POLICY_OUTCOMES)
-            self.policy_reloads.get(outcome).inc()
-            if outcome == "applied":
+            label = self._vocab("outcome", outcome, POLICY_OUTCOMES)
+            self.policy_reloads.get(label).inc()
+            if label == PolicyOutcome.APPLIED:
                 self._set_policy_info(_name(version), _name(sha256))
         except Exception as exc:
             self._hook_failed("on_policy", exc)
@@ -429,7 +447,7 @@ class GatewayMetrics:
 
     def _vocab(self, field: str, value: object, allowed: frozenset[str]) -> str:
         if isinstance(value, str) and value in allowed:
-            return str(value)
+            return value.__str__()
         self._warn_once(field, repr(value))
         return OTHER
 
