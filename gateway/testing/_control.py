@@ -18,14 +18,60 @@ Errors answer 400 (or 404 for an unknown route) with {"error": "..."} naming the
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from gateway.testing._faults import Fault
 from gateway.testing._http import HttpConnection, HttpRequest
 
-if TYPE_CHECKING:
-    from gateway.testing.fake_upstream import FakeUpstream
+
+class Recorded(Protocol):
+    @property
+    def model(self) -> str | None: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class Scriptable(Protocol):
+    """What the control API drives: the scripting methods of `FakeUpstream`."""
+
+    @property
+    def requests(self) -> Sequence[Recorded]: ...
+
+    def reply(
+        self,
+        model: str | None,
+        text: str | None = None,
+        *,
+        cached_input_tokens: int = 0,
+        latency_s: float = 0.0,
+        chunk_delay_s: float = 0.0,
+    ) -> None: ...
+
+    def script(self, model: str, *faults: Fault) -> None: ...
+
+    def script_next(self, *faults: Fault) -> None: ...
+
+    def fail_always(self, model: str, fault: Fault) -> None: ...
+
+    def heal(self, model: str | None = None) -> None: ...
+
+    def chaos(
+        self,
+        seed: int | str | None,
+        rates: Mapping[str, float] | None = None,
+        *,
+        retry_after: float | None = 0.05,
+        hang_s: float | None = None,
+    ) -> None: ...
+
+    def stop_chaos(self) -> None: ...
+
+    def count(self, model: str | None = None, protocol: str | None = None) -> int: ...
+
+    def reset_counts(self) -> None: ...
+
+    def counts_summary(self) -> dict[str, Any]: ...
 
 _REPLY_FIELDS = {"model", "text", "cached_input_tokens", "latency_s", "chunk_delay_s"}
 _CHAOS_FIELDS = {"seed", "rates", "retry_after", "hang_s"}
@@ -37,7 +83,7 @@ class ControlError(ValueError):
         self.status = status
 
 
-async def handle_control(up: FakeUpstream, request: HttpRequest, conn: HttpConnection) -> None:
+async def handle_control(up: Scriptable, request: HttpRequest, conn: HttpConnection) -> None:
     route = request.path.removeprefix("/_fake/").strip("/")
     try:
         body = _json_object(request.body)
@@ -63,7 +109,7 @@ def _json_object(raw: bytes) -> dict[str, Any]:
 
 
 def _dispatch(
-    up: FakeUpstream, method: str, route: str, body: dict[str, Any], query: dict[str, str]
+    up: Scriptable, method: str, route: str, body: dict[str, Any], query: dict[str, str]
 ) -> Any:
     handler = _ROUTES.get((method, route))
     if handler is None:
@@ -104,11 +150,11 @@ def _fault_list(body: dict[str, Any], route: str) -> list[Fault]:
     return parsed
 
 
-def _health(up: FakeUpstream, body: dict[str, Any], query: dict[str, str]) -> Any:
+def _health(up: Scriptable, body: dict[str, Any], query: dict[str, str]) -> Any:
     return {"ok": True}
 
 
-def _reply(up: FakeUpstream, body: dict[str, Any], query: dict[str, str]) -> Any:
+def _reply(up: Scriptable, body: dict[str, Any], query: dict[str, str]) -> Any:
     _only(body, _REPLY_FIELDS, "reply")
     up.reply(
         _model(body, "reply", required=False),
@@ -120,7 +166,7 @@ def _reply(up: FakeUpstream, body: dict[str, Any], query: dict[str, str]) -> Any
     return {"ok": True}
 
 
-def _script(up: FakeUpstream, body: dict[str, Any], query: dict[str, str]) -> Any:
+def _script(up: Scriptable, body: dict[str, Any], query: dict[str, str]) -> Any:
     _only(body, {"model", "faults"}, "script")
     model = _model(body, "script", required=True)
     assert model is not None
@@ -128,13 +174,13 @@ def _script(up: FakeUpstream, body: dict[str, Any], query: dict[str, str]) -> An
     return {"ok": True}
 
 
-def _script_next(up: FakeUpstream, body: dict[str, Any], query: dict[str, str]) -> Any:
+def _script_next(up: Scriptable, body: dict[str, Any], query: dict[str, str]) -> Any:
     _only(body, {"faults"}, "script_next")
     up.script_next(*_fault_list(body, "script_next"))
     return {"ok": True}
 
 
-def _fail_always(up: FakeUpstream, body: dict[str, Any], query: dict[str, str]) -> Any:
+def _fail_always(up: Scriptable, body: dict[str, Any], query: dict[str, str]) -> Any:
     _only(body, {"model", "fault"}, "fail_always")
     model = _model(body, "fail_always", required=True)
     assert model is not None
@@ -146,13 +192,13 @@ def _fail_always(up: FakeUpstream, body: dict[str, Any], query: dict[str, str]) 
     return {"ok": True}
 
 
-def _heal(up: FakeUpstream, body: dict[str, Any], query: dict[str, str]) -> Any:
+def _heal(up: Scriptable, body: dict[str, Any], query: dict[str, str]) -> Any:
     _only(body, {"model"}, "heal")
     up.heal(_model(body, "heal", required=False))
     return {"ok": True}
 
 
-def _chaos(up: FakeUpstream, body: dict[str, Any], query: dict[str, str]) -> Any:
+def _chaos(up: Scriptable, body: dict[str, Any], query: dict[str, str]) -> Any:
     _only(body, _CHAOS_FIELDS, "chaos")
     rates = body.get("rates")
     if rates is not None and not isinstance(rates, dict):
@@ -166,23 +212,23 @@ def _chaos(up: FakeUpstream, body: dict[str, Any], query: dict[str, str]) -> Any
     return {"ok": True}
 
 
-def _stop_chaos(up: FakeUpstream, body: dict[str, Any], query: dict[str, str]) -> Any:
+def _stop_chaos(up: Scriptable, body: dict[str, Any], query: dict[str, str]) -> Any:
     up.stop_chaos()
     return {"ok": True}
 
 
-def _counts(up: FakeUpstream, body: dict[str, Any], query: dict[str, str]) -> Any:
+def _counts(up: Scriptable, body: dict[str, Any], query: dict[str, str]) -> Any:
     summary = up.counts_summary()
     summary["count"] = up.count(query.get("model"), query.get("protocol"))
     return summary
 
 
-def _reset(up: FakeUpstream, body: dict[str, Any], query: dict[str, str]) -> Any:
+def _reset(up: Scriptable, body: dict[str, Any], query: dict[str, str]) -> Any:
     up.reset_counts()
     return {"ok": True}
 
 
-def _requests(up: FakeUpstream, body: dict[str, Any], query: dict[str, str]) -> Any:
+def _requests(up: Scriptable, body: dict[str, Any], query: dict[str, str]) -> Any:
     limit_text = query.get("limit", "100")
     try:
         limit = int(limit_text)
@@ -195,7 +241,7 @@ def _requests(up: FakeUpstream, body: dict[str, Any], query: dict[str, str]) -> 
     return [r.to_dict() for r in chosen[-limit:]] if limit > 0 else []
 
 
-_Route = Callable[["FakeUpstream", dict[str, Any], dict[str, str]], Any]
+_Route = Callable[[Scriptable, dict[str, Any], dict[str, str]], Any]
 
 _ROUTES: dict[tuple[str, str], _Route] = {
     ("GET", "health"): _health,
