@@ -19,7 +19,7 @@ import uvicorn
 from starlette.types import Message, Receive, Scope, Send
 
 from bench.scenarios import BENCH_KEY, MODEL, UPSTREAM_ENV
-from gateway.server.process import KEEP_ALIVE_S, event_loop_and_parser
+from gateway.server._process import KEEP_ALIVE_S, event_loop_and_parser
 
 
 class Forwarder:

@@ -25,16 +25,16 @@ import openai
 import pytest
 import pytest_asyncio
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+from server_harness import GATEWAY_SERVE, ServerProcess, free_port
 
 from gateway.demo import demo_policy_text
 from gateway.errors import ConfigurationError
-from gateway.server.auth import Access, KeyChecker, denial, is_loopback
-from gateway.server.chat import unless_disconnected
-from gateway.server.config import ServerSettings
-from gateway.server.disconnect import ClientGone
-from gateway.server.launcher import ServerProcess, free_port
-from gateway.server.openai_compat import ChatCompletion, ChunkWriter, completion_body
-from gateway.server.sse import event
+from gateway.server import ServerSettings
+from gateway.server._auth import Access, KeyChecker, denial, is_loopback
+from gateway.server._chat import unless_disconnected
+from gateway.server._disconnect import ClientGone
+from gateway.server._openai_compat import ChatCompletion, ChunkWriter, completion_body
+from gateway.server._sse import event
 from gateway.testing import FakeUpstream, Fault, fake_usage
 from gateway.types import Usage
 
@@ -1000,7 +1000,11 @@ async def test_invalid_policy_refuses_to_start(tmp_path: Path) -> None:
 async def test_simulate_mode_serves_without_keys(tmp_path: Path) -> None:
     env = {k: "" for k in ("GATEWAY_API_KEYS", "GATEWAY_ADMIN_KEYS")}
     with ServerProcess(
-        None, log_path=tmp_path / "sim.log", env=env, extra_args=["--simulate"]
+        None,
+        log_path=tmp_path / "sim.log",
+        env=env,
+        extra_args=["--simulate"],
+        command=GATEWAY_SERVE,
     ) as sim:
         sim.wait_ready()
         response = httpx.post(

@@ -19,8 +19,8 @@ import pytest
 from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.server.app import CHAT_PATH, GatewayApp, create_app
-from gateway.server.config import ServerSettings
+from gateway.server._app import CHAT_PATH, GatewayApp, create_app
+from gateway.server._config import ServerSettings
 from gateway.testing import FakeUpstream
 
 BODY = {"model": "chat", "messages": [{"role": "user", "content": "hello there"}]}

@@ -14,10 +14,9 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from server_harness import ServerProcess
 
-from gateway.server.app import create_app
-from gateway.server.config import ServerSettings
-from gateway.server.launcher import ServerProcess
+from gateway.server import ServerSettings, create_app
 from gateway.testing import FakeUpstream
 from gateway.testing._client import SpawnedFakeUpstream
 

@@ -21,9 +21,9 @@ import httpx
 import openai
 import pytest
 import soak
+from server_harness import ServerProcess
 from soak import Ending
 
-from gateway.server.launcher import ServerProcess
 from gateway.testing._replies import default_text
 
 pytestmark = pytest.mark.slow

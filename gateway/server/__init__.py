@@ -1,31 +1,45 @@
 """`gateway serve`: the HTTP gateway, OpenAI-compatible, around one shared `Router` a process.
 
-    create_app(policy_path)   the ASGI app (FastAPI), for embedding or testing
-    serve(policy_path, host, port, workers, simulate)   run it under uvicorn; returns an exit code
+    create_app(policy_path, settings=None, handle_sighup=False)
+        the ASGI app (FastAPI), for embedding or testing
+    serve(policy_path, host, port, workers, banner=None)
+        run it under uvicorn; returns an exit code
+    ServerSettings
+        the server's settings (keys, limits, policy watch), read from the environment
 
-docs/server.md describes the routes, auth, limits and signals.
+docs/server.md describes the routes, auth, limits and signals. The modules with a leading
+underscore are the implementation.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["create_app", "serve"]
+__all__ = ["ServerSettings", "create_app", "serve"]
 
-if TYPE_CHECKING:
-    from gateway.server.app import create_app
-    from gateway.server.process import serve
+_EXPORTS = {
+    "create_app": "gateway.server._app",
+    "serve": "gateway.server._process",
+    "ServerSettings": "gateway.server._config",
+}
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports lazily
+    from gateway.server._app import create_app
+    from gateway.server._config import ServerSettings
+    from gateway.server._process import serve
 
 
 def __getattr__(name: str) -> Any:
     # Imported on first use: `gateway.server` must not load FastAPI or prometheus_client before
     # `serve` has set PROMETHEUS_MULTIPROC_DIR for its workers.
-    if name == "create_app":
-        from gateway.server.app import create_app
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gateway.server' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-        return create_app
-    if name == "serve":
-        from gateway.server.process import serve
 
-        return serve
-    raise AttributeError(f"module 'gateway.server' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,4 +1,5 @@
-"""`python -m gateway.server --policy routing.yaml --port 8000`: the same as `gateway serve`."""
+"""`python -m gateway.server --policy routing.yaml --port 8000`: `gateway serve` without the
+command line's extras (`--simulate` is the command line's: `gateway serve --simulate`)."""
 
 from __future__ import annotations
 
@@ -14,19 +15,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (1)")
-    parser.add_argument(
-        "--simulate",
-        action="store_true",
-        help="serve a demo policy whose providers are a local FakeUpstream (no keys needed)",
-    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gateway.server.process import serve
+    from gateway.server import serve
 
     args = parse_args(argv)
-    return serve(args.policy, args.host, args.port, args.workers, args.simulate)
+    return serve(args.policy, args.host, args.port, args.workers)
 
 
 if __name__ == "__main__":

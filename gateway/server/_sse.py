@@ -19,7 +19,7 @@ from pydantic_core import PydanticSerializationError, to_json
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.server.disconnect import CancelOnDisconnect, ClientGone
+from gateway.server._disconnect import CancelOnDisconnect, ClientGone
 
 DONE = b"data: [DONE]\n\n"
 

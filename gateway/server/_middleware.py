@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.server.config import MAX_BODY_BYTES_ENV
-from gateway.server.errors import error_body
+from gateway.server._config import MAX_BODY_BYTES_ENV
+from gateway.server._errors import error_body
 from gateway.types import Attempt
 
 access_log = logging.getLogger("gateway.access")

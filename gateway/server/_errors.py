@@ -26,7 +26,7 @@ from gateway.errors import (
     StreamInterrupted,
     UnknownTaskError,
 )
-from gateway.server.openai_compat import AttemptReport, ErrorDetail, ErrorResponse
+from gateway.server._openai_compat import AttemptReport, ErrorDetail, ErrorResponse
 from gateway.types import Attempt
 
 log = logging.getLogger("gateway.server")

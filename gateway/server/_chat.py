@@ -26,21 +26,21 @@ from starlette.types import Receive, Scope
 
 from gateway.errors import RoutingError
 from gateway.router import Router
-from gateway.server.disconnect import CancelOnDisconnect, ClientGone
-from gateway.server.errors import internal_error_body, routing_failure
-from gateway.server.middleware import (
+from gateway.server._disconnect import CancelOnDisconnect, ClientGone
+from gateway.server._errors import internal_error_body, routing_failure
+from gateway.server._middleware import (
     CLIENT_CLOSED,
     AccessRecord,
     BodyTooLarge,
     attempts_detail,
 )
-from gateway.server.openai_compat import (
+from gateway.server._openai_compat import (
     ChatCompletionRequest,
     ChunkWriter,
     completion_body,
     new_completion_id,
 )
-from gateway.server.sse import DONE, EventStreamResponse, LastEvents, event, json_bytes
+from gateway.server._sse import DONE, EventStreamResponse, LastEvents, event, json_bytes
 from gateway.streaming import RoutedStream
 from gateway.types import Attempt
 

@@ -1,4 +1,4 @@
-"""Run `python -m gateway.server` as a child process on a free port, for tests and benchmarks."""
+"""Run `python -m gateway.server` (or `gateway serve`) as a child process on a free port."""
 
 from __future__ import annotations
 
@@ -21,6 +21,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+SERVER_MODULE = ("-m", "gateway.server")
+"""`python -m gateway.server`: the server without the command line's extras."""
+GATEWAY_SERVE = ("-m", "gateway.cli", "serve")
+"""`gateway serve`, as the command line runs it (with `--simulate`)."""
+
+
 class ServerProcess:
     """A gateway server in a subprocess; its stdout and stderr go to `log_path`."""
 
@@ -33,11 +39,12 @@ class ServerProcess:
         host: str = "127.0.0.1",
         port: int | None = None,
         extra_args: Sequence[str] = (),
+        command: Sequence[str] = SERVER_MODULE,
     ) -> None:
         self.host = host
         self.port = port or free_port()
         self.log_path = Path(log_path)
-        args = [sys.executable, "-m", "gateway.server", "--host", host, "--port", str(self.port)]
+        args = [sys.executable, *command, "--host", host, "--port", str(self.port)]
         if policy is not None:
             args += ["--policy", os.fspath(policy)]
         args += list(extra_args)

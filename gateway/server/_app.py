@@ -25,9 +25,9 @@ from gateway.errors import GatewayError, PolicyError
 from gateway.hooks import Deferred
 from gateway.metrics import default_metrics, exposition
 from gateway.router import Router
-from gateway.server import monitoring
-from gateway.server.auth import Access, Denial, KeyChecker, bearer_key, denial
-from gateway.server.chat import (
+from gateway.server import _monitoring as monitoring
+from gateway.server._auth import Access, Denial, KeyChecker, bearer_key, denial
+from gateway.server._chat import (
     TASK_HEADER,
     TASK_HEADER_MAX_LENGTH,
     chat_completion,
@@ -36,16 +36,16 @@ from gateway.server.chat import (
     read_body,
     request_headers,
 )
-from gateway.server.config import MAX_MESSAGES_ENV, ServerSettings
-from gateway.server.disconnect import ClientGone
-from gateway.server.errors import (
+from gateway.server._config import MAX_MESSAGES_ENV, ServerSettings
+from gateway.server._disconnect import ClientGone
+from gateway.server._errors import (
     RequestVocabulary,
     error_response,
     install_handlers,
     internal_error_body,
     routing_failure,
 )
-from gateway.server.middleware import (
+from gateway.server._middleware import (
     CLIENT_CLOSED,
     AccessLog,
     BodyLimit,
@@ -55,7 +55,7 @@ from gateway.server.middleware import (
     log_access,
     too_large_response,
 )
-from gateway.server.openai_compat import (
+from gateway.server._openai_compat import (
     ChatCompletion,
     ChatCompletionRequest,
     ErrorResponse,

@@ -14,7 +14,7 @@ import ipaddress
 from dataclasses import dataclass
 from enum import Enum
 
-from gateway.server.config import ADMIN_KEYS_ENV, API_KEYS_ENV, ServerSettings
+from gateway.server._config import ADMIN_KEYS_ENV, API_KEYS_ENV, ServerSettings
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
