@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -14,12 +15,13 @@ import pytest
 
 from gateway import LLMFactory
 from gateway.errors import UnknownProviderError
-from gateway.providers.base import LLMService
+from gateway.providers import LLMService
 from gateway.testing import FakeUpstream
 from gateway.types import ChatStream, Completion, Message, StreamEnd
 
 BUILTINS = {
     "openai": "OpenAIService",
+    "openai_http": "OpenAIService",
     "azure_openai": "AzureOpenAIService",
     "anthropic": "AnthropicService",
     "ollama": "OllamaService",
@@ -28,6 +30,7 @@ BUILTINS = {
 }
 OPTIONS: dict[str, dict[str, Any]] = {
     "openai": {"api_key": "sk-test"},
+    "openai_http": {"api_key": "sk-test"},
     "azure_openai": {"api_key": "az-test", "base_url": "http://127.0.0.1:9", "deployment": "d"},
     "anthropic": {"api_key": "ak-test"},
     "ollama": {},
@@ -235,14 +238,11 @@ async def test_the_seeds_usage_examples_work_as_written(
 
 @pytest.mark.parametrize(
     ("provider", "sdk"),
-    [
-        ("anthropic", "anthropic"),
-        ("openai", "openai"),
-        ("azure_openai", "openai"),
-        ("litellm", "litellm"),
-    ],
+    [("anthropic", "anthropic"), ("openai", "openai"), ("azure_openai", "openai")],
 )
-def test_a_missing_sdk_says_what_to_install(provider: str, sdk: str) -> None:
+def test_a_missing_sdk_is_needed_only_by_client_sdk_and_says_what_to_install(
+    provider: str, sdk: str
+) -> None:
     # sys.modules[name] = None is how Python marks a module as unimportable: find_spec
     # answers None and `import` raises ModuleNotFoundError, as if it were not installed.
     out = run_python(
@@ -251,25 +251,46 @@ def test_a_missing_sdk_says_what_to_install(provider: str, sdk: str) -> None:
         sys.modules[{sdk!r}] = None
         from gateway import LLMFactory
         print({provider!r} in LLMFactory.available_providers())
+        options = dict(api_key="k", model="m", base_url="http://127.0.0.1:9")
+        print(type(LLMFactory.create({provider!r}, **options)).__name__)
         try:
-            LLMFactory.create({provider!r}, api_key="k", model="m")
+            LLMFactory.create({provider!r}, client="sdk", **options)
         except ImportError as e:
             print(f"ImportError: {{e}}")
         """
     )
     assert out.splitlines() == [
+        "True",
+        BUILTINS[provider],
+        f"ImportError: {sdk} package required. Install with: pip install 'gateway[{sdk}]'",
+    ]
+
+
+def test_a_missing_litellm_says_what_to_install() -> None:
+    out = run_python(
+        """
+        import sys
+        sys.modules["litellm"] = None
+        from gateway import LLMFactory
+        print("litellm" in LLMFactory.available_providers())
+        try:
+            LLMFactory.create("litellm", api_key="k", model="m")
+        except ImportError as e:
+            print(f"ImportError: {e}")
+        """
+    )
+    assert out.splitlines() == [
         "False",
-        f"ImportError: {sdk} package required. Install with: pip install {sdk}",
+        "ImportError: litellm package required. Install with: pip install 'gateway[litellm]'",
     ]
 
 
 @pytest.mark.parametrize(
     ("module", "sdk"),
     [
-        ("gateway.providers.anthropic", "anthropic"),
-        ("gateway.providers.openai", "openai"),
-        ("gateway.providers.azure_openai", "openai"),
-        ("gateway.providers.litellm", "litellm"),
+        ("gateway.providers._sdk_anthropic", "anthropic"),
+        ("gateway.providers._sdk_openai", "openai"),
+        ("gateway.providers._litellm", "litellm"),
     ],
 )
 def test_importing_a_provider_module_without_its_sdk_says_what_to_install(
@@ -286,7 +307,9 @@ def test_importing_a_provider_module_without_its_sdk_says_what_to_install(
             print(f"{{isinstance(e, ImportError)}} {{e}}")
         """
     )
-    assert out.strip() == f"True {sdk} package required. Install with: pip install {sdk}"
+    assert out.strip() == (
+        f"True {sdk} package required. Install with: pip install 'gateway[{sdk}]'"
+    )
 
 
 def test_an_entry_point_plugin_is_created_by_name(tmp_path: Path) -> None:
@@ -321,6 +344,45 @@ def test_an_entry_point_plugin_is_created_by_name(tmp_path: Path) -> None:
         env={"PYTHONPATH": str(tmp_path)},
     )
     assert out.splitlines() == ["gw_plugin_demo PluginLLM plugged", "True"]
+
+
+HEAVY = ("openai", "anthropic", "litellm", "httpx", "httpx2", "fastapi", "uvicorn", "redis")
+
+
+async def test_default_clients_serve_calls_without_importing_any_sdk(
+    upstream: FakeUpstream,
+) -> None:
+    # In a fresh interpreter, so nothing another test imported counts: the four SDK-capable
+    # and local types, created and called on their default transport.
+    out = await asyncio.to_thread(
+        run_python,
+        f"""
+        import asyncio, sys
+        import gateway, gateway.providers
+        from gateway.providers import LLMFactory
+
+        async def main():
+            for name, options in [
+                ("openai", dict(base_url={upstream.openai_base_url!r}, model="gpt-t")),
+                ("azure_openai", dict(base_url={upstream.azure_endpoint!r}, model="dep-t")),
+                ("anthropic", dict(base_url={upstream.anthropic_base_url!r}, model="cl-t")),
+                ("ollama", dict(base_url={upstream.ollama_base_url!r}, model="ll-t")),
+            ]:
+                async with LLMFactory.create(name, api_key="k", **options) as llm:
+                    reply = await llm.complete([{{"role": "user", "content": "hi"}}])
+                    print(name, reply.text.split(".")[0])
+
+        asyncio.run(main())
+        print(sorted(m for m in {HEAVY!r} if m in sys.modules))
+        """,
+    )
+    assert out.splitlines() == [
+        "openai Hello from gpt-t",
+        "azure_openai Hello from dep-t",
+        "anthropic Hello from cl-t",
+        "ollama Hello from ll-t",
+        "[]",
+    ]
 
 
 def test_importing_the_public_api_imports_no_sdk() -> None:

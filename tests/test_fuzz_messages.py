@@ -20,12 +20,15 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
 from gateway.errors import GatewayError, InvalidRequestError, ProviderError
-from gateway.providers import _openai_shape
-from gateway.providers.anthropic import AnthropicService
-from gateway.providers.base import LLMService
-from gateway.providers.litellm import LiteLLMService
-from gateway.providers.ollama import OllamaService
-from gateway.providers.openai import OpenAIService
+from gateway.providers import (
+    AnthropicService,
+    Call,
+    LLMService,
+    OllamaService,
+    OpenAIService,
+    Redactor,
+)
+from gateway.providers._litellm import LiteLLMService
 from gateway.testing import FakeUpstream
 from gateway.types import validate_messages
 
@@ -316,18 +319,27 @@ def builders() -> Iterator[dict[str, tuple[Builder, Callable[[dict[str, Any]], l
     litellm = LiteLLMService(model="openai/gpt-4o-mini", api_key="test-key", base_url=UNUSED_URL)
     yield {
         # The same calls complete() and stream() make before anything is sent.
-        "openai": (
-            lambda m, j: _openai_shape.request_body(openai.model, m, None, None, j, {}),
-            openai_problems,
-        ),
-        "anthropic": (lambda m, j: anthropic._request(m, None, None, j, {}), anthropic_problems),
-        "ollama": (
-            lambda m, j: ollama._body(m, None, None, j, {}, stream=False),
-            ollama_problems,
-        ),
-        "litellm": (lambda m, j: litellm._request(m, None, None, j, None, {}), openai_problems),
+        "openai": (lambda m, j: openai.request(_call(m, j)).body, openai_problems),
+        "anthropic": (lambda m, j: anthropic.request(_call(m, j)).body, anthropic_problems),
+        "ollama": (lambda m, j: ollama.request(_call(m, j)).body, ollama_problems),
+        "litellm": (lambda m, j: litellm._request(_call(m, j)), openai_problems),
     }
     asyncio.run(_close(openai, anthropic, ollama, litellm))
+
+
+def _call(messages: list[dict[str, Any]], json_mode: bool) -> Call:
+    return Call(
+        provider="fuzz",
+        model="fuzz-model",
+        messages=validate_messages(messages),
+        temperature=None,
+        max_tokens=None,
+        json_mode=json_mode,
+        params={},
+        timeout_s=30.0,
+        stream=False,
+        redact=Redactor(),
+    )
 
 
 async def _close(*services: LLMService) -> None:

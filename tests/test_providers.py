@@ -1,4 +1,5 @@
-"""Providers through their real SDKs (httpx for Ollama) over real HTTP against FakeUpstream."""
+"""Providers over real HTTP against FakeUpstream: on the default aiohttp transport, and through
+the real SDKs (`client: sdk`) where a type has one."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import pytest
 
 from gateway import LLMFactory
 from gateway.errors import ConfigurationError, ErrorKind, InvalidRequestError, ProviderError
+from gateway.providers import LLMService
 from gateway.providers._errors import retry_after_seconds
 from gateway.providers._http import httpx2_client
 from gateway.providers._messages import JSON_INSTRUCTION
-from gateway.providers.base import LLMService
 from gateway.testing import FakeUpstream, Fault, fake_usage
 from gateway.testing._replies import split_words
 
@@ -64,16 +65,22 @@ def make(name: str, up: FakeUpstream, **options: Any) -> LLMService:
     return LLMFactory.create(name, **settings)
 
 
-# The SDK providers send over the SDK's aiohttp adapter by default; each runs every test over
-# httpx2's own pool too, the fallback and the `http_transport: httpx2` option.
+# Every type runs every test on its default transport (aiohttp, no SDK); the types with an
+# official SDK run them through it too (`client: sdk`), over the SDK's aiohttp adapter (its
+# default) and over httpx2's own pool (the fallback and the `http_transport: httpx2` option).
+SDK = {"client": "sdk"}
+SDK_HTTPX2 = {"client": "sdk", "http_transport": "httpx2"}
 CLIENTS = [
     pytest.param(("openai", {}), id="openai"),
-    pytest.param(("openai", {"http_transport": "httpx2"}), id="openai-httpx2"),
+    pytest.param(("openai", SDK), id="openai-sdk"),
+    pytest.param(("openai", SDK_HTTPX2), id="openai-sdk-httpx2"),
     pytest.param(("openai_http", {}), id="openai_http"),
     pytest.param(("azure_openai", {}), id="azure_openai"),
-    pytest.param(("azure_openai", {"http_transport": "httpx2"}), id="azure_openai-httpx2"),
+    pytest.param(("azure_openai", SDK), id="azure_openai-sdk"),
+    pytest.param(("azure_openai", SDK_HTTPX2), id="azure_openai-sdk-httpx2"),
     pytest.param(("anthropic", {}), id="anthropic"),
-    pytest.param(("anthropic", {"http_transport": "httpx2"}), id="anthropic-httpx2"),
+    pytest.param(("anthropic", SDK), id="anthropic-sdk"),
+    pytest.param(("anthropic", SDK_HTTPX2), id="anthropic-sdk-httpx2"),
     pytest.param(("ollama", {}), id="ollama"),
 ]
 
@@ -247,20 +254,28 @@ async def test_sampling_options_and_extra_params_reach_the_upstream(
         }
 
 
-@pytest.mark.parametrize("provider", ["openai", "openai_http", "anthropic"])
+@pytest.mark.parametrize(
+    ("provider", "options"),
+    [("openai", {}), ("openai", SDK), ("anthropic", {}), ("anthropic", SDK)],
+    ids=["openai", "openai-sdk", "anthropic", "anthropic-sdk"],
+)
 @pytest.mark.parametrize("streamed", [False, True], ids=["complete", "stream"])
 async def test_the_sdks_extra_keywords_and_vendor_fields_reach_the_wire(
-    upstream: FakeUpstream, isolated_settings: object, streamed: bool, provider: str
+    upstream: FakeUpstream,
+    isolated_settings: object,
+    streamed: bool,
+    provider: str,
+    options: dict[str, Any],
 ) -> None:
-    # The providers call the SDK's low-level post(): the typed method's extra_* keywords
-    # must still mean what they mean there, and unknown fields must still reach the wire.
+    # The SDK's typed methods' extra_* keywords mean what they mean there on every client (the
+    # SDK path calls its low-level post()), and unknown fields still reach the wire.
     extras: dict[str, Any] = {
         "extra_headers": {"x-trace": "t-1"},
         "extra_query": {"tenant": "acme"},
         "extra_body": {"seed": 7},
         "repetition_penalty": 1.1,  # a vLLM extension the SDK has no keyword for
     }
-    async with make(provider, upstream) as llm:
+    async with make(provider, upstream, **options) as llm:
         if streamed:
             async with llm.stream(MESSAGES, **extras) as stream:
                 assert "".join([delta async for delta in stream])
@@ -274,10 +289,11 @@ async def test_the_sdks_extra_keywords_and_vendor_fields_reach_the_wire(
     assert not {"extra_headers", "extra_query", "extra_body"} & received.body.keys()
 
 
+@pytest.mark.parametrize("options", [{}, SDK], ids=["http", "sdk"])
 async def test_azure_calls_the_deployment_url_with_the_api_version(
-    upstream: FakeUpstream, isolated_settings: object
+    upstream: FakeUpstream, isolated_settings: object, options: dict[str, Any]
 ) -> None:
-    async with make("azure_openai", upstream, api_version="2024-06-01") as llm:
+    async with make("azure_openai", upstream, api_version="2024-06-01", **options) as llm:
         await llm.complete(MESSAGES)
     received = upstream.requests[-1]
     assert received.path == "/openai/deployments/deploy-test/chat/completions"
@@ -613,7 +629,7 @@ async def test_an_unknown_http_transport_is_refused_naming_the_choices(
         with pytest.raises(
             ConfigurationError, match=r"http_transport is 'curl'.*'aiohttp'.*'httpx2'"
         ):
-            make(name, upstream, http_transport="curl")
+            make(name, upstream, client="sdk", http_transport="curl")
 
 
 async def test_the_sdk_pool_is_the_aiohttp_adapter_unless_it_cannot_be_built() -> None:

@@ -21,11 +21,11 @@ import httpx
 import openai
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from server_harness import ServerProcess
 
 from gateway import GatewayError, Router
 from gateway.cli import main as cli_main
 from gateway.metrics import GatewayMetrics
+from gateway.server.launcher import ServerProcess
 from gateway.settings import get_settings
 from gateway.testing import FakeUpstream, Fault
 
@@ -72,12 +72,14 @@ defaults:
   retry: {{attempts: 2, initial_backoff_s: 0.01, max_backoff_s: 0.02}}
   breaker: {{fail_max: 100, reset_timeout_s: 1}}
 providers:
-  gpt: {{type: openai, model: {GPT}, base_url: "{url}/v1", api_key: "${{OPENAI_API_KEY}}"}}
+  gpt: {{type: openai, model: {GPT}, base_url: "{url}/v1", api_key: "${{OPENAI_API_KEY}}",
+        options: {{client: sdk}}}}
   gpt_env: {{type: openai, model: {GPT}, base_url: "{url}/v1"}}
   gpt_http:
     {{type: openai_http, model: {GPT}, base_url: "{url}/v1", api_key: "${{OPENAI_API_KEY}}"}}
   gpt4: {{type: openai, model: {GPT4}, base_url: "{url}/v1", api_key: {LITERAL_KEY}}}
-  claude: {{type: anthropic, model: {CLAUDE}, base_url: "{url}", api_key: "${{ANTHROPIC_API_KEY}}"}}
+  claude: {{type: anthropic, model: {CLAUDE}, base_url: "{url}", api_key: "${{ANTHROPIC_API_KEY}}",
+           options: {{client: sdk}}}}
   llama: {{type: ollama, model: {LLAMA}, base_url: "{url}", api_key: {OLLAMA_KEY}}}
 prices:
   {LLAMA}: {{input: 0, output: 0}}

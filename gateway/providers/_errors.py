@@ -1,8 +1,8 @@
 """Pieces every provider's error mapping shares: status → kind, Retry-After, transport errors.
 
-Each provider module has one function that turns its SDK's exceptions into `ProviderError`;
-these helpers keep those functions short and the taxonomy the same across providers, and
-`mapped_by` applies one around a call.
+Each codec says what its protocol's error responses mean, and each transport what its own
+failures mean; these helpers keep both short and the taxonomy the same across providers, and
+`mapped_by` applies one mapping around a call.
 """
 
 from __future__ import annotations
@@ -15,31 +15,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
-import anyio
-import httpx
 from pydantic import ValidationError
 
 from gateway.errors import ErrorKind, ProviderError
 from gateway.types import content_text
-
-# The official SDKs speak httpx2; Ollama and LiteLLM speak httpx. Each raises its own classes.
-_TIMEOUTS: tuple[type[Exception], ...] = (httpx.TimeoutException, TimeoutError)
-# anyio's and the OS's own errors can escape an SDK's stream parser unwrapped.
-_TRANSPORT: tuple[type[Exception], ...] = (
-    httpx.TransportError,
-    anyio.EndOfStream,
-    anyio.BrokenResourceError,
-    ConnectionError,
-)
-_DECODING: tuple[type[Exception], ...] = (httpx.DecodingError,)
-try:
-    import httpx2
-except ImportError:  # only the SDKs bring httpx2; Ollama works without it
-    pass
-else:
-    _TIMEOUTS += (httpx2.TimeoutException,)
-    _TRANSPORT += (httpx2.TransportError,)
-    _DECODING += (httpx2.DecodingError,)
 
 _STATUS_KINDS: dict[int, ErrorKind] = {
     400: ErrorKind.BAD_REQUEST,
@@ -145,12 +124,28 @@ def kind_for_error_type(*names: object) -> ErrorKind | None:
 
 
 def transport_kind(exc: BaseException) -> ErrorKind | None:
-    """TIMEOUT or CONNECTION for a raw httpx/httpx2 transport failure, else None."""
-    if isinstance(exc, _TIMEOUTS):
+    """TIMEOUT, CONNECTION or INVALID_RESPONSE for a raw httpx/httpx2/anyio failure, else None.
+
+    Those libraries come only with the SDKs and LiteLLM: an exception cannot be one of their
+    classes unless they are loaded, so they are looked up rather than imported here.
+    """
+    if isinstance(exc, TimeoutError):
         return ErrorKind.TIMEOUT
-    if isinstance(exc, _DECODING):
-        return ErrorKind.INVALID_RESPONSE
-    if isinstance(exc, _TRANSPORT):
+    for name in ("httpx", "httpx2"):
+        httpx = sys.modules.get(name)
+        if httpx is None:
+            continue
+        if isinstance(exc, httpx.TimeoutException):
+            return ErrorKind.TIMEOUT
+        if isinstance(exc, httpx.DecodingError):
+            return ErrorKind.INVALID_RESPONSE
+        if isinstance(exc, httpx.TransportError):
+            return ErrorKind.CONNECTION
+    anyio = sys.modules.get("anyio")
+    # anyio's and the OS's own errors can escape an SDK's stream parser unwrapped.
+    if anyio is not None and isinstance(exc, anyio.EndOfStream | anyio.BrokenResourceError):
+        return ErrorKind.CONNECTION
+    if isinstance(exc, ConnectionError):
         return ErrorKind.CONNECTION
     return None
 
@@ -288,8 +283,8 @@ def exception_chain(exc: BaseException) -> Iterator[BaseException]:
 def aiohttp_kind(exc: BaseException) -> ErrorKind | None:
     """TIMEOUT or CONNECTION for an aiohttp client failure, else None.
 
-    aiohttp is only loaded with the SDKs' aiohttp adapter; an exception cannot be one of its
-    classes unless it is, so it is looked up rather than imported here.
+    Looked up rather than imported, as in `transport_kind`: this module serves providers that
+    never load aiohttp (LiteLLM's, a plugin's).
     """
     aiohttp = sys.modules.get("aiohttp")
     if aiohttp is None:

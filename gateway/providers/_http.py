@@ -1,10 +1,11 @@
-"""Plumbing shared by provider clients: bounded pools, timeouts, SDK call arguments."""
+"""Plumbing shared by provider clients: limits, timeouts, TLS, the SDKs' pools and calls."""
 
 from __future__ import annotations
 
 import functools
 import math
 import ssl
+from collections.abc import Mapping
 from typing import Any
 
 from gateway.errors import ConfigurationError, ErrorKind, InvalidRequestError, ProviderError
@@ -53,8 +54,7 @@ def call_timeout(timeout_s: float | None, default: float) -> float:
 def require_time(timeout_s: float, provider: str) -> None:
     """Time out at once a call that was given no time (a caller's deadline ran out).
 
-    httpx2 would fail such a call at once by itself; aiohttp, under the SDKs' adapter, reads
-    a timeout of 0 as no timeout at all.
+    aiohttp reads a timeout of 0 as no timeout at all, so it cannot be left to the transport.
     """
     if timeout_s <= 0:
         raise ProviderError(
@@ -106,23 +106,6 @@ def httpx2_client(
     return httpx2.AsyncClient(**options)
 
 
-def httpx_client(
-    base_url: str, timeout_s: float, max_connections: int, headers: dict[str, str] | None
-) -> Any:
-    """The pool for upstreams spoken to directly over httpx (Ollama)."""
-    import httpx
-
-    return httpx.AsyncClient(
-        base_url=base_url,
-        headers=headers,
-        verify=httpx_tls(),
-        timeout=httpx.Timeout(timeout_s),
-        limits=httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        ),
-    )
-
-
 # Building a TLS context loads the whole CA bundle (tens of ms); a process needs one per
 # library, not one per provider instance. Built with each library's own defaults.
 @functools.cache
@@ -133,10 +116,14 @@ def _httpx2_tls() -> ssl.SSLContext:
 
 
 @functools.cache
-def httpx_tls() -> ssl.SSLContext:
-    import httpx
-
-    return httpx.create_ssl_context()
+def default_tls() -> ssl.SSLContext:
+    """The TLS context of the default transport: certifi's CA bundle when installed (as the
+    SDKs use), else the system's."""
+    try:
+        import certifi
+    except ImportError:
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 # The typed SDK methods' per-call extras (`post()` and raw HTTP take them as headers and query).
@@ -144,20 +131,26 @@ _EXTRA_HEADERS, _EXTRA_QUERY, _EXTRA_BODY = "extra_headers", "extra_query", "ext
 
 
 async def sdk_post(
-    client: Any, path: str, request: dict[str, Any], timeout_s: float, *, stream_cls: Any = None
+    client: Any,
+    path: str,
+    body: dict[str, Any],
+    timeout_s: float,
+    *,
+    headers: Mapping[str, str] | None = None,
+    query: Mapping[str, Any] | None = None,
+    stream_cls: Any = None,
 ) -> Any:
-    """POST `request` through an official SDK client's own `post()`: the reply's JSON as parsed,
+    """POST `body` through an official SDK client's own `post()`: the reply's JSON as parsed,
     or with `stream_cls` (the SDK's `AsyncStream[object]`) its stream of parsed SSE events.
 
     The SDK still builds the URL and headers, applies the timeout, sends through its pool and
     raises its own error classes; what is skipped is its typed request and response models.
     """
-    body, headers, query = split_extras(request)
     options: dict[str, Any] = {"timeout": timeout_s}
     if headers:
-        options["headers"] = headers
+        options["headers"] = dict(headers)
     if query:
-        options["params"] = query
+        options["params"] = dict(query)
     if stream_cls is None:
         return await client.post(path, body=body, cast_to=object, options=options)
     return await client.post(

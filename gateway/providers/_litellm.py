@@ -10,16 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from pydantic import SecretStr
 
 from gateway.errors import ConfigurationError, ErrorKind, MissingDependencyError, ProviderError
-from gateway.providers import _errors, _openai_shape
-from gateway.providers._http import call_timeout, check_limits
-from gateway.providers.base import LLMService
-from gateway.types import ChatStream, Completion, Message, StreamEnd, validate_messages
+from gateway.providers import _codec_openai, _errors
+from gateway.providers._base import Call, LLMService
+from gateway.types import Completion, StreamEnd
 
 # Without this LiteLLM downloads its price map from GitHub at import time.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -29,7 +28,7 @@ try:
     import openai
 except ImportError as exc:
     raise MissingDependencyError(
-        "litellm package required. Install with: pip install litellm"
+        "litellm package required. Install with: pip install 'gateway[litellm]'"
     ) from exc
 
 litellm.suppress_debug_info = True  # its "Give Feedback / Get Help" banners go to stdout
@@ -57,7 +56,6 @@ class LiteLLMService(LLMService):
         max_connections: int | None = None,
         api_version: str | None = None,
     ) -> None:
-        check_limits(name or self.type_name, timeout_s, max_connections)
         super().__init__(
             name=name, model=model, timeout_s=timeout_s, max_connections=max_connections
         )
@@ -71,68 +69,35 @@ class LiteLLMService(LLMService):
         self._api_key = SecretStr(api_key) if api_key else None
         self._slots = asyncio.Semaphore(self.max_connections)
 
-    async def complete(
-        self,
-        messages: Sequence[Message],
-        *,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        json_mode: bool = False,
-        timeout_s: float | None = None,
-        **params: Any,
-    ) -> Completion:
-        checked = validate_messages(messages)
-        request = self._request(checked, temperature, max_tokens, json_mode, timeout_s, params)
+    async def _send(self, call: Call) -> Completion:
         async with self._slots:
-            with _errors.mapped_by(lambda exc: self._error(exc, checked)):
-                response = await litellm.acompletion(**request, stream=False)
-        return _openai_shape.completion(response, provider=self.name, model=self.model)
+            response = await litellm.acompletion(**self._request(call), stream=False)
+        return _codec_openai.completion(response, provider=self.name, model=self.model)
 
-    def stream(
-        self,
-        messages: Sequence[Message],
-        *,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        timeout_s: float | None = None,
-        json_mode: bool = False,
-        **params: Any,
-    ) -> ChatStream:
-        checked = validate_messages(messages)
-        request = self._request(checked, temperature, max_tokens, json_mode, timeout_s, params)
+    def _open_stream(self, call: Call) -> AsyncIterator[str | StreamEnd]:
+        request = self._request(call)
         request["stream_options"] = {"include_usage": True}
-        return ChatStream(self._stream_events(request, checked), model=self.model)
+        return self._events(request)
 
-    async def _stream_events(
-        self, request: dict[str, Any], checked: list[dict[str, Any]]
-    ) -> AsyncIterator[str | StreamEnd]:
-        # Every choice's text passes, as this provider always did (openai.py keeps choice 0).
-        reader = _openai_shape.ChunkReader(provider=self.name, first_choice_only=False)
+    async def _events(self, request: dict[str, Any]) -> AsyncIterator[str | StreamEnd]:
+        # Every choice's text passes, as LiteLLM's own streams do; the codec keeps choice 0.
+        reader = _codec_openai.ChunkReader(provider=self.name, first_choice_only=False)
         async with self._slots:
-            with _errors.mapped_by(lambda exc: self._error(exc, checked)):
-                stream = await litellm.acompletion(**request, stream=True)
-                async with stream:
-                    async for chunk in stream:
-                        for delta in reader.read(chunk):
-                            yield delta
+            stream = await litellm.acompletion(**request, stream=True)
+            async with stream:
+                async for chunk in stream:
+                    for delta in reader.read_chunk(chunk):
+                        yield delta
         yield reader.end()
 
-    def _request(
-        self,
-        messages: list[dict[str, Any]],
-        temperature: float | None,
-        max_tokens: int | None,
-        json_mode: bool,
-        timeout_s: float | None,
-        params: dict[str, Any],
-    ) -> dict[str, Any]:
+    def _request(self, call: Call) -> dict[str, Any]:
         request: dict[str, Any] = {
             "model": self.model,
-            "messages": messages,
-            "timeout": call_timeout(timeout_s, self.timeout_s),
+            "messages": call.messages,
+            "timeout": call.timeout_s,
             "num_retries": 0,
             "max_retries": 0,
-            **params,
+            **call.params,
         }
         if self._api_key is not None:
             request["api_key"] = self._api_key.get_secret_value()
@@ -140,13 +105,18 @@ class LiteLLMService(LLMService):
             request["api_base"] = self.base_url
         if self.api_version:
             request["api_version"] = self.api_version
-        request.update(_openai_shape.sampling_fields(temperature, max_tokens, json_mode=json_mode))
+        request.update(
+            _codec_openai.sampling_fields(
+                call.temperature, call.max_tokens, json_mode=call.json_mode
+            )
+        )
         return request
 
-    def _error(self, exc: Exception, messages: list[dict[str, Any]]) -> ProviderError | None:
-        secret = self._api_key.get_secret_value() if self._api_key else None
-        redact = _errors.Redactor([secret], messages)
-        return litellm_error(exc, provider=self.name, redact=redact)
+    def _error(self, exc: Exception, call: Call) -> ProviderError | None:
+        return litellm_error(exc, provider=self.name, redact=call.redact)
+
+    def _secrets(self) -> Iterable[str | None]:
+        return (self._api_key.get_secret_value(),) if self._api_key else ()
 
 
 def litellm_error(
@@ -188,11 +158,11 @@ def _kind_from_chain(exc: BaseException) -> tuple[ErrorKind | None, int | None]:
             return ErrorKind.CONNECTION, None
         status = getattr(error, "status_code", None)
         if isinstance(error, openai.APIStatusError):
-            return _openai_shape.status_error_kind(error.status_code, error.code), error.status_code
+            return _codec_openai.status_error_kind(error.status_code, error.code), error.status_code
         if isinstance(error, openai.APIError):
             if isinstance(status, int):
                 return _errors.kind_for_status(status), status
-            return _openai_shape.stream_error_kind(error.code, error.type), None
+            return _codec_openai.stream_error_kind(error.code, error.type), None
     return None, None
 
 

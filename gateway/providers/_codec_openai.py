@@ -1,18 +1,20 @@
-"""Reading and writing OpenAI's chat wire shapes, for every client that speaks them.
+"""OpenAI's Chat Completions protocol: `OpenAIChatCodec`, and the readers LiteLLM shares.
 
-The openai provider and LiteLLM both send Chat Completions requests and get back Chat
-Completions responses and `chat.completion.chunk` streams; what they say is read here, once.
-The openai provider hands over the wire JSON as parsed (dicts), LiteLLM its own models; the
-fields read are the same.
+The openai, azure_openai and openai_http providers (and any compatible server) speak it
+through `OpenAIChatCodec`; LiteLLM hands back the same shapes as its own models. Both are
+read here, once: a wire JSON dict and a LiteLLM model have the same fields.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from gateway.errors import ErrorKind, ProviderError
 from gateway.providers import _errors
+from gateway.providers._base import Call
+from gateway.providers._codec import StreamReader, WireCodec, WireEvent
 from gateway.providers._messages import JSON_INSTRUCTION
 from gateway.types import Completion, StreamEnd, Usage, content_text
 
@@ -150,22 +152,32 @@ def stream_error_kind(code: object, error_type: object) -> ErrorKind:
     return _errors.kind_for_error_type(code, error_type) or ErrorKind.INVALID_RESPONSE
 
 
-class ChunkReader:
+class ChunkReader(StreamReader):
     """What a stream of chat completion chunks has said so far.
 
-    Feed each chunk to `read` for its text; once the stream is exhausted, `end` says how it
-    ended. `first_choice_only` keeps the text of choice 0 alone (the others' would interleave).
+    Feed each event to `read` (or each LiteLLM chunk to `read_chunk`) for its text; once the
+    stream is exhausted, `end` says how it ended. `first_choice_only` keeps the text of
+    choice 0 alone (the others' would interleave).
     """
 
-    def __init__(self, *, provider: str, first_choice_only: bool) -> None:
+    def __init__(
+        self, *, provider: str, first_choice_only: bool, redact: _errors.Redactor | None = None
+    ) -> None:
         self._provider = provider
         self._first_choice_only = first_choice_only
+        self._redact = redact or _errors.Redactor()
         self._usage: Usage | None = None
         self._finish: str | None = None
         self._model: str | None = None
         self._response_id: str | None = None
 
-    def read(self, chunk: Any) -> Iterator[str]:
+    def read(self, event: WireEvent) -> Iterator[str]:
+        chunk = event.data
+        if isinstance(chunk, dict) and chunk.get("error"):
+            raise in_stream_error(chunk["error"], self._provider, self._redact)
+        return self.read_chunk(chunk)
+
+    def read_chunk(self, chunk: Any) -> Iterator[str]:
         """The chunk's text deltas, noting its id, model, usage and finish reason."""
         if not isinstance(chunk, dict) and not hasattr(chunk, "choices"):
             raise _malformed(self._provider, f"a stream chunk that is a {type(chunk).__name__}")
@@ -195,4 +207,79 @@ class ChunkReader:
             raise _errors.content_filter_error(provider=self._provider, reason=self._finish)
         return StreamEnd(
             self._usage, _errors.finish_reason(self._finish), self._model, self._response_id
+        )
+
+
+def in_stream_error(error: Any, provider: str, redact: _errors.Redactor) -> ProviderError:
+    """An in-stream `{"error": {...}}` chunk: HTTP 200 was sent, its code says what failed."""
+    fields: Mapping[str, Any] = error if isinstance(error, dict) else {"message": str(error)}
+    kind = stream_error_kind(fields.get("code"), fields.get("type"))
+    message = redact(str(fields.get("message") or "error"))
+    return ProviderError(f"error inside the stream: {message}", kind=kind, provider=provider)
+
+
+def describe(message: object, code: object, redact: _errors.Redactor) -> str:
+    """An upstream error's own message and code, cleaned of secrets and prompt text."""
+    return redact(f"{message} (code {code})" if code else str(message))
+
+
+class OpenAIChatCodec(WireCodec):
+    """`POST {base_url}/chat/completions`, as OpenAI and every compatible server speak it.
+
+    `key_header` names the header that carries the key: `Authorization` (as a bearer token)
+    for OpenAI, `api-key` for Azure. `organization` is OpenAI's `OpenAI-Organization` header.
+    """
+
+    framing = "sse"
+
+    def __init__(self, *, key_header: str = "Authorization", organization: str | None = None):
+        self.key_header = key_header
+        self.organization = organization
+
+    def headers(self, api_key: str | None) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if api_key:
+            bearer = self.key_header.lower() == "authorization"
+            headers[self.key_header] = f"Bearer {api_key}" if bearer else api_key
+        if self.organization:
+            headers["OpenAI-Organization"] = self.organization
+        return headers
+
+    def path(self, call: Call) -> str:
+        return "/chat/completions"
+
+    def body(self, call: Call, model: str) -> dict[str, Any]:
+        return request_body(
+            model,
+            call.messages,
+            call.temperature,
+            call.max_tokens,
+            call.json_mode,
+            call.params,
+            stream=call.stream,
+        )
+
+    def completion(self, data: Any, call: Call) -> Completion:
+        return completion(data, provider=call.provider, model=call.model)
+
+    def reader(self, call: Call) -> ChunkReader:
+        return ChunkReader(provider=call.provider, first_choice_only=True, redact=call.redact)
+
+    def status_error(
+        self, status: int, body: bytes, headers: Mapping[str, str], call: Call
+    ) -> ProviderError:
+        try:
+            error = json.loads(body).get("error")
+        except (ValueError, AttributeError):
+            error = None
+        if not isinstance(error, dict):
+            error = {}
+        code = error.get("code")
+        message = error.get("message") or f"HTTP {status}"
+        return _errors.provider_error(
+            describe(message, code, call.redact),
+            status_error_kind(status, code),
+            provider=call.provider,
+            status=status,
+            headers=headers,
         )

@@ -1,0 +1,248 @@
+"""`LLMService`: the one interface every provider implements, and the skeleton they share.
+
+`complete` and `stream` are template methods: they validate the messages (free for a
+`Conversation` the router already checked), check the call's timeout, and run the provider's
+`_send` / `_open_stream` under one error mapping that turns upstream failures into
+`ProviderError` with the key and the prompt's texts redacted. A provider writes only what is
+its own: how to send one call, and (by overriding `_error`) what its failures mean.
+A provider may instead override `complete` and `stream` themselves (as a test double does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from gateway.errors import ErrorKind, GatewayError, ProviderError
+from gateway.providers import _errors
+from gateway.providers._errors import Redactor
+from gateway.providers._http import call_timeout, check_limits, require_time
+from gateway.types import (
+    ChatStream,
+    Completion,
+    Conversation,
+    Message,
+    StreamEnd,
+    validate_messages,
+)
+
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_MAX_CONNECTIONS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One call to one provider, as checked by the skeleton: what codecs and transports see."""
+
+    provider: str
+    model: str
+    """The provider's model: what a reply that names none was answered by."""
+    messages: Conversation
+    temperature: float | None
+    max_tokens: int | None
+    json_mode: bool
+    params: dict[str, Any]
+    timeout_s: float
+    stream: bool
+    redact: Redactor = field(repr=False)
+    """Cleans upstream error text of the key and this call's prompt texts."""
+
+
+class LLMService:
+    """A client for one model on one upstream, with one connection pool of its own.
+
+    Subclasses set `type_name` (the registry name) and implement `_send` and `_open_stream`
+    (or override `complete` and `stream`). Their SDK's own retries are off: the router owns
+    retries.
+    """
+
+    type_name: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        model: str | None = None,
+        timeout_s: float | None = None,
+        max_connections: int | None = None,
+    ) -> None:
+        check_limits(name or self.type_name, timeout_s, max_connections)
+        self.name = name or self.type_name
+        self.model = model or ""
+        self.timeout_s = timeout_s or DEFAULT_TIMEOUT_S
+        self.max_connections = max_connections or DEFAULT_MAX_CONNECTIONS
+
+    def __repr__(self) -> str:
+        # Never show credentials: only what identifies the instance.
+        return f"{type(self).__name__}(name={self.name!r}, model={self.model!r})"
+
+    # --- the public calls --------------------------------------------------------------------
+
+    async def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        json_mode: bool = False,
+        timeout_s: float | None = None,
+        **params: Any,
+    ) -> Completion:
+        """One whole answer, with usage. Failures raise `ProviderError`."""
+        call = self._call(messages, temperature, max_tokens, json_mode, timeout_s, params, False)
+        require_time(call.timeout_s, self.name)
+        with _errors.mapped_by(lambda exc: self._mapped(exc, call)):
+            return await self._send(call)
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        timeout_s: float | None = None,
+        json_mode: bool = False,
+        **params: Any,
+    ) -> ChatStream:
+        """Text deltas as they arrive; `usage` is set on the stream once it is exhausted.
+
+        Nothing is sent until the first delta is awaited. Failures raise `ProviderError`;
+        a malformed request raises `InvalidRequestError` here, before anything is sent.
+        """
+        call = self._call(messages, temperature, max_tokens, json_mode, timeout_s, params, True)
+        return ChatStream(self._mapped_stream(call, self._open_stream(call)), model=self.model)
+
+    # --- what a provider implements ----------------------------------------------------------
+
+    async def _send(self, call: Call) -> Completion:
+        """Send one call and return its whole answer."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither complete nor _send")
+
+    def _open_stream(self, call: Call) -> AsyncIterator[str | StreamEnd]:
+        """The call's events: text deltas, then one `StreamEnd`. Called by `stream` itself, so
+        the request can be built (and refused) at once; nothing may be sent before the first
+        event is awaited."""
+        raise NotImplementedError(
+            f"{type(self).__name__} implements neither stream nor _open_stream"
+        )
+
+    def _error(self, exc: Exception, call: Call) -> ProviderError | None:
+        """The `ProviderError` an exception of this provider's client means; None if it is no
+        upstream failure (a bug, passed on unchanged)."""
+        return _errors.unwrapped_error(exc, provider=self.name)
+
+    def _secrets(self) -> Iterable[str | None]:
+        """What must never appear in an error's text (the API key)."""
+        return ()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+
+    # --- the skeleton ------------------------------------------------------------------------
+
+    def _call(
+        self,
+        messages: Sequence[Message],
+        temperature: float | None,
+        max_tokens: int | None,
+        json_mode: bool,
+        timeout_s: float | None,
+        params: dict[str, Any],
+        stream: bool,
+    ) -> Call:
+        conversation = validate_messages(messages)
+        return Call(
+            provider=self.name,
+            model=self.model,
+            messages=conversation,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            json_mode=json_mode,
+            params=params,
+            timeout_s=call_timeout(timeout_s, self.timeout_s),
+            stream=stream,
+            redact=Redactor(self._secrets(), conversation),
+        )
+
+    def _mapped(self, exc: Exception, call: Call) -> ProviderError | None:
+        if isinstance(exc, GatewayError):
+            return None  # already in the gateway's terms (a ProviderError, a refused request)
+        return self._error(exc, call)
+
+    async def _mapped_stream(
+        self, call: Call, source: AsyncIterator[str | StreamEnd]
+    ) -> AsyncIterator[str | StreamEnd]:
+        # `aclosing`: closing this stream early must close the provider's too (its connection).
+        async with contextlib.aclosing(source):  # type: ignore[type-var]
+            require_time(call.timeout_s, self.name)
+            with _errors.mapped_by(lambda exc: self._mapped(exc, call)):
+                async for event in source:
+                    yield event
+
+    # --- the seed's interface, thin layers over `complete` and `stream` ----------------------
+
+    async def generate(
+        self,
+        messages: Sequence[Message],
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        **kwargs: Any,
+    ) -> str:
+        completion = await self.complete(
+            messages, temperature=temperature, max_tokens=max_tokens, **kwargs
+        )
+        return completion.text
+
+    async def generate_json(self, messages: Sequence[Message], **kwargs: Any) -> dict[str, Any]:
+        completion = await self.complete(messages, json_mode=True, **kwargs)
+        return parse_json_object(completion.text, provider=self.name)
+
+    async def stream_generation(
+        self, messages: Sequence[Message], **kwargs: Any
+    ) -> AsyncIterator[str]:
+        async with self.stream(messages, **kwargs) as chunks:
+            async for delta in chunks:
+                yield delta
+
+    async def get_token_usage(self, text: str) -> dict[str, int]:
+        """An estimate of the tokens `text` costs as input (about four characters a token).
+
+        Exact counts come back in `Completion.usage` from the provider itself.
+        """
+        return {"input_tokens": estimate_tokens(text), "characters": len(text)}
+
+    async def __aenter__(self) -> LLMService:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def estimate_tokens(text: str) -> int:
+    return max(1, (len(text) + 3) // 4) if text else 0
+
+
+def parse_json_object(text: str, *, provider: str = "") -> dict[str, Any]:
+    """Parse a model's JSON reply; anything but a JSON object is an `invalid_response`."""
+    stripped = text.strip()
+    if stripped.startswith("```"):
+        # Models often fence JSON even in JSON mode; the fence is not part of the answer.
+        stripped = stripped.strip("`").removeprefix("json").strip()
+    try:
+        value = json.loads(stripped)
+    except json.JSONDecodeError as exc:
+        raise ProviderError(
+            f"reply is not valid JSON ({exc.msg} at position {exc.pos})",
+            kind=ErrorKind.INVALID_RESPONSE,
+            provider=provider,
+        ) from exc
+    if not isinstance(value, dict):
+        raise ProviderError(
+            f"reply is JSON but not an object (got {type(value).__name__})",
+            kind=ErrorKind.INVALID_RESPONSE,
+            provider=provider,
+        )
+    return value

@@ -1,0 +1,100 @@
+"""What a wire codec is: one chat protocol, independent of how its bytes travel.
+
+A codec builds a call's request (path, body), reads a whole answer into a `Completion`, reads
+stream events into text deltas and a final `StreamEnd`, and says what an error response or an
+in-stream error means as a `ProviderError`. A transport (`gateway.providers._transport`) moves
+the request and hands back parsed JSON; the two meet in `WireService`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from gateway.errors import ProviderError
+from gateway.providers._base import Call
+from gateway.types import Completion, StreamEnd
+
+Framing = Literal["sse", "ndjson"]
+
+
+@dataclass(frozen=True, slots=True)
+class WireRequest:
+    """One request as a codec built it and the provider addressed it."""
+
+    url: str
+    """Where an HTTP transport sends it: the provider's base URL and the codec's path."""
+    path: str
+    """The codec's path alone, for an SDK client that owns its base URL."""
+    body: dict[str, Any]
+    headers: Mapping[str, str]
+    """Every header: the provider's own (auth, content type) and the call's extras."""
+    extra_headers: Mapping[str, str] | None
+    """The call's extra headers alone, for an SDK client that adds its own auth."""
+    query: Mapping[str, Any] | None
+    timeout_s: float
+    framing: Framing
+
+
+@dataclass(frozen=True, slots=True)
+class WireEvent:
+    """One stream event: its SSE event name (None for none, or NDJSON) and its parsed data."""
+
+    event: str | None
+    data: Any
+
+
+class StreamReader(ABC):
+    """What one stream has said so far. Feed each event to `read` for its text; once the
+    events run out, `end` says how the stream ended (or raises if it was cut)."""
+
+    done: bool = False
+    """Set once the protocol said the stream is complete: nothing after it is read."""
+
+    @abstractmethod
+    def read(self, event: WireEvent) -> Iterator[str]:
+        """The event's text deltas. An in-stream error raises its `ProviderError`."""
+
+    @abstractmethod
+    def end(self) -> StreamEnd:
+        """The stream's last event; a stream that never said it finished was cut."""
+
+
+class WireCodec(ABC):
+    """One chat wire protocol. Stateless: one instance may serve any number of calls."""
+
+    framing: ClassVar[Framing] = "sse"
+    """How the protocol's streams are framed: server-sent events or JSON lines."""
+
+    def headers(self, api_key: str | None) -> dict[str, str]:
+        """The headers every request of this protocol carries, its auth included."""
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        return headers
+
+    @abstractmethod
+    def path(self, call: Call) -> str:
+        """The request's path below the provider's base URL."""
+
+    @abstractmethod
+    def body(self, call: Call, model: str) -> dict[str, Any]:
+        """The JSON body for `call`, naming `model` (the wire's name for it)."""
+
+    @abstractmethod
+    def completion(self, data: Any, call: Call) -> Completion:
+        """A whole answer from its parsed JSON. A reply of the wrong shape is an
+        INVALID_RESPONSE `ProviderError`, never a crash."""
+
+    @abstractmethod
+    def reader(self, call: Call) -> StreamReader:
+        """A reader for one stream of this protocol."""
+
+    @abstractmethod
+    def status_error(
+        self, status: int, body: bytes, headers: Mapping[str, str], call: Call
+    ) -> ProviderError:
+        """The error an HTTP error response means, its upstream text redacted by the call's
+        `redact`."""

@@ -1,0 +1,308 @@
+"""Transports: how a codec's requests travel and come back as parsed JSON.
+
+`Transport` is what a `WireService` sends through. `HTTPTransport` does the part every HTTP
+transport shares, once: an error status becomes `UpstreamStatusError` (its body read, bounded,
+for the codec to explain), a whole answer is parsed as JSON, and a stream is framed into
+events, as server-sent events (the SSE spec's `event:` names and multi-line `data:`; OpenAI's
+`[DONE]` ends it) or as JSON lines. Its subclasses only open one exchange:
+`AiohttpTransport` (the default) over a real connection pool, `MockTransport` in memory,
+for tests that hand a provider a handler instead of a server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import ssl
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from gateway.errors import ProviderError
+from gateway.providers import _errors
+from gateway.providers._base import Call
+from gateway.providers._codec import WireEvent, WireRequest
+from gateway.providers._http import default_tls
+
+if TYPE_CHECKING:
+    import aiohttp
+
+ERROR_BODY_LIMIT = 64 * 1024
+"""How much of an error response is read: enough for any JSON error, bounded for any other."""
+
+
+class UpstreamStatusError(Exception):
+    """An HTTP error response, before its codec has said what it means."""
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+class Transport(ABC):
+    """Sends a `WireRequest`; answers with parsed JSON, or a stream of `WireEvent`s."""
+
+    @abstractmethod
+    async def send(self, request: WireRequest) -> Any:
+        """The parsed JSON of a successful answer. An error status raises
+        `UpstreamStatusError` (or the transport's own error, which `error` maps)."""
+
+    @abstractmethod
+    def events(self, request: WireRequest) -> AsyncIterator[WireEvent]:
+        """The stream's events, framed as `request.framing` says; nothing is sent before the
+        first is awaited. Closing the iterator closes the exchange."""
+
+    def error(self, exc: Exception, call: Call) -> ProviderError | None:
+        """The `ProviderError` one of this transport's own failures means; None for others."""
+        return _errors.unwrapped_error(exc, provider=call.provider)
+
+    async def aclose(self) -> None:  # noqa: B027 - optional: not every transport holds a pool
+        """Close the connection pool."""
+
+
+class HTTPResponse(Protocol):
+    """The little of an HTTP response `HTTPTransport` reads."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Looked up by lower-case name."""
+        ...
+
+    async def read(self, limit: int = -1) -> bytes:
+        """The body, or at most `limit` bytes of it."""
+        ...
+
+    def lines(self) -> AsyncIterator[bytes]:
+        """The body line by line, each with its line ending."""
+        ...
+
+
+class HTTPTransport(Transport):
+    """A transport over HTTP: subclasses open one exchange, this does the rest."""
+
+    @abstractmethod
+    def open(
+        self, request: WireRequest, *, stream: bool
+    ) -> contextlib.AbstractAsyncContextManager[HTTPResponse]:
+        """POST `request`; the response's body is read inside the block. `request.timeout_s`
+        bounds the whole exchange, or with `stream` the connection and each wait for data."""
+
+    async def send(self, request: WireRequest) -> Any:
+        async with self.open(request, stream=False) as response:
+            if response.status >= 400:
+                raise await _status_error(response)
+            return json.loads(await response.read())
+
+    async def events(self, request: WireRequest) -> AsyncIterator[WireEvent]:
+        async with self.open(request, stream=True) as response:
+            if response.status >= 400:
+                raise await _status_error(response)
+            framed = sse_events if request.framing == "sse" else ndjson_events
+            async for event in framed(response.lines()):
+                yield event
+
+    def error(self, exc: Exception, call: Call) -> ProviderError | None:
+        mapped = _errors.unwrapped_error(exc, provider=call.provider)
+        if mapped is None and isinstance(exc, ValueError):
+            # Bad JSON, bad UTF-8, or a line longer than the transport's limit: either way
+            # not what the protocol promises.
+            return _errors.malformed_error(exc, provider=call.provider)
+        return mapped
+
+
+async def _status_error(response: HTTPResponse) -> UpstreamStatusError:
+    return UpstreamStatusError(
+        response.status, response.headers, await response.read(ERROR_BODY_LIMIT)
+    )
+
+
+async def sse_events(lines: AsyncIterator[bytes]) -> AsyncIterator[WireEvent]:
+    """Server-sent events as the SSE spec frames them: `event:` names the event, `data:` lines
+    (joined with newlines) carry it, a blank line dispatches it, `:` starts a comment, and an
+    event the stream cut before its blank line is dropped. Lines end in LF or CRLF. Data of
+    `[DONE]` (OpenAI's end marker) ends the stream; any other data is parsed as JSON."""
+    event: str | None = None
+    data: list[str] = []
+    async for raw in lines:
+        line = raw.decode("utf-8").rstrip("\r\n")
+        if not line:
+            if data:
+                payload = "\n".join(data)
+                if payload == "[DONE]":
+                    return
+                yield WireEvent(event, json.loads(payload))
+            event, data = None, []
+            continue
+        name, _, value = line.partition(":")
+        if not name:
+            continue  # a comment (keep-alive)
+        if value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            event = value
+        # `id` and `retry` serve reconnection, which a chat stream never does.
+
+
+async def ndjson_events(lines: AsyncIterator[bytes]) -> AsyncIterator[WireEvent]:
+    """One event per non-blank line of JSON."""
+    async for raw in lines:
+        if raw.strip():
+            yield WireEvent(None, json.loads(raw))
+
+
+# --- aiohttp: the default ---------------------------------------------------------------------
+
+
+class AiohttpTransport(HTTPTransport):
+    """A pool of up to `max_connections` connections, over aiohttp."""
+
+    def __init__(self, *, max_connections: int = 100, tls: ssl.SSLContext | None = None) -> None:
+        self.max_connections = max_connections
+        self._tls = tls
+        # Made on first use: an aiohttp session belongs to the event loop it was made in.
+        self._session: aiohttp.ClientSession | None = None
+
+    @contextlib.asynccontextmanager
+    async def open(self, request: WireRequest, *, stream: bool) -> AsyncIterator[HTTPResponse]:
+        import aiohttp
+
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self.max_connections, ssl=self._tls or default_tls()
+                )
+            )
+        if stream:
+            timeout = aiohttp.ClientTimeout(
+                sock_connect=request.timeout_s, sock_read=request.timeout_s
+            )
+        else:
+            timeout = aiohttp.ClientTimeout(total=request.timeout_s)
+        async with self._session.post(
+            request.url,
+            data=json.dumps(request.body).encode(),
+            headers=dict(request.headers),
+            params=dict(request.query) if request.query else None,
+            timeout=timeout,
+            allow_redirects=False,
+        ) as response:
+            yield _AiohttpResponse(response)
+
+    def error(self, exc: Exception, call: Call) -> ProviderError | None:
+        kind = _errors.aiohttp_kind(exc)
+        if kind is not None:
+            return _errors.transport_error(exc, kind, provider=call.provider)
+        return super().error(exc, call)
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class _AiohttpResponse:
+    __slots__ = ("_response",)
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    @property
+    def status(self) -> int:
+        return self._response.status
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._response.headers
+
+    async def read(self, limit: int = -1) -> bytes:
+        if limit < 0:
+            return await self._response.read()
+        return await self._response.content.read(limit)
+
+    def lines(self) -> AsyncIterator[bytes]:
+        return self._response.content.__aiter__()
+
+
+# --- in memory, for tests ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MockRequest:
+    """What a provider sent through a `MockTransport`."""
+
+    url: str
+    headers: Mapping[str, str]
+    query: Mapping[str, Any]
+    body: dict[str, Any]
+    stream: bool
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class MockResponse:
+    """A scripted answer: `json` (serialised) or raw `content`, e.g. SSE text."""
+
+    status: int = 200
+    json: Any = None
+    content: bytes | str = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def body(self) -> bytes:
+        if self.json is not None:
+            return json.dumps(self.json).encode()
+        return self.content.encode() if isinstance(self.content, str) else self.content
+
+
+Handler = Callable[[MockRequest], MockResponse | Awaitable[MockResponse]]
+
+
+class MockTransport(HTTPTransport):
+    """Answers every request with `handler(request)`, in memory, as httpx's MockTransport does.
+
+    The handler may be sync or async and may raise (`TimeoutError`, `ConnectionError`) to
+    play a failed exchange. `requests` keeps what was sent, in order.
+    """
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.requests: list[MockRequest] = []
+
+    @contextlib.asynccontextmanager
+    async def open(self, request: WireRequest, *, stream: bool) -> AsyncIterator[HTTPResponse]:
+        sent = MockRequest(
+            url=request.url,
+            headers={k.lower(): v for k, v in request.headers.items()},
+            query=dict(request.query or {}),
+            body=request.body,
+            stream=stream,
+            timeout_s=request.timeout_s,
+        )
+        self.requests.append(sent)
+        answer = self.handler(sent)
+        if inspect.isawaitable(answer):
+            answer = await answer
+        yield _MockHTTPResponse(answer)
+
+
+class _MockHTTPResponse:
+    __slots__ = ("_body", "headers", "status")
+
+    def __init__(self, answer: MockResponse) -> None:
+        self.status = answer.status
+        self.headers = {k.lower(): v for k, v in answer.headers.items()}
+        self._body = answer.body()
+
+    async def read(self, limit: int = -1) -> bytes:
+        return self._body if limit < 0 else self._body[:limit]
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        for line in self._body.splitlines(keepends=True):
+            yield line

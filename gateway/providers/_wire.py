@@ -1,0 +1,135 @@
+"""`WireService`: a provider that is one wire codec spoken through one transport."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+
+from pydantic import SecretStr
+
+from gateway.errors import ConfigurationError, ProviderError
+from gateway.providers._base import Call, LLMService
+from gateway.providers._codec import WireCodec, WireRequest
+from gateway.providers._http import split_extras
+from gateway.providers._transport import AiohttpTransport, Transport, UpstreamStatusError
+from gateway.types import Completion, StreamEnd
+
+
+class WireService(LLMService):
+    """Builds each call with `codec`, sends it through `transport` (by default a pool of
+    `max_connections` over aiohttp), reads the answer with `codec` again.
+
+    The provider owns its transport: `aclose` closes it.
+    """
+
+    def __init__(
+        self,
+        *,
+        codec: WireCodec,
+        base_url: str,
+        api_key: str | None,
+        transport: Transport | None = None,
+        headers: Mapping[str, str] | None = None,
+        query: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        model: str | None = None,
+        timeout_s: float | None = None,
+        max_connections: int | None = None,
+    ) -> None:
+        super().__init__(
+            name=name, model=model, timeout_s=timeout_s, max_connections=max_connections
+        )
+        self.codec = codec
+        self.base_url = base_url.rstrip("/")
+        self._api_key = SecretStr(api_key) if api_key else None
+        self._headers = {**codec.headers(api_key), **(headers or {})}
+        self._query = dict(query) if query else None
+        self.transport = transport or AiohttpTransport(max_connections=self.max_connections)
+
+    @property
+    def wire_model(self) -> str:
+        """What the request names as its model."""
+        return self.model
+
+    def request(self, call: Call) -> WireRequest:
+        """The request `call` sends: the codec's body and path, the provider's address.
+
+        The typed SDK methods' `extra_headers`/`extra_query`/`extra_body` keywords mean here
+        what they mean there (`split_extras`).
+        """
+        body, extra_headers, extra_query = split_extras(self.codec.body(call, self.wire_model))
+        path = self.codec.path(call)
+        return WireRequest(
+            url=self.base_url + path,
+            path=path,
+            body=body,
+            headers={**self._headers, **extra_headers} if extra_headers else self._headers,
+            extra_headers=extra_headers,
+            query={**(self._query or {}), **extra_query} if extra_query else self._query,
+            timeout_s=call.timeout_s,
+            framing=self.codec.framing,
+        )
+
+    async def _send(self, call: Call) -> Completion:
+        data = await self.transport.send(self.request(call))
+        return self.codec.completion(data, call)
+
+    def _open_stream(self, call: Call) -> AsyncIterator[str | StreamEnd]:
+        return self._events(self.request(call), call)
+
+    async def _events(self, request: WireRequest, call: Call) -> AsyncIterator[str | StreamEnd]:
+        reader = self.codec.reader(call)
+        async with contextlib.aclosing(self.transport.events(request)) as events:  # type: ignore[type-var]
+            async for event in events:
+                for delta in reader.read(event):
+                    yield delta
+                if reader.done:
+                    break
+        yield reader.end()
+
+    def _error(self, exc: Exception, call: Call) -> ProviderError | None:
+        if isinstance(exc, UpstreamStatusError):
+            return self.codec.status_error(exc.status, exc.body, exc.headers, call)
+        return self.transport.error(exc, call)
+
+    def _secrets(self) -> Iterable[str | None]:
+        return (self._api_key.get_secret_value(),) if self._api_key else ()
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+
+CLIENTS = ("http", "sdk")
+
+
+def wants_sdk(
+    provider: str, client: str, http_transport: str | None, transport: Transport | None
+) -> bool:
+    """Whether a provider's `client` option asks for its official SDK; refuses the options
+    that mean nothing with the client chosen, naming the fix."""
+    if client not in CLIENTS:
+        raise ConfigurationError(
+            f"{provider}: client is {client!r}; use 'http' (the default: the gateway's own "
+            "aiohttp transport) or 'sdk' (the official SDK, which must be installed)"
+        )
+    if client == "http" and http_transport is not None:
+        raise ConfigurationError(
+            f"{provider}: http_transport applies to the SDK's pool: add client: sdk, "
+            "or remove http_transport"
+        )
+    if client == "sdk" and transport is not None:
+        raise ConfigurationError(
+            f"{provider}: transport= needs client: http; with client: sdk the SDK sends "
+            "through its own pool"
+        )
+    return client == "sdk"
+
+
+def configured_key(settings: Any, variable: str) -> str | None:
+    """The key a setting (or, for a name the settings do not know, the environment) holds."""
+    value = getattr(settings, variable, None)
+    if isinstance(value, SecretStr):
+        return value.get_secret_value() or None
+    return value or os.environ.get(variable) or None

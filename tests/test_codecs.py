@@ -1,0 +1,230 @@
+"""Codecs through an in-memory `MockTransport` (no sockets), and a vendor added as README shows."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.errors import ConfigurationError, ErrorKind, ProviderError
+from gateway.providers import (
+    AnthropicService,
+    LLMFactory,
+    MockRequest,
+    MockResponse,
+    MockTransport,
+    OllamaService,
+    OpenAIService,
+)
+from gateway.testing import FakeUpstream
+from gateway.types import Usage
+
+KEY = "sk-mock-secret-0123456789"
+PROMPT = "Tell me about the quarterly figures, briefly."
+MESSAGES = [{"role": "user", "content": PROMPT}]
+
+
+def chat_completion(text: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "model": "gpt-mock",
+        "choices": [{"index": 0, "message": {"content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3},
+    }
+
+
+async def test_the_openai_codec_builds_the_request_and_reads_the_answer() -> None:
+    transport = MockTransport(lambda request: MockResponse(json=chat_completion("Fine.")))
+    llm = OpenAIService(
+        api_key=KEY, base_url="https://vendor.test/v1", model="gpt-mock", transport=transport
+    )
+
+    completion = await llm.complete(MESSAGES, temperature=0.5, extra_query={"tenant": "a"})
+
+    assert (completion.text, completion.model, completion.finish_reason) == (
+        "Fine.",
+        "gpt-mock",
+        "stop",
+    )
+    assert completion.usage == Usage(input_tokens=7, output_tokens=3)
+    (sent,) = transport.requests
+    assert sent.url == "https://vendor.test/v1/chat/completions"
+    assert sent.headers["authorization"] == f"Bearer {KEY}"
+    assert sent.query == {"tenant": "a"}
+    assert sent.body == {"model": "gpt-mock", "messages": MESSAGES, "temperature": 0.5}
+    assert (sent.stream, sent.timeout_s) == (False, 30.0)
+
+
+async def test_an_async_handler_serves_an_openai_stream() -> None:
+    chunks = [
+        {"id": "c1", "model": "gpt-mock", "choices": [{"index": 0, "delta": {"content": "Hi"}}]},
+        {"choices": [{"index": 0, "delta": {"content": " there"}, "finish_reason": "stop"}]},
+        {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2}},
+    ]
+    sse = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
+
+    async def handler(request: MockRequest) -> MockResponse:
+        return MockResponse(content=sse)
+
+    llm = OpenAIService(api_key=KEY, model="gpt-mock", transport=MockTransport(handler))
+    stream = llm.stream(MESSAGES)
+    assert [delta async for delta in stream] == ["Hi", " there"]
+    assert (stream.usage, stream.finish_reason, stream.response_id) == (
+        Usage(input_tokens=4, output_tokens=2),
+        "stop",
+        "c1",
+    )
+
+
+async def test_sse_event_names_multi_line_data_comments_and_crlf() -> None:
+    # Anthropic names its events; the spec lets data span lines (joined with a newline) and
+    # lets a server end lines in CRLF and send comments as keep-alives.
+    sse = (
+        ": keep-alive\r\n"
+        "event: message_start\r\n"
+        'data: {"type": "message_start", "message": {"id": "msg_1", "model": "claude-m",\r\n'
+        'data:  "usage": {"input_tokens": 9, "output_tokens": 0}}}\r\n'
+        "\r\n"
+        "event: content_block_delta\n"
+        'data: {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "Yes"}}\n'
+        "\n"
+        "event: message_delta\n"
+        'data: {"type": "message_delta", "delta": {"stop_reason": "end_turn"},'
+        ' "usage": {"output_tokens": 1}}\n'
+        "\n"
+        "event: message_stop\n"
+        'data: {"type": "message_stop"}\n'
+        "\n"
+    )
+    transport = MockTransport(lambda request: MockResponse(content=sse))
+    llm = AnthropicService(api_key=KEY, model="claude-m", transport=transport)
+
+    stream = llm.stream(MESSAGES, max_tokens=50)
+    assert [delta async for delta in stream] == ["Yes"]
+    assert (stream.usage, stream.finish_reason, stream.model, stream.response_id) == (
+        Usage(input_tokens=9, output_tokens=1),
+        "stop",
+        "claude-m",
+        "msg_1",
+    )
+    (sent,) = transport.requests
+    assert sent.url == "https://api.anthropic.com/v1/messages"
+    assert (sent.headers["x-api-key"], sent.headers["anthropic-version"]) == (KEY, "2023-06-01")
+    assert sent.body["stream"] is True and sent.body["max_tokens"] == 50
+
+
+async def test_an_anthropic_error_event_maps_by_its_type() -> None:
+    sse = (
+        "event: error\n"
+        'data: {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}\n'
+        "\n"
+    )
+    llm = AnthropicService(
+        api_key=KEY, transport=MockTransport(lambda request: MockResponse(content=sse))
+    )
+    with pytest.raises(ProviderError) as caught:
+        [delta async for delta in llm.stream(MESSAGES)]
+    assert (caught.value.kind, caught.value.status) == (ErrorKind.OVERLOADED, None)
+
+
+async def test_an_error_status_is_mapped_by_the_codec_and_redacted() -> None:
+    body = {
+        "error": {"message": f"Key {KEY} may not ask {PROMPT!r}", "code": "rate_limit_exceeded"}
+    }
+    transport = MockTransport(
+        lambda request: MockResponse(status=429, json=body, headers={"Retry-After": "2"})
+    )
+    llm = OpenAIService(api_key=KEY, transport=transport)
+
+    with pytest.raises(ProviderError) as caught:
+        await llm.complete(MESSAGES)
+
+    error = caught.value
+    assert (error.kind, error.status, error.retry_after_s) == (ErrorKind.RATE_LIMIT, 429, 2.0)
+    assert KEY not in str(error) and PROMPT not in str(error)
+    assert "[redacted]" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("raised", "kind"),
+    [(TimeoutError(), ErrorKind.TIMEOUT), (ConnectionResetError(), ErrorKind.CONNECTION)],
+    ids=["timeout", "reset"],
+)
+async def test_a_failed_exchange_maps_to_its_kind(raised: Exception, kind: ErrorKind) -> None:
+    def handler(request: MockRequest) -> MockResponse:
+        raise raised
+
+    llm = OllamaService(transport=MockTransport(handler))
+    with pytest.raises(ProviderError) as caught:
+        await llm.complete(MESSAGES)
+    assert caught.value.kind is kind
+    assert caught.value.__cause__ is raised
+
+
+async def test_an_ollama_stream_is_json_lines() -> None:
+    lines = [
+        {"model": "llama-m", "message": {"content": "One"}, "done": False},
+        {"model": "llama-m", "message": {"content": " two"}, "done": False},
+        {
+            "model": "llama-m",
+            "message": {"content": ""},
+            "done": True,
+            "done_reason": "stop",
+            "prompt_eval_count": 5,
+            "eval_count": 2,
+        },
+    ]
+    ndjson = "".join(json.dumps(line) + "\n" for line in lines)
+    transport = MockTransport(lambda request: MockResponse(content=ndjson))
+    llm = OllamaService(model="llama-m", base_url="http://ollama.test", transport=transport)
+
+    stream = llm.stream(MESSAGES, temperature=0)
+    assert [delta async for delta in stream] == ["One", " two"]
+    assert (stream.usage, stream.finish_reason) == (Usage(5, 2), "stop")
+    (sent,) = transport.requests
+    assert sent.url == "http://ollama.test/api/chat"
+    assert sent.body["stream"] is True and sent.body["options"] == {"temperature": 0}
+    assert "authorization" not in sent.headers  # no key, no header
+
+
+def test_the_client_option_is_checked_with_the_options_it_governs() -> None:
+    transport = MockTransport(lambda request: MockResponse())
+    with pytest.raises(ConfigurationError, match=r"client is 'grpc'; use 'http'.*or 'sdk'"):
+        OpenAIService(api_key=KEY, client="grpc")
+    with pytest.raises(ConfigurationError, match="http_transport applies to the SDK's pool"):
+        AnthropicService(api_key=KEY, http_transport="httpx2")
+    with pytest.raises(ConfigurationError, match="transport= needs client: http"):
+        OpenAIService(api_key=KEY, client="sdk", transport=transport)
+
+
+# --- README: "Adding a provider" -------------------------------------------------------------
+
+
+def readme_snippet() -> str:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("### Adding a provider\n", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert match, "README's 'Adding a provider' section has no python block"
+    return match.group(1)
+
+
+async def test_the_readmes_openai_compatible_vendor_works_as_written(
+    upstream: FakeUpstream, isolated_settings: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GROQ_API_KEY", KEY)
+    namespace: dict[str, Any] = {}
+    exec(readme_snippet(), namespace)  # the README's own code, as a reader runs it
+    try:
+        # Everything but the address (FakeUpstream instead of Groq) comes from the class.
+        async with LLMFactory.create("groq", base_url=upstream.openai_base_url) as llm:
+            assert llm.name == "groq" and llm.model == "llama-3.3-70b-versatile"
+            assert (await llm.complete(MESSAGES)).text.startswith("Hello from llama-3.3")
+        assert namespace["GroqService"].default_base_url == "https://api.groq.com/openai/v1"
+        received = upstream.requests[-1]
+        assert (received.protocol, received.model) == ("openai", "llama-3.3-70b-versatile")
+        assert received.headers["authorization"] == f"Bearer {KEY}"
+    finally:
+        LLMFactory.unregister("groq")
