@@ -21,11 +21,11 @@ import httpx
 import openai
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from server_harness import ServerProcess
 
 from gateway import GatewayError, Router
 from gateway.cli import main as cli_main
 from gateway.metrics import GatewayMetrics
-from gateway.server.launcher import ServerProcess
 from gateway.settings import get_settings
 from gateway.testing import FakeUpstream, Fault
 
