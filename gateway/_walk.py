@@ -235,6 +235,13 @@ class Walk:
                         kind=ErrorKind.TIMEOUT,
                         provider=candidate.name,
                     ) from exc
+                except ProviderError as exc:
+                    # The provider's own clock may run out a moment before ours: when the
+                    # bound was the request's deadline, that is still the deadline.
+                    if deadline_binds and exc.kind is ErrorKind.TIMEOUT:
+                        ticket.fail(ErrorKind.TIMEOUT)
+                        raise CandidateFailed(AttemptOutcome.DEADLINE, exc) from exc
+                    raise
                 except InvalidRequestError as exc:
                     # The messages passed the router's checks, so this provider alone cannot
                     # take them (e.g. Ollama and image URLs): the next candidate may.
@@ -303,7 +310,7 @@ class Walk:
                     if error is None:
                         raise
                     ticket.fail(error.kind)
-                    if isinstance(exc, TimeoutError) and deadline_binds:
+                    if deadline_binds and error.kind is ErrorKind.TIMEOUT:
                         raise CandidateFailed(AttemptOutcome.DEADLINE) from exc
                     raise error from exc
             self.hooks.on_first_token(
@@ -336,7 +343,7 @@ class Walk:
                             ticket.fail(failure.kind)
                             outcome = (
                                 AttemptOutcome.DEADLINE
-                                if isinstance(exc, TimeoutError) and deadline_binds
+                                if deadline_binds and failure.kind is ErrorKind.TIMEOUT
                                 else AttemptOutcome.failed(failure.kind)
                             )
                             raise CandidateFailed(outcome, failure) from exc

@@ -290,8 +290,8 @@ async def call_with_retries(
     that would end past it is not taken, and `RetryAborted` is raised instead so the router
     can fall through to the next candidate while there is still time.
     """
-    # Most calls succeed the first time: they pay for one try, not for setting up tenacity
-    # (measured at 25 µs in-process and ~80 µs between real HTTP calls; docs/performance.md).
+    # Most calls succeed the first time: they pay for one try, not for setting up tenacity,
+    # which costs more per call than the rest of the router's own work.
     try:
         return await attempt()
     except ProviderError as exc:

@@ -18,8 +18,7 @@ from gateway._outcomes import BreakerState
 from gateway.errors import GatewayError
 from gateway.policy import ChainEntry, Policy, ProviderSpec, TaskSpec
 from gateway.pricing import PriceBook
-from gateway.providers.base import LLMService, estimate_tokens
-from gateway.providers.registry import LLMFactory
+from gateway.providers import LLMFactory, LLMService, estimate_tokens
 from gateway.resilience import Breaker
 from gateway.types import Message, content_text
 
@@ -181,8 +180,8 @@ def build_runtime(
         candidates[name] = _new_candidate(spec, on_breaker_state, breaker_factory)
     runtime = Runtime(policy=policy, candidates=candidates, prices=PriceBook(policy.prices))
     for candidate in candidates.values():
-        # Look up every context window now, so that reading the bundled price map (~25 ms)
-        # happens at load, not in the first request.
+        # Look up every context window now, so that reading the bundled price map happens at
+        # load, not in the first request.
         runtime.context_window(candidate)
     if previous is not None:
         runtime.closing = previous.closing
