@@ -85,6 +85,12 @@ CLIENTS = [
 ]
 
 
+# Each type on its default client, and each type that has one on its SDK.
+PROVIDER_CLIENTS = [(name, {}) for name in PROVIDERS] + [
+    (name, SDK) for name in ("openai", "azure_openai", "anthropic")
+]
+
+
 @pytest.fixture(params=CLIENTS)
 async def llm(
     request: pytest.FixtureRequest, upstream: FakeUpstream, isolated_settings: object
@@ -546,12 +552,12 @@ async def test_an_error_status_before_streaming_overloads(
 async def test_the_provider_timeout_applies_when_the_call_sets_none(
     upstream: FakeUpstream, isolated_settings: object
 ) -> None:
-    for name in PROVIDERS:
+    for name, options in PROVIDER_CLIENTS:
         upstream.script(MODELS[name], Fault.hang())
-        async with make(name, upstream, timeout_s=0.1) as llm:
+        async with make(name, upstream, timeout_s=0.1, **options) as llm:
             with pytest.raises(ProviderError) as caught:
                 await llm.complete(MESSAGES)
-            assert caught.value.kind is ErrorKind.TIMEOUT, name
+            assert caught.value.kind is ErrorKind.TIMEOUT, (name, options)
 
 
 async def test_error_text_never_shows_the_key_or_the_prompt(
@@ -615,11 +621,11 @@ async def test_a_zero_call_timeout_times_out(llm: LLMService, upstream: FakeUpst
 async def test_bad_limits_are_refused_at_construction(
     upstream: FakeUpstream, isolated_settings: object
 ) -> None:
-    for name in PROVIDERS:
+    for name, options in PROVIDER_CLIENTS:
         with pytest.raises(ConfigurationError, match=r"timeout_s is -1"):
-            make(name, upstream, timeout_s=-1)
+            make(name, upstream, timeout_s=-1, **options)
         with pytest.raises(ConfigurationError, match=r"max_connections is 0"):
-            make(name, upstream, max_connections=0)
+            make(name, upstream, max_connections=0, **options)
 
 
 async def test_an_unknown_http_transport_is_refused_naming_the_choices(
@@ -694,9 +700,9 @@ async def test_cancelling_a_stream_propagates_and_closes_its_connection(
 async def test_max_connections_bounds_the_pool(
     upstream: FakeUpstream, isolated_settings: object
 ) -> None:
-    for name in PROVIDERS:
+    for name, options in PROVIDER_CLIENTS:
         upstream.reply(MODELS[name], REPLY, latency_s=0.05)
-        async with make(name, upstream, max_connections=2) as llm:
+        async with make(name, upstream, max_connections=2, **options) as llm:
             peak = 0
 
             async def watch() -> None:
@@ -709,7 +715,7 @@ async def test_max_connections_bounds_the_pool(
             results = await asyncio.gather(*(llm.complete(MESSAGES) for _ in range(6)))
             watcher.cancel()
             assert [r.text for r in results] == [REPLY] * 6
-            assert peak == 2, name
+            assert peak == 2, (name, options)
         assert await wait_for(lambda: upstream.open_connections == 0)
 
 
