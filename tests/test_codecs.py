@@ -18,7 +18,9 @@ from gateway.providers import (
     MockTransport,
     OllamaService,
     OpenAIService,
+    WireEvent,
 )
+from gateway.providers._transport import SSEDecoder
 from gateway.testing import FakeUpstream
 from gateway.types import Usage
 
@@ -228,3 +230,23 @@ async def test_the_readmes_openai_compatible_vendor_works_as_written(
         assert received.headers["authorization"] == f"Bearer {KEY}"
     finally:
         LLMFactory.unregister("groq")
+
+
+def test_the_sse_decoder_dispatches_on_blank_lines_only() -> None:
+    decoder = SSEDecoder()
+    fed = [
+        decoder.feed(line)
+        for line in [b": comment\n", b"event: ping\n", b'data: {"a":\n', b"data: 1}\r\n", b"\n"]
+    ]
+    assert fed == [None, None, None, None, WireEvent("ping", {"a": 1})]
+    # A blank line with no data dispatches nothing; an event cut before its blank line neither.
+    assert decoder.feed(b"\n") is None
+    assert decoder.feed(b'data: {"cut": true}\n') is None
+    assert not decoder.done
+    # OpenAI's end marker ends the stream, whatever follows it.
+    assert decoder.feed(b"\n") == WireEvent(None, {"cut": True})
+    assert (decoder.feed(b"data: [DONE]\n"), decoder.feed(b"\n"), decoder.done) == (
+        None,
+        None,
+        True,
+    )

@@ -3,10 +3,10 @@
 `Transport` is what a `WireService` sends through. `HTTPTransport` does the part every HTTP
 transport shares, once: an error status becomes `UpstreamStatusError` (its body read, bounded,
 for the codec to explain), a whole answer is parsed as JSON, and a stream is framed into
-events, as server-sent events (the SSE spec's `event:` names and multi-line `data:`; OpenAI's
-`[DONE]` ends it) or as JSON lines. Its subclasses only open one exchange:
-`AiohttpTransport` (the default) over a real connection pool, `MockTransport` in memory,
-for tests that hand a provider a handler instead of a server.
+events, as server-sent events (`SSEDecoder`: the SSE spec's `event:` names and multi-line
+`data:`; OpenAI's `[DONE]` ends it) or as JSON lines (`NDJSONDecoder`). Its subclasses only
+open one exchange: `AiohttpTransport` (the default) over a real connection pool,
+`MockTransport` in memory, for tests that hand a provider a handler instead of a server.
 """
 
 from __future__ import annotations
@@ -104,9 +104,13 @@ class HTTPTransport(Transport):
         async with self.open(request, stream=True) as response:
             if response.status >= 400:
                 raise await _status_error(response)
-            framed = sse_events if request.framing == "sse" else ndjson_events
-            async for event in framed(response.lines()):
-                yield event
+            decoder = SSEDecoder() if request.framing == "sse" else NDJSONDecoder()
+            async for line in response.lines():
+                event = decoder.feed(line)
+                if event is not None:
+                    yield event
+                elif decoder.done:
+                    return
 
     def error(self, exc: Exception, call: Call) -> ProviderError | None:
         mapped = _errors.unwrapped_error(exc, provider=call.provider)
@@ -123,40 +127,57 @@ async def _status_error(response: HTTPResponse) -> UpstreamStatusError:
     )
 
 
-async def sse_events(lines: AsyncIterator[bytes]) -> AsyncIterator[WireEvent]:
-    """Server-sent events as the SSE spec frames them: `event:` names the event, `data:` lines
-    (joined with newlines) carry it, a blank line dispatches it, `:` starts a comment, and an
-    event the stream cut before its blank line is dropped. Lines end in LF or CRLF. Data of
-    `[DONE]` (OpenAI's end marker) ends the stream; any other data is parsed as JSON."""
-    event: str | None = None
-    data: list[str] = []
-    async for raw in lines:
-        line = raw.decode("utf-8").rstrip("\r\n")
+class SSEDecoder:
+    """Server-sent events as the SSE spec frames them, fed one line at a time.
+
+    `event:` names the event, `data:` lines (joined with newlines) carry it, a blank line
+    dispatches it, a line starting with `:` is a comment, and an event the stream cut before
+    its blank line is never dispatched. Lines end in LF or CRLF. Data of `[DONE]` (OpenAI's
+    end marker) sets `done`; any other data is parsed as JSON. `id` and `retry` serve
+    reconnection, which a chat stream never does, and are ignored.
+    """
+
+    __slots__ = ("_data", "_event", "done")
+
+    def __init__(self) -> None:
+        self._event: str | None = None
+        self._data: list[bytes] = []
+        self.done = False
+
+    def feed(self, raw: bytes) -> WireEvent | None:
+        """The event `raw` completes, if it completes one."""
+        line = raw.rstrip(b"\r\n")
         if not line:
-            if data:
-                payload = "\n".join(data)
-                if payload == "[DONE]":
-                    return
-                yield WireEvent(event, json.loads(payload))
-            event, data = None, []
-            continue
-        name, _, value = line.partition(":")
-        if not name:
-            continue  # a comment (keep-alive)
-        if value.startswith(" "):
-            value = value[1:]
-        if name == "data":
-            data.append(value)
-        elif name == "event":
-            event = value
-        # `id` and `retry` serve reconnection, which a chat stream never does.
+            return self._dispatch()
+        if line.startswith(b"data:"):
+            value = line[5:]
+            self._data.append(value[1:] if value.startswith(b" ") else value)
+        elif line.startswith(b"event:"):
+            self._event = line[6:].strip().decode("utf-8")
+        return None
+
+    def _dispatch(self) -> WireEvent | None:
+        data, event = self._data, self._event
+        self._data, self._event = [], None
+        if not data:
+            return None
+        payload = data[0] if len(data) == 1 else b"\n".join(data)
+        if payload == b"[DONE]":
+            self.done = True
+            return None
+        return WireEvent(event, json.loads(payload))
 
 
-async def ndjson_events(lines: AsyncIterator[bytes]) -> AsyncIterator[WireEvent]:
+class NDJSONDecoder:
     """One event per non-blank line of JSON."""
-    async for raw in lines:
-        if raw.strip():
-            yield WireEvent(None, json.loads(raw))
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def feed(self, raw: bytes) -> WireEvent | None:
+        return WireEvent(None, json.loads(raw)) if raw.strip() else None
 
 
 # --- aiohttp: the default ---------------------------------------------------------------------
