@@ -757,7 +757,7 @@ def test_masked_hides_keys_and_url_passwords() -> None:
     assert shown["providers"]["mini"]["api_key"] == "***"
     assert shown["providers"]["sonnet"]["api_key"] is None
     assert shown["providers"]["sonnet"]["unavailable_reason"] == "ANTHROPIC_API_KEY is not set"
-    assert shown["state"]["url"] == "redis://user:***@cache:6379/0"
+    assert shown["state"]["url"] == "redis://***:***@cache:6379/0"
     assert shown["defaults"]["retry"]["on"] == sorted(shown["defaults"]["retry"]["on"])
     assert shown["tasks"]["extract"]["chain"][0] == {
         "provider": "mini",
@@ -777,23 +777,25 @@ def test_reprs_never_show_a_key() -> None:
 
 def test_values_from_the_environment_are_shown_as_their_references() -> None:
     # An option can carry a credential under any name (a header, a token field): what came
-    # from the environment is shown as the reference, in the admin view and in reprs.
+    # from the environment is shown as the reference, in the admin view and in reprs, unless
+    # the name says it is secret (then it is *** whatever it holds).
     token = "tok-live-5551234"
     text = replace(
         "model: gpt-4o-mini",
         "model: gpt-4o-mini\n"
-        "    options: {default_headers: {Authorization: 'Bearer ${GATEWAY_TOKEN}'}}",
+        "    options: {default_headers: {Authorization: 'Bearer ${GATEWAY_TOKEN}',"
+        " X-Tenant: 'tenant ${GATEWAY_TOKEN}'}}",
     )
     policy = parse_policy(text, environ={"GATEWAY_TOKEN": token})
 
     shown = policy.masked()
     headers = shown["providers"]["mini"]["options"]["default_headers"]
-    assert headers == {"Authorization": "Bearer ${GATEWAY_TOKEN}"}
+    assert headers == {"Authorization": "***", "X-Tenant": "tenant ${GATEWAY_TOKEN}"}
     for text_form in (json.dumps(shown), repr(policy), str(policy.providers)):
         assert token not in text_form
     # The provider itself still gets the real value.
     options = policy.providers["mini"].factory_options()["default_headers"]
-    assert options == {"Authorization": f"Bearer {token}"}
+    assert options == {"Authorization": f"Bearer {token}", "X-Tenant": f"tenant {token}"}
 
 
 # --- fingerprints ----------------------------------------------------------------------------

@@ -9,8 +9,9 @@ Everything callers use is importable from here. One module per step:
 - `_env`: `${VAR}` substitution.
 - `_messages`: pydantic's errors turned into ones naming the key, the value and the fix.
 - `_resolve`: defaults merged, chains spliced, names cross-checked.
-- `_masking`: secrets hidden when a policy is shown.
 - `_cli` (run as `python -m gateway.policy`): check files, or print the JSON Schema.
+
+A policy is shown with its secrets hidden by `gateway._secrets`, the rules logs and errors share.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gateway._secrets import SHORTEST_SCRUBBED, scrub_text
 from gateway.errors import PolicyError
-from gateway.policy._masking import scrub_text
 from gateway.policy._messages import describe
 from gateway.policy._yaml import KeyPath, format_path, line_of
 
@@ -99,7 +99,7 @@ class Substituter:
 
     def scrubbed(self, error: PolicyError) -> PolicyError:
         """`error` with every environment value it repeats shown as its `${NAME}`."""
-        reason = scrub_text(error.reason, self._revealed)
+        reason = scrub_text(error.reason, self._revealed, shortest=SHORTEST_SCRUBBED)
         if reason == error.reason:
             return error
         return PolicyError(reason, path=error.path, line=error.line, source=error.source)

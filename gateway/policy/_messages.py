@@ -9,8 +9,8 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
+from gateway._secrets import is_secret_name
 from gateway.errors import ErrorKind, PolicyError
-from gateway.policy._masking import is_secret_name
 from gateway.policy._yaml import KeyPath, format_path, line_of
 from gateway.policy.document import PolicyDocument
 

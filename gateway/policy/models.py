@@ -20,8 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from gateway._secrets import SHORTEST_SCRUBBED, mask_tree, mask_url, masked_as, scrub
 from gateway.errors import ErrorKind, UnknownTaskError
-from gateway.policy._masking import mask_secret_keys, mask_url, scrub
 
 DEFAULT_TASK = "default"
 DEFAULT_RETRY_ON = frozenset(
@@ -243,19 +243,22 @@ class ProviderSpec(BaseModel):
     _revealed: dict[str, str] = PrivateAttr(default_factory=dict)
 
     def masked(self) -> dict[str, Any]:
-        shown = self.model_dump(mode="json")
-        shown["api_key"] = "***" if self.api_key else None
-        if self.base_url:
-            shown["base_url"] = mask_url(self.base_url)
-        shown["options"] = mask_secret_keys(self.options)
-        return scrub(shown, self._revealed)
+        """This provider as JSON-able data, every secret in it shown as "***" (or as the
+        `${NAME}` it was read from): the key, a URL's credentials, secret-named options."""
+        shown: dict[str, Any] = mask_tree(self.model_dump(mode="json"))
+        return scrub(shown, self._known_secrets(), shortest=SHORTEST_SCRUBBED)
+
+    def _known_secrets(self) -> dict[str, str]:
+        # The key itself, wherever else it is repeated (a header under a name that does not
+        # look secret); a value read from the environment shows as its reference instead.
+        key = self.api_key.get_secret_value() if self.api_key else None
+        return {**masked_as([key]), **self._revealed}
 
     def __repr_args__(self) -> Any:
+        known = self._known_secrets()
         for name, value in super().__repr_args__():
-            if name == "options":
-                value = scrub(mask_secret_keys(self.options), self._revealed)
-            elif isinstance(value, str):
-                value = scrub(value, self._revealed)
+            if name == "options" or isinstance(value, str):
+                value = scrub(mask_tree(value), known, shortest=SHORTEST_SCRUBBED)
             yield name, value
 
 
@@ -300,13 +303,16 @@ class Policy(BaseModel):
         )
 
     def masked(self) -> dict[str, Any]:
-        """The policy in effect as JSON-able data, with API keys shown as "***" or null, and
-        values taken from the environment as their `${NAME}`."""
-        state = self.state.model_dump(mode="json")
-        state["url"] = mask_url(self.state.url)
-        return scrub(self._masked_tree(state), self._revealed)
+        """The policy in effect as JSON-able data: API keys, URL credentials and secret-named
+        options (headers included) shown as "***", values taken from the environment as their
+        `${NAME}`, and each provider's key scrubbed wherever else the policy repeats it."""
+        keys = [spec.api_key.get_secret_value() for spec in self.providers.values() if spec.api_key]
+        known = {**masked_as(keys), **self._revealed}
+        return scrub(self._masked_tree(), known, shortest=SHORTEST_SCRUBBED)
 
-    def _masked_tree(self, state: dict[str, Any]) -> dict[str, Any]:
+    def _masked_tree(self) -> dict[str, Any]:
+        # mask_tree goes over each part whose keys are field or option names, never over a
+        # mapping keyed by names ops chose (a provider may be called `token`).
         return {
             "version": self.version,
             "defaults": self.defaults.model_dump(mode="json"),
@@ -315,8 +321,10 @@ class Policy(BaseModel):
                 model: price.model_dump(mode="json", exclude_none=True)
                 for model, price in self.prices.items()
             },
-            "tasks": {name: spec.model_dump(mode="json") for name, spec in self.tasks.items()},
-            "state": state,
+            "tasks": {
+                name: mask_tree(spec.model_dump(mode="json")) for name, spec in self.tasks.items()
+            },
+            "state": mask_tree(self.state.model_dump(mode="json")),
             "sha256": self.sha256,
             "source": self.source,
             "loaded_at": self.loaded_at,
