@@ -22,13 +22,14 @@ from typing import Any
 import pytest
 from redis_harness import RedisServer, free_port
 
+from gateway._secrets import mask_url
 from gateway.errors import ErrorKind
 from gateway.policy import Policy, parse_policy
 from gateway.resilience import Admission, Breaker
 from gateway.router import Router
 from gateway.state import open_state_backend
 from gateway.state.memory import MemoryState
-from gateway.state.redis import RedisState, breaker_key, lease_key, redacted_url
+from gateway.state.redis import RedisState, breaker_key, lease_key
 from gateway.state.shared_breaker import SharedBreaker
 from gateway.testing import FakeUpstream, Fault
 
@@ -314,7 +315,7 @@ async def test_unreachable_redis_leaves_local_breakers_working(
     assert len(warnings) == 1, "one outage is logged once"
     assert "hunter2-secret" not in caplog.text
     assert "hunter2-secret" not in repr(replica.state)
-    assert redacted_url(url) in warnings[0].getMessage()
+    assert mask_url(url) in warnings[0].getMessage()
 
 
 async def test_replicas_rejoin_shared_state_when_redis_returns(

@@ -24,13 +24,13 @@ import uuid
 import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from gateway._secrets import mask_url, masked_as, scrub_text, url_secrets
 from gateway.state import _lua
 from gateway.state.shared_breaker import (
     DEFAULT_GRANT_HOLD_S,
@@ -73,17 +73,6 @@ def lease_key(namespace: str, provider: str) -> str:
     return breaker_key(namespace, provider) + ":probe"
 
 
-def redacted_url(url: str) -> str:
-    """scheme://host:port/db, without user name or password, for logs and reprs."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "<unparsable Redis URL>"
-    return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
 class RedisState:
     """Shared breaker state for one router: build its breakers with `breaker_factory`."""
 
@@ -102,6 +91,9 @@ class RedisState:
         self.spec = spec
         self.namespace = spec.namespace
         self._url = spec.url
+        # What logs and reprs show: the URL's credentials (user:password@, ?password=) hidden.
+        self._shown_url = mask_url(spec.url)
+        self._url_secrets = masked_as(url_secrets(spec.url))
         self._on_error = on_error
         self._refresh_interval_s = refresh_interval_s
         self._command_timeout_s = command_timeout_s
@@ -125,7 +117,7 @@ class RedisState:
 
     def __repr__(self) -> str:
         mode = "shared" if self._shared else "local (Redis unreachable)"
-        return f"RedisState({redacted_url(self._url)}, namespace={self.namespace!r}, {mode})"
+        return f"RedisState({self._shown_url}, namespace={self.namespace!r}, {mode})"
 
     # --- what the router uses ---------------------------------------------------------------
 
@@ -370,7 +362,7 @@ class RedisState:
             log.warning(
                 "shared breaker state: Redis at %s %s (%s: %s); breakers use local state "
                 "until it answers again",
-                redacted_url(self._url),
+                self._shown_url,
                 what,
                 type(exc).__name__,
                 self._scrub(str(exc)),
@@ -387,16 +379,12 @@ class RedisState:
         self._overflow_logged = False
         log.warning(
             "shared breaker state: Redis at %s answers again; breakers rejoined shared state",
-            redacted_url(self._url),
+            self._shown_url,
         )
 
     def _scrub(self, text: str) -> str:
-        """Error text with the URL's password removed, in case a client library echoes it."""
-        try:
-            password = urlsplit(self._url).password
-        except ValueError:
-            return text
-        return text.replace(password, "***") if password else text
+        """Error text without the URL's credentials, in case a client library echoes them."""
+        return scrub_text(text, self._url_secrets)
 
 
 def _merged(ops: Sequence[Op]) -> list[Op]:
