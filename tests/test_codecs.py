@@ -12,6 +12,7 @@ import pytest
 from gateway.errors import ConfigurationError, ErrorKind, ProviderError
 from gateway.providers import (
     AnthropicService,
+    AzureOpenAIService,
     LLMFactory,
     MockRequest,
     MockResponse,
@@ -58,6 +59,38 @@ async def test_the_openai_codec_builds_the_request_and_reads_the_answer() -> Non
     assert sent.query == {"tenant": "a"}
     assert sent.body == {"model": "gpt-mock", "messages": MESSAGES, "temperature": 0.5}
     assert (sent.stream, sent.timeout_s) == (False, 30.0)
+
+
+async def test_organization_default_headers_and_azure_auth_reach_the_wire() -> None:
+    transport = MockTransport(lambda request: MockResponse(json=chat_completion("Ok.")))
+    openai = OpenAIService(
+        api_key=KEY,
+        organization="org-1",
+        default_headers={"X-Team": "search"},
+        transport=transport,
+    )
+    azure = AzureOpenAIService(
+        api_key=KEY,
+        base_url="https://res.openai.azure.com/",
+        deployment="prod-mini",
+        api_version="2024-10-21",
+        transport=transport,
+    )
+    await openai.complete(MESSAGES, extra_headers={"x-trace": "t"})
+    await azure.complete(MESSAGES)
+
+    to_openai, to_azure = transport.requests
+    assert (to_openai.headers["openai-organization"], to_openai.headers["x-team"]) == (
+        "org-1",
+        "search",
+    )
+    assert to_openai.headers["x-trace"] == "t"
+    assert (
+        to_azure.url == "https://res.openai.azure.com/openai/deployments/prod-mini/chat/completions"
+    )
+    assert to_azure.query == {"api-version": "2024-10-21"}
+    assert to_azure.headers["api-key"] == KEY and "authorization" not in to_azure.headers
+    assert to_azure.body["model"] == "prod-mini"
 
 
 async def test_an_async_handler_serves_an_openai_stream() -> None:

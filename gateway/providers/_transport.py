@@ -192,8 +192,7 @@ class AiohttpTransport(HTTPTransport):
         # Made on first use: an aiohttp session belongs to the event loop it was made in.
         self._session: aiohttp.ClientSession | None = None
 
-    @contextlib.asynccontextmanager
-    async def open(self, request: WireRequest, *, stream: bool) -> AsyncIterator[HTTPResponse]:
+    def open(self, request: WireRequest, *, stream: bool) -> _AiohttpExchange:
         import aiohttp
 
         if self._session is None or self._session.closed:
@@ -208,15 +207,16 @@ class AiohttpTransport(HTTPTransport):
             )
         else:
             timeout = aiohttp.ClientTimeout(total=request.timeout_s)
-        async with self._session.post(
-            request.url,
-            data=json.dumps(request.body).encode(),
-            headers=dict(request.headers),
-            params=dict(request.query) if request.query else None,
-            timeout=timeout,
-            allow_redirects=False,
-        ) as response:
-            yield _AiohttpResponse(response)
+        return _AiohttpExchange(
+            self._session.post(
+                request.url,
+                data=json.dumps(request.body).encode(),
+                headers=dict(request.headers),
+                params=dict(request.query) if request.query else None,
+                timeout=timeout,
+                allow_redirects=False,
+            )
+        )
 
     def error(self, exc: Exception, call: Call) -> ProviderError | None:
         kind = _errors.aiohttp_kind(exc)
@@ -229,27 +229,42 @@ class AiohttpTransport(HTTPTransport):
             await self._session.close()
 
 
-class _AiohttpResponse:
-    __slots__ = ("_response",)
+class _AiohttpExchange:
+    """One aiohttp request as an `HTTPResponse` context: the response is read inside it."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
+    __slots__ = ("_pending", "_response")
+
+    def __init__(self, pending: Any) -> None:
+        self._pending = pending  # aiohttp's request context manager, not yet sent
+        self._response: aiohttp.ClientResponse | None = None
+
+    async def __aenter__(self) -> _AiohttpExchange:
+        self._response = await self._pending.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._pending.__aexit__(*exc)
+
+    @property
+    def _sent(self) -> aiohttp.ClientResponse:
+        assert self._response is not None, "read inside the `async with` block"
+        return self._response
 
     @property
     def status(self) -> int:
-        return self._response.status
+        return self._sent.status
 
     @property
     def headers(self) -> Mapping[str, str]:
-        return self._response.headers
+        return self._sent.headers
 
     async def read(self, limit: int = -1) -> bytes:
         if limit < 0:
-            return await self._response.read()
-        return await self._response.content.read(limit)
+            return await self._sent.read()
+        return await self._sent.content.read(limit)
 
     def lines(self) -> AsyncIterator[bytes]:
-        return self._response.content.__aiter__()
+        return self._sent.content.__aiter__()
 
 
 # --- in memory, for tests ---------------------------------------------------------------------
