@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from gateway._secrets import mask_text, masked_as, scrub_text
 from gateway.errors import ErrorKind, ProviderError
 from gateway.types import content_text
 
@@ -187,7 +188,8 @@ def finish_reason(raw: str | None) -> str | None:
 
 
 class Redactor:
-    """Removes the API key and the prompt's texts from upstream error text before we show it.
+    """Removes the API key, the prompt's texts and anything that looks like a credential
+    (`gateway._secrets.mask_text`) from upstream error text before we show it.
 
     Upstreams sometimes echo a (masked or not) key or part of the request in their messages;
     our errors end up in logs and API responses, so neither may pass through.
@@ -198,25 +200,23 @@ class Redactor:
     def __init__(self, secrets: Iterable[str | None] = (), messages: Iterable[Any] = ()) -> None:
         # Kept as given and read only when an error needs cleaning: most calls have none.
         self._secrets, self._messages = secrets, messages
-        self._texts: list[str] | None = None
+        self._texts: dict[str, str] | None = None
 
-    def _removed(self) -> list[str]:
+    def _removed(self) -> dict[str, str]:
         texts = [s for s in self._secrets if s]
         for message in self._messages:
             if isinstance(message, Mapping):
                 text = content_text(message.get("content"))
                 if len(text) >= _MIN_REDACTED_CHARS:
                     texts.append(text)
-        # Longest first, so a text that contains another is removed whole.
-        return sorted(set(texts), key=len, reverse=True)
+        return masked_as(texts, "[redacted]")
 
     def __call__(self, text: object) -> str:
         if self._texts is None:
             self._texts = self._removed()
-        clean = " ".join(str(text).split())
-        for secret in self._texts:
-            if secret in clean:
-                clean = clean.replace(secret, "[redacted]")
+        # The texts known to be secret first, then whatever else looks like a credential (a URL
+        # with a token in it, `Bearer ...`): the upstream may echo secrets it was not sent by us.
+        clean = mask_text(scrub_text(" ".join(str(text).split()), self._texts))
         if len(clean) > MAX_MESSAGE_CHARS:
             clean = clean[: MAX_MESSAGE_CHARS - 3] + "..."
         return clean
