@@ -1,17 +1,21 @@
-"""Environment configuration, with the seed's variable names (`.env` is read when present)."""
+"""Environment configuration: the variables the providers' SDKs read too (and `.env` when
+present)."""
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway._secrets import mask_tree
 from gateway.errors import MissingCredentialsError
 
 
 class Settings(BaseSettings):
-    """Every key is a `SecretStr`: repr, logs and errors show `**********`."""
+    """Every key is a `SecretStr`: repr, logs and errors show `**********`; the repr shows each
+    URL with its credentials masked."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=True)
 
@@ -33,6 +37,11 @@ class Settings(BaseSettings):
     OLLAMA_BASE_URL: str = "http://localhost:11434"
     LOCAL_MODEL: str = "llama3.2"
 
+    def __repr_args__(self) -> Any:
+        # An endpoint may carry a credential (`http://TOKEN@host`, `?api-key=`): shown masked.
+        for name, value in super().__repr_args__():
+            yield name, mask_tree({name: value})[name] if isinstance(value, str) else value
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
@@ -40,7 +49,7 @@ def get_settings() -> Settings:
 
 
 def require_key(value: SecretStr | str | None, variable: str, provider_label: str) -> str:
-    """The key as plain text, or the seed's error naming the variable to set."""
+    """The key as plain text, or an error naming the variable to set."""
     if isinstance(value, SecretStr):
         value = value.get_secret_value()
     if not value:
