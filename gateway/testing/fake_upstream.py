@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from gateway._secrets import is_secret_name
 from gateway.testing._anthropic_wire import AnthropicWire
 from gateway.testing._chaos import Chaos
 from gateway.testing._client import UpstreamURLs
@@ -55,10 +56,6 @@ DEFAULT_CHAOS_RATES: dict[str, float] = {
     "reset": 0.02,
     "cut_stream": 0.03,
 }
-
-SECRET_HEADERS = frozenset(
-    {"authorization", "x-api-key", "api-key", "proxy-authorization", "cookie"}
-)
 
 WIRES: dict[str, Wire] = {
     wire.name: wire for wire in (OpenAIWire(), AzureOpenAIWire(), AnthropicWire(), OllamaWire())
@@ -88,7 +85,7 @@ class ReceivedRequest:
     query: dict[str, str] = field(default_factory=dict)
 
     def safe_headers(self) -> dict[str, str]:
-        return {k: ("<redacted>" if k in SECRET_HEADERS else v) for k, v in self.headers.items()}
+        return {k: ("<redacted>" if is_secret_name(k) else v) for k, v in self.headers.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {
