@@ -16,17 +16,20 @@ import logging
 import traceback
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from server_harness import ServerProcess
+from server_harness import ServerProcess, free_port
 
 from gateway import GatewayError, Router
 from gateway.cli import main as cli_main
 from gateway.metrics import GatewayMetrics
+from gateway.policy import parse_policy
 from gateway.settings import get_settings
+from gateway.state.redis import RedisState
 from gateway.testing import FakeUpstream, Fault
 
 MARK = "SECRET-"
@@ -329,6 +332,203 @@ async def test_keys_never_leave_the_server(upstream: FakeUpstream, served: Serve
     assert "chat/completions" in log
     assert "openai._base_client" in log and "anthropic._base_client" in log
     assert_clean(log, "the server's log")
+
+
+# --- secrets in the shapes a policy can hide them in ----------------------------------------------
+
+URL_TOKEN = "tok-SECRET-in-userinfo"  # a token written as a URL's user name
+URL_PASSWORD = "pw-SECRET-in-userinfo"  # a URL's user:password
+QUERY_KEY = "qk-SECRET-in-query"  # ?api-key=... in a base_url
+BEARER_KEY = "sk-hdr-SECRET-bearer"  # default_headers: {Authorization: Bearer ...}
+HEADER_KEY = "xk-SECRET-header"  # default_headers: {x-api-key: ...}
+REDIS_PASSWORD = "rp-SECRET-redis"  # redis://...?password=...
+PLAIN_KEY = "sk-SECRET-plain-api-key"
+SHAPE_KEYS = (URL_TOKEN, URL_PASSWORD, QUERY_KEY, BEARER_KEY, HEADER_KEY, REDIS_PASSWORD, PLAIN_KEY)
+
+
+def shapes_policy_text(url: str, redis_url: str) -> str:
+    """Providers whose endpoints and headers carry secrets outside `api_key`: an Ollama behind
+    a proxy that takes a token as the URL's user name, an endpoint that takes its key in the
+    query string (shown only: the SDK cannot send a base_url's query), and default headers."""
+    host = url.split("://", 1)[1]
+    return f"""
+version: 1
+defaults:
+  timeout_s: 2
+  retry: {{attempts: 1}}
+  breaker: {{fail_max: 100, reset_timeout_s: 1}}
+providers:
+  tokened: {{type: ollama, model: {LLAMA}, base_url: "http://{URL_TOKEN}@{host}"}}
+  userinfo: {{type: openai, model: {GPT}, base_url: "http://me:{URL_PASSWORD}@{host}/v1",
+              api_key: {PLAIN_KEY}}}
+  queried: {{type: openai, model: {GPT}, api_key: {PLAIN_KEY},
+             base_url: "{url}/v1?api-version=2024-10-21&api-key={QUERY_KEY}"}}
+  headed:
+    type: openai
+    model: {GPT}
+    base_url: "{url}/v1"
+    api_key: {PLAIN_KEY}
+    options:
+      client: sdk  # the SDK logs its requests at DEBUG, httpx2 each URL at INFO
+      default_headers:
+        Authorization: "Bearer {BEARER_KEY}"
+        x-api-key: {HEADER_KEY}
+        x-team: visible-team
+prices:
+  {LLAMA}: {{input: 0, output: 0}}
+tasks:
+  tokened: {{chain: [tokened]}}
+  headed: {{chain: [headed]}}
+  default: {{chain: [queried, headed]}}
+state: {{backend: redis, url: "{redis_url}"}}
+"""
+
+
+def assert_shapes_masked(shown: dict[str, Any], *, redis_url_shown: str) -> None:
+    """`shown` is a masked policy: every secret is ***, everything around it still shown."""
+    text = json.dumps(shown)
+    for key in SHAPE_KEYS:
+        assert key not in text, f"{key} shown in {text}"
+    providers = shown["providers"]
+    assert providers["tokened"]["base_url"].startswith("http://***@127.0.0.1:")
+    assert providers["userinfo"]["base_url"].startswith("http://***:***@127.0.0.1:")
+    assert providers["queried"]["base_url"].endswith("/v1?api-version=2024-10-21&api-key=***")
+    headers = providers["headed"]["options"]["default_headers"]
+    assert headers == {"Authorization": "***", "x-api-key": "***", "x-team": "visible-team"}
+    assert providers["tokened"]["api_key"] is None
+    assert all(providers[name]["api_key"] == "***" for name in ("userinfo", "queried", "headed"))
+    assert shown["state"]["url"] == redis_url_shown
+
+
+def unreachable_redis(query_password: bool = True) -> tuple[str, str]:
+    """A Redis URL nothing listens at, carrying a password, and how it must be shown."""
+    port = free_port()
+    if query_password:
+        return (
+            f"redis://127.0.0.1:{port}/0?password={REDIS_PASSWORD}",
+            f"redis://127.0.0.1:{port}/0?password=***",
+        )
+    return (
+        f"redis://default:{REDIS_PASSWORD}@127.0.0.1:{port}/0",
+        f"redis://***:***@127.0.0.1:{port}/0",
+    )
+
+
+@pytest.mark.parametrize("query_password", [True, False], ids=["query", "userinfo"])
+def test_policy_masked_hides_every_shape(query_password: bool) -> None:
+    redis_url, redis_shown = unreachable_redis(query_password)
+    policy = parse_policy(shapes_policy_text("http://127.0.0.1:9", redis_url))
+    assert_shapes_masked(policy.masked(), redis_url_shown=redis_shown)
+    for name, spec in policy.providers.items():
+        assert_clean(json.dumps(spec.masked()), f"ProviderSpec.masked() of {name}")
+        assert_clean(repr(spec), f"repr of ProviderSpec {name}")
+        assert_clean(str(spec), f"str of ProviderSpec {name}")
+    assert_clean(repr(policy.state), "repr of StateSpec")
+    assert_clean(repr(policy), "repr of Policy")
+
+
+def test_settings_repr_masks_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", f"https://gw.example/v1?api-key={QUERY_KEY}")
+    monkeypatch.setenv("OLLAMA_BASE_URL", f"http://{URL_TOKEN}@ollama.example:11434")
+    monkeypatch.setenv("OPENAI_API_KEY", PLAIN_KEY)
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+        for text in (repr(settings), str(settings)):
+            assert_clean(text, "the settings' repr")
+            assert "https://gw.example/v1?api-key=***" in text
+            assert "http://***@ollama.example:11434" in text
+    finally:
+        get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("query_password", [True, False], ids=["query", "userinfo"])
+async def test_redis_password_never_logged_or_shown(
+    query_password: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis_url, redis_shown = unreachable_redis(query_password)
+    policy = parse_policy(shapes_policy_text("http://127.0.0.1:9", redis_url))
+    caplog.set_level(logging.DEBUG)
+    errors: list[str] = []
+    state = RedisState(policy.state, on_error=errors.append, command_timeout_s=0.2)
+    try:
+        breaker = state.breaker_factory()(policy.providers["headed"])
+        breaker.admit()  # starts the background task, which finds no Redis
+        for _ in range(200):
+            if errors:
+                break
+            await asyncio.sleep(0.02)
+        assert errors, "the unreachable Redis was never reported"
+        assert redis_shown in repr(state)
+    finally:
+        await state.aclose()
+    outage = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert outage and redis_shown in outage[0].getMessage()
+    assert_clean(formatted(caplog.records), "the Redis backend's logs")
+    assert_clean(repr(state), "repr of RedisState")
+
+
+async def test_shapes_never_reach_logs_or_errors(
+    upstream: FakeUpstream, every_log_record: pytest.LogCaptureFixture
+) -> None:
+    """Traffic through providers whose URL and headers carry secrets, healthy and failing, at
+    DEBUG on every logger; the upstream's refusals quote secrets the gateway was never told are
+    secrets (a URL's token, a query key, a bearer header) as well as the key it was given."""
+    redis_url, _ = unreachable_redis()
+    router = Router(parse_policy(shapes_policy_text(upstream.url, redis_url)))
+    errors: list[GatewayError] = []
+    try:
+        for task in ("tokened", "headed"):
+            assert (await router.generate(MESSAGES, task=task)).text
+            assert await _drain(router, task)
+        echoed = (
+            f"Incorrect API key: {PLAIN_KEY}; request to https://{URL_TOKEN}@proxy.example/v1"
+            f"?api-key={QUERY_KEY} with Authorization: Bearer {BEARER_KEY}"
+        )
+        for model in (GPT, LLAMA):
+            upstream.fail_always(model, Fault.status(401, message=echoed))
+        for task in ("tokened", "headed", "default"):
+            for stream in (False, True):
+                with pytest.raises(GatewayError) as caught:
+                    await (_drain(router, task) if stream else router.generate(MESSAGES, task=task))
+                errors.append(caught.value)
+    finally:
+        await router.aclose()
+    for error in errors:
+        assert "Incorrect API key" in str(error)  # the upstream's words are kept
+        for key in SHAPE_KEYS:
+            assert key not in str(error), str(error)
+        assert_clean(str(error), f"str of {type(error).__name__}")
+        assert_clean(repr(error), f"repr of {type(error).__name__}")
+        for attempt in getattr(error, "attempts", ()):
+            assert_clean(repr(attempt), "an Attempt")
+    records = every_log_record.records
+    assert any(r.name.startswith("openai") and r.levelno == logging.DEBUG for r in records)
+    assert_clean(formatted(records), "the logs")
+
+
+async def test_policy_route_hides_every_shape(upstream: FakeUpstream, tmp_path: Path) -> None:
+    """`GET /api/v1/policy` is open to every client key: no secret may be in it."""
+    redis_url, redis_shown = unreachable_redis()
+    path = tmp_path / "routing.yaml"
+    path.write_text(shapes_policy_text(upstream.url, redis_url))
+    env = {"GATEWAY_API_KEYS": CLIENT_KEY, "GATEWAY_POLICY_WATCH_S": "0"}
+    process = ServerProcess(path, log_path=tmp_path / "server.log", env=env)
+    try:
+        await asyncio.to_thread(process.wait_ready)
+        headers = {"authorization": f"Bearer {CLIENT_KEY}"}
+        async with httpx.AsyncClient(base_url=process.url, headers=headers, timeout=20) as http:
+            response = await http.get("/api/v1/policy")
+            assert response.status_code == 200, response.text
+            answer = await http.post(
+                "/v1/chat/completions", json={"model": "headed", "messages": MESSAGES}
+            )
+            assert answer.status_code == 200, answer.text
+    finally:
+        await asyncio.to_thread(process.stop)
+    assert_shapes_masked(response.json()["policy"], redis_url_shown=redis_shown)
+    assert_clean(response.text, "GET /api/v1/policy")
+    assert_clean(process.log(), "the server's log")
 
 
 # --- the demo -----------------------------------------------------------------------------------
