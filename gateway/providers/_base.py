@@ -182,7 +182,7 @@ class LLMService:
                 async for event in source:
                     yield event
 
-    # --- the seed's interface, thin layers over `complete` and `stream` ----------------------
+    # --- generate, generate_json, stream_generation, get_token_usage: thin layers over the two -
 
     async def generate(
         self,
