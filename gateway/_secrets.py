@@ -13,9 +13,10 @@ Every place that shows configuration or upstream text goes through here: the pol
 - *free text* (an upstream's error message) has known secret values replaced, then whatever
   still looks like a credential: URLs, `Bearer <token>`, `api_key=<value>`.
 
-The HTTP client libraries log each request's URL as it is, credentials included (httpx's
-"HTTP Request: POST http://TOKEN@host/..." at INFO); importing this module gives their loggers a
-filter that masks those lines as free text.
+The HTTP client libraries and the SDKs log each request's URL as it is, credentials included
+(httpx's "HTTP Request: POST http://TOKEN@host/..." at INFO, the SDKs' "Sending HTTP Request" and
+the exceptions they log at DEBUG); importing this module gives their loggers a filter that masks
+those records, message and traceback, as free text.
 """
 
 from __future__ import annotations
@@ -212,17 +213,23 @@ def masked_as(secrets: Iterable[str | None], shown: str = MASK) -> dict[str, str
 
 
 class MaskingFilter(logging.Filter):
-    """A logging filter that masks credentials in each record's message (`mask_text`)."""
+    """A logging filter that masks credentials (`mask_text`) in each record's message and in
+    the traceback it carries."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         masked = mask_text(message)
         if masked != message:
             record.msg, record.args = masked, ()
+        if record.exc_info and not record.exc_text:
+            # Formatters print exc_text when it is set rather than formatting exc_info again.
+            record.exc_text = mask_text(_TRACEBACKS.formatException(record.exc_info))
         return True
 
 
-HTTP_CLIENT_LOGGERS = ("httpx", "httpx2")
+_TRACEBACKS = logging.Formatter()
+
+HTTP_CLIENT_LOGGERS = ("httpx", "httpx2", "openai._base_client", "anthropic._base_client")
 """Loggers that print request URLs: a provider's base_url may carry a token as its user name."""
 
 

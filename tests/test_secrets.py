@@ -507,6 +507,24 @@ async def test_shapes_never_reach_logs_or_errors(
     assert_clean(formatted(records), "the logs")
 
 
+def test_client_libraries_logs_mask_urls(caplog: pytest.LogCaptureFixture) -> None:
+    """httpx and the SDKs log each request's URL as given (a token as its user name, a key in
+    its query) and, at DEBUG, the exceptions that quote it: both are masked as they are logged."""
+    caplog.set_level(logging.DEBUG)
+    url = f"http://{URL_TOKEN}@upstream.example/v1?api-key={QUERY_KEY}"
+    for name in ("httpx", "httpx2", "openai._base_client", "anthropic._base_client"):
+        logger = logging.getLogger(name)
+        logger.info("HTTP Request: POST %s", url)
+        try:
+            raise ValueError(f"cannot reach {url}")
+        except ValueError:
+            logger.debug("Encountered Exception", exc_info=True)
+    text = formatted(caplog.records) + caplog.text
+    assert text.count("http://***@upstream.example/v1?api-key=***") == 16
+    assert "cannot reach" in text
+    assert_clean(text, "the client libraries' logs")
+
+
 async def test_policy_route_hides_every_shape(upstream: FakeUpstream, tmp_path: Path) -> None:
     """`GET /api/v1/policy` is open to every client key: no secret may be in it."""
     redis_url, redis_shown = unreachable_redis()
