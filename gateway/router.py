@@ -23,7 +23,7 @@ from gateway._walk import CandidateFailed, Check, Walker
 from gateway.errors import ErrorKind, GatewayError, PolicyError, ProviderError
 from gateway.hooks import HookSet, RouterHooks, default_hooks
 from gateway.policy import Policy, load_policy
-from gateway.providers.base import parse_json_object
+from gateway.providers import LLMFactory, parse_json_object
 from gateway.resilience import Sleep
 from gateway.runtime import Candidate, Runtime, build_runtime, close_runtime
 from gateway.state import StateBackend, open_state_backend
@@ -103,7 +103,7 @@ class Router:
     ) -> Router:
         """Load a policy file; with `watch`, poll it and apply valid changes while running."""
         seen = _stat(Path(path))  # before reading, so a write during the read is seen as new
-        policy = load_policy(path)
+        policy = load_policy(path, provider_types=LLMFactory.registered_providers())
         router = cls(
             policy,
             policy_path=path,
@@ -206,7 +206,9 @@ class Router:
         if self._policy_path is None:
             raise GatewayError("this router was not built from a file: use apply_policy()")
         try:
-            policy = await asyncio.to_thread(load_policy, self._policy_path)
+            policy = await asyncio.to_thread(
+                load_policy, self._policy_path, provider_types=LLMFactory.registered_providers()
+            )
         except PolicyError:
             current = self._runtime.policy
             self._hooks.on_policy(

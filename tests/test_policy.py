@@ -28,6 +28,7 @@ from gateway.policy import (
     policy_json_schema,
     read_policy_yaml,
 )
+from gateway.providers import LLMFactory
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = [
@@ -94,6 +95,7 @@ def doc(**top: Any) -> str:
 
 
 def error_of(text: str | bytes, **kwargs: Any) -> PolicyError:
+    kwargs.setdefault("provider_types", LLMFactory.registered_providers())
     with pytest.raises(PolicyError) as caught:
         parse_policy(text, environ=kwargs.pop("environ", {}), **kwargs)
     return caught.value

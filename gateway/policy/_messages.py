@@ -141,10 +141,7 @@ def _explain(error: Mapping[str, Any], loc: KeyPath) -> str:
 
 def _missing_hint(field: str) -> str:
     if field == "type":
-        from gateway.providers.registry import LLMFactory
-
-        types = ", ".join(sorted(LLMFactory.registered_providers()))
-        return f"add `type: ...`, one of: {types}"
+        return "add `type: ...`, the provider's kind, e.g. openai, anthropic, ollama or litellm"
     if field == "version":
         return "write `version: 1` at the top of the file"
     if field == "providers":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -32,7 +32,9 @@ class Resolver:
         lines: Mapping[KeyPath, int],
         source: str,
         unset_by_provider: Mapping[str, Sequence[str]],
+        provider_types: Collection[str] | None,
     ) -> None:
+        self.provider_types = provider_types
         self.document = document
         self.lines = lines
         self.source = source
@@ -44,14 +46,12 @@ class Resolver:
         )
 
     def providers(self) -> dict[str, ProviderSpec]:
-        from gateway.providers.registry import LLMFactory
-
-        registered = sorted(LLMFactory.registered_providers())
+        registered = sorted(self.provider_types or ())
         defaults = self.document.defaults
         specs: dict[str, ProviderSpec] = {}
         for name, entry in self.document.providers.items():
             path: KeyPath = ("providers", name)
-            if entry.type not in registered:
+            if self.provider_types is not None and entry.type not in registered:
                 raise self.fail(
                     f"unknown provider type {entry.type!r}{did_you_mean(entry.type, registered)}"
                     f"; registered types: {', '.join(registered)}",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,18 @@ from gateway.policy.models import Policy
 
 
 def parse_policy(
-    text: str | bytes, *, source: str = "<string>", environ: Mapping[str, str] | None = None
+    text: str | bytes,
+    *,
+    source: str = "<string>",
+    environ: Mapping[str, str] | None = None,
+    provider_types: Collection[str] | None = None,
 ) -> Policy:
-    """Read a policy from YAML text; every problem is a `PolicyError` naming path and line."""
+    """Read a policy from YAML text; every problem is a `PolicyError` naming path and line.
+
+    `provider_types` are the provider types that exist (`LLMFactory.registered_providers()`);
+    with them, an unknown `type:` is refused here, naming the close ones. Without them the
+    type is checked when a router builds the provider, which then is skipped as unavailable.
+    """
     raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
     if isinstance(text, bytes):
         try:
@@ -70,7 +79,7 @@ def parse_policy(
     substituter = Substituter(os.environ if environ is None else environ, lines, source)
     tree = substituter.walk(tree, ())
     try:
-        policy = _build(tree, raw, lines, source, substituter)
+        policy = _build(tree, raw, lines, source, substituter, provider_types)
     except PolicyError as exc:
         raise substituter.scrubbed(exc) from None
     policy.remember_revealed(substituter.revealed)
@@ -83,13 +92,14 @@ def _build(
     lines: Mapping[KeyPath, int],
     source: str,
     substituter: Substituter,
+    provider_types: Collection[str] | None,
 ) -> Policy:
     """The `Policy` from a substituted tree: validation, then resolution."""
     try:
         document = PolicyDocument.model_validate(tree)
     except ValidationError as exc:
         raise translate(exc, lines, source) from None
-    resolver = Resolver(document, lines, source, substituter.unset_by_provider)
+    resolver = Resolver(document, lines, source, substituter.unset_by_provider, provider_types)
     providers = resolver.providers()
     return Policy(
         version=document.version,
@@ -105,9 +115,13 @@ def _build(
 
 
 def load_policy(
-    path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None
+    path: str | os.PathLike[str],
+    *,
+    environ: Mapping[str, str] | None = None,
+    provider_types: Collection[str] | None = None,
 ) -> Policy:
-    """Read a policy file; a missing or unreadable file is a `PolicyError` too."""
+    """Read a policy file (see `parse_policy`); a missing or unreadable file is a
+    `PolicyError` too."""
     source = os.fspath(path)
     try:
         data = Path(source).read_bytes()
@@ -116,4 +130,4 @@ def load_policy(
             f"cannot read the policy file ({exc.strerror or exc}): check the path",
             source=source,
         ) from None
-    return parse_policy(data, source=source, environ=environ)
+    return parse_policy(data, source=source, environ=environ, provider_types=provider_types)

@@ -30,6 +30,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from gateway._outcomes import BreakerState
 from gateway._secrets import mask_url, masked_as, scrub_text, url_secrets
 from gateway.state import _lua
 from gateway.state.shared_breaker import (
@@ -122,7 +123,7 @@ class RedisState:
     # --- what the router uses ---------------------------------------------------------------
 
     def breaker_factory(
-        self, on_state_change: Callable[[str, str], None] | None = None
+        self, on_state_change: Callable[[str, BreakerState], None] | None = None
     ) -> Callable[[ProviderSpec], Breaker]:
         def build(spec: ProviderSpec) -> Breaker:
             breaker = SharedBreaker(
