@@ -427,6 +427,17 @@ def test_policy_masked_hides_every_shape(query_password: bool) -> None:
     assert_clean(repr(policy), "repr of Policy")
 
 
+def test_policy_masked_hides_secret_chain_params() -> None:
+    text = shapes_policy_text("http://127.0.0.1:9", "redis://127.0.0.1:6379/0").replace(
+        "  headed: {chain: [headed]}",
+        "  headed: {chain: [{provider: headed, params: "
+        f"{{extra_headers: {{x-api-key: {HEADER_KEY}, x-team: t}}, temperature: 0}}}}]}}",
+    )
+    assert HEADER_KEY in text
+    params = parse_policy(text).masked()["tasks"]["headed"]["chain"][0]["params"]
+    assert params == {"extra_headers": {"x-api-key": "***", "x-team": "t"}, "temperature": 0}
+
+
 def test_settings_repr_masks_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", f"https://gw.example/v1?api-key={QUERY_KEY}")
     monkeypatch.setenv("OLLAMA_BASE_URL", f"http://{URL_TOKEN}@ollama.example:11434")
