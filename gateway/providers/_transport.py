@@ -199,7 +199,9 @@ class AiohttpTransport(HTTPTransport):
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
                     limit=self.max_connections, ssl=self._tls or default_tls()
-                )
+                ),
+                # HTTP(S)_PROXY and NO_PROXY apply, as they do for the SDKs' clients.
+                trust_env=True,
             )
         if stream:
             timeout = aiohttp.ClientTimeout(
