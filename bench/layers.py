@@ -25,8 +25,7 @@ from bench.scenarios import MESSAGES, MODEL, REPLY_TEXT
 from gateway.errors import ErrorKind, ProviderError
 from gateway.metrics import GatewayMetrics
 from gateway.policy import BreakerPolicy, Policy, RetryPolicy, parse_policy
-from gateway.providers.base import LLMService
-from gateway.providers.registry import LLMFactory
+from gateway.providers import LLMFactory, LLMService
 from gateway.resilience import Breaker, call_with_retries
 from gateway.router import Router
 from gateway.runtime import build_runtime, close_runtime

@@ -27,7 +27,7 @@ from bench.scenarios import BENCH_KEY, MESSAGES, MODEL, POLICY_PATH, UPSTREAM_EN
 from bench.stats import percentile
 from gateway.metrics import GatewayMetrics
 from gateway.policy import RetryPolicy, load_policy
-from gateway.providers.registry import LLMFactory
+from gateway.providers import LLMFactory
 from gateway.resilience import call_with_retries
 from gateway.router import Router
 

@@ -145,7 +145,7 @@ class GatewayProvider(Scenario):
     label = "gateway OpenAIService, no router"
 
     async def start(self) -> None:
-        from gateway.providers.registry import LLMFactory
+        from gateway.providers import LLMFactory
 
         self._llm = LLMFactory.create(
             "openai", model=MODEL, base_url=self.upstream_url + "/v1", api_key=BENCH_KEY

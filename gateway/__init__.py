@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "LLMService": "gateway.providers.base",
-    "LLMFactory": "gateway.providers.registry",
+    "LLMService": "gateway.providers",
+    "LLMFactory": "gateway.providers",
     "Router": "gateway.router",
     "SyncRouter": "gateway.sync",
     "RoutedStream": "gateway.streaming",
@@ -88,6 +88,13 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from gateway._outcomes import (
+        Attempt,
+        AttemptOutcome,
+        BreakerState,
+        PolicyOutcome,
+        RequestOutcome,
+    )
     from gateway.errors import (
         AllProvidersFailed,
         ConfigurationError,
@@ -104,21 +111,13 @@ if TYPE_CHECKING:
         UnknownProviderError,
         UnknownTaskError,
     )
+    from gateway.hooks import BaseHooks, RouterHooks
     from gateway.policy import Policy, load_policy
-    from gateway.providers.base import LLMService
-    from gateway.providers.registry import LLMFactory
+    from gateway.providers import LLMFactory, LLMService
     from gateway.router import RoutedCompletion, Router
     from gateway.settings import Settings
     from gateway.streaming import RoutedStream
     from gateway.sync import SyncRouter
-    from gateway._outcomes import (
-        Attempt,
-        AttemptOutcome,
-        BreakerState,
-        PolicyOutcome,
-        RequestOutcome,
-    )
-    from gateway.hooks import BaseHooks, RouterHooks
     from gateway.types import ChatStream, Completion, Usage
 
 

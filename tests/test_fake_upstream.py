@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from gateway.errors import ErrorKind, InvalidRequestError, ProviderError
-from gateway.providers.registry import LLMFactory
+from gateway.providers import LLMFactory
 from gateway.testing import (
     ControlAPIError,
     FakeLLM,

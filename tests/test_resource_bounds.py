@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from gateway import AllProvidersFailed, DeadlineExceeded, Router
 from gateway.metrics import GatewayMetrics
 from gateway.policy import parse_policy
-from gateway.providers.base import DEFAULT_MAX_CONNECTIONS
+from gateway.providers import DEFAULT_MAX_CONNECTIONS
 from gateway.testing import FakeUpstream, Fault
 
 FLOOD = 500

@@ -374,7 +374,7 @@ async def test_the_last_request_on_a_replaced_policy_does_not_wait_for_old_clien
     None
 ):
     from gateway.policy import parse_policy
-    from gateway.providers.registry import LLMFactory
+    from gateway.providers import LLMFactory
     from gateway.testing import FakeLLM
 
     may_close = asyncio.Event()

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from gateway.policy import DEFAULT_TASK, Policy
-from gateway.providers.registry import LLMFactory
+from gateway.providers import LLMFactory
 from gateway.runtime import Candidate
 
 

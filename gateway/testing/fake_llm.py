@@ -16,7 +16,7 @@ import itertools
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from gateway.providers.base import LLMService
+from gateway.providers import LLMService
 from gateway.testing._replies import default_text, fake_usage, split_words
 from gateway.types import ChatStream, Completion, Message, StreamEnd, Usage, validate_messages
 
