@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope
 
+from gateway import AttemptOutcome
 from gateway.errors import RoutingError
 from gateway.router import Router
 from gateway.server._disconnect import CancelOnDisconnect, ClientGone
@@ -50,8 +51,6 @@ T = TypeVar("T")
 
 TASK_HEADER = "x-gateway-task"
 TASK_HEADER_MAX_LENGTH = 256
-STREAMING = "streaming"
-"""The outcome shown for the candidate a stream is still reading from."""
 
 
 # --- reading the request ---------------------------------------------------------------------
@@ -284,7 +283,7 @@ async def _stream(
     assert stream.provider is not None
     shown = list(stream.attempts)
     if first is not None:
-        shown.append(Attempt(stream.provider, stream.model or "", STREAMING))
+        shown.append(Attempt(stream.provider, stream.model or "", AttemptOutcome.STREAMING))
     access.provider, access.attempts = stream.provider, shown
     writer = ChunkWriter(
         response_id=new_completion_id(),
