@@ -524,6 +524,7 @@ def test_client_libraries_logs_mask_urls(caplog: pytest.LogCaptureFixture) -> No
     caplog.set_level(logging.DEBUG)
     url = f"http://{URL_TOKEN}@upstream.example/v1?api-key={QUERY_KEY}"
     for name in ("httpx", "httpx2", "openai._base_client", "anthropic._base_client"):
+        caplog.set_level(logging.DEBUG, logger=name)  # importing litellm quiets httpx's
         logger = logging.getLogger(name)
         logger.info("HTTP Request: POST %s", url)
         try:
@@ -531,7 +532,9 @@ def test_client_libraries_logs_mask_urls(caplog: pytest.LogCaptureFixture) -> No
         except ValueError:
             logger.debug("Encountered Exception", exc_info=True)
     text = formatted(caplog.records) + caplog.text
-    assert text.count("http://***@upstream.example/v1?api-key=***") == 16
+    # Each URL is still there to read, its credentials masked (litellm, once imported, adds its
+    # own filter to httpx's logger that hides a whole query string).
+    assert text.count("http://***@upstream.example/v1?") == 16
     assert "cannot reach" in text
     assert_clean(text, "the client libraries' logs")
 
