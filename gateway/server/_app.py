@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import signal
-import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -15,10 +14,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Header, Request, Security
 from fastapi.openapi.utils import get_openapi
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.requests import Request as StarletteRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 import gateway
 from gateway.errors import GatewayError, PolicyError
@@ -31,7 +29,6 @@ from gateway.server._chat import (
     TASK_HEADER,
     TASK_HEADER_MAX_LENGTH,
     chat_completion,
-    declared_too_large,
     parse_request,
     read_body,
     request_headers,
@@ -47,12 +44,9 @@ from gateway.server._errors import (
 )
 from gateway.server._middleware import (
     CLIENT_CLOSED,
-    AccessLog,
-    BodyLimit,
     BodyTooLarge,
-    StatusNoted,
+    Front,
     access_record,
-    log_access,
     too_large_response,
 )
 from gateway.server._openai_compat import (
@@ -207,7 +201,7 @@ def create_app(
     *,
     settings: ServerSettings | None = None,
     handle_sighup: bool = False,
-) -> GatewayApp:
+) -> FastAPI:
     """The gateway's ASGI app. The router is built at startup and closed at shutdown.
 
     `handle_sighup` makes SIGHUP reload the policy (for the process that owns the signal:
@@ -241,7 +235,7 @@ def create_app(
             )
             yield
 
-    app = GatewayApp(
+    app = FastAPI(
         title="gateway",
         version=gateway.__version__,
         summary="A resilient routing gateway for LLM calls, OpenAI-compatible.",
@@ -272,15 +266,14 @@ def create_app(
     app.add_exception_handler(AccessDenied, on_denied)
     app.add_exception_handler(BodyTooLarge, on_too_large)
     app.add_exception_handler(GatewayError, on_gateway_error)
-    _add_routes(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(AccessLog)
-    app.open_chat_lane(ChatCompletions())
+    chat_route = _add_routes(app)
+    # The chat route reads and limits its body itself; every other request is limited here.
+    app.add_middleware(Front, max_bytes=settings.max_body_bytes, reads_own_body=chat_route)
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     return app
 
 
-def app_from_env() -> GatewayApp:
+def app_from_env() -> FastAPI:
     """The app factory `serve` gives uvicorn (each worker process calls it)."""
     path = os.environ.get(POLICY_ENV)
     if not path:
@@ -309,103 +302,29 @@ def _install_sighup(state: ServerState, stack: AsyncExitStack) -> None:
     stack.callback(loop.remove_signal_handler, signal.SIGHUP)
 
 
-class GatewayApp(FastAPI):
-    """FastAPI, with a short way in for `POST /v1/chat/completions`.
-
-    The busiest route gets the same access line, endpoint and exception handlers as it would
-    inside FastAPI, in one layer, without Starlette's and FastAPI's own (server errors,
-    telemetry, exceptions, exit stack, routing, the body-limit and access-log middleware),
-    which cost about 60 µs a request in-process (docs/performance.md). The endpoint enforces
-    the body limit itself. The lane steps aside whenever skipping those layers could change
-    what happens: while FastAPI's OpenTelemetry instrumentation is active, once middleware has
-    been added after `create_app`, or under a root path (a mounted app).
-    """
-
-    _chat_endpoint: ASGIApp | None = None
-    _lane_middleware = 0
-
-    def open_chat_lane(self, endpoint: ASGIApp) -> None:
-        """Serve the chat route with `endpoint`, for as long as the app's middleware is as now."""
-        self._chat_endpoint = endpoint
-        self._lane_middleware = len(self.user_middleware)
-
-    def chat_lane_open(self, scope: Scope) -> bool:
-        if self._chat_endpoint is None or self.root_path or scope.get("root_path"):
-            return False
-        if len(self.user_middleware) != self._lane_middleware:
-            return False
-        # FastAPI's native OpenTelemetry support (0.165+); if a later FastAPI moves it, the lane
-        # closes rather than hide requests from tracing (a test notices).
-        telemetry = getattr(self, "_native_telemetry", None)
-        return telemetry is not None and not telemetry.enabled()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["path"] == CHAT_PATH
-            and scope["method"] == "POST"
-            and self._chat_endpoint is not None
-            and self.chat_lane_open(scope)
-        ):
-            scope["app"] = self
-            await self._lane(self._chat_endpoint, scope, receive, send)
-            return
-        await super().__call__(scope, receive, send)
-
-    async def _lane(self, endpoint: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
-        """`endpoint` with its access line, its exceptions answered by this app's handlers (as
-        FastAPI's exception middleware would). An unexpected error is logged and answered 500
-        by the handler for `Exception`; one raised after the response started is re-raised,
-        and the server closes the connection."""
-        began = time.perf_counter()
-        record = access_record(scope)
-        noted = StatusNoted(send)
-        try:
-            await endpoint(scope, receive, noted)
-        except Exception as exc:
-            handler = self._handler_for(exc)
-            if noted.status or handler is None:
-                raise
-            response = await handler(StarletteRequest(scope, receive), exc)
-            await response(scope, receive, noted)
-        finally:
-            log_access(scope, record, noted.status or 500, time.perf_counter() - began)
-
-    def _handler_for(self, exc: Exception) -> Any:
-        for kind in type(exc).__mro__:
-            handler = self.exception_handlers.get(kind)
-            if handler is not None:
-                return handler
-        return None
-
-
 class ChatCompletions:
-    """`POST /v1/chat/completions` as a plain ASGI endpoint: the busiest route skips FastAPI's
-    dependency injection, body handling and response validation, which cost more than the rest
-    of the server's own work on a request. It checks the key, reads and validates the body, and
-    answers errors exactly as the FastAPI declaration in `_chat_completions_document` would
-    (that declaration is what the OpenAPI document shows); errors it raises go to the same
-    exception handlers as every other route's.
+    """`POST /v1/chat/completions`, as a plain ASGI endpoint on a Starlette route: it reads its
+    body itself, validates it from bytes and builds its answers by hand, rather than through
+    FastAPI's dependency injection, body handling and response validation. It checks the key,
+    reads and validates the body, and answers errors exactly as the FastAPI declaration in
+    `_chat_completions_document` (the one the OpenAPI document shows) would; the errors it
+    raises go to the app's exception handlers, as every other route's do.
 
-    A declared Content-Length over the limit is refused first (413, as the body-limit
-    middleware does for the other routes); then the key is checked before the body is read, so
-    a client without a valid key learns nothing about its body (FastAPI parsed the JSON first);
-    a body sent without a length is read up to the limit and no further.
+    The key is checked before the body is read, so a client without a valid key learns nothing
+    about its body. The body is read once, up to the limit and no further (`Front` has already
+    refused a declared Content-Length over it).
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state: ServerState = scope["app"].state.gateway
         headers = request_headers(scope)
-        max_bytes = state.settings.max_body_bytes
-        if declared_too_large(headers, max_bytes):
-            raise BodyTooLarge
         client = scope.get("client")
         access = state.keys.client(bearer_key(headers.authorization), client[0] if client else None)
         if access is not Access.GRANTED:
             raise AccessDenied(denial(access))
         record = access_record(scope)
         try:
-            raw = await read_body(receive, max_bytes)
+            raw = await read_body(receive, state.settings.max_body_bytes)
         except ClientGone:
             record.status, record.outcome = CLIENT_CLOSED, "client_closed"
             return
@@ -456,10 +375,12 @@ def _chat_completions_document() -> APIRouter:
 _CHAT_DOCUMENT = _chat_completions_document()
 
 
-def _add_routes(app: FastAPI) -> None:
+def _add_routes(app: FastAPI) -> Route:
+    """The app's routes; returns the chat route."""
     client = [Depends(require_client)]
+    chat = Route(CHAT_PATH, ChatCompletions(), methods=["POST"], include_in_schema=False)
     # First, so that the busiest route is matched before any other is tried.
-    app.router.routes.insert(0, Route(CHAT_PATH, ChatCompletions(), methods=["POST"]))
+    app.router.routes.insert(0, chat)
 
     @app.get(
         "/v1/models",
@@ -556,6 +477,8 @@ def _add_routes(app: FastAPI) -> None:
     async def metrics() -> Response:
         body, content_type = exposition()
         return Response(body, media_type=content_type)
+
+    return chat
 
 
 def _openapi(app: FastAPI, settings: ServerSettings) -> dict[str, Any]:

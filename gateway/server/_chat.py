@@ -55,13 +55,12 @@ TASK_HEADER_MAX_LENGTH = 256
 
 # --- reading the request ---------------------------------------------------------------------
 #
-# The route is a plain ASGI endpoint (see app.py): FastAPI's dependency injection, body
-# handling and response machinery cost more than the rest of the server's own work on a
-# request. What FastAPI did is done here the same way, with the same errors: the body is JSON
-# only when the content type says so, it is validated by the same pydantic model (errors located
-# under "body"), and the task header is at most TASK_HEADER_MAX_LENGTH characters (located under
-# "header"). Errors are raised as FastAPI's own exceptions, so the app's handlers answer them
-# exactly as they answer every other route's.
+# The route is a plain Starlette route (see _app.py), not a FastAPI one: it reads and validates
+# its request here, the way FastAPI's declaration of it would, with the same errors. The body is
+# JSON only when the content type says so, it is validated by the same pydantic model (errors
+# located under "body"), and the task header is at most TASK_HEADER_MAX_LENGTH characters
+# (located under "header"). Errors are raised as FastAPI's own exceptions, so the app's handlers
+# answer them exactly as they answer every other route's.
 
 _REQUEST = TypeAdapter(ChatCompletionRequest)
 _TASK_NAME = TypeAdapter(Annotated[str, Field(max_length=TASK_HEADER_MAX_LENGTH)])
@@ -75,11 +74,9 @@ class RequestHeaders:
     content_type: str | None = None
     authorization: str | None = None
     task: str | None = None
-    content_length: str | None = None
 
 
 _WANTED = {
-    b"content-length": "content_length",
     b"content-type": "content_type",
     b"authorization": "authorization",
     TASK_HEADER.encode(): "task",
@@ -111,14 +108,6 @@ async def read_body(receive: Receive, max_bytes: int) -> bytes:
         if not message.get("more_body", False):
             return b"".join([*chunks, chunk]) if chunks else chunk
         chunks.append(chunk)
-
-
-def declared_too_large(headers: RequestHeaders, max_bytes: int) -> bool:
-    """A Content-Length over `max_bytes` (refused before anything else is looked at)."""
-    try:
-        return headers.content_length is not None and int(headers.content_length) > max_bytes
-    except ValueError:
-        return False
 
 
 @lru_cache(maxsize=64)

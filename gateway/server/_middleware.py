@@ -1,4 +1,5 @@
-"""ASGI middleware: the request body size cap, and one access-log line per request.
+"""The ASGI middleware every request passes first: one access-log line per request, and the
+request body size cap.
 
 The access line names the route, status, time, task, provider, attempts and cost; never the
 prompt, the answer, the query string or any header (keys travel in headers).
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.server._config import MAX_BODY_BYTES_ENV
@@ -51,9 +53,21 @@ def access_record(scope: Scope) -> AccessRecord:
     return record
 
 
-class AccessLog:
-    def __init__(self, app: ASGIApp) -> None:
+class Front:
+    """Each HTTP request's access line, and the body limit: bodies over `max_bytes` get 413
+    before the app parses any of them.
+
+    A declared Content-Length is checked up front. Then a body is read (at most `max_bytes` +
+    one chunk) and replayed to the app, except on `reads_own_body`: that route reads its body
+    itself, once, and raises `BodyTooLarge` as soon as it is over the limit.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, reads_own_body: BaseRoute | None = None
+    ) -> None:
         self.app = app
+        self.max_bytes = max_bytes
+        self.reads_own_body = reads_own_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,9 +77,55 @@ class AccessLog:
         record = access_record(scope)
         noted = StatusNoted(send)
         try:
-            await self.app(scope, receive, noted)
+            await self._limited(scope, receive, noted)
         finally:
             log_access(scope, record, noted.status or 500, time.perf_counter() - started)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] in {"GET", "HEAD", "OPTIONS"}:
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await too_large_response(self.max_bytes)(scope, receive, send)
+            return
+        own = self.reads_own_body
+        if own is not None and own.matches(scope)[0] is Match.FULL:
+            await self.app(scope, receive, send)
+            return
+        try:
+            body, more = await self._read(receive)
+        except BodyTooLarge:
+            await too_large_response(self.max_bytes)(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        if more is not None:  # the client went away while sending
+            await self.app(scope, _first(more, receive), send)
+            return
+        await self.app(scope, replay, send)
+
+    async def _read(self, receive: Receive) -> tuple[bytes, Message | None]:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"".join(chunks), message
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise BodyTooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks), None
 
 
 class StatusNoted:
@@ -111,60 +171,6 @@ def _line(scope: Scope, record: AccessRecord, status: int, seconds: float) -> st
 
 class BodyTooLarge(Exception):
     """The request body is over the server's limit (answered 413 by `too_large_response`)."""
-
-
-class BodyLimit:
-    """Refuse request bodies over `max_bytes` with 413, before the app parses any of them.
-
-    A declared Content-Length is checked up front; a chunked body is read (at most
-    `max_bytes` + one chunk) and replayed to the app.
-    """
-
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in {"GET", "HEAD", "OPTIONS"}:
-            await self.app(scope, receive, send)
-            return
-        declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await too_large_response(self.max_bytes)(scope, receive, send)
-            return
-        try:
-            body, more = await self._read(receive)
-        except BodyTooLarge:
-            await too_large_response(self.max_bytes)(scope, receive, send)
-            return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        if more is not None:  # the client went away while sending
-            await self.app(scope, _first(more, receive), send)
-            return
-        await self.app(scope, replay, send)
-
-    async def _read(self, receive: Receive) -> tuple[bytes, Message | None]:
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return b"".join(chunks), message
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                raise BodyTooLarge
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks), None
 
 
 def too_large_response(max_bytes: int) -> Response:
