@@ -17,10 +17,11 @@ from gateway.errors import GatewayError, PolicyError
 
 def _check(args: argparse.Namespace) -> int:
     from gateway.policy import load_policy
+    from gateway.providers import LLMFactory
     from gateway.runtime import build_runtime
 
     try:
-        policy = load_policy(args.file)
+        policy = load_policy(args.file, provider_types=LLMFactory.registered_providers())
     except PolicyError as exc:
         print(f"invalid: {exc}", file=sys.stderr)
         return 1

@@ -26,6 +26,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess
 from gateway.errors import ConfigurationError, PolicyError
 from gateway.metrics import MULTIPROC_ENV, mark_process_dead
 from gateway.policy import load_policy
+from gateway.providers import LLMFactory
 from gateway.server._app import POLICY_ENV, SIGHUP_ENV
 from gateway.server._auth import is_loopback
 from gateway.server._config import API_KEYS_ENV, ServerSettings
@@ -88,7 +89,7 @@ def serve(
         return _refuse(f"--workers is {workers}; use 1 or more")
     with ExitStack() as stack:
         try:
-            policy = load_policy(policy_path)
+            policy = load_policy(policy_path, provider_types=LLMFactory.registered_providers())
         except PolicyError as exc:
             return _refuse(f"the policy cannot be served: {exc}")
         except OSError as exc:
