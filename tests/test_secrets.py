@@ -24,7 +24,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from server_harness import ServerProcess, free_port
 
-from gateway import GatewayError, Router
+from gateway import GatewayError, PolicyError, Router
 from gateway.cli import main as cli_main
 from gateway.metrics import GatewayMetrics
 from gateway.policy import parse_policy
@@ -451,6 +451,27 @@ def test_settings_repr_masks_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
             assert "http://***@ollama.example:11434" in text
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "value", [f"Bearer {BEARER_KEY}", f"http://{URL_TOKEN}@host/v1", f"api_key={QUERY_KEY}"]
+)
+def test_policy_errors_mask_a_credential_written_in_the_wrong_place(value: str) -> None:
+    """A validation error quotes the value it refuses; a credential pasted under the wrong key
+    (here a number's) is quoted masked, and the error still says what to write instead."""
+    text = f"""
+version: 1
+providers:
+  mini: {{type: openai, model: {GPT}, api_key: {PLAIN_KEY}, weight: "{value}"}}
+tasks:
+  default: {{chain: [mini]}}
+"""
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text, environ={})
+    message = str(caught.value)
+    assert "providers.mini.weight" in message and "write a number" in message
+    assert "***" in message
+    assert_clean(message, "a policy error")
 
 
 @pytest.mark.parametrize("query_password", [True, False], ids=["query", "userinfo"])

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from gateway._secrets import is_secret_name
+from gateway._secrets import is_secret_name, mask_text
 from gateway.errors import ErrorKind, PolicyError
 from gateway.policy._yaml import KeyPath, format_path, line_of
 from gateway.policy.document import PolicyDocument
@@ -80,7 +80,8 @@ def describe(value: Any, path: KeyPath) -> str:
     kind = YAML_TYPE_NAMES.get(type(value), type(value).__name__)
     if isinstance(value, dict | list):
         return kind
-    shown = repr(value)
+    # A credential pasted under the wrong key is quoted masked (`Bearer ***`, `http://***@host`).
+    shown = repr(mask_text(value) if isinstance(value, str) else value)
     if len(shown) > 60:
         shown = shown[:57] + "..."
     return shown if isinstance(value, str | int | float | bool) else f"{kind} {shown}"
