@@ -73,6 +73,7 @@ class Scriptable(Protocol):
 
     def counts_summary(self) -> dict[str, Any]: ...
 
+
 _REPLY_FIELDS = {"model", "text", "cached_input_tokens", "latency_s", "chunk_delay_s"}
 _CHAOS_FIELDS = {"seed", "rates", "retry_after", "hang_s"}
 
