@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway._outcomes import BreakerState
-from gateway.errors import GatewayError
+from gateway._secrets import mask_text, masked_as, scrub_text
 from gateway.policy import ChainEntry, Policy, ProviderSpec, TaskSpec
 from gateway.pricing import PriceBook
 from gateway.providers import LLMFactory, LLMService, estimate_tokens
@@ -210,9 +210,11 @@ def _new_candidate(
         return Candidate(spec, None, breaker, unavailable_reason=spec.unavailable_reason)
     try:
         client = LLMFactory.create(spec.type, **spec.factory_options())
-    except (GatewayError, ImportError, ValueError, TypeError) as exc:
+    except Exception as exc:
         # A provider that cannot be built is skipped with its reason; the others still serve.
-        reason = f"{type(exc).__name__}: {exc}"
+        # The reason is shown (logs, explain, the monitoring API): credentials are masked.
+        key = spec.api_key.get_secret_value() if spec.api_key else None
+        reason = mask_text(scrub_text(f"{type(exc).__name__}: {exc}", masked_as([key])))
         log.warning("provider %s is unavailable: %s", spec.name, reason)
         return Candidate(spec, None, breaker, unavailable_reason=reason)
     return Candidate(spec, client, breaker)

@@ -1014,3 +1014,21 @@ def test_state_url_password_never_in_repr() -> None:
     spec = StateSpec(backend="redis", url="redis://:hunter2-canary@127.0.0.1:6379/0")
     assert "hunter2-canary" not in repr(spec)
     assert "hunter2-canary" not in str(spec)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["ftp://TOKEN-zz9@host/v1", "http://", "example.com/v1", "[::1"],
+    ids=["other-scheme", "no-host", "no-scheme", "unparsable"],
+)
+def test_a_base_url_that_is_not_http_is_refused_at_load_with_its_credentials_masked(
+    url: str,
+) -> None:
+    text = replace("model: gpt-4o-mini", f"model: gpt-4o-mini\n    base_url: '{url}'")
+
+    error = error_of(text)
+
+    assert error.path == "providers.mini.base_url"
+    assert "is not an http(s) URL" in error.reason
+    assert "https://HOST" in error.reason
+    assert "TOKEN-zz9" not in str(error)

@@ -24,7 +24,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from server_harness import ServerProcess, free_port
 
-from gateway import GatewayError, PolicyError, Router
+from gateway import GatewayError, LLMFactory, LLMService, PolicyError, Router
 from gateway.cli import main as cli_main
 from gateway.metrics import GatewayMetrics
 from gateway.policy import parse_policy
@@ -608,3 +608,37 @@ def test_the_keys_here_are_all_marked() -> None:
     # assert_clean looks for MARK; a key without it would be searched for by nobody.
     assert all(MARK in key for key in ALL_KEYS)
     assert all(len(key.split(MARK)[0]) + len(MARK) <= 16 for key in ALL_KEYS)
+
+
+class _LeakyProvider(LLMService):
+    """A plugin whose constructor fails quoting what it was given, key and URL included."""
+
+    type_name = "leaky"
+
+    def __init__(self, *, api_key: str | None = None, base_url: str | None = None, **_: Any):
+        raise ValueError(f"cannot reach {base_url} with key {api_key}")
+
+
+async def test_why_a_provider_is_unavailable_is_shown_without_its_credentials(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    LLMFactory.register("leaky", _LeakyProvider)
+    try:
+        policy = parse_policy(
+            "version: 1\n"
+            "providers:\n"
+            "  p: {type: leaky, api_key: sk-leaky-123456789,"
+            " base_url: 'https://tok-987654321@up.example/v1'}\n"
+            "tasks:\n  default: {chain: [p]}\n"
+        )
+        with caplog.at_level(logging.WARNING, logger="gateway"):
+            router = Router(policy, hooks=[], watch_interval_s=None)
+        async with router:
+            reason = router.explain("default")[0]["unavailable_reason"]
+    finally:
+        LLMFactory.unregister("leaky")
+
+    assert reason.startswith("ValueError: cannot reach https://***@up.example/v1 with key ")
+    for shown in (reason, caplog.text):
+        assert "sk-leaky-123456789" not in shown
+        assert "tok-987654321" not in shown

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway._secrets import mask_url
 from gateway.errors import ErrorKind
 from gateway.policy.models import (
     MODEL_CONFIG,
@@ -88,6 +90,23 @@ class ProviderEntry(BaseModel):
         default_factory=dict,
         description="Type-specific constructor keywords (azure_openai: api_version, deployment).",
     )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if not url:
+            return url
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname
+        except ValueError:
+            host = None
+            parts = None
+        if parts is None or parts.scheme not in {"http", "https"} or not host:
+            raise ValueError(
+                f"{mask_url(url)!r} is not an http(s) URL: write https://HOST[:PORT]/PATH"
+            )
+        return url
 
 
 class ChainItem(BaseModel):
