@@ -22,13 +22,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from bench.scenarios import MESSAGES, MODEL, REPLY_TEXT
+from gateway import Router
+from gateway._resilience import Breaker, call_with_retries
+from gateway._runtime import build_runtime, close_runtime
 from gateway.errors import ErrorKind, ProviderError
 from gateway.metrics import GatewayMetrics
 from gateway.policy import BreakerPolicy, Policy, RetryPolicy, parse_policy
 from gateway.providers import LLMFactory, LLMService
-from gateway.resilience import Breaker, call_with_retries
-from gateway.router import Router
-from gateway.runtime import build_runtime, close_runtime
 from gateway.types import ChatStream, Completion, Message, StreamEnd, Usage, validate_messages
 
 FAKE_TYPE = "bench_fake"

@@ -25,11 +25,11 @@ from prometheus_client import CollectorRegistry
 from bench.layers import Layer
 from bench.scenarios import BENCH_KEY, MESSAGES, MODEL, POLICY_PATH, UPSTREAM_ENV
 from bench.stats import percentile
+from gateway import Router
+from gateway._resilience import call_with_retries
 from gateway.metrics import GatewayMetrics
 from gateway.policy import RetryPolicy, load_policy
 from gateway.providers import LLMFactory
-from gateway.resilience import call_with_retries
-from gateway.router import Router
 
 BATCH = 50
 WARMUP = 200

@@ -27,9 +27,9 @@ from bench.scenarios import (
     TASK,
     UPSTREAM_ENV,
 )
+from gateway import Router
 from gateway.metrics import GatewayMetrics
 from gateway.policy import load_policy, parse_policy
-from gateway.router import Router
 from gateway.testing import FakeUpstream, Fault
 
 

@@ -21,9 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.stats import percentile
+from gateway._resilience import Breaker
 from gateway.errors import ErrorKind
 from gateway.policy import Policy, parse_policy
-from gateway.resilience import Breaker
 from gateway.state.memory import MemoryState
 from gateway.state.redis import RedisState
 

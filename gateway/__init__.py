@@ -18,10 +18,10 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "LLMService": "gateway.providers",
     "LLMFactory": "gateway.providers",
-    "Router": "gateway.router",
-    "SyncRouter": "gateway.sync",
-    "RoutedStream": "gateway.streaming",
-    "RoutedCompletion": "gateway.router",
+    "Router": "gateway._router",
+    "SyncRouter": "gateway._sync",
+    "RoutedStream": "gateway._streaming",
+    "RoutedCompletion": "gateway._router",
     "Policy": "gateway.policy",
     "load_policy": "gateway.policy",
     "Settings": "gateway.settings",
@@ -95,6 +95,9 @@ if TYPE_CHECKING:
         PolicyOutcome,
         RequestOutcome,
     )
+    from gateway._router import RoutedCompletion, Router
+    from gateway._streaming import RoutedStream
+    from gateway._sync import SyncRouter
     from gateway.errors import (
         AllProvidersFailed,
         ConfigurationError,
@@ -114,10 +117,7 @@ if TYPE_CHECKING:
     from gateway.hooks import BaseHooks, RouterHooks
     from gateway.policy import Policy, load_policy
     from gateway.providers import LLMFactory, LLMService
-    from gateway.router import RoutedCompletion, Router
     from gateway.settings import Settings
-    from gateway.streaming import RoutedStream
-    from gateway.sync import SyncRouter
     from gateway.types import ChatStream, Completion, Usage
 
 

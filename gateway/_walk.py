@@ -23,6 +23,8 @@ from contextlib import suppress
 from typing import Any, TypeVar
 
 from gateway._outcomes import Attempt, AttemptOutcome, ErrorKind, RequestOutcome
+from gateway._resilience import BreakerOpen, RetryAborted, Sleep, Ticket, call_with_retries
+from gateway._runtime import Candidate, Runtime, Step, prompt_tokens
 from gateway.errors import (
     AllProvidersFailed,
     DeadlineExceeded,
@@ -33,8 +35,6 @@ from gateway.errors import (
 )
 from gateway.hooks import HookSet
 from gateway.policy import TaskSpec
-from gateway.resilience import BreakerOpen, RetryAborted, Sleep, Ticket, call_with_retries
-from gateway.runtime import Candidate, Runtime, Step, prompt_tokens
 from gateway.types import ChatStream, Completion, Conversation, Message, Usage, validate_messages
 
 log = logging.getLogger("gateway")

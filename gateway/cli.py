@@ -16,9 +16,9 @@ from gateway.errors import GatewayError, PolicyError
 
 
 def _check(args: argparse.Namespace) -> int:
+    from gateway._runtime import build_runtime
     from gateway.policy import load_policy
     from gateway.providers import LLMFactory
-    from gateway.runtime import build_runtime
 
     try:
         policy = load_policy(args.file, provider_types=LLMFactory.registered_providers())
@@ -38,7 +38,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 async def _close(runtime: object) -> None:
-    from gateway.runtime import Runtime, close_runtime
+    from gateway._runtime import Runtime, close_runtime
 
     assert isinstance(runtime, Runtime)
     await close_runtime(runtime)
@@ -47,8 +47,8 @@ async def _close(runtime: object) -> None:
 def _explain(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
+    from gateway._router import Router
     from gateway.metrics import GatewayMetrics
-    from gateway.router import Router
 
     async def run() -> list[dict[str, object]]:
         router = Router.from_yaml(

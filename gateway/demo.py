@@ -17,17 +17,17 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any, TextIO
 
+from gateway._outcomes import AttemptOutcome, BreakerState, ErrorKind, RequestOutcome
+from gateway._router import Router
 from gateway.errors import GatewayError
 from gateway.hooks import BaseHooks
 from gateway.metrics import GatewayMetrics
 from gateway.policy import parse_policy
-from gateway.router import Router
 from gateway.types import Usage
 
 TASK = "summarize"
 PRIMARY, BACKUP = "sonnet", "mini"
 PRIMARY_MODEL = "claude-sonnet-4-5"
-SKIPS = {"breaker_open", "saturated", "skipped_context", "unavailable"}
 
 
 def demo_policy_text() -> str:
@@ -39,32 +39,42 @@ class DemoView(BaseHooks):
     """RouterHooks that keep what the live view shows."""
 
     served: Counter[str] = field(default_factory=Counter)
-    attempts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    attempts: Counter[tuple[str, AttemptOutcome]] = field(default_factory=Counter)
     retries: Counter[str] = field(default_factory=Counter)
     fallbacks: Counter[tuple[str, str]] = field(default_factory=Counter)
-    breakers: dict[str, str] = field(default_factory=dict)
+    breakers: dict[str, BreakerState] = field(default_factory=dict)
     transitions: list[str] = field(default_factory=list)
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     cost_usd: float = 0.0
-    requests: Counter[str] = field(default_factory=Counter)
+    requests: Counter[RequestOutcome] = field(default_factory=Counter)
     started: float = field(default_factory=time.perf_counter)
 
-    def on_request(self, *, task: str, outcome: str, duration_s: float, overhead_s: float) -> None:
+    def on_request(
+        self, *, task: str, outcome: RequestOutcome, duration_s: float, overhead_s: float
+    ) -> None:
         self.requests[outcome] += 1
 
     def on_attempt(
-        self, *, task: str, provider: str, model: str, outcome: str, duration_s: float | None
+        self,
+        *,
+        task: str,
+        provider: str,
+        model: str,
+        outcome: AttemptOutcome,
+        duration_s: float | None,
     ) -> None:
         self.attempts[(provider, outcome)] += 1
-        if outcome == "success":
+        if outcome is AttemptOutcome.SUCCESS:
             self.served[provider] += 1
             if duration_s is not None:
                 self.latencies[provider].append(duration_s)
 
-    def on_retry(self, *, provider: str, model: str, kind: str) -> None:
+    def on_retry(self, *, provider: str, model: str, kind: ErrorKind) -> None:
         self.retries[provider] += 1
 
-    def on_fallback(self, *, task: str, from_provider: str, to_provider: str, kind: str) -> None:
+    def on_fallback(
+        self, *, task: str, from_provider: str, to_provider: str, kind: AttemptOutcome
+    ) -> None:
         self.fallbacks[(from_provider, to_provider)] += 1
 
     def on_usage(
@@ -72,7 +82,7 @@ class DemoView(BaseHooks):
     ) -> None:
         self.cost_usd += cost_usd or 0.0
 
-    def on_breaker_state(self, *, provider: str, state: str) -> None:
+    def on_breaker_state(self, *, provider: str, state: BreakerState) -> None:
         if self.breakers.get(provider, state) != state:
             elapsed = time.perf_counter() - self.started
             self.transitions.append(
@@ -87,8 +97,8 @@ class DemoView(BaseHooks):
         )
         for provider in sorted(self.breakers):
             outcomes = {o: n for (p, o), n in self.attempts.items() if p == provider}
-            skipped = sum(n for o, n in outcomes.items() if o in SKIPS)
-            errors = sum(outcomes.values()) - skipped - outcomes.get("success", 0)
+            skipped = sum(n for o, n in outcomes.items() if o.skipped)
+            errors = sum(outcomes.values()) - skipped - outcomes.get(AttemptOutcome.SUCCESS, 0)
             lat = sorted(self.latencies.get(provider, []))
             p50 = f"{lat[len(lat) // 2] * 1000:.1f}" if lat else "-"
             lines.append(
@@ -99,7 +109,8 @@ class DemoView(BaseHooks):
         lines.append("")
         falls = ", ".join(f"{a}->{b}: {n}" for (a, b), n in sorted(self.fallbacks.items()))
         lines.append(f"fallbacks: {falls or 'none'}")
-        lines.append(f"requests: {dict(self.requests)}   cost: ${self.cost_usd:.6f}")
+        outcomes = {str(outcome): n for outcome, n in self.requests.items()}
+        lines.append(f"requests: {outcomes}   cost: ${self.cost_usd:.6f}")
         if self.transitions:
             lines.append("breaker transitions:")
             lines.extend(f"  {t}" for t in self.transitions[-6:])
@@ -185,7 +196,7 @@ async def run_demo(out: TextIO = sys.stdout, *, requests_per_act: int = 20) -> D
 
 def _summary(view: DemoView) -> str:
     total = view.requests.total()
-    ok = view.requests["success"]
+    ok = view.requests[RequestOutcome.SUCCESS]
     elapsed = time.perf_counter() - view.started
     return (
         f"summary: {ok}/{total} requests answered in {elapsed:.1f}s; "
@@ -197,7 +208,7 @@ def _summary(view: DemoView) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     view = asyncio.run(run_demo())
-    healthy = view.requests["success"] == view.requests.total()
+    healthy = view.requests[RequestOutcome.SUCCESS] == view.requests.total()
     return 0 if healthy else 1
 
 

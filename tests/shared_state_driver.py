@@ -22,9 +22,9 @@ import time
 from collections import Counter
 from typing import Any, cast
 
+from gateway import Router
 from gateway.errors import GatewayError
 from gateway.hooks import RouterHooks
-from gateway.router import Router
 from gateway.state.redis import RedisState
 
 SKIPPED = frozenset({"breaker_open", "saturated", "skipped_context", "unavailable"})

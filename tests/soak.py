@@ -367,10 +367,9 @@ def rss_bytes() -> int:
 
 def _per_request_types() -> tuple[type, ...]:
     """What the gateway creates for each request and must drop once it ends."""
+    from gateway import RoutedCompletion, RoutedStream
     from gateway._walk import Walk
     from gateway.errors import ProviderError, RoutingError
-    from gateway.router import RoutedCompletion
-    from gateway.streaming import RoutedStream
     from gateway.types import Attempt, ChatStream, Completion
 
     return (

@@ -20,9 +20,9 @@ from pydantic import BaseModel, field_validator
 from redis_harness import RedisServer
 
 from gateway import RoutedStream, Router
+from gateway._resilience import Breaker
 from gateway.errors import AllProvidersFailed, ErrorKind
 from gateway.policy import parse_policy
-from gateway.resilience import Breaker
 from gateway.testing import FakeUpstream, Fault
 
 T = TypeVar("T")

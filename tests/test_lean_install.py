@@ -128,7 +128,9 @@ def test_the_lean_install_lacks_every_optional_package() -> None:
 
 def test_router_imports_without_optional_packages() -> None:
     blocked = lean_blocked_imports()
-    code = "import sys\nfrom gateway import Router\nimport gateway.router\nprint(Router.__name__)\n"
+    code = (
+        "import sys\nfrom gateway import Router\nimport gateway._router\nprint(Router.__name__)\n"
+    )
 
     result = run_without(blocked, code)
 

@@ -24,7 +24,7 @@ from gateway import (
 )
 from gateway.metrics import GatewayMetrics
 from gateway.policy import parse_policy
-from gateway.testing import FakeUpstream, Fault
+from gateway.testing import FakeUpstream, Fault, set_waits_enabled
 
 PRIMARY = "claude-sonnet-4-5"  # anthropic protocol
 BACKUP = "gpt-4o-mini"  # openai protocol
@@ -152,6 +152,25 @@ async def test_retry_after_is_honoured(up: FakeUpstream) -> None:
         await router.aclose()
     assert r.provider == "primary"
     assert waits == [2.0]
+
+
+async def test_the_testing_switch_turns_backoff_waits_off(up: FakeUpstream) -> None:
+    waits: list[float] = []
+
+    async def recording_sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    router = build(policy_doc(up.url), sleep=recording_sleep)
+    set_waits_enabled(False)
+    try:
+        up.script(PRIMARY, Fault.rate_limit(retry_after=2), Fault.server_error())
+        r = await router.generate(MESSAGES, task="summarize")
+    finally:
+        set_waits_enabled(True)
+        await router.aclose()
+    assert r.provider == "primary"
+    assert r.attempts[0].retries == 2, "the retries still happen"
+    assert waits == [], "without sleeping between them"
 
 
 async def test_retry_after_past_the_deadline_falls_through_without_waiting(

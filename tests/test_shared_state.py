@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 from redis_harness import RedisServer, free_port
 
+from gateway import Router
+from gateway._resilience import Admission, Breaker
 from gateway._secrets import mask_url
 from gateway.errors import ErrorKind
 from gateway.policy import Policy, parse_policy
-from gateway.resilience import Admission, Breaker
-from gateway.router import Router
 from gateway.state import open_state_backend
 from gateway.state.memory import MemoryState
 from gateway.state.redis import RedisState, breaker_key, lease_key

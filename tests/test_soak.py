@@ -28,8 +28,8 @@ from gateway import (
     StreamInterrupted,
     UnknownTaskError,
 )
+from gateway._resilience import Admission
 from gateway.metrics import GatewayMetrics
-from gateway.resilience import Admission
 from gateway.testing._replies import default_text
 
 pytestmark = pytest.mark.slow
@@ -344,9 +344,9 @@ async def test_chaos_soak_through_the_router(tmp_path: Path) -> None:
 
 
 def test_a_success_after_concurrent_failures_opened_the_breaker_is_still_an_answer() -> None:
+    from gateway._resilience import Breaker
     from gateway.errors import ErrorKind
     from gateway.policy import BreakerPolicy
-    from gateway.resilience import Breaker
 
     breaker = Breaker("p", BreakerPolicy(fail_max=1, reset_timeout_s=30))
     slow, fast = breaker.admit(), breaker.admit()  # both admitted while closed

@@ -19,10 +19,10 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 import gateway
+from gateway._router import Router
 from gateway.errors import GatewayError, PolicyError
 from gateway.hooks import Deferred
 from gateway.metrics import default_metrics, exposition
-from gateway.router import Router
 from gateway.server import _monitoring as monitoring
 from gateway.server._auth import Access, Denial, KeyChecker, bearer_key, denial
 from gateway.server._chat import (

@@ -25,8 +25,9 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope
 
 from gateway import AttemptOutcome
+from gateway._router import Router
+from gateway._streaming import RoutedStream
 from gateway.errors import RoutingError
-from gateway.router import Router
 from gateway.server._disconnect import CancelOnDisconnect, ClientGone
 from gateway.server._errors import internal_error_body, routing_failure
 from gateway.server._middleware import (
@@ -42,7 +43,6 @@ from gateway.server._openai_compat import (
     new_completion_id,
 )
 from gateway.server._sse import DONE, EventStreamResponse, LastEvents, event, json_bytes
-from gateway.streaming import RoutedStream
 from gateway.types import Attempt
 
 log = logging.getLogger("gateway.server")

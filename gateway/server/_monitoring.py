@@ -7,9 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from gateway._outcomes import BreakerState
+from gateway._runtime import Candidate
 from gateway.policy import DEFAULT_TASK, Policy
 from gateway.providers import LLMFactory
-from gateway.runtime import Candidate
 
 
 class ProviderStatus(BaseModel):
@@ -31,7 +32,7 @@ class ProvidersReport(BaseModel):
 
 
 class BreakerStatus(BaseModel):
-    state: Literal["closed", "half_open", "open"]
+    state: BreakerState
     failure_count: int
     seconds_until_probe: float | None = Field(
         description="Seconds until an open breaker lets one trial call through; null unless open."
@@ -99,7 +100,7 @@ def breakers_report(candidates: dict[str, Candidate]) -> BreakersReport:
     for name, c in candidates.items():
         wait = c.breaker.seconds_until_probe()
         breakers[name] = BreakerStatus(
-            state=c.breaker.state,  # type: ignore[arg-type]
+            state=c.breaker.state,
             failure_count=c.breaker.failure_count,
             seconds_until_probe=None if wait is None else round(wait, 3),
         )

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Protocol
 from gateway._outcomes import BreakerState
 
 if TYPE_CHECKING:
+    from gateway._resilience import Breaker
     from gateway.policy import ProviderSpec, StateSpec
-    from gateway.resilience import Breaker
 
 __all__ = ["StateBackend", "open_state_backend"]
 

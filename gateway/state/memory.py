@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gateway._outcomes import BreakerState
-from gateway.resilience import Breaker
+from gateway._resilience import Breaker
 
 if TYPE_CHECKING:
     from gateway.policy import ProviderSpec, StateSpec

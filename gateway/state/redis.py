@@ -42,8 +42,8 @@ from gateway.state.shared_breaker import (
 )
 
 if TYPE_CHECKING:
+    from gateway._resilience import Breaker
     from gateway.policy import ProviderSpec, StateSpec
-    from gateway.resilience import Breaker
 
 log = logging.getLogger("gateway")
 

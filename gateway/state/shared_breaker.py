@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Protocol
 import pybreaker
 
 from gateway._outcomes import BreakerState
+from gateway._resilience import Admission, Breaker
 from gateway.errors import ErrorKind
-from gateway.resilience import Admission, Breaker
 
 if TYPE_CHECKING:
     from collections.abc import Callable

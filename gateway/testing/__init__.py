@@ -4,6 +4,8 @@
   APIs, with scriptable faults (`Fault`), for tests through the real SDKs.
 - `FakeUpstreamClient` / `FakeUpstream.spawn()`: drive one in another process.
 - `FakeLLM`: a scripted in-process `LLMService`, for unit tests with no HTTP.
+- `set_waits_enabled(False)`: backoff waits return at once (decisions, counts and hooks stay
+  the same), so tests of retries do not sleep.
 
 Names are imported on first use, so `python -m gateway.testing.fake_upstream` runs cleanly.
 """
@@ -23,6 +25,7 @@ _EXPORTS = {
     "SpawnedFakeUpstream": "gateway.testing._client",
     "ControlAPIError": "gateway.testing._client",
     "FakeLLM": "gateway.testing.fake_llm",
+    "set_waits_enabled": "gateway._resilience",
 }
 
 __all__ = [
@@ -35,9 +38,11 @@ __all__ = [
     "ReceivedRequest",
     "SpawnedFakeUpstream",
     "fake_usage",
+    "set_waits_enabled",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports lazily
+    from gateway._resilience import set_waits_enabled
     from gateway.testing._client import ControlAPIError, FakeUpstreamClient, SpawnedFakeUpstream
     from gateway.testing._faults import Fault
     from gateway.testing._replies import fake_usage

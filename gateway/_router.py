@@ -19,15 +19,15 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from gateway._outcomes import Attempt, BreakerState, PolicyOutcome
+from gateway._resilience import Sleep
+from gateway._runtime import Candidate, Runtime, build_runtime, close_runtime
+from gateway._streaming import RoutedStream
 from gateway._walk import CandidateFailed, Check, Walker
 from gateway.errors import ErrorKind, GatewayError, PolicyError, ProviderError
 from gateway.hooks import HookSet, RouterHooks, default_hooks
 from gateway.policy import Policy, load_policy
 from gateway.providers import LLMFactory, parse_json_object
-from gateway.resilience import Sleep
-from gateway.runtime import Candidate, Runtime, build_runtime, close_runtime
 from gateway.state import StateBackend, open_state_backend
-from gateway.streaming import RoutedStream
 from gateway.types import Completion, Message, Usage
 
 log = logging.getLogger("gateway")

@@ -12,8 +12,8 @@ import threading
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
+from gateway._router import RoutedCompletion, Router
 from gateway.policy import Policy
-from gateway.router import RoutedCompletion, Router
 from gateway.types import Message
 
 T = TypeVar("T")

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway._outcomes import BreakerState
+from gateway._resilience import Breaker
 from gateway._secrets import mask_text, masked_as, scrub_text
 from gateway.policy import ChainEntry, Policy, ProviderSpec, TaskSpec
 from gateway.pricing import PriceBook
 from gateway.providers import LLMFactory, LLMService, estimate_tokens
-from gateway.resilience import Breaker
 from gateway.types import Message, content_text
 
 log = logging.getLogger("gateway")
