@@ -109,8 +109,8 @@ class DemoView(BaseHooks):
         lines.append("")
         falls = ", ".join(f"{a}->{b}: {n}" for (a, b), n in sorted(self.fallbacks.items()))
         lines.append(f"fallbacks: {falls or 'none'}")
-        outcomes = {str(outcome): n for outcome, n in self.requests.items()}
-        lines.append(f"requests: {outcomes}   cost: ${self.cost_usd:.6f}")
+        ended = {str(outcome): n for outcome, n in self.requests.items()}
+        lines.append(f"requests: {ended}   cost: ${self.cost_usd:.6f}")
         if self.transitions:
             lines.append("breaker transitions:")
             lines.extend(f"  {t}" for t in self.transitions[-6:])

@@ -8,8 +8,7 @@ Imported only when a provider asks for it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import Mapping
 
 try:
     import anthropic
@@ -22,50 +21,9 @@ except ImportError as exc:
 
 from gateway.errors import ProviderError
 from gateway.providers import _errors
-from gateway.providers._base import Call
-from gateway.providers._codec import WireEvent, WireRequest
 from gateway.providers._codec_anthropic import api_error
-from gateway.providers._http import httpx2_client, sdk_post
-from gateway.providers._transport import Transport
-
-
-class AnthropicSDKTransport(Transport):
-    """Sends through an `anthropic.AsyncAnthropic` client and its pool."""
-
-    def __init__(self, client: anthropic.AsyncAnthropic, http_client: Any) -> None:
-        self.client = client
-        self._http = http_client
-
-    async def send(self, request: WireRequest) -> Any:
-        return await sdk_post(
-            self.client,
-            request.path,
-            request.body,
-            request.timeout_s,
-            headers=request.extra_headers,
-            query=request.query,
-        )
-
-    async def events(self, request: WireRequest) -> AsyncIterator[WireEvent]:
-        stream = await sdk_post(
-            self.client,
-            request.path,
-            request.body,
-            request.timeout_s,
-            headers=request.extra_headers,
-            query=request.query,
-            stream_cls=anthropic.AsyncStream[object],
-        )
-        async with stream:
-            async for event in stream:
-                yield WireEvent(None, event)
-
-    def error(self, exc: Exception, call: Call) -> ProviderError | None:
-        return anthropic_error(exc, provider=call.provider, redact=call.redact)
-
-    async def aclose(self) -> None:
-        await self.client.close()
-        await self._http.aclose()
+from gateway.providers._http import httpx2_client
+from gateway.providers._transport import SDKTransport
 
 
 def anthropic_transport(
@@ -77,7 +35,7 @@ def anthropic_transport(
     timeout_s: float,
     max_connections: int,
     http_transport: str,
-) -> AnthropicSDKTransport:
+) -> SDKTransport:
     http = httpx2_client(
         provider,
         timeout_s,
@@ -93,7 +51,9 @@ def anthropic_transport(
         max_retries=0,
         http_client=http,
     )
-    return AnthropicSDKTransport(client, http)
+    return SDKTransport(
+        client, http, stream_cls=anthropic.AsyncStream[object], to_error=anthropic_error
+    )
 
 
 def anthropic_error(

@@ -8,7 +8,7 @@ codec still builds the body and reads the JSON. Imported only when a provider as
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 try:
@@ -22,50 +22,9 @@ except ImportError as exc:
 
 from gateway.errors import ProviderError
 from gateway.providers import _errors
-from gateway.providers._base import Call
-from gateway.providers._codec import WireEvent, WireRequest
 from gateway.providers._codec_openai import describe, status_error_kind, stream_error_kind
-from gateway.providers._http import httpx2_client, sdk_post
-from gateway.providers._transport import Transport
-
-
-class OpenAISDKTransport(Transport):
-    """Sends through an `openai.AsyncOpenAI` (or `AsyncAzureOpenAI`) client and its pool."""
-
-    def __init__(self, client: openai.AsyncOpenAI, http_client: Any) -> None:
-        self.client = client
-        self._http = http_client
-
-    async def send(self, request: WireRequest) -> Any:
-        return await sdk_post(
-            self.client,
-            request.path,
-            request.body,
-            request.timeout_s,
-            headers=request.extra_headers,
-            query=request.query,
-        )
-
-    async def events(self, request: WireRequest) -> AsyncIterator[WireEvent]:
-        stream = await sdk_post(
-            self.client,
-            request.path,
-            request.body,
-            request.timeout_s,
-            headers=request.extra_headers,
-            query=request.query,
-            stream_cls=openai.AsyncStream[object],
-        )
-        async with stream:
-            async for chunk in stream:
-                yield WireEvent(None, chunk)
-
-    def error(self, exc: Exception, call: Call) -> ProviderError | None:
-        return openai_error(exc, provider=call.provider, redact=call.redact)
-
-    async def aclose(self) -> None:
-        await self.client.close()
-        await self._http.aclose()
+from gateway.providers._http import httpx2_client
+from gateway.providers._transport import SDKTransport
 
 
 def openai_transport(
@@ -78,14 +37,8 @@ def openai_transport(
     timeout_s: float,
     max_connections: int,
     http_transport: str,
-) -> OpenAISDKTransport:
-    http = httpx2_client(
-        provider,
-        timeout_s,
-        max_connections,
-        transport=http_transport,
-        aiohttp_client=openai.DefaultAioHttpClient,
-    )
+) -> SDKTransport:
+    http = _pool(provider, timeout_s, max_connections, http_transport)
     client = openai.AsyncOpenAI(
         api_key=api_key,
         base_url=base_url,
@@ -95,7 +48,7 @@ def openai_transport(
         max_retries=0,
         http_client=http,
     )
-    return OpenAISDKTransport(client, http)
+    return SDKTransport(client, http, stream_cls=openai.AsyncStream[object], to_error=openai_error)
 
 
 def azure_transport(
@@ -109,14 +62,8 @@ def azure_transport(
     timeout_s: float,
     max_connections: int,
     http_transport: str,
-) -> OpenAISDKTransport:
-    http = httpx2_client(
-        provider,
-        timeout_s,
-        max_connections,
-        transport=http_transport,
-        aiohttp_client=openai.DefaultAioHttpClient,
-    )
+) -> SDKTransport:
+    http = _pool(provider, timeout_s, max_connections, http_transport)
     client = openai.AsyncAzureOpenAI(
         api_key=api_key,
         azure_endpoint=endpoint,
@@ -127,7 +74,17 @@ def azure_transport(
         max_retries=0,
         http_client=http,
     )
-    return OpenAISDKTransport(client, http)
+    return SDKTransport(client, http, stream_cls=openai.AsyncStream[object], to_error=openai_error)
+
+
+def _pool(provider: str, timeout_s: float, max_connections: int, http_transport: str) -> Any:
+    return httpx2_client(
+        provider,
+        timeout_s,
+        max_connections,
+        transport=http_transport,
+        aiohttp_client=openai.DefaultAioHttpClient,
+    )
 
 
 def openai_error(

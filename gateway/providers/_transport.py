@@ -24,7 +24,7 @@ from gateway.errors import ProviderError
 from gateway.providers import _errors
 from gateway.providers._base import Call
 from gateway.providers._codec import WireEvent, WireRequest
-from gateway.providers._http import default_tls
+from gateway.providers._http import default_tls, sdk_post
 
 if TYPE_CHECKING:
     import aiohttp
@@ -62,6 +62,58 @@ class Transport(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional: not every transport holds a pool
         """Close the connection pool."""
+
+
+class SDKErrorMap(Protocol):
+    def __call__(
+        self, exc: BaseException, *, provider: str, redact: _errors.Redactor
+    ) -> ProviderError | None: ...
+
+
+class SDKTransport(Transport):
+    """Sends through an official SDK client's own `post()` (its documented way to call an
+    endpoint without its typed wrapper): the SDK owns the base URL, auth, timeouts, the pool
+    and its error classes, which `to_error` maps; the codec still builds the body and reads
+    the JSON. `stream_cls` is the SDK's `AsyncStream[object]`."""
+
+    def __init__(
+        self, client: Any, http_client: Any, *, stream_cls: Any, to_error: SDKErrorMap
+    ) -> None:
+        self.client = client
+        self._http = http_client
+        self._stream_cls = stream_cls
+        self._to_error = to_error
+
+    async def send(self, request: WireRequest) -> Any:
+        return await sdk_post(
+            self.client,
+            request.path,
+            request.body,
+            request.timeout_s,
+            headers=request.extra_headers,
+            query=request.query,
+        )
+
+    async def events(self, request: WireRequest) -> AsyncIterator[WireEvent]:
+        stream = await sdk_post(
+            self.client,
+            request.path,
+            request.body,
+            request.timeout_s,
+            headers=request.extra_headers,
+            query=request.query,
+            stream_cls=self._stream_cls,
+        )
+        async with stream:
+            async for event in stream:
+                yield WireEvent(None, event)
+
+    def error(self, exc: Exception, call: Call) -> ProviderError | None:
+        return self._to_error(exc, provider=call.provider, redact=call.redact)
+
+    async def aclose(self) -> None:
+        await self.client.close()
+        await self._http.aclose()
 
 
 class HTTPResponse(Protocol):
