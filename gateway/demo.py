@@ -92,8 +92,11 @@ class DemoView(BaseHooks):
 
     def render(self, act: str) -> str:
         lines = [f"gateway demo — {act}", ""]
+        # One header per column, each one word, so that the table reads the same to a person
+        # and to `split()`.
         lines.append(
-            f"{'provider':<10}{'served':>8}{'retries':>9}{'failed':>8}{'p50 ms':>9}  breaker"
+            f"{'provider':<10}{'served':>8}{'retries':>9}{'failed':>8}{'skipped':>9}"
+            f"{'p50_ms':>9}  breaker"
         )
         for provider in sorted(self.breakers):
             outcomes = {o: n for (p, o), n in self.attempts.items() if p == provider}
