@@ -162,7 +162,12 @@ class Walk:
                 raise self.deadline_exceeded(candidate)
             skipped = self._skip_reason(candidate, input_tokens)
             if skipped is not None:
-                self.record(candidate, skipped, None)
+                why = (
+                    _shown_reason(candidate.unavailable_reason)
+                    if skipped is AttemptOutcome.UNAVAILABLE
+                    else None
+                )
+                self.record(candidate, skipped, None, error=why)
                 self._left_behind = (candidate.name, skipped)
                 continue
             yield step
@@ -526,6 +531,20 @@ def _request_outcome(exc: BaseException | None) -> RequestOutcome:
     if isinstance(exc, asyncio.CancelledError | GeneratorExit):
         return RequestOutcome.CANCELLED
     return RequestOutcome.REJECTED
+
+
+UNAVAILABLE_REASON_MAX_CHARS = 200
+
+
+def _shown_reason(reason: str | None) -> str | None:
+    """Why a candidate is unavailable, as an attempt's `error`: clients see it (the 502 body),
+    so it is one line and short. The runtime has already masked credentials in it."""
+    if not reason:
+        return None
+    line = reason.strip().splitlines()[0] if reason.strip() else ""
+    if len(line) > UNAVAILABLE_REASON_MAX_CHARS:
+        line = line[: UNAVAILABLE_REASON_MAX_CHARS - 1] + "…"
+    return line or None
 
 
 def refused(exc: InvalidRequestError, provider: str) -> ProviderError:
