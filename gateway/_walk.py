@@ -162,12 +162,12 @@ class Walk:
                 raise self.deadline_exceeded(candidate)
             skipped = self._skip_reason(candidate, input_tokens)
             if skipped is not None:
-                why = (
+                reason = (
                     _shown_reason(candidate.unavailable_reason)
                     if skipped is AttemptOutcome.UNAVAILABLE
                     else None
                 )
-                self.record(candidate, skipped, None, error=why)
+                self.record(candidate, skipped, None, error=reason)
                 self._left_behind = (candidate.name, skipped)
                 continue
             yield step
