@@ -27,6 +27,7 @@ from gateway.errors import ErrorKind, GatewayError, PolicyError, ProviderError
 from gateway.hooks import HookSet, RouterHooks, default_hooks
 from gateway.policy import Policy, load_policy
 from gateway.providers import LLMFactory, parse_json_object
+from gateway.settings import policy_environ
 from gateway.state import StateBackend, open_state_backend
 from gateway.types import Completion, Message, Usage
 
@@ -51,6 +52,13 @@ class RoutedCompletion:
     response_id: str | None = None
     parsed: Any = None
     """For `complete_json`: the JSON object, or the validated schema instance."""
+
+
+def _load(path: str | os.PathLike[str]) -> Policy:
+    """The policy file, its `${VAR}` read from the process environment over `.env`."""
+    return load_policy(
+        path, environ=policy_environ(), provider_types=LLMFactory.registered_providers()
+    )
 
 
 class Router:
@@ -103,7 +111,7 @@ class Router:
     ) -> Router:
         """Load a policy file; with `watch`, poll it and apply valid changes while running."""
         seen = _stat(Path(path))  # before reading, so a write during the read is seen as new
-        policy = load_policy(path, provider_types=LLMFactory.registered_providers())
+        policy = _load(path)
         router = cls(
             policy,
             policy_path=path,
@@ -206,9 +214,7 @@ class Router:
         if self._policy_path is None:
             raise GatewayError("this router was not built from a file: use apply_policy()")
         try:
-            policy = await asyncio.to_thread(
-                load_policy, self._policy_path, provider_types=LLMFactory.registered_providers()
-            )
+            policy = await asyncio.to_thread(_load, self._policy_path)
         except PolicyError:
             current = self._runtime.policy
             self._hooks.on_policy(

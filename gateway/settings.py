@@ -3,21 +3,28 @@ present)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
+from dotenv import dotenv_values
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway._secrets import mask_tree
 from gateway.errors import MissingCredentialsError
 
+ENV_FILE = ".env"
+"""Read from the current directory, by `Settings` and by `policy_environ()` alike."""
+
 
 class Settings(BaseSettings):
     """Every key is a `SecretStr`: repr, logs and errors show `**********`; the repr shows each
     URL with its credentials masked."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=True)
+    model_config = SettingsConfigDict(env_file=ENV_FILE, extra="ignore", case_sensitive=True)
 
     LLM_PROVIDER: str = "openai"
 
@@ -46,6 +53,17 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def policy_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What a policy's `${VAR}` reads: the variables of `.env` (when the current directory has
+    one), overridden by the process environment (`environ`, default `os.environ`). The same
+    file and the same precedence as `Settings`, so a key put in `.env` serves both."""
+    path = Path(ENV_FILE)
+    from_file = dotenv_values(path, encoding="utf-8") if path.is_file() else {}
+    merged = {name: value for name, value in from_file.items() if value is not None}
+    merged.update(os.environ if environ is None else environ)
+    return merged
 
 
 def require_key(value: SecretStr | str | None, variable: str, provider_label: str) -> str:

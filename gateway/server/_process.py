@@ -30,6 +30,7 @@ from gateway.providers import LLMFactory
 from gateway.server._app import POLICY_ENV, SIGHUP_ENV
 from gateway.server._auth import is_loopback
 from gateway.server._config import API_KEYS_ENV, ServerSettings
+from gateway.settings import policy_environ
 
 log = logging.getLogger("gateway.server")
 
@@ -89,7 +90,11 @@ def serve(
         return _refuse(f"--workers is {workers}; use 1 or more")
     with ExitStack() as stack:
         try:
-            policy = load_policy(policy_path, provider_types=LLMFactory.registered_providers())
+            policy = load_policy(
+                policy_path,
+                environ=policy_environ(),
+                provider_types=LLMFactory.registered_providers(),
+            )
         except PolicyError as exc:
             return _refuse(f"the policy cannot be served: {exc}")
         except OSError as exc:
