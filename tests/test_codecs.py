@@ -240,8 +240,9 @@ def test_the_client_option_is_checked_with_the_options_it_governs() -> None:
 
 def readme_snippet() -> str:
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme.split("### Adding a provider\n", 1)[1]
-    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    heading = re.search(r"^#+ Adding a provider\n", readme, re.MULTILINE)
+    assert heading, "README has no 'Adding a provider' heading"
+    match = re.search(r"```python\n(.*?)```", readme[heading.end() :], re.DOTALL)
     assert match, "README's 'Adding a provider' section has no python block"
     return match.group(1)
 
