@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from gateway._outcomes import (
     AttemptOutcome,
@@ -129,7 +129,21 @@ class BaseHooks:
         pass
 
 
-EVENTS = tuple(name for name in vars(BaseHooks) if name.startswith("on_"))
+Event = Literal[
+    "on_request",
+    "on_attempt",
+    "on_first_token",
+    "on_retry",
+    "on_fallback",
+    "on_usage",
+    "on_breaker_state",
+    "on_provider_removed",
+    "on_state_backend_error",
+    "on_policy",
+]
+"""The name of each event: `HookSet` delivers by it, so a misspelt name is a type error."""
+
+EVENTS: tuple[Event, ...] = get_args(Event)
 
 Handler = Callable[..., None]
 
@@ -144,7 +158,7 @@ class HookSet(BaseHooks):
 
     def __init__(self, hooks: Iterable[object] = ()) -> None:
         self.hooks = tuple(hooks)
-        self._handlers: dict[str, tuple[Handler, ...]] = {
+        self._handlers: dict[Event, tuple[Handler, ...]] = {
             event: tuple(
                 method for hook in self.hooks if callable(method := getattr(hook, event, None))
             )
@@ -157,7 +171,7 @@ class HookSet(BaseHooks):
     def __bool__(self) -> bool:
         return bool(self.hooks)
 
-    def emit(self, event: str, kwargs: dict[str, Any]) -> None:
+    def emit(self, event: Event, kwargs: dict[str, Any]) -> None:
         """Deliver one event by name (for `Deferred`, which replays typed calls later)."""
         for handler in self._handlers[event]:
             try:
@@ -255,7 +269,7 @@ class Deferred(HookSet):
     def __repr__(self) -> str:
         return f"Deferred({', '.join(map(repr, self.hooks))})"
 
-    def emit(self, event: str, kwargs: dict[str, Any]) -> None:
+    def emit(self, event: Event, kwargs: dict[str, Any]) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

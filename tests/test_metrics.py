@@ -509,3 +509,10 @@ def test_a_dropped_registry_is_not_kept_alive_by_the_instance_cache():
     gc.collect()
 
     assert alive() is None
+
+
+def test_every_hook_event_is_named_in_the_event_type() -> None:
+    from gateway.hooks import EVENTS, BaseHooks
+
+    declared = {name for name in vars(BaseHooks) if name.startswith("on_")}
+    assert set(EVENTS) == declared
