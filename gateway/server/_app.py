@@ -16,7 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 import gateway
 from gateway._router import Router
@@ -210,30 +210,15 @@ def create_app(
     settings = settings or ServerSettings.from_env()
     path = os.fspath(policy_path)
 
+    lifecycle = _Lifecycle(path, settings, handle_sighup)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with AsyncExitStack() as stack:
-            router = Router.from_yaml(
-                path,
-                watch=settings.policy_watch_s is not None,
-                watch_interval_s=settings.policy_watch_s or 1.0,
-                # Recorded just after each response is sent, not before (see Deferred).
-                hooks=[Deferred(default_metrics())],
-            )
-            await stack.enter_async_context(router)
-            state = ServerState(router, settings, KeyChecker(settings))
-            app.state.gateway = state
-            if handle_sighup:
-                _install_sighup(state, stack)
-            log.info(
-                "gateway serving policy %s (sha256 %s); %s",
-                path,
-                router.policy.sha256[:12],
-                "no API keys (loopback clients only)"
-                if settings.open_mode
-                else "API keys required",
-            )
+        await lifecycle.start(app)
+        try:
             yield
+        finally:
+            await lifecycle.close(app)
 
     app = FastAPI(
         title="gateway",
@@ -269,8 +254,77 @@ def create_app(
     chat_route = _add_routes(app)
     # The chat route reads and limits its body itself; every other request is limited here.
     app.add_middleware(Front, max_bytes=settings.max_body_bytes, reads_own_body=chat_route)
+    app.add_middleware(StartOnFirstUse, lifecycle=lifecycle)
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     return app
+
+
+class _Lifecycle:
+    """Builds the app's `ServerState` and closes it. The lifespan starts it; an app mounted in
+    another whose lifespan does not reach it (Starlette's `Mount` does not pass lifespan
+    events on) starts it on its first request instead, once, however many arrive together.
+    Closing happens when a lifespan that runs it ends."""
+
+    def __init__(self, path: str, settings: ServerSettings, handle_sighup: bool) -> None:
+        self.path = path
+        self.settings = settings
+        self.handle_sighup = handle_sighup
+        self._lock = asyncio.Lock()
+        self._stack: AsyncExitStack | None = None
+
+    async def start(self, app: FastAPI) -> None:
+        if self._stack is not None:
+            return
+        async with self._lock:
+            if self._stack is not None:
+                return
+            async with AsyncExitStack() as stack:
+                settings = self.settings
+                router = Router.from_yaml(
+                    self.path,
+                    watch=settings.policy_watch_s is not None,
+                    watch_interval_s=settings.policy_watch_s or 1.0,
+                    # Recorded just after each response is sent, not before (see Deferred).
+                    hooks=[Deferred(default_metrics())],
+                )
+                await stack.enter_async_context(router)
+                state = ServerState(router, settings, KeyChecker(settings))
+                if self.handle_sighup:
+                    _install_sighup(state, stack)
+                app.state.gateway = state
+                stack.callback(delattr, app.state, "gateway")
+                log.info(
+                    "gateway serving policy %s (sha256 %s); %s",
+                    self.path,
+                    router.policy.sha256[:12],
+                    "no API keys (loopback clients only)"
+                    if settings.open_mode
+                    else "API keys required",
+                )
+                # Started: the stack is kept open until close().
+                self._stack = stack.pop_all()
+
+    async def close(self, app: FastAPI) -> None:
+        async with self._lock:
+            stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+        # A lock that has waited is tied to its event loop; the app may start again on another
+        # (a test client runs each session on its own loop).
+        self._lock = asyncio.Lock()
+
+
+class StartOnFirstUse:
+    """ASGI middleware: every HTTP request finds the app's state set up (see `_Lifecycle`)."""
+
+    def __init__(self, app: ASGIApp, lifecycle: _Lifecycle) -> None:
+        self.app = app
+        self.lifecycle = lifecycle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.lifecycle.start(scope["app"])
+        await self.app(scope, receive, send)
 
 
 def app_from_env() -> FastAPI:
