@@ -47,42 +47,118 @@ async def _close(runtime: object) -> None:
     await close_runtime(runtime)
 
 
+API_KEY_ENV = "GATEWAY_API_KEY"
+"""The key `gateway explain --server` sends, unless `--api-key` gives one."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOrder:
+    """What `gateway explain` prints: a task's order, from a fresh router or a server."""
+
+    task: str
+    strategy: str
+    policy_sha256: str
+    rows: list[dict[str, object]]
+
+
 def _explain(args: argparse.Namespace) -> int:
-    from prometheus_client import CollectorRegistry
-
-    from gateway._router import Router
-    from gateway.metrics import GatewayMetrics
-
-    async def run() -> list[dict[str, object]]:
-        router = Router.from_yaml(
-            args.policy, watch=False, hooks=[GatewayMetrics(CollectorRegistry())]
-        )
-        try:
-            return router.explain(args.task)
-        finally:
-            await router.aclose()
-
     try:
-        rows = asyncio.run(run())
+        order = _live_order(args) if args.server else _fresh_order(args)
     except GatewayError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(order.rows, indent=2))
         return 0
-    print(f"task {args.task}: a request would try, in order:")
-    for i, row in enumerate(rows, 1):
+    if args.server:
+        print(
+            f"task {order.task} ({order.strategy}) on {args.server}, live "
+            f"(policy sha256 {order.policy_sha256[:12]}):"
+        )
+    else:
+        print(
+            f"task {order.task} ({order.strategy}) as {args.policy} orders it, with fresh "
+            "breakers: not a running server's state (add --server URL for that):"
+        )
+    print("a request would try, in order:")
+    for i, row in enumerate(order.rows, 1):
         price = (
             f"${row['input_usd_per_mtok']:.2f}/${row['output_usd_per_mtok']:.2f} per Mtok"
             if row["input_usd_per_mtok"] is not None
             else "unpriced"
         )
-        status = "available" if row["available"] else f"unavailable: {row['unavailable_reason']}"
+        status = (
+            "configured" if row["available"] else f"not configured: {row['unavailable_reason']}"
+        )
         print(
-            f"  {i}. {row['provider']:<12} {row['model']!s:<28} breaker {row['breaker']:<9} "
+            f"  {i}. {row['provider']:<12} {row['model']!s:<28} breaker {row['breaker']!s:<9} "
             f"{price:<28} {status}"
         )
+    print(
+        "(configured: its key and package are in place; whether the upstream answers shows in "
+        "its breaker)"
+    )
     return 0
+
+
+def _fresh_order(args: argparse.Namespace) -> TaskOrder:
+    """The policy file's order, from a router built here: breakers closed, nothing measured."""
+    from prometheus_client import CollectorRegistry
+
+    from gateway._router import Router
+    from gateway.metrics import GatewayMetrics
+
+    async def run() -> TaskOrder:
+        router = Router.from_yaml(
+            args.policy, watch=False, hooks=[GatewayMetrics(CollectorRegistry())]
+        )
+        try:
+            rows = router.explain(args.task)
+            spec = router.policy.task(args.task)
+            return TaskOrder(spec.name, spec.strategy, router.policy.sha256, rows)
+        finally:
+            await router.aclose()
+
+    return asyncio.run(run())
+
+
+def _live_order(args: argparse.Namespace) -> TaskOrder:
+    """The order a running server would take now, from its monitoring API."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    base = args.server.rstrip("/")
+    url = f"{base}/api/v1/monitoring/tasks/{urllib.parse.quote(args.task, safe='')}"
+    key = args.api_key or os.environ.get(API_KEY_ENV)
+    headers = {"accept": "application/json"}
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            report = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        message = _error_message(exc.read())
+        hint = (
+            f" (pass --api-key or set {API_KEY_ENV} to a key from the server's GATEWAY_API_KEYS)"
+            if exc.code in (401, 403)
+            else ""
+        )
+        raise GatewayError(f"{base} answered {exc.code}: {message}{hint}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        raise GatewayError(
+            f"cannot read {base}'s monitoring API ({reason}): is `gateway serve` running there?"
+        ) from None
+    return TaskOrder(report["task"], report["strategy"], report["policy_sha256"], report["order"])
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        return str(json.loads(body)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return body.decode("utf-8", "replace")[:200] or "no details"
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -189,10 +265,27 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", nargs="?", default="routing.yaml")
     check.set_defaults(func=_check)
 
-    explain = sub.add_parser("explain", help="the order a request for TASK would take now")
+    explain = sub.add_parser(
+        "explain",
+        help="the order a request for TASK would take: the policy's, or a running server's",
+        description="Without --server: the policy file's order with fresh breakers (all closed). "
+        "With --server URL: the order and breaker states of the gateway serving there now.",
+    )
     explain.add_argument("task")
     explain.add_argument("--policy", default="routing.yaml")
-    explain.add_argument("--json", action="store_true")
+    explain.add_argument("--json", action="store_true", help="print the candidates as JSON")
+    explain.add_argument(
+        "--server",
+        metavar="URL",
+        help="a running `gateway serve` (e.g. http://127.0.0.1:8000): show its live state",
+    )
+    explain.add_argument(
+        "--api-key",
+        help=f"a client key for --server (default: ${API_KEY_ENV})",
+    )
+    explain.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for --server (default 10)"
+    )
     explain.set_defaults(func=_explain)
 
     demo = sub.add_parser("demo", help="the router's story on embedded fake upstreams")

@@ -470,6 +470,21 @@ def _add_routes(app: FastAPI) -> Route:
         return monitoring.breakers_report(_state(request).router.candidates)
 
     @app.get(
+        "/api/v1/monitoring/tasks/{task}",
+        response_model=monitoring.TaskOrderReport,
+        responses={
+            **_CLIENT_ERRORS,
+            404: {**_ERROR, "description": "Unknown task and the policy has no `default` task."},
+        },
+        dependencies=client,
+        tags=["monitoring"],
+    )
+    async def task_order(request: Request, task: str) -> monitoring.TaskOrderReport:
+        router = _state(request).router
+        policy = router.policy
+        return monitoring.task_order_report(policy, task, router.explain(task))
+
+    @app.get(
         "/api/v1/policy",
         response_model=monitoring.PolicyReport,
         responses=_CLIENT_ERRORS,

@@ -43,6 +43,32 @@ class BreakersReport(BaseModel):
     breakers: dict[str, BreakerStatus]
 
 
+class OrderedCandidate(BaseModel):
+    provider: str
+    type: str
+    model: str
+    available: bool = Field(
+        description="Configured: its client is built (key set, package installed). Says "
+        "nothing of whether the upstream answers; the breaker does."
+    )
+    unavailable_reason: str | None = Field(description="Why it is not configured, when not.")
+    breaker: BreakerState
+    in_flight: int
+    latency_ewma_s: float | None
+    input_usd_per_mtok: float | None
+    output_usd_per_mtok: float | None
+
+
+class TaskOrderReport(BaseModel):
+    task: str = Field(description="The task routed: the one asked for, else `default`.")
+    strategy: str
+    policy_sha256: str
+    order: list[OrderedCandidate] = Field(
+        description="The candidates a request would try now, in order, with their live state "
+        "(`gateway explain --server` shows this)."
+    )
+
+
 class PolicyReport(BaseModel):
     sha256: str
     loaded_at: float = Field(description="Unix time the serving policy was loaded.")
@@ -105,6 +131,17 @@ def breakers_report(candidates: dict[str, Candidate]) -> BreakersReport:
             seconds_until_probe=None if wait is None else round(wait, 3),
         )
     return BreakersReport(breakers=breakers)
+
+
+def task_order_report(policy: Policy, task: str, rows: list[dict[str, Any]]) -> TaskOrderReport:
+    """`rows` is `Router.explain(task)`."""
+    spec = policy.task(task)
+    return TaskOrderReport(
+        task=spec.name,
+        strategy=spec.strategy,
+        policy_sha256=policy.sha256,
+        order=[OrderedCandidate.model_validate(row) for row in rows],
+    )
 
 
 def policy_report(policy: Policy) -> PolicyReport:
