@@ -1,5 +1,5 @@
-"""Every fenced code block in README.md and docs/*.md is checked, so a documented example
-that breaks fails `make test`.
+"""Every fenced code block in README.md and docs/*.md (and docs/ subfolders) is checked, so a
+documented example that breaks fails `make test`.
 
 A block is checked by its language:
 
@@ -7,7 +7,7 @@ A block is checked by its language:
   the repository's `routing.yaml` and `policies/`, with no real keys in the environment
   (`*_API_KEY`, `GATEWAY_*` and the other variables `gateway.settings.Settings` reads are
   removed). It must run as pasted: no top-level `await`. A traceback names the Markdown file
-  and line.
+  and line. It must close its clients: aiohttp's "Unclosed client session" fails it.
 - ``console``, ``sh``, ``bash``, ``shell``: each command runs with bash in such a directory,
   the venv's bin directory first on PATH, all the block's commands in one shell (so `cd` and
   variables carry over). Lines starting with `#` are comments; a line ending in `\\` (or with
@@ -107,6 +107,11 @@ PART = "\x1edocs-test-part {}\x1e"
 STEP = re.compile(r"\n?\x1edocs-test-rc (\d+) (\d+)\x1e\n")
 
 
+NO_REASON = "a skip needs a reason: `<!-- docs-test: skip: REASON -->`"
+UNCLOSED = ("Unclosed client session", "Unclosed connector")
+"""What aiohttp prints at exit about a client an example never closed."""
+
+
 class DocsExampleError(AssertionError):
     """A documented example that does not hold; the message starts with `file:line:`."""
 
@@ -188,9 +193,7 @@ def parse_marker(text: str, line: int) -> Marker:
         raise DocsExampleError(f"unknown docs-test marker {text!r}")
     if sep and name not in VALUED:
         raise DocsExampleError(f"docs-test marker {name!r} takes no value")
-    if name == "skip" and not value.strip():
-        raise DocsExampleError("a skip needs a reason: `<!-- docs-test: skip: REASON -->`")
-    if name in VALUED - FLAGS and not value.strip():
+    if name in VALUED - FLAGS - {"skip"} and not value.strip():
         raise DocsExampleError(f"docs-test marker {name!r} needs a value (`{name}: ...`)")
     if name == "exit" and not value.strip().isdigit():
         raise DocsExampleError(f"docs-test marker exit={value!r}: the status must be a number")
@@ -246,6 +249,8 @@ def parse_blocks(text: str, path: str) -> tuple[list[Block], list[str]]:
         else:
             problems.append(f"{path}:{number}: the code block is never closed")
         problems.extend(f"{path}:{number}: {message}" for message in broken)
+        if any(m.name == "skip" and not m.value for m in pending):
+            problems.append(f"{path}:{number}: {NO_REASON}")
         markers = tuple(m for m in pending if m.name != "invalid")
         blocks.append(Block(path, number, lang, "\n".join(body) + "\n", markers))
         pending, broken = [], []
@@ -345,7 +350,7 @@ def _line_of(problem: str) -> int:
 
 
 def documented_files(root: Path = ROOT) -> list[Path]:
-    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    return [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
 
 
 # --- outputs ----------------------------------------------------------------------------------
@@ -591,6 +596,12 @@ def run_python(example: Example, cwd: Path, where_root: Path = ROOT) -> None:
         raise DocsExampleError(
             f"{failed.where}: the Python example failed (exit status {status}):\n{output}"
         )
+    for index, piece in enumerate(pieces):
+        if any(warning in piece for warning in UNCLOSED):
+            raise DocsExampleError(
+                f"{example.blocks[min(index, len(example.blocks) - 1)].where}: the example "
+                f"leaves a client open (close it, or use `async with`):\n{output}"
+            )
     for index, expected in example.outputs.items():
         check_output(
             f"{expected.where} (output of {example.blocks[index].where})",
@@ -829,21 +840,22 @@ def test_docs_markers() -> None:
     assert not problems, "\n".join(problems)
 
 
+def skip_reason(example: Example) -> str:
+    marker = example.first.marker("skip")
+    return (marker.value or "") if marker is not None else ""
+
+
 def test_skipped_examples_give_a_reason() -> None:
-    listing = [
-        f"{e.first.where}: {(e.first.marker('skip') or Marker('', '', 0)).value}" for e in SKIPPED
-    ]
+    listing = [f"{e.first.where}: {skip_reason(e) or '(no reason)'}" for e in SKIPPED]
     print(f"{len(SKIPPED)} documented blocks are not run:", *listing, sep="\n  ")
-    assert all((e.first.marker("skip") or Marker("", None, 0)).value for e in SKIPPED)
+    assert all(skip_reason(e) for e in SKIPPED), "\n".join(listing)
     assert len(SKIPPED) <= MAX_SKIPS, "too many skipped blocks:\n" + "\n".join(listing)
 
 
 def test_every_doc_is_covered() -> None:
     paths = {d.path for d in DOCUMENTS}
     assert "README.md" in paths
-    assert {p.name for p in (ROOT / "docs").glob("*.md")} == {
-        Path(p).name for p in paths if p.startswith("docs/")
-    }
+    assert {str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")} <= paths
     assert EXAMPLES, "no example found"
 
 
@@ -954,10 +966,8 @@ def test_yaml_json_and_toml_must_parse() -> None:
 
 def test_a_skip_needs_a_reason() -> None:
     document = _document("Text.\n\n<!-- docs-test: skip -->\n```sh\nrm -rf /\n```\n")
-    assert document.problems == [
-        "example.md:4: a skip needs a reason: `<!-- docs-test: skip: REASON -->`"
-    ]
-    assert [e.kind for e in document.examples] == ["shell"]
+    assert document.problems == [f"example.md:4: {NO_REASON}"]
+    assert [e.kind for e in document.examples] == ["skip"]  # still not run
     reasoned = _document(
         "<!-- docs-test: skip: needs a cluster -->\n```sh\nkubectl get pods\n```\n"
     )
@@ -1016,3 +1026,17 @@ def test_examples_run_without_real_keys() -> None:
     assert not {"OPENAI_API_KEY", "GATEWAY_API_KEYS", "OLLAMA_BASE_URL"} & set(cleaned)
     assert cleaned["HOME"] == "/h"
     assert cleaned["PATH"].split(os.pathsep)[0] == str(VENV_BIN)
+
+
+def test_an_example_that_leaves_a_client_open_fails() -> None:
+    leaky = (
+        "```python\nimport asyncio\n\nimport aiohttp\n\n\n"
+        "async def main() -> None:\n    session = aiohttp.ClientSession()\n\n\n"
+        "asyncio.run(main())\n```\n"
+    )
+    message = _failure(leaky)
+    assert message.startswith("example.md:1: the example leaves a client open")
+    closed = leaky.replace(
+        "session = aiohttp.ClientSession()", "await aiohttp.ClientSession().close()"
+    )
+    run_example(_document(closed).examples[0])
