@@ -455,7 +455,7 @@ def fake_upstreams(env: dict[str, str]) -> Iterator[None]:
 
 
 @contextmanager
-def simulated_server(env: dict[str, str], cwd: Path, *, keys: bool) -> Iterator[str]:
+def simulated_server(env: dict[str, str], cwd: Path, *, keys: bool, where: str) -> Iterator[str]:
     """`gateway serve --simulate` on a free port; yields its URL and sets the block's env."""
     server_env = dict(env)
     if keys:
@@ -487,7 +487,7 @@ def simulated_server(env: dict[str, str], cwd: Path, *, keys: bool) -> Iterator[
         if process.returncode != 3:  # 3: could not bind; anything else is not a port race
             break
     raise DocsExampleError(
-        f"gateway serve --simulate did not start:\n{log_path.read_text(errors='replace')}"
+        f"{where}: gateway serve --simulate did not start:\n{log_path.read_text(errors='replace')}"
     )
 
 
@@ -524,7 +524,9 @@ def stage(example: Example, cwd: Path) -> Iterator[Stage]:
         server = example.marker("server")
         url = None
         if server is not None:
-            url = stack.enter_context(simulated_server(env, cwd, keys=server.value == "keys"))
+            url = stack.enter_context(
+                simulated_server(env, cwd, keys=server.value == "keys", where=example.first.where)
+            )
         yield Stage(env, url)
 
 
@@ -822,6 +824,8 @@ def results(request: pytest.FixtureRequest) -> dict[str, DocsExampleError | None
             run_example(EXAMPLES[example_id])
         except DocsExampleError as exc:
             return exc
+        except Exception as exc:  # the runner's own failure, told at its example
+            return DocsExampleError(f"{EXAMPLES[example_id].first.where}: {exc!r}")
         return None
 
     with ThreadPoolExecutor(RUNNERS) as pool:
