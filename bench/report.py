@@ -1,7 +1,9 @@
-"""docs/performance.md: the run's tables and targets, above the hand-written analysis.
+"""docs/performance.md: the run's tables and targets, above a hand-written reading guide.
 
 Everything above `ANALYSIS_MARKER` is rewritten by each run; everything below it is kept as
-it is, so the analysis can be edited by hand and survives re-runs.
+it is, so the guide can be edited by hand and survives re-runs (a file without the marker gets
+`READING_GUIDE`). The guide is for users: how to read the tables. Analysis of particular runs
+and of what changed in the code belongs in docs/engineering/performance-notes.md.
 """
 
 from __future__ import annotations
@@ -17,10 +19,33 @@ from bench.scenarios import REPLY_TEXT
 from bench.stats import Summary
 
 ANALYSIS_MARKER = (
-    "<!-- Hand-written analysis below: `make bench` rewrites everything above this line "
+    "<!-- Hand-written reading guide below: `make bench` rewrites everything above this line "
     "and keeps everything below it. -->"
 )
-ANALYSIS_PLACEHOLDER = "## Analysis\n\n_Not written yet: read the tables above after a full run._\n"
+READING_GUIDE = """## Reading these numbers
+
+- **What is measured is the gateway's own cost.** The fake upstream answers at once, so every
+  figure is work on the client's side. A real model takes hundreds of milliseconds or more to
+  answer; next to that, the Router's tens of microseconds and the HTTP server's millisecond
+  are small.
+- **"added" and "vs direct"** compare each client with the OpenAI SDK's typed call, measured in
+  the same rounds. A negative "added" means faster than the SDK: the gateway's providers speak
+  the protocol over aiohttp without building the SDK's typed models. What routing itself
+  costs (retries, breakers, metrics) is in "The Router over its own provider" and in the layer
+  tables.
+- **Round by round** shows how far a figure moved between rounds on a shared machine. A figure
+  near its goal can be met in one run and not in the next; p50 differences of a few tens of
+  µs between two processes are within that noise.
+- **The in-process layer table is a lower bound.** A tight loop keeps the code in the CPU's
+  caches; between real HTTP calls the same code costs two to three times more, as the
+  over-HTTP layer table shows.
+- **`gateway serve`** adds an HTTP hop. Its floor, a bare uvicorn app that forwards with
+  aiohttp, is what any Python server in its place costs; the rest is the gateway's request
+  checks, routing and access log.
+- **On your machine**: `make bench` (a few minutes) rewrites the tables above and keeps this
+  guide; `python -m bench.layers` and `python -m bench.layers_http --upstream URL` time the
+  router's layers alone; `python -m bench.profile` profiles the hot path.
+"""
 
 BASELINE = "direct"
 PROVIDER = "provider"
@@ -149,7 +174,7 @@ TARGETS = (
 
 # The gateway's provider is faster than the typed SDK call of the baseline, which flatters the
 # first two targets: the same figures against the provider alone show what the Router itself
-# costs. Shown beside the targets, not as targets (the issue sets its goals against the SDK).
+# costs. Shown beside the targets, not as targets (the goals are set against the SDK).
 OVERHEAD = (
     Target(
         "Router throughput / its own provider's throughput, no router",
@@ -278,8 +303,9 @@ def targets_table(results: Results) -> list[str]:
         "",
         "### The Router over its own provider",
         "",
-        "The gateway's providers call the SDK's `post()` over the SDK's aiohttp adapter, which "
-        "is faster than the typed SDK call of the baseline above. Against the gateway's own "
+        "The gateway's providers speak OpenAI's protocol over aiohttp without building the "
+        "SDK's typed request and response models, which makes them faster than the typed SDK "
+        "call of the baseline above. Against the gateway's own "
         "provider called alone, the same figures show what routing, retries, breakers and "
         "metrics cost by themselves (for reading, not targets: the goals above are set against "
         "the SDK).",
@@ -451,7 +477,7 @@ def layers_table(results: Results) -> list[str]:
         "**Over HTTP** (`python -m bench.layers_http`): the gateway's OpenAI provider and the "
         "FakeUpstream, each row adding one layer to the one above, in one process, the rows "
         f"taking turns in batches; p50 in µs over {results.plan.layer_http_requests:,} "
-        "requests each. Between SDK calls the caches are cold, so the same layers cost more "
+        "requests each. Between HTTP calls the caches are cold, so the same layers cost more "
         "here than in the tight loop above.",
         "",
         *_layer_rows(results.layers_http, results.layers_http_error, 0),
@@ -493,8 +519,8 @@ def generated(results: Results) -> str:
 
 
 def write(results: Results, path: Path) -> None:
-    """Rewrite the generated part of `path`, keeping the analysis below the marker."""
-    analysis = ANALYSIS_PLACEHOLDER
+    """Rewrite the generated part of `path`, keeping the reading guide below the marker."""
+    analysis = READING_GUIDE
     if path.exists():
         _, found, kept = path.read_text().partition(ANALYSIS_MARKER)
         if found:
