@@ -497,7 +497,9 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, timeout_s: float = 3
         if process.poll() is not None:
             return False
         try:
-            if httpx.get(url + "/healthz", timeout=1.0).status_code == 200:
+            answer = httpx.get(url + "/healthz", timeout=1.0)
+            # its own answer, not that of another example's server that took the port first
+            if answer.status_code == 200 and answer.json().get("pid") == process.pid:
                 return True
         except httpx.TransportError:
             pass
