@@ -43,8 +43,10 @@ READING_GUIDE = """## Reading these numbers
   aiohttp, is what any Python server in its place costs; the rest is the gateway's request
   checks, routing and access log.
 - **On your machine**: `make bench` (a few minutes) rewrites the tables above and keeps this
-  guide; `python -m bench.layers` and `python -m bench.layers_http --upstream URL` time the
-  router's layers alone; `python -m bench.profile` profiles the hot path.
+  guide. `python -m bench.layers` times the router's layers alone, and
+  `python -m bench.layers_http --upstream URL` over HTTP, against a FakeUpstream that
+  `python -m gateway.testing.fake_upstream --port 0` starts (it prints its URL);
+  `python -m bench.profile` profiles the hot path.
 """
 
 BASELINE = "direct"
@@ -474,9 +476,10 @@ def layers_table(results: Results) -> list[str]:
         "loop keeps the code in the CPU's caches: these are lower bounds.",
         "",
         *_layer_rows(results.layers, results.layers_error, 1),
-        "**Over HTTP** (`python -m bench.layers_http`): the gateway's OpenAI provider and the "
-        "FakeUpstream, each row adding one layer to the one above, in one process, the rows "
-        f"taking turns in batches; p50 in µs over {results.plan.layer_http_requests:,} "
+        "**Over HTTP** (`python -m bench.layers_http --upstream URL`): the gateway's OpenAI "
+        "provider and the FakeUpstream, each row adding one layer to the one above, in one "
+        f"process, the rows taking turns in batches; p50 in µs over "
+        f"{results.plan.layer_http_requests:,} "
         "requests each. Between HTTP calls the caches are cold, so the same layers cost more "
         "here than in the tight loop above.",
         "",
