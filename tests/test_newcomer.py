@@ -174,35 +174,37 @@ def test_without_dotenv_check_says_the_key_is_not_set(tmp_path: Path) -> None:
     assert "OPENAI_API_KEY is not set" in _mini_line(result.stdout)
 
 
-async def test_the_process_environment_wins_over_dotenv(tmp_path: Path) -> None:
-    """Both give a base_url; the request goes to the process environment's."""
+def test_check_takes_the_process_environment_over_dotenv(tmp_path: Path) -> None:
+    (tmp_path / "routing.yaml").write_text(ENV_POLICY)
+    (tmp_path / ".env").write_text("OPENAI_API_KEY=sk-from-dotenv\nGW_TEST_BASE_URL=ftp://x\n")
+    from_file = cli("check", "routing.yaml", cwd=tmp_path, env=without())
+    assert from_file.returncode == 1
+    # .env's address is read, and refused (shown as the reference it came from).
+    assert "${GW_TEST_BASE_URL}' is not an http(s) URL" in from_file.stderr
+    overridden = cli(
+        "check",
+        "routing.yaml",
+        cwd=tmp_path,
+        env={**without(), "GW_TEST_BASE_URL": "http://127.0.0.1:9/v1"},
+    )
+    assert overridden.returncode == 0, overridden.stderr
+    assert _mini_line(overridden.stdout).rstrip().endswith("available")
+
+
+async def test_the_router_reads_dotenv_under_the_process_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """.env gives the key and an address; the process's address wins, the key comes through."""
     async with FakeUpstream() as up:
         (tmp_path / "routing.yaml").write_text(ENV_POLICY)
         (tmp_path / ".env").write_text(
             "OPENAI_API_KEY=sk-from-dotenv\nGW_TEST_BASE_URL=http://127.0.0.1:9/v1\n"
         )
-        env = {**without(), "GW_TEST_BASE_URL": f"{up.url}/v1"}
-        result = await asyncio.to_thread(
-            cli, "explain", "default", "--policy", "routing.yaml", "--json", cwd=tmp_path, env=env
-        )
-        assert result.returncode == 0, result.stderr
-        assert json.loads(result.stdout)[0]["available"] is True
-
-        # The router itself: the key from .env, the address from the process.
-        previous = os.getcwd()
-        os.chdir(tmp_path)
-        try:
-            os.environ["GW_TEST_BASE_URL"] = f"{up.url}/v1"
-            saved = os.environ.pop("OPENAI_API_KEY", None)
-            try:
-                async with Router.from_yaml("routing.yaml", watch=False, hooks=[]) as router:
-                    answer = await router.generate(MESSAGES)
-            finally:
-                os.environ.pop("GW_TEST_BASE_URL", None)
-                if saved is not None:
-                    os.environ["OPENAI_API_KEY"] = saved
-        finally:
-            os.chdir(previous)
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        monkeypatch.setenv("GW_TEST_BASE_URL", f"{up.url}/v1")
+        async with Router.from_yaml("routing.yaml", watch=False, hooks=[]) as router:
+            answer = await router.generate(MESSAGES)
         assert answer.provider == "mini"
         assert up.requests[-1].headers["authorization"] == "Bearer sk-from-dotenv"
 
