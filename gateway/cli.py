@@ -168,17 +168,23 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gateway.server import serve
+    from gateway.server import ServerSettings, serve
 
     if not args.simulate:
         return serve(args.policy, host=args.host, port=args.port, workers=args.workers)
+    try:
+        keys_required = not ServerSettings.from_env().open_mode
+    except GatewayError:
+        keys_required = False  # serve() refuses the bad setting itself, naming it
     with simulation() as sim:
         return serve(
             sim.policy_path,
             host=args.host,
             port=args.port,
             workers=args.workers,
-            banner=simulation_instructions(_base_url(args.host, args.port), sim),
+            banner=simulation_instructions(
+                _base_url(args.host, args.port), sim, keys_required=keys_required
+            ),
         )
 
 
@@ -231,27 +237,36 @@ def _base_url(host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
-def simulation_instructions(base_url: str, sim: Simulation) -> str:
-    """What to try first, printed once the server is about to start."""
+def simulation_instructions(base_url: str, sim: Simulation, *, keys_required: bool) -> str:
+    """What to try first, printed once the server is about to start. With client keys
+    configured (GATEWAY_API_KEYS), the curls carry one, or they would get 401."""
     fake_url = sim.fake_url
+    if keys_required:
+        keys = (
+            "no provider keys needed; GATEWAY_API_KEYS is set, so clients need one of its "
+            "keys:\n  export GATEWAY_KEY=<one of GATEWAY_API_KEYS>"
+        )
+        auth = ' -H "authorization: Bearer $GATEWAY_KEY"'
+    else:
+        keys, auth = "no keys needed", ""
     return f"""
-Simulated gateway at {base_url} (providers are a FakeUpstream at {fake_url}; no keys needed)
+Simulated gateway at {base_url} (providers are a FakeUpstream at {fake_url}; {keys})
 Policy: {sim.policy_path} (a copy of `gateway demo`'s; edit it to try live reload)
 
-  curl -s {base_url}/v1/chat/completions -H 'content-type: application/json' \\
+  curl -s {base_url}/v1/chat/completions -H 'content-type: application/json'{auth} \\
        -d '{{"model": "default", "messages": [{{"role": "user", "content": "Hello"}}]}}'
 
-  curl -sN {base_url}/v1/chat/completions -H 'content-type: application/json' \\
+  curl -sN {base_url}/v1/chat/completions -H 'content-type: application/json'{auth} \\
        -d '{{"model": "summarize", "stream": true,
              "messages": [{{"role": "user", "content": "Hi"}}]}}'
 
-  curl -s {base_url}/api/v1/monitoring/providers
+  curl -s {base_url}/api/v1/monitoring/providers{auth}
 
 Make the first provider fail and watch the gateway fall through (see x-gateway-* headers):
 
   curl -s -X POST {fake_url}/_fake/fail_always \\
        -d '{{"model": "gpt-4o-mini", "fault": {{"kind": "server_error"}}}}'
-  curl -si {base_url}/v1/chat/completions -H 'content-type: application/json' \\
+  curl -si {base_url}/v1/chat/completions -H 'content-type: application/json'{auth} \\
        -d '{{"model": "default", "messages": [{{"role": "user", "content": "Hello"}}]}}'
   curl -s -X POST {fake_url}/_fake/heal -d '{{}}'
 """

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -379,3 +380,32 @@ async def test_the_outer_apps_lifespan_closes_the_mounted_app(tmp_path: Path) ->
                 break
             await asyncio.sleep(0.005)
         assert up.open_connections == 0
+
+
+REPO = Path(__file__).resolve().parent.parent
+USER_DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+"""What a user reads. docs/engineering/ is the engineers' log and may speak of history."""
+
+WORK_LOG = [
+    re.compile(r"\bthe seed\b", re.IGNORECASE),
+    re.compile(r"\bissue #?\d+\b", re.IGNORECASE),
+    re.compile(r"`(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}`"),  # a commit id
+]
+
+
+@pytest.mark.parametrize("doc", USER_DOCS, ids=lambda p: p.name)
+def test_user_docs_speak_of_the_product_not_its_history(doc: Path) -> None:
+    text = doc.read_text()
+    found = [m.group(0) for pattern in WORK_LOG for m in pattern.finditer(text)]
+    assert found == [], f"{doc.name}: {found}"
+
+
+def test_readme_says_where_the_gateway_command_is_and_it_answers_help() -> None:
+    readme = USER_DOCS[0].read_text()
+    assert ".venv/bin/gateway" in readme
+    assert "source .venv/bin/activate" in readme.replace("`source\n", "`source ")
+    command = Path(sys.executable).parent / "gateway"
+    result = subprocess.run([command, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    for subcommand in ("serve", "check", "explain", "demo"):
+        assert subcommand in result.stdout

@@ -1230,3 +1230,37 @@ async def test_an_idle_kept_alive_connection_stays_open_past_client_pool_lifetim
             await asyncio.sleep(pause_s)
     finally:
         writer.close()
+
+
+def first_banner_curl(log: str) -> str:
+    """The banner's first curl command, its continuation lines joined, as a shell runs it."""
+    lines = log.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("curl -s "))
+    command = lines[start]
+    while command.endswith("\\"):
+        start += 1
+        command = command[:-1] + lines[start]
+    return command.strip()
+
+
+@pytest.mark.parametrize("keys", ["", "banner-key"], ids=["open", "with-client-keys"])
+def test_the_simulate_banners_first_curl_works_as_printed(tmp_path: Path, keys: str) -> None:
+    env = {"GATEWAY_API_KEYS": keys, "GATEWAY_ADMIN_KEYS": ""}
+    with ServerProcess(
+        None,
+        log_path=tmp_path / "sim.log",
+        env=env,
+        extra_args=["--simulate"],
+        command=GATEWAY_SERVE,
+    ) as sim:
+        sim.wait_ready()
+        command = first_banner_curl(sim.log())
+        result = subprocess.run(
+            ["bash", "-c", command + " -o /dev/null -w '%{http_code}'"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "GATEWAY_KEY": keys},
+            timeout=60,
+        )
+    assert result.stdout == "200", (command, result.stdout, result.stderr)
+    assert ("GATEWAY_API_KEYS is set" in sim.log()) == bool(keys)
