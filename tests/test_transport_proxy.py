@@ -8,6 +8,7 @@ import json
 import pytest
 
 from gateway.providers import OpenAIService
+from gateway.providers._transport import EnvironmentProxies
 
 REPLY = {
     "id": "chatcmpl-1",
@@ -60,3 +61,25 @@ async def test_http_proxy_from_the_environment_is_used(monkeypatch: pytest.Monke
 
     assert completion.text == "via proxy"
     assert seen == [b"POST http://upstream.example/v1/chat/completions HTTP/1.1"]
+
+
+@pytest.mark.parametrize(
+    ("no_proxy", "url", "proxied"),
+    [
+        ("", "http://upstream.example/v1", True),
+        ("upstream.example", "http://upstream.example/v1", False),
+        (".example", "http://api.upstream.example/v1", False),
+        ("other.example,localhost", "http://upstream.example/v1", True),
+        ("upstream.example:8080", "http://upstream.example:8080/v1", False),
+        ("upstream.example:8080", "http://upstream.example:9090/v1", True),
+        ("*", "http://upstream.example/v1", False),
+    ],
+)
+def test_no_proxy_is_honoured(
+    monkeypatch: pytest.MonkeyPatch, no_proxy: str, url: str, proxied: bool
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    monkeypatch.delenv("no_proxy", raising=False)
+    proxies = EnvironmentProxies()
+    assert proxies.for_url(url) == ("http://proxy.internal:3128" if proxied else None)

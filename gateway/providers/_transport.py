@@ -15,10 +15,12 @@ import contextlib
 import inspect
 import json
 import ssl
+import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 from gateway.errors import ProviderError
 from gateway.providers import _errors
@@ -235,6 +237,48 @@ class NDJSONDecoder:
 # --- aiohttp: the default ---------------------------------------------------------------------
 
 
+class EnvironmentProxies:
+    """HTTP(S)_PROXY and NO_PROXY, as the SDKs' clients apply them.
+
+    Read from the environment when the transport is made, and decided once per scheme and
+    host: aiohttp's own `trust_env` looks them (and ~/.netrc) up again on every request,
+    which costs more than the rest of the call.
+    """
+
+    def __init__(self) -> None:
+        proxies = urllib.request.getproxies_environment()
+        self._no_proxy = [
+            entry.strip().lstrip(".").lower()
+            for entry in proxies.pop("no", "").split(",")
+            if entry.strip()
+        ]
+        self._proxies = proxies
+        self._by_origin: dict[tuple[str, str], str | None] = {}
+
+    def for_url(self, url: str) -> str | None:
+        if not self._proxies:
+            return None
+        parts = urlsplit(url)
+        origin = (parts.scheme, parts.netloc)
+        if origin not in self._by_origin:
+            proxy = self._proxies.get(parts.scheme) or self._proxies.get("all")
+            if proxy and self._bypassed(parts.hostname or "", parts.port):
+                proxy = None
+            self._by_origin[origin] = proxy
+        return self._by_origin[origin]
+
+    def _bypassed(self, host: str, port: int | None) -> bool:
+        for entry in self._no_proxy:
+            if entry == "*":
+                return True
+            name, _, entry_port = entry.partition(":")
+            if entry_port and str(port) != entry_port:
+                continue
+            if host == name or host.endswith("." + name):
+                return True
+        return False
+
+
 class AiohttpTransport(HTTPTransport):
     """A pool of up to `max_connections` connections, over aiohttp."""
 
@@ -243,6 +287,7 @@ class AiohttpTransport(HTTPTransport):
         self._tls = tls
         # Made on first use: an aiohttp session belongs to the event loop it was made in.
         self._session: aiohttp.ClientSession | None = None
+        self._proxies = EnvironmentProxies()
 
     def open(self, request: WireRequest, *, stream: bool) -> _AiohttpExchange:
         import aiohttp
@@ -252,8 +297,6 @@ class AiohttpTransport(HTTPTransport):
                 connector=aiohttp.TCPConnector(
                     limit=self.max_connections, ssl=self._tls or default_tls()
                 ),
-                # HTTP(S)_PROXY and NO_PROXY apply, as they do for the SDKs' clients.
-                trust_env=True,
             )
         if stream:
             timeout = aiohttp.ClientTimeout(
@@ -269,6 +312,7 @@ class AiohttpTransport(HTTPTransport):
                 params=dict(request.query) if request.query else None,
                 timeout=timeout,
                 allow_redirects=False,
+                proxy=self._proxies.for_url(request.url),
             )
         )
 
