@@ -33,7 +33,7 @@ from gateway.errors import (
     RoutingError,
     StreamInterrupted,
 )
-from gateway.hooks import HookSet
+from gateway.hooks import UNRESOLVED_TASK, HookSet
 from gateway.policy import TaskSpec
 from gateway.types import ChatStream, Completion, Conversation, Message, Usage, validate_messages
 
@@ -123,7 +123,9 @@ class Walk:
             duration = time.perf_counter() - self.started
             overhead = max(0.0, duration - self.upstream_s - self.waited_s)
             self.hooks.on_request(
-                task=self.task.name if self.task is not None else self.task_name,
+                # Before the policy resolved it, the name is only the caller's string: one
+                # fixed value keeps each made-up name from becoming a label of its own.
+                task=self.task.name if self.task is not None else UNRESOLVED_TASK,
                 outcome=outcome,
                 duration_s=duration,
                 overhead_s=overhead,

@@ -4,8 +4,9 @@
 router calls its hooks through one `HookSet`, whose methods have the protocol's signatures,
 so every event the router emits is type-checked. A hook that raises is logged and skipped:
 it never fails a request. Every label value passed here comes from the policy (task and
-provider names, models) or from the outcome enums, never from prompts or error text, so
-metrics built on them have bounded cardinality.
+provider names, models) or from the outcome enums (and `UNRESOLVED_TASK`), never from prompts,
+error text or a task name the caller made up, so metrics built on them have bounded
+cardinality.
 """
 
 from __future__ import annotations
@@ -25,16 +26,21 @@ from gateway._outcomes import (
 )
 from gateway.types import Usage
 
-__all__ = ["BaseHooks", "Deferred", "HookSet", "RouterHooks", "default_hooks"]
+__all__ = ["UNRESOLVED_TASK", "BaseHooks", "Deferred", "HookSet", "RouterHooks", "default_hooks"]
 
 log = logging.getLogger("gateway")
+
+UNRESOLVED_TASK = "(unknown)"
+"""The `task` of a request that ended before its task was resolved (a name the policy does not
+define and no `default` task). The name the caller gave is in the error, never in an event:
+callers choose it freely, and each one would become a new metric series."""
 
 
 class RouterHooks(Protocol):
     def on_request(
         self, *, task: str, outcome: RequestOutcome, duration_s: float, overhead_s: float
     ) -> None:
-        """A request ended.
+        """A request ended. `task` is the task that served it, or `UNRESOLVED_TASK`.
 
         overhead_s is the time spent in the router that was not spent waiting on an upstream
         (nor in a deliberate backoff sleep).

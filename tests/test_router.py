@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -371,6 +372,47 @@ async def test_bad_messages_are_rejected_before_any_call(up: FakeUpstream, route
     assert up.count() == 0
 
 
+async def test_made_up_task_names_make_one_metric_label_value(up: FakeUpstream) -> None:
+    """A task name the policy does not define never becomes a label: every series with a
+    `task` label holds the policy's tasks and one fixed value for the unresolved ones."""
+    from gateway import InvalidRequestError
+    from gateway.hooks import UNRESOLVED_TASK
+
+    registry = CollectorRegistry()
+    doc = policy_doc(up.url)
+    del doc["tasks"]["default"]  # so that an unknown name is not served by `default`
+    router = build(doc, hooks=[GatewayMetrics(registry)])
+    try:
+        for i in range(50):
+            with pytest.raises(UnknownTaskError):
+                if i % 2:
+                    await router.generate(MESSAGES, task=f"made-up-{i}")
+                else:
+                    async for _ in router.stream(MESSAGES, task=f"made-up-{i}"):
+                        pass
+        with pytest.raises(UnknownTaskError):
+            await router.generate([], task="made-up-and-invalid")
+        # A task the policy defines keeps its name even when its messages are refused.
+        with pytest.raises(InvalidRequestError):
+            await router.generate([{"role": "wizard", "content": "x"}], task="summarize")
+    finally:
+        await router.aclose()
+    labels: dict[str, set[str]] = {}
+    for metric in registry.collect():
+        for sample in metric.samples:
+            if "task" in sample.labels:
+                labels.setdefault(metric.name, set()).add(sample.labels["task"])
+    assert labels == {
+        "gateway_requests": {UNRESOLVED_TASK, "summarize"},
+        "gateway_request_duration_seconds": {UNRESOLVED_TASK, "summarize"},
+        "gateway_overhead_seconds": {UNRESOLVED_TASK, "summarize"},
+    }
+    rejected = registry.get_sample_value(
+        "gateway_requests_total", {"task": UNRESOLVED_TASK, "outcome": "rejected"}
+    )
+    assert rejected == 51
+
+
 async def test_caller_cancellation_propagates_and_is_not_a_failure(up: FakeUpstream) -> None:
     router = build(policy_doc(up.url))
     try:
@@ -676,6 +718,107 @@ async def test_an_invalid_reload_keeps_the_old_policy(up: FakeUpstream, tmp_path
             "gateway_policy_reloads_total", {"outcome": "rejected"}
         )
         assert rejected == 1
+    finally:
+        await router.aclose()
+
+
+async def wait_for_policy(router: Router, sha256: str, *, within_s: float = 5.0) -> None:
+    deadline = time.monotonic() + within_s
+    while router.policy.sha256 != sha256:
+        assert time.monotonic() < deadline, f"the watcher did not apply the new file in {within_s}s"
+        await asyncio.sleep(0.02)
+
+
+def twin_policies(url: str) -> tuple[str, str]:
+    """Two valid policies of the same length that route `summarize` differently."""
+    first, second = policy_doc(url), policy_doc(url)
+    second["tasks"]["summarize"]["chain"] = ["backup", "primary", "local"]
+    texts = yaml.safe_dump(first), yaml.safe_dump(second)
+    assert texts[0] != texts[1] and len(texts[0]) == len(texts[1])
+    return texts
+
+
+def same_mtime(*paths: Path) -> None:
+    """Give files one mtime, as a Nix store, a tarball or a ConfigMap volume does."""
+    stamp = 1_700_000_000_000_000_000
+    for path in paths:
+        os.utime(path, ns=(stamp, stamp), follow_symlinks=True)
+
+
+async def watched(path: Path) -> Router:
+    router = Router.from_yaml(
+        path, watch_interval_s=0.02, hooks=[GatewayMetrics(CollectorRegistry())]
+    )
+    await router.__aenter__()  # starts the watcher
+    await asyncio.sleep(0.1)  # a few polls of the first file
+    return router
+
+
+async def test_the_watcher_sees_a_symlink_swapped_to_a_file_of_the_same_size_and_mtime(
+    up: FakeUpstream, tmp_path: Path
+) -> None:
+    old_text, new_text = twin_policies(up.url)
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text(old_text)
+    new.write_text(new_text)
+    same_mtime(old, new)
+    link = tmp_path / "routing.yaml"
+    link.symlink_to(old.name)
+    router = await watched(link)
+    try:
+        assert router.explain("summarize")[0]["provider"] == "primary"
+        swap = tmp_path / "routing.yaml.next"
+        swap.symlink_to(new.name)
+        os.replace(swap, link)  # atomic: the path always names one whole file
+        assert (old.stat().st_size, old.stat().st_mtime_ns) == (
+            new.stat().st_size,
+            new.stat().st_mtime_ns,
+        )
+        await wait_for_policy(router, parse_policy(new_text).sha256)
+        assert router.explain("summarize")[0]["provider"] == "backup"
+    finally:
+        await router.aclose()
+
+
+async def test_the_watcher_sees_a_configmap_style_data_swap(
+    up: FakeUpstream, tmp_path: Path
+) -> None:
+    """Kubernetes mounts a ConfigMap as `routing.yaml -> ..data/routing.yaml` with
+    `..data -> ..<timestamp>`, and updates it by swapping `..data` to a new directory."""
+    old_text, new_text = twin_policies(up.url)
+    for version, text in (
+        ("..2026_01_01_00_00_00.1", old_text),
+        ("..2026_01_01_00_01_00.2", new_text),
+    ):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "routing.yaml").write_text(text)
+        same_mtime(tmp_path / version / "routing.yaml")
+    (tmp_path / "..data").symlink_to("..2026_01_01_00_00_00.1")
+    (tmp_path / "routing.yaml").symlink_to("..data/routing.yaml")
+    router = await watched(tmp_path / "routing.yaml")
+    try:
+        (tmp_path / "..data_tmp").symlink_to("..2026_01_01_00_01_00.2")
+        os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
+        await wait_for_policy(router, parse_policy(new_text).sha256)
+        assert router.explain("summarize")[0]["provider"] == "backup"
+    finally:
+        await router.aclose()
+
+
+async def test_the_watcher_sees_a_rewrite_in_place_that_keeps_size_and_mtime(
+    up: FakeUpstream, tmp_path: Path
+) -> None:
+    old_text, new_text = twin_policies(up.url)
+    path = tmp_path / "routing.yaml"
+    path.write_text(old_text)
+    same_mtime(path)
+    router = await watched(path)
+    try:
+        inode = path.stat().st_ino
+        path.write_text(new_text)  # same inode, same size
+        same_mtime(path)  # and the old mtime back, as `cp -p` or `rsync -t` leave it
+        assert path.stat().st_ino == inode
+        await wait_for_policy(router, parse_policy(new_text).sha256)
     finally:
         await router.aclose()
 
