@@ -8,6 +8,7 @@ is returned in `attempts` (or carried by the error).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -94,7 +95,7 @@ class Router:
         self._watcher: asyncio.Task[None] | None = None
         # What the file looked like when the policy was read: the watcher starts only with the
         # first request, and a change made before then must still count as a change.
-        self._watch_baseline = _stat(self._policy_path) if self._policy_path else None
+        self._watch_baseline = _fingerprint(self._policy_path) if self._policy_path else None
         self._closed = False
         self._hooks.on_policy(
             outcome=PolicyOutcome.APPLIED, version=policy.version, sha256=policy.sha256
@@ -110,7 +111,7 @@ class Router:
         **kwargs: Any,
     ) -> Router:
         """Load a policy file; with `watch`, poll it and apply valid changes while running."""
-        seen = _stat(Path(path))  # before reading, so a write during the read is seen as new
+        seen = _fingerprint(Path(path))  # before reading: a write during the read is then new
         policy = _load(path)
         router = cls(
             policy,
@@ -359,7 +360,8 @@ class Router:
         last_seen = self._watch_baseline
         while True:
             await asyncio.sleep(interval_s)
-            seen = _stat(self._policy_path)
+            # Off the loop: it reads the file, and a slow volume must not stall requests.
+            seen = await asyncio.to_thread(_fingerprint, self._policy_path)
             if seen == last_seen:
                 continue
             last_seen = seen
@@ -371,9 +373,25 @@ class Router:
                 log.exception("policy reload failed, the previous policy keeps serving")
 
 
-def _stat(path: Path) -> tuple[float, int] | None:
+FileSeen = tuple[int, int, int, int, str]
+"""The policy file as the watcher last saw it: device, inode, size, mtime (ns), sha256."""
+
+
+def _fingerprint(path: Path) -> FileSeen | None:
+    """Which file `path` leads to and what it holds; None while it cannot be read.
+
+    Size and mtime alone miss an atomic swap to a file of the same size and mtime (a Kubernetes
+    ConfigMap's `..data` link moved to a new directory, a Nix store path, files unpacked from a
+    tarball): the device and inode of the file reached through every symlink tell those apart.
+    A rewrite in place can keep all four (mtime restored by `cp -p` or `rsync -t`, or a write
+    within the filesystem's timestamp granularity), so the bytes are hashed too, at every poll:
+    a policy is a few kilobytes, and comparing the hash costs less than deciding when to skip it.
+    Identity and bytes come from one open file, so they always describe the same file.
+    """
     try:
-        st = path.stat()
+        with path.open("rb") as file:
+            st = os.fstat(file.fileno())
+            digest = hashlib.file_digest(file, "sha256").hexdigest()
     except OSError:
         return None
-    return (st.st_mtime, st.st_size)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, digest)
