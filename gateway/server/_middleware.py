@@ -2,12 +2,14 @@
 request body size cap.
 
 The access line names the route, status, time, task, provider, attempts and cost; never the
-prompt, the answer, the query string or any header (keys travel in headers).
+prompt, the answer, the query string or any header (keys travel in headers). Every text field
+goes through `escaped`: the path and the client's address are the client's to choose.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -152,21 +154,53 @@ def log_access(scope: Scope, record: AccessRecord, status: int, seconds: float) 
 def _line(scope: Scope, record: AccessRecord, status: int, seconds: float) -> str:
     client = scope.get("client")
     parts = [
-        f'{client[0] if client else "-"} "{scope["method"]} {scope["path"]}"',
+        f"{escaped(client[0]) if client else '-'} "
+        f'"{escaped(scope["method"])} {escaped(scope["path"])}"',
         str(record.status or status),
         f"{seconds * 1000:.1f}ms",
     ]
     if record.task is not None:
-        parts.append(f"task={record.task}")
+        parts.append(f"task={escaped(record.task)}")
     if record.provider is not None:
-        parts.append(f"provider={record.provider}")
+        parts.append(f"provider={escaped(record.provider)}")
     if record.attempts:
-        parts.append("attempts=" + attempts_detail(record.attempts))
+        parts.append("attempts=" + escaped(attempts_detail(record.attempts)))
     if record.cost_usd is not None:
         parts.append(f"cost_usd={record.cost_usd:.8f}")
     if record.outcome is not None:
-        parts.append(f"outcome={record.outcome}")
+        parts.append(f"outcome={escaped(record.outcome)}")
     return " ".join(parts)
+
+
+# What a log line must not hold as is. Line boundaries a log reader may split at (CR, LF, VT,
+# FF, FS, GS, RS, NEL, U+2028, U+2029) would let a client write a line of its own choosing: the
+# decoded path holds whatever the client percent-encodes, and uvicorn takes the client's
+# address from X-Forwarded-For when the peer is a trusted proxy. The other C0 and C1 controls
+# and DEL include terminal escape sequences, and the bidirectional controls can make a
+# terminal show the line's text in another order. A space, `"` and `\` are escaped too, so
+# that every field stays one field (an address of `1.2.3.4 "POST /api/v1/policy/reload" 200`
+# would read as a request) and an escape in the log always stands for one character.
+_UNSAFE = re.compile(r'[\x00-\x20\x7f-\x9f"\\\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]')
+_NAMED = {"\n": r"\n", "\r": r"\r", "\t": r"\t", '"': r"\"", "\\": r"\\"}
+
+
+def escaped(text: str) -> str:
+    r"""`text` as a log line may show it: `\n`, `\r`, `\t`, `\"` and `\\`, `\xNN` for the other
+    characters `_UNSAFE` matches below U+0100 and `\uNNNN` above; the rest as it is."""
+    # Runs for each field of each access line: one search, and a copy only when there is
+    # something to escape.
+    if _UNSAFE.search(text) is None:
+        return text
+    return _UNSAFE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class BodyTooLarge(Exception):
