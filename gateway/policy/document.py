@@ -14,6 +14,7 @@ from gateway.policy.models import (
     BreakerPolicy,
     Defaults,
     Price,
+    ProviderSpec,
     RetryPolicy,
     Seconds,
     StateSpec,
@@ -83,6 +84,11 @@ class ProviderEntry(BaseModel):
     )
     timeout_s: Seconds | None = Field(
         default=None, description="One attempt; default defaults.timeout_s."
+    )
+    max_response_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description=_described(ProviderSpec, "max_response_bytes"),
     )
     retry: RetryOverrides | None = None
     breaker: BreakerOverrides | None = None

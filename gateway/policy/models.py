@@ -179,7 +179,7 @@ class TaskSpec(BaseModel):
 
 
 FACTORY_KEYWORDS = frozenset(
-    {"name", "model", "api_key", "base_url", "timeout_s", "max_connections"}
+    {"name", "model", "api_key", "base_url", "timeout_s", "max_connections", "max_response_bytes"}
 )
 
 
@@ -195,6 +195,14 @@ class ProviderSpec(BaseModel):
     max_concurrency: int | None = Field(default=None, ge=1)
     max_input_tokens: int | None = Field(default=None, ge=1)
     timeout_s: Seconds = 30.0
+    # None: the type's own bound (16 MiB for the built-in types), and nothing passed to the
+    # factory, so a plugin type that knows no such keyword still loads.
+    max_response_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Largest answer accepted, in bytes after decompression (default 16 MiB); "
+        "a larger one is an invalid_response and the next candidate is tried.",
+    )
     retry: RetryPolicy = RetryPolicy()
     breaker: BreakerPolicy = BreakerPolicy()
     options: dict[str, Any] = Field(default_factory=dict)
@@ -213,6 +221,7 @@ class ProviderSpec(BaseModel):
             "base_url": self.base_url,
             "timeout_s": self.timeout_s,
             "max_connections": self.max_concurrency,
+            "max_response_bytes": self.max_response_bytes,
             **self.options,
         }
         return {key: value for key, value in options.items() if value is not None}
@@ -232,6 +241,7 @@ class ProviderSpec(BaseModel):
             "api_key": self.api_key.get_secret_value() if self.api_key else None,
             "timeout_s": self.timeout_s,
             "max_concurrency": self.max_concurrency,
+            "max_response_bytes": self.max_response_bytes,
             "options": self.options,
             "retry": self.retry.model_dump(mode="json"),
             "breaker": self.breaker.model_dump(mode="json"),

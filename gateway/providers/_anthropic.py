@@ -25,6 +25,7 @@ class AnthropicService(WireService):
         base_url: str | None = None,
         timeout_s: float | None = None,
         max_connections: int | None = None,
+        max_response_bytes: int | None = None,
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
         default_headers: dict[str, str] | None = None,
         client: str = "http",
@@ -32,7 +33,9 @@ class AnthropicService(WireService):
         transport: Transport | None = None,
     ) -> None:
         settings = get_settings()
-        sdk = wants_sdk(name or self.type_name, client, http_transport, transport)
+        sdk = wants_sdk(
+            name or self.type_name, client, http_transport, transport, max_response_bytes
+        )
         key = require_key(api_key or settings.ANTHROPIC_API_KEY, "ANTHROPIC_API_KEY", "Anthropic")
         url = base_url or settings.ANTHROPIC_BASE_URL or ANTHROPIC_BASE_URL
         self.default_max_tokens = default_max_tokens
@@ -46,6 +49,7 @@ class AnthropicService(WireService):
             model=model or settings.ANTHROPIC_MODEL,
             timeout_s=timeout_s,
             max_connections=max_connections,
+            max_response_bytes=max_response_bytes,
         )
         if sdk:
             from gateway.providers._sdk_anthropic import anthropic_transport

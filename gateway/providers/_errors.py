@@ -331,3 +331,13 @@ def content_filter_error(*, provider: str, reason: str) -> ProviderError:
         kind=ErrorKind.CONTENT_FILTER,
         provider=provider,
     )
+
+
+def oversized_error(what: str, limit: int, *, provider: str) -> ProviderError:
+    """An answer past the provider's size bound: not what the protocol promises, so
+    `invalid_response`, which moves on to the next candidate."""
+    return ProviderError(
+        f"upstream {what} is larger than max_response_bytes allows ({limit} bytes)",
+        kind=ErrorKind.INVALID_RESPONSE,
+        provider=provider,
+    )

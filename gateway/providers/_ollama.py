@@ -27,6 +27,7 @@ class OllamaService(WireService):
         base_url: str | None = None,
         timeout_s: float | None = None,
         max_connections: int | None = None,
+        max_response_bytes: int | None = None,
         keep_alive: str | float | None = None,
         transport: Transport | None = None,
     ) -> None:
@@ -41,4 +42,5 @@ class OllamaService(WireService):
             model=model or settings.LOCAL_MODEL,
             timeout_s=timeout_s,
             max_connections=max_connections,
+            max_response_bytes=max_response_bytes,
         )

@@ -41,6 +41,7 @@ class OpenAIService(WireService):
         base_url: str | None = None,
         timeout_s: float | None = None,
         max_connections: int | None = None,
+        max_response_bytes: int | None = None,
         organization: str | None = None,
         default_headers: dict[str, str] | None = None,
         client: str = "http",
@@ -49,7 +50,7 @@ class OpenAIService(WireService):
     ) -> None:
         settings = get_settings()
         provider = name or self.type_name
-        sdk = wants_sdk(provider, client, http_transport, transport)
+        sdk = wants_sdk(provider, client, http_transport, transport, max_response_bytes)
         key = require_key(
             api_key or configured_key(settings, self.api_key_env), self.api_key_env, self.label
         )
@@ -64,6 +65,7 @@ class OpenAIService(WireService):
             model=model or self.default_model or settings.OPENAI_MODEL,
             timeout_s=timeout_s,
             max_connections=max_connections,
+            max_response_bytes=max_response_bytes,
         )
         if sdk:
             from gateway.providers._sdk_openai import openai_transport
@@ -98,6 +100,7 @@ class AzureOpenAIService(WireService):
         base_url: str | None = None,
         timeout_s: float | None = None,
         max_connections: int | None = None,
+        max_response_bytes: int | None = None,
         api_version: str | None = None,
         deployment: str | None = None,
         default_headers: dict[str, str] | None = None,
@@ -107,7 +110,7 @@ class AzureOpenAIService(WireService):
     ) -> None:
         settings = get_settings()
         provider = name or self.type_name
-        sdk = wants_sdk(provider, client, http_transport, transport)
+        sdk = wants_sdk(provider, client, http_transport, transport, max_response_bytes)
         key = require_key(
             api_key or settings.AZURE_OPENAI_API_KEY, "AZURE_OPENAI_API_KEY", "Azure OpenAI"
         )
@@ -136,6 +139,7 @@ class AzureOpenAIService(WireService):
             model=model or deployment,
             timeout_s=timeout_s,
             max_connections=max_connections,
+            max_response_bytes=max_response_bytes,
         )
         if sdk:
             from gateway.providers._sdk_openai import azure_transport

@@ -7,6 +7,10 @@ events, as server-sent events (`SSEDecoder`: the SSE spec's `event:` names and m
 `data:`; OpenAI's `[DONE]` ends it) or as JSON lines (`NDJSONDecoder`). Its subclasses only
 open one exchange: `AiohttpTransport` (the default) over a real connection pool,
 `MockTransport` in memory, for tests that hand a provider a handler instead of a server.
+
+An answer's size is bounded after decompression, as it is read (`max_response_bytes`): a
+whole answer past it, a stream event past it, or a stream past `STREAM_BYTES_FACTOR` times
+it raises `ResponseTooLargeError` once the bound is crossed, never after holding the rest.
 """
 
 from __future__ import annotations
@@ -33,6 +37,29 @@ if TYPE_CHECKING:
 
 ERROR_BODY_LIMIT = 64 * 1024
 """How much of an error response is read: enough for any JSON error, bounded for any other."""
+
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+"""The largest answer (after decompression) a provider accepts unless told otherwise.
+
+The longest real answers are far below it: 128k output tokens are about 0.5 MB of text,
+3 MB with every character JSON-escaped; 16 MiB leaves room for `n` choices and logprobs
+while keeping one hostile body from costing more than that (and its parse) in memory."""
+
+STREAM_BYTES_FACTOR = 8
+"""A stream may carry this many times `max_response_bytes` in all (128 MiB by default).
+
+Each stream event repeats its framing (id, model, created, ~150-250 bytes) for a few
+characters of text, so a stream's bytes run to ~50 times its text; nothing of them is held,
+only the text, so the bound on the whole stream can be looser than on one answer."""
+
+
+class ResponseTooLargeError(Exception):
+    """The upstream's answer (after decompression) went past the provider's bound."""
+
+    def __init__(self, limit: int, what: str = "answer") -> None:
+        super().__init__(f"upstream {what} is larger than {limit} bytes")
+        self.limit = limit
+        self.what = what
 
 
 class UpstreamStatusError(Exception):
@@ -130,16 +157,28 @@ class HTTPResponse(Protocol):
         ...
 
     async def read(self, limit: int = -1) -> bytes:
-        """The body, or at most `limit` bytes of it."""
+        """The body, or its first `limit` bytes (all of them when it is longer)."""
         ...
 
-    def lines(self) -> AsyncIterator[bytes]:
-        """The body line by line, each with its line ending."""
+    async def body(self, limit: int) -> bytes:
+        """The whole body; past `limit` bytes, `ResponseTooLargeError` without holding more."""
+        ...
+
+    def lines(self, max_line: int) -> AsyncIterator[bytes]:
+        """The body line by line, each with its line ending; a line longer than `max_line`
+        raises `ResponseTooLargeError` before more of it is held."""
         ...
 
 
 class HTTPTransport(Transport):
-    """A transport over HTTP: subclasses open one exchange, this does the rest."""
+    """A transport over HTTP: subclasses open one exchange, this does the rest.
+
+    `max_response_bytes` bounds what one answer may hold once decompressed (see
+    `DEFAULT_MAX_RESPONSE_BYTES`); past it the exchange raises `ResponseTooLargeError`,
+    which `error` makes an `invalid_response`.
+    """
+
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
     @abstractmethod
     def open(
@@ -149,17 +188,29 @@ class HTTPTransport(Transport):
         bounds the whole exchange, or with `stream` the connection and each wait for data."""
 
     async def send(self, request: WireRequest) -> Any:
+        limit = self.max_response_bytes
         async with self.open(request, stream=False) as response:
             if response.status >= 400:
                 raise await _status_error(response)
-            return json.loads(await response.read())
+            declared = response.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > limit:
+                # Too long as announced (a compressed body is announced smaller than it is,
+                # and is caught as it is read): no need to read any of it.
+                raise ResponseTooLargeError(limit)
+            return json.loads(await response.body(limit))
 
     async def events(self, request: WireRequest) -> AsyncIterator[WireEvent]:
+        limit = self.max_response_bytes
+        total_limit = limit * STREAM_BYTES_FACTOR
         async with self.open(request, stream=True) as response:
             if response.status >= 400:
                 raise await _status_error(response)
-            decoder = SSEDecoder() if request.framing == "sse" else NDJSONDecoder()
-            async for line in response.lines():
+            decoder = SSEDecoder(limit) if request.framing == "sse" else NDJSONDecoder()
+            total = 0
+            async for line in response.lines(limit):
+                total += len(line)
+                if total > total_limit:
+                    raise ResponseTooLargeError(total_limit, "stream")
                 event = decoder.feed(line)
                 if event is not None:
                     yield event
@@ -167,10 +218,11 @@ class HTTPTransport(Transport):
                     return
 
     def error(self, exc: Exception, call: Call) -> ProviderError | None:
+        if isinstance(exc, ResponseTooLargeError):
+            return _errors.oversized_error(exc.what, exc.limit, provider=call.provider)
         mapped = _errors.unwrapped_error(exc, provider=call.provider)
         if mapped is None and isinstance(exc, ValueError):
-            # Bad JSON, bad UTF-8, or a line longer than the transport's limit: either way
-            # not what the protocol promises.
+            # Bad JSON or bad UTF-8: not what the protocol promises.
             return _errors.malformed_error(exc, provider=call.provider)
         return mapped
 
@@ -188,14 +240,17 @@ class SSEDecoder:
     dispatches it, a line starting with `:` is a comment, and an event the stream cut before
     its blank line is never dispatched. Lines end in LF or CRLF. Data of `[DONE]` (OpenAI's
     end marker) sets `done`; any other data is parsed as JSON. `id` and `retry` serve
-    reconnection, which a chat stream never does, and are ignored.
+    reconnection, which a chat stream never does, and are ignored. An event whose data lines
+    add up to more than `max_event` bytes raises `ResponseTooLargeError`.
     """
 
-    __slots__ = ("_data", "_event", "done")
+    __slots__ = ("_data", "_event", "_max_event", "_size", "done")
 
-    def __init__(self) -> None:
+    def __init__(self, max_event: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         self._event: str | None = None
         self._data: list[bytes] = []
+        self._size = 0
+        self._max_event = max_event
         self.done = False
 
     def feed(self, raw: bytes) -> WireEvent | None:
@@ -205,6 +260,10 @@ class SSEDecoder:
             return self._dispatch()
         if line.startswith(b"data:"):
             value = line[5:]
+            # Each line is bounded by the transport; many `data:` lines make one event too.
+            self._size += len(value)
+            if self._size > self._max_event:
+                raise ResponseTooLargeError(self._max_event, "stream event")
             self._data.append(value[1:] if value.startswith(b" ") else value)
         elif line.startswith(b"event:"):
             self._event = line[6:].strip().decode("utf-8")
@@ -212,7 +271,7 @@ class SSEDecoder:
 
     def _dispatch(self) -> WireEvent | None:
         data, event = self._data, self._event
-        self._data, self._event = [], None
+        self._data, self._event, self._size = [], None, 0
         if not data:
             return None
         payload = data[0] if len(data) == 1 else b"\n".join(data)
@@ -282,8 +341,15 @@ class EnvironmentProxies:
 class AiohttpTransport(HTTPTransport):
     """A pool of up to `max_connections` connections, over aiohttp."""
 
-    def __init__(self, *, max_connections: int = 100, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_connections: int = 100,
+        tls: ssl.SSLContext | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> None:
         self.max_connections = max_connections
+        self.max_response_bytes = max_response_bytes
         self._tls = tls
         # Made on first use: an aiohttp session belongs to the event loop it was made in.
         self._session: aiohttp.ClientSession | None = None
@@ -359,10 +425,63 @@ class _AiohttpExchange:
     async def read(self, limit: int = -1) -> bytes:
         if limit < 0:
             return await self._sent.read()
-        return await self._sent.content.read(limit)
+        content = self._sent.content
+        first = await content.read(limit)
+        if not first or len(first) >= limit:
+            return first
+        pieces, size = [first], len(first)
+        while size < limit:
+            piece = await content.read(limit - size)
+            if not piece:
+                break
+            pieces.append(piece)
+            size += len(piece)
+        return b"".join(pieces)
 
-    def lines(self) -> AsyncIterator[bytes]:
-        return self._sent.content.__aiter__()
+    async def body(self, limit: int) -> bytes:
+        # aiohttp inflates a compressed body as it is read, under its flow control; what is
+        # read is counted before it is kept, so a bomb costs the bound, not its inflated size.
+        content = self._sent.content
+        pieces: list[bytes] = []
+        size = 0
+        while chunk := await content.readany():
+            size += len(chunk)
+            if size > limit:
+                raise ResponseTooLargeError(limit)
+            pieces.append(chunk)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    async def lines(self, max_line: int) -> AsyncIterator[bytes]:
+        # Split here rather than with aiohttp's line iterator: its longest line differs by
+        # version (512 KiB in 3.14) and is no bound of ours, and past it aiohttp raises its own
+        # LineTooLong, which no error mapping knows. Here an over-long line stops at once.
+        content = self._sent.content
+        pending: list[bytes] = []
+        held = 0
+        while True:
+            chunk = await content.readany()
+            if not chunk:
+                break
+            start = 0
+            end = chunk.find(b"\n")
+            while end >= 0:
+                piece = chunk[start : end + 1]
+                if pending:
+                    pending.append(piece)
+                    piece, pending, held = b"".join(pending), [], 0
+                if len(piece) > max_line:
+                    raise ResponseTooLargeError(max_line, "stream line")
+                yield piece
+                start = end + 1
+                end = chunk.find(b"\n", start)
+            if start < len(chunk):
+                rest = chunk[start:] if start else chunk
+                held += len(rest)
+                if held > max_line:
+                    raise ResponseTooLargeError(max_line, "stream line")
+                pending.append(rest)
+        if pending:
+            yield b"".join(pending)
 
 
 # --- in memory, for tests ---------------------------------------------------------------------
@@ -437,6 +556,13 @@ class _MockHTTPResponse:
     async def read(self, limit: int = -1) -> bytes:
         return self._body if limit < 0 else self._body[:limit]
 
-    async def lines(self) -> AsyncIterator[bytes]:
+    async def body(self, limit: int) -> bytes:
+        if len(self._body) > limit:
+            raise ResponseTooLargeError(limit)
+        return self._body
+
+    async def lines(self, max_line: int) -> AsyncIterator[bytes]:
         for line in self._body.splitlines(keepends=True):
+            if len(line) > max_line:
+                raise ResponseTooLargeError(max_line, "stream line")
             yield line

@@ -13,7 +13,13 @@ from gateway.errors import ConfigurationError, ProviderError
 from gateway.providers._base import Call, LLMService
 from gateway.providers._codec import WireCodec, WireRequest
 from gateway.providers._http import split_extras
-from gateway.providers._transport import AiohttpTransport, Transport, UpstreamStatusError
+from gateway.providers._transport import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    AiohttpTransport,
+    HTTPTransport,
+    Transport,
+    UpstreamStatusError,
+)
 from gateway.types import Completion, StreamEnd
 
 
@@ -21,6 +27,8 @@ class WireService(LLMService):
     """Builds each call with `codec`, sends it through `transport` (by default a pool of
     `max_connections` over aiohttp), reads the answer with `codec` again.
 
+    `max_response_bytes` bounds an answer after decompression (`HTTPTransport`); None keeps
+    the transport's own bound (`DEFAULT_MAX_RESPONSE_BYTES` unless it was given another).
     The provider owns its transport: `aclose` closes it.
     """
 
@@ -37,16 +45,25 @@ class WireService(LLMService):
         model: str | None = None,
         timeout_s: float | None = None,
         max_connections: int | None = None,
+        max_response_bytes: int | None = None,
     ) -> None:
         super().__init__(
             name=name, model=model, timeout_s=timeout_s, max_connections=max_connections
         )
+        check_response_bound(self.name, max_response_bytes)
         self.codec = codec
         self.base_url = base_url.rstrip("/")
         self._api_key = SecretStr(api_key) if api_key else None
         self._headers = {**codec.headers(api_key), **(headers or {})}
         self._query = dict(query) if query else None
-        self.transport = transport or AiohttpTransport(max_connections=self.max_connections)
+        if transport is None:
+            transport = AiohttpTransport(
+                max_connections=self.max_connections,
+                max_response_bytes=max_response_bytes or DEFAULT_MAX_RESPONSE_BYTES,
+            )
+        elif max_response_bytes is not None and isinstance(transport, HTTPTransport):
+            transport.max_response_bytes = max_response_bytes
+        self.transport: Transport = transport
 
     @property
     def wire_model(self) -> str:
@@ -104,8 +121,26 @@ class WireService(LLMService):
 CLIENTS = ("http", "sdk")
 
 
+def check_response_bound(provider: str, max_response_bytes: int | None) -> None:
+    if max_response_bytes is None:
+        return
+    if (
+        isinstance(max_response_bytes, bool)
+        or not isinstance(max_response_bytes, int)
+        or max_response_bytes < 1
+    ):
+        raise ConfigurationError(
+            f"{provider}: max_response_bytes is {max_response_bytes!r}; use a whole number of "
+            f"bytes >= 1 (the default is {DEFAULT_MAX_RESPONSE_BYTES}, 16 MiB)"
+        )
+
+
 def wants_sdk(
-    provider: str, client: str, http_transport: str | None, transport: Transport | None
+    provider: str,
+    client: str,
+    http_transport: str | None,
+    transport: Transport | None,
+    max_response_bytes: int | None = None,
 ) -> bool:
     """Whether a provider's `client` option asks for its official SDK; refuses the options
     that mean nothing with the client chosen, naming the fix."""
@@ -123,6 +158,13 @@ def wants_sdk(
         raise ConfigurationError(
             f"{provider}: transport= needs client: http; with client: sdk the SDK sends "
             "through its own pool"
+        )
+    if client == "sdk" and max_response_bytes is not None:
+        # The SDKs read a whole answer into memory before handing it over: a bound they do
+        # not apply would only look like protection.
+        raise ConfigurationError(
+            f"{provider}: max_response_bytes bounds the gateway's own transport; the SDK reads "
+            "answers whole, unbounded: remove max_response_bytes, or use client: http"
         )
     return client == "sdk"
 

@@ -34,6 +34,8 @@ BEHAVIOUR_KINDS = frozenset(
         "stall",
         "malformed_json",
         "midstream_error",
+        "huge_body",
+        "gzip_bomb",
     }
 )
 
@@ -43,7 +45,10 @@ FAULT_KINDS = frozenset(STATUS_SHORTCUTS) | BEHAVIOUR_KINDS
 MIDSTREAM_KINDS = frozenset({"overloaded", "server_error", "rate_limit"})
 
 # The fields `to_dict` writes besides `kind`; `from_dict` accepts exactly these.
-_FIELDS = ("code", "retry_after", "message", "seconds", "after_chunks", "error_kind")
+_FIELDS = ("code", "retry_after", "message", "seconds", "after_chunks", "error_kind", "size")
+
+# Faults whose answer is `size` bytes of text, and how much of it the fake writes at a time.
+OVERSIZED_KINDS = frozenset({"huge_body", "gzip_bomb"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +63,8 @@ class Fault:
     seconds: float | None = None
     after_chunks: int | None = None
     error_kind: str | None = None
+    size: int | None = None
+    """The reply text's length in bytes (after decompression) of `huge_body`, `gzip_bomb`."""
 
     def __post_init__(self) -> None:
         _check_fault(self)
@@ -144,6 +151,23 @@ class Fault:
     def midstream_error(cls, after_chunks: int, kind: str = "overloaded") -> Fault:
         return cls("midstream_error", after_chunks=after_chunks, error_kind=kind)
 
+    # Oversized answers: the fake writes them piece by piece and never holds one whole, so a
+    # test can measure what the client's side of the process holds.
+
+    @classmethod
+    def huge_body(cls, size: int) -> Fault:
+        """200 with a reply text of `size` bytes ("xxx..."). A whole answer is one JSON body
+        sent chunked (no Content-Length to judge it by); a stream is a normal stream whose one
+        content event carries all of it, on one line."""
+        return cls("huge_body", size=size)
+
+    @classmethod
+    def gzip_bomb(cls, size: int) -> Fault:
+        """`huge_body` sent with `Content-Encoding: gzip`: about a thousandth of `size` on the
+        wire, `size` once inflated. A stream is instead many events of 64 KiB of text each,
+        `size` bytes of them in all, compressed together."""
+        return cls("gzip_bomb", size=size)
+
     # Serialisation for the control API.
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,6 +225,10 @@ def _check_fault(fault: Fault) -> None:
         after = fault.after_chunks
         if not isinstance(after, int) or isinstance(after, bool) or after < 0:
             raise ValueError(f"Fault.{kind}: after_chunks must be an int >= 0, got {after!r}")
+    if kind in OVERSIZED_KINDS:
+        size = fault.size
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ValueError(f"Fault.{kind}: size must be an int of bytes >= 0, got {size!r}")
     if kind == "midstream_error" and fault.error_kind not in MIDSTREAM_KINDS:
         raise ValueError(
             f"Fault.midstream_error: kind is {fault.error_kind!r}; "

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import zlib
+from collections.abc import Iterator
 
-from gateway.testing._faults import STATUS_SHORTCUTS, Fault
+from gateway.testing._faults import OVERSIZED_KINDS, STATUS_SHORTCUTS, Fault
 from gateway.testing._http import HttpConnection
 from gateway.testing._protocols import Answer, Call, Wire, new_id, now
 from gateway.testing._replies import ReplySpec, fake_usage, split_words
 
 # Faults that change how a stream's body is written, and stop its content after N chunks.
 _TRUNCATING = frozenset({"cut_stream", "midstream_error", "stall"})
+
+# An oversized answer's text stands in its body as this mark, replaced by "x"s written a piece
+# at a time; a compressed stream repeats events of _EVENT_TEXT bytes of text.
+_MARK = "@@fake-upstream-oversized-text@@"
+_PIECE = 1 << 20
+_EVENT_TEXT = 1 << 16
 
 
 async def respond(
@@ -41,7 +50,10 @@ async def respond(
     if spec.latency_s:
         await asyncio.sleep(spec.latency_s)
     headers = response_headers(wire)
-    if kind == "midstream_error" and not call.stream:
+    if kind in OVERSIZED_KINDS:
+        assert fault is not None and fault.size is not None
+        await _send_oversized(conn, wire, call, answer, fault.size, kind == "gzip_bomb", headers)
+    elif kind == "midstream_error" and not call.stream:
         # A whole-body request cannot fail "mid-stream": it gets the matching status.
         assert fault is not None and fault.error_kind is not None
         status_fault = Fault(fault.error_kind, code=STATUS_SHORTCUTS[fault.error_kind])
@@ -105,6 +117,69 @@ async def _stream(
         remainder = [wire.stream_delta(call, answer, piece) for piece in rest]
         await conn.send_chunk(b"".join([*remainder, *wire.stream_close(call, answer)]))
     await conn.end_stream()
+
+
+async def _send_oversized(
+    conn: HttpConnection,
+    wire: Wire,
+    call: Call,
+    answer: Answer,
+    size: int,
+    gzipped: bool,
+    headers: dict[str, str],
+) -> None:
+    if call.stream and gzipped:
+        parts = _repeated_events(wire, call, answer, size)
+    else:
+        marked = dataclasses.replace(answer, text=_MARK, pieces=[_MARK])
+        if call.stream:
+            body = b"".join(
+                [
+                    *wire.stream_open(call, marked),
+                    wire.stream_delta(call, marked, _MARK),
+                    *wire.stream_close(call, marked),
+                ]
+            )
+        else:
+            body = wire.encode(wire.completion(call, marked))
+        prefix, _, suffix = body.partition(_MARK.encode())
+        parts = _around(prefix, b"x", size, suffix)
+    if gzipped:
+        headers["content-encoding"] = "gzip"
+        parts = _gzipped(parts)
+    content_type = wire.stream_content_type if call.stream else "application/json"
+    # Chunked, so the client cannot refuse it by its Content-Length and must read to know.
+    await conn.start_stream(200, content_type, headers)
+    for part in parts:
+        await conn.send_chunk(part)  # raises ConnectionError once the client has had enough
+    await conn.end_stream()
+
+
+def _around(prefix: bytes, filler: bytes, size: int, suffix: bytes) -> Iterator[bytes]:
+    yield prefix
+    piece = filler * (_PIECE // len(filler))
+    whole, rest = divmod(size, len(piece))
+    for _ in range(whole):
+        yield piece
+    yield filler * (rest // len(filler))
+    yield suffix
+
+
+def _repeated_events(wire: Wire, call: Call, answer: Answer, size: int) -> Iterator[bytes]:
+    yield b"".join(wire.stream_open(call, answer))
+    event = wire.stream_delta(call, answer, "x" * _EVENT_TEXT)
+    for _ in range(max(1, size // _EVENT_TEXT)):
+        yield event
+    yield b"".join(wire.stream_close(call, answer))
+
+
+def _gzipped(parts: Iterator[bytes]) -> Iterator[bytes]:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: a gzip member
+    for part in parts:
+        out = compressor.compress(part)
+        if out:
+            yield out
+    yield compressor.flush()
 
 
 async def send_error(
