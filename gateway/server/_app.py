@@ -35,6 +35,7 @@ from gateway.server._chat import (
 )
 from gateway.server._config import MAX_MESSAGES_ENV, ServerSettings
 from gateway.server._disconnect import ClientGone
+from gateway.server._docs_page import add_docs_routes
 from gateway.server._errors import (
     RequestVocabulary,
     error_response,
@@ -225,6 +226,10 @@ def create_app(
         version=gateway.__version__,
         summary="A resilient routing gateway for LLM calls, OpenAI-compatible.",
         lifespan=lifespan,
+        # FastAPI's Swagger UI and Redoc pages load their scripts from a CDN and stay blank
+        # on a host with no network; add_docs_routes serves a plain page there instead.
+        docs_url=None,
+        redoc_url=None,
     )
     install_handlers(app, RequestVocabulary(request_field_names(), union_tags()))
 
@@ -256,6 +261,7 @@ def create_app(
     app.add_middleware(Front, max_bytes=settings.max_body_bytes, reads_own_body=chat_route)
     app.add_middleware(StartOnFirstUse, lifecycle=lifecycle)
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
+    add_docs_routes(app)
     return app
 
 
