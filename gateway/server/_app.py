@@ -45,9 +45,11 @@ from gateway.server._errors import (
 )
 from gateway.server._middleware import (
     CLIENT_CLOSED,
+    BodyTimeout,
     BodyTooLarge,
     Front,
     access_record,
+    body_timeout_response,
     too_large_response,
 )
 from gateway.server._openai_compat import (
@@ -258,7 +260,12 @@ def create_app(
     app.add_exception_handler(GatewayError, on_gateway_error)
     chat_route = _add_routes(app)
     # The chat route reads and limits its body itself; every other request is limited here.
-    app.add_middleware(Front, max_bytes=settings.max_body_bytes, reads_own_body=chat_route)
+    app.add_middleware(
+        Front,
+        max_bytes=settings.max_body_bytes,
+        reads_own_body=chat_route,
+        body_timeout_s=settings.body_timeout_s,
+    )
     app.add_middleware(StartOnFirstUse, lifecycle=lifecycle)
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     add_docs_routes(app)
@@ -384,9 +391,15 @@ class ChatCompletions:
             raise AccessDenied(denial(access))
         record = access_record(scope)
         try:
-            raw = await read_body(receive, state.settings.max_body_bytes)
+            raw = await read_body(
+                receive, state.settings.max_body_bytes, state.settings.body_timeout_s
+            )
         except ClientGone:
             record.status, record.outcome = CLIENT_CLOSED, "client_closed"
+            return
+        except BodyTimeout:
+            record.outcome = "body_timeout"
+            await body_timeout_response(state.settings.body_timeout_s)(scope, receive, send)
             return
         body = parse_request(raw, headers)
         limit = state.settings.max_messages

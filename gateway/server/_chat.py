@@ -4,11 +4,13 @@ A stream's response starts only once its first delta is in hand: until then the 
 still fall through to another candidate, and a request that fails before any text answers with
 a proper status (502, 504...) instead of an event stream. After that, a failure ends the
 stream with an error event (`data: {"error": {...}}`) and no `[DONE]`: `[DONE]` means the
-answer is complete.
+answer is complete. So does the end of the server's shutdown grace (code `server_shutdown`);
+a whole answer still in the works then gets 503 with that code.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.message
 import json
 import logging
@@ -21,18 +23,20 @@ import anyio
 from fastapi.exceptions import RequestValidationError
 from pydantic import Field, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope
 
 from gateway import AttemptOutcome
 from gateway._router import Router
 from gateway._streaming import RoutedStream
 from gateway.errors import RoutingError
-from gateway.server._disconnect import CancelOnDisconnect, ClientGone
-from gateway.server._errors import internal_error_body, routing_failure
+from gateway.server._config import SHUTDOWN_GRACE_ENV
+from gateway.server._disconnect import SHUTDOWN, CancelOnDisconnect, ClientGone, ServerShutdown
+from gateway.server._errors import error_body, internal_error_body, routing_failure
 from gateway.server._middleware import (
     CLIENT_CLOSED,
     AccessRecord,
+    BodyTimeout,
     BodyTooLarge,
     attempts_detail,
 )
@@ -92,22 +96,28 @@ def request_headers(scope: Scope) -> RequestHeaders:
     return found
 
 
-async def read_body(receive: Receive, max_bytes: int) -> bytes:
+async def read_body(receive: Receive, max_bytes: int, timeout_s: float | None = None) -> bytes:
     """The whole request body; `BodyTooLarge` once it is over `max_bytes` (the rest is not
-    read), `ClientGone` if the client leaves before sending all of it."""
+    read), `ClientGone` if the client leaves before sending all of it, `BodyTimeout` if it has
+    not all arrived within `timeout_s` (the whole body, so that a client trickling it a byte at
+    a time is bounded too)."""
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > max_bytes:
-            raise BodyTooLarge
-        if not message.get("more_body", False):
-            return b"".join([*chunks, chunk]) if chunks else chunk
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    raise ClientGone
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > max_bytes:
+                    raise BodyTooLarge
+                if not message.get("more_body", False):
+                    return b"".join([*chunks, chunk]) if chunks else chunk
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTimeout from None
 
 
 @lru_cache(maxsize=64)
@@ -186,6 +196,20 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
         return await work
 
 
+def shutdown_body() -> dict[str, Any]:
+    """What a request still in flight gets when the shutdown grace runs out: the error event
+    that ends a stream, or a whole answer's 503."""
+    return error_body(
+        f"the server is shutting down and its grace period ({SHUTDOWN_GRACE_ENV}) ran out "
+        "before the answer was complete; send the request again",
+        status=503,
+        code="server_shutdown",
+    )
+
+
+SERVER_SHUTDOWN = 503
+
+
 def gateway_headers(
     *, task: str, provider: str | None, attempts: Sequence[Attempt], cost: float | None
 ) -> dict[str, str]:
@@ -219,6 +243,11 @@ async def chat_completion(
     except ClientGone:
         access.status, access.outcome = CLIENT_CLOSED, "client_closed"
         return Response(status_code=CLIENT_CLOSED)
+    except ServerShutdown:
+        access.outcome = "server_shutdown"
+        return JSONResponse(
+            shutdown_body(), status_code=SERVER_SHUTDOWN, headers={"connection": "close"}
+        )
     except RoutingError as exc:
         access.attempts = exc.attempts
         raise
@@ -310,6 +339,14 @@ async def _events(
             end += event(usage)
         end += DONE
         access.outcome = "success"
+    except asyncio.CancelledError:
+        if not SHUTDOWN.expired:
+            access.status, access.outcome = CLIENT_CLOSED, "client_closed"
+            raise
+        # The shutdown grace ran out (the cancellation is the response's own, taken back as
+        # the block that asked for it ends): the stream ends with an error event saying so.
+        access.status, access.outcome = SERVER_SHUTDOWN, "server_shutdown"
+        end = head + event(shutdown_body())
     except Exception as exc:
         failure = routing_failure(exc)
         if failure is None:
@@ -320,7 +357,10 @@ async def _events(
         access.status, access.outcome = status, "stream_error"
         end = head + event(payload)
     except BaseException:
-        access.status, access.outcome = CLIENT_CLOSED, "client_closed"
+        if SHUTDOWN.expired:  # ended while its response was being sent
+            access.status, access.outcome = SERVER_SHUTDOWN, "server_shutdown"
+        else:
+            access.status, access.outcome = CLIENT_CLOSED, "client_closed"
         raise
     finally:
         await stream.aclose()

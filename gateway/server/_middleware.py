@@ -8,6 +8,7 @@ goes through `escaped`: the path and the client's address are the client's to ch
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -18,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.server._config import MAX_BODY_BYTES_ENV
+from gateway.server._config import BODY_TIMEOUT_ENV, MAX_BODY_BYTES_ENV
 from gateway.server._errors import error_body
 from gateway.types import Attempt
 
@@ -62,14 +63,23 @@ class Front:
     A declared Content-Length is checked up front. Then a body is read (at most `max_bytes` +
     one chunk) and replayed to the app, except on `reads_own_body`: that route reads its body
     itself, once, and raises `BodyTooLarge` as soon as it is over the limit.
+
+    A body that has not all arrived `body_timeout_s` after the read began gets 408 (the chat
+    route bounds its own read the same way).
     """
 
     def __init__(
-        self, app: ASGIApp, *, max_bytes: int, reads_own_body: BaseRoute | None = None
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        reads_own_body: BaseRoute | None = None,
+        body_timeout_s: float | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.reads_own_body = reads_own_body
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -96,9 +106,14 @@ class Front:
             await self.app(scope, receive, send)
             return
         try:
-            body, more = await self._read(receive)
+            async with asyncio.timeout(self.body_timeout_s):
+                body, more = await self._read(receive)
         except BodyTooLarge:
             await too_large_response(self.max_bytes)(scope, receive, send)
+            return
+        except TimeoutError:
+            access_record(scope).outcome = "body_timeout"
+            await body_timeout_response(self.body_timeout_s or 0)(scope, receive, send)
             return
         replayed = False
 
@@ -216,6 +231,21 @@ def too_large_response(max_bytes: int) -> Response:
         code="request_too_large",
     )
     return JSONResponse(body, status_code=413, headers={"connection": "close"})
+
+
+class BodyTimeout(Exception):
+    """The request body did not all arrive in time (answered 408 by `body_timeout_response`)."""
+
+
+def body_timeout_response(seconds: float) -> Response:
+    """408, closing the connection: the rest of the body is left unread."""
+    body = error_body(
+        f"the request body did not arrive within {seconds:g} s; send it at once (the "
+        f"server's limit is {BODY_TIMEOUT_ENV})",
+        status=408,
+        code="request_timeout",
+    )
+    return JSONResponse(body, status_code=408, headers={"connection": "close"})
 
 
 def _first(message: Message, receive: Receive) -> Receive:

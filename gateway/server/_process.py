@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import importlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -30,6 +31,7 @@ from gateway.providers import LLMFactory
 from gateway.server._app import POLICY_ENV, SIGHUP_ENV
 from gateway.server._auth import is_loopback
 from gateway.server._config import API_KEYS_ENV, ServerSettings
+from gateway.server._connections import ServeConfig, connection_class
 from gateway.settings import policy_environ
 
 log = logging.getLogger("gateway.server")
@@ -38,8 +40,10 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_STARTUP_FAILED = 3
 APP_FACTORY = "gateway.server._app:app_from_env"
-KEEP_ALIVE_S = 75
-"""Seconds an idle client connection stays open."""
+SHUTDOWN_BACKSTOP_S = 5
+"""Seconds after the grace period at which uvicorn cancels whatever still runs. At the end of the
+grace the gateway ends its requests itself (an error event, a 503: see `_disconnect`); this is
+for anything that did not end then, such as a final event blocked on a client not reading."""
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -108,8 +112,9 @@ def serve(
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="gateway-metrics-"))
             os.environ[MULTIPROC_ENV] = folder
         loop, http = event_loop_and_parser()
-        config = uvicorn.Config(
+        config = ServeConfig(
             APP_FACTORY,
+            settings=settings,
             factory=True,
             host=host,
             port=port,
@@ -118,12 +123,12 @@ def serve(
             log_config=log_config(),
             lifespan="on",
             loop=loop,
-            http=http,
-            timeout_graceful_shutdown=round(settings.shutdown_grace_s),
-            # Longer than clients' own idle-connection lifetime (the OpenAI SDK keeps idle
-            # connections 5 s, as does uvicorn by default): otherwise both close the same idle
-            # connection at once and the client's next request fails with a connection error.
-            timeout_keep_alive=KEEP_ALIVE_S,
+            # uvicorn's protocol for the parser, with the head timeout, the connection cap and
+            # the start of the shutdown grace (see _connections).
+            http=connection_class(http),
+            ws="none",  # no WebSocket routes: an upgrade request is an ordinary request
+            timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s) + SHUTDOWN_BACKSTOP_S,
+            timeout_keep_alive=math.ceil(settings.keep_alive_s),
         )
         log.info("event loop: %s; HTTP parser: %s", loop, http)
         unavailable = [name for name, spec in policy.providers.items() if not spec.available]

@@ -6,6 +6,10 @@ where it waits (see `CancelOnDisconnect`: one watcher task, not Starlette's task
 stream). A source suspended at a `yield` would be left for the garbage collector; it is closed
 at once, shielded from cancellation, so the upstream call it holds is cancelled and its
 connection released.
+
+When the server's shutdown grace runs out, the source is cancelled where it waits, as on a
+disconnect; it ends with its own last events (an error event naming the shutdown), which are
+sent as any ending is.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pydantic_core import PydanticSerializationError, to_json
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.server._disconnect import CancelOnDisconnect, ClientGone
+from gateway.server._disconnect import CancelOnDisconnect, ClientGone, ServerShutdown
 
 DONE = b"data: [DONE]\n\n"
 
@@ -69,8 +73,10 @@ class EventStreamResponse(Response):
                         break
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": bytes(last), "more_body": False})
-        except ClientGone:
-            pass  # the source has recorded it as it was cancelled
+        except (ClientGone, ServerShutdown):
+            # The source has recorded it as it was cancelled. A shutdown lands here only if it
+            # came while an event was being sent (to a client not reading): nothing more can be.
+            pass
         finally:
             with anyio.CancelScope(shield=True):
                 await self._events.aclose()
