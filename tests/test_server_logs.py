@@ -11,16 +11,21 @@ would send such requests), under each HTTP parser uvicorn may use.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
+import httpx
 import pytest
 from server_harness import ServerProcess
 
+from gateway.errors import GatewayError
+from gateway.server import ServerSettings, create_app
 from gateway.server._middleware import escaped
 
 CLIENT_KEY = "gw-logs-client-key-3c9e1b7a"
@@ -251,3 +256,37 @@ def test_every_field_goes_through_one_escape() -> None:
     # Escaped text has no line boundary left in it.
     every = "".join(map(chr, range(0x3000)))
     assert len(escaped(every).splitlines()) == 1
+
+
+# --- the error log ----------------------------------------------------------------------------
+
+
+async def test_an_unexpected_error_logs_the_path_escaped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The two other lines that name a request's path: an unexpected error in a route, and a
+    # GatewayError the server has no answer for. Routes that fail so are added for the test.
+    policy = tmp_path / "routing.yaml"
+    policy.write_text(POLICY)
+    app = create_app(policy, settings=ServerSettings(api_keys=(CLIENT_KEY,), policy_watch_s=None))
+
+    async def unexpected() -> None:
+        raise RuntimeError("a bug")
+
+    async def unanswered() -> None:
+        raise GatewayError("no answer for this one")
+
+    app.add_api_route("/bug/{rest:path}", unexpected)
+    app.add_api_route("/gateway-bug/{rest:path}", unanswered)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        for route in ("bug", "gateway-bug"):
+            with caplog.at_level(logging.ERROR, logger="gateway.server"):
+                # Not LF: a route's path parameter matches any character but LF.
+                response = await client.get(f"/{route}/x%e2%80%a8{SENT_FORGED}%c2%85y")
+            assert response.status_code == 500
+            (record,) = [r for r in caplog.records if r.name == "gateway.server"]
+            message = record.getMessage()
+            assert len(message.splitlines()) == 1, message
+            assert f"/{route}/x\\u2028" in message
+            caplog.clear()

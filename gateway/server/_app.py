@@ -245,7 +245,8 @@ def create_app(
     async def on_gateway_error(request: Request, exc: Exception) -> Response:
         failure = routing_failure(exc)
         if failure is None:
-            log.error("unhandled gateway error on %s", request.url.path, exc_info=exc)
+            # %r: the path is the client's, and repr() escapes line breaks and other controls.
+            log.error("unhandled gateway error on %r", request.url.path, exc_info=exc)
             return JSONResponse(internal_error_body(), status_code=500)
         status, body = failure
         access = access_record(request.scope)

@@ -212,7 +212,8 @@ def install_handlers(app: Any, words: RequestVocabulary) -> None:
         return error_response(message, status=status, code=_http_code(status), headers=exc.headers)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        # %r: the path is the client's, and repr() escapes line breaks and other controls.
+        log.error("unhandled error on %s %r", request.method, request.url.path, exc_info=exc)
         return JSONResponse(internal_error_body(), status_code=500)
 
     app.add_exception_handler(RequestValidationError, on_validation)
