@@ -48,8 +48,10 @@ defaults:
   retry: {{attempts: 1}}
 providers:
   talker: {{type: openai_http, model: talker-1, base_url: "{fake_url}/v1", api_key: "sk-test"}}
+  sleepy: {{type: openai_http, model: sleepy-1, base_url: "{fake_url}/v1", api_key: "sk-test"}}
 tasks:
   default: {{chain: [talker]}}
+  slow: {{chain: [sleepy]}}
 """
 
 
@@ -270,24 +272,29 @@ async def test_connections_beyond_the_cap_are_refused_with_503(
 async def test_sigterm_grace_ends_open_streams_with_an_error_event(
     policy_file: Path, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
-    # 400 words at 50 ms each: 20 s of stream, far past the 1 s grace.
+    # 400 words at 50 ms each: 20 s of stream, far past the 1 s grace; and a whole answer
+    # that takes 30 s.
     upstream.reply("talker-1", " ".join(["word"] * 400), chunk_delay_s=0.05)
+    upstream.reply("sleepy-1", "late", latency_s=30)
     env = {**OPEN_ENV, "GATEWAY_SHUTDOWN_GRACE_S": "1"}
-    body = {"model": "default", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    messages = [{"role": "user", "content": "hi"}]
+    stream_body = {"model": "default", "stream": True, "messages": messages}
     with ServerProcess(policy_file, log_path=tmp_path / "grace.log", env=env) as stopping:
         stopping.wait_ready()
         lines: list[str] = []
-        async with (
-            httpx.AsyncClient(base_url=stopping.url, timeout=CLOSED_WITHIN_S) as c,
-            c.stream("POST", "/v1/chat/completions", json=body) as response,
-        ):
-            assert response.status_code == 200
-            received = response.aiter_lines()
-            while not any("word" in line for line in lines):
-                lines.append(await anext(received))
-            stopping.signal(signal.SIGTERM)
-            async for line in received:
-                lines.append(line)
+        async with httpx.AsyncClient(base_url=stopping.url, timeout=CLOSED_WITHIN_S) as c:
+            whole = asyncio.create_task(
+                c.post("/v1/chat/completions", json={"model": "slow", "messages": messages})
+            )
+            async with c.stream("POST", "/v1/chat/completions", json=stream_body) as response:
+                assert response.status_code == 200
+                received = response.aiter_lines()
+                while not any("word" in line for line in lines):
+                    lines.append(await anext(received))
+                stopping.signal(signal.SIGTERM)
+                async for line in received:
+                    lines.append(line)
+            answered = await whole
         assert stopping.wait(CLOSED_WITHIN_S) == 0
         log = stopping.log()
     events = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
@@ -296,7 +303,12 @@ async def test_sigterm_grace_ends_open_streams_with_an_error_event(
     assert error["code"] == "server_shutdown"
     assert "shutting down" in error["message"]
     assert error["type"] == "server_error"
-    assert re.search(r'"POST /v1/chat/completions" 503 .*outcome=server_shutdown', log), log
+    assert answered.status_code == 503
+    assert answered.json()["error"]["code"] == "server_shutdown"
+    assert re.search(
+        r'"POST /v1/chat/completions" 503 .*task=default .*outcome=server_shutdown', log
+    )
+    assert re.search(r'"POST /v1/chat/completions" 503 .*task=slow .*outcome=server_shutdown', log)
     assert "client_closed" not in log
     assert "Traceback" not in log
     assert "Exception in ASGI application" not in log
