@@ -641,13 +641,100 @@ def test_bad_input_is_a_policy_error_naming_path_line_and_fix(
         assert f"at {path}:" in str(error)
 
 
-def test_several_problems_report_the_topmost_and_count_the_rest() -> None:
+def test_several_problems_are_all_listed_the_topmost_first() -> None:
     text = replace("model: gpt-4o-mini", "timeout_s: -1\n    weight: -2")
 
     error = error_of(text)
 
-    assert error.path == "providers.mini.timeout_s"
-    assert "1 more problem" in error.reason
+    assert (error.path, error.line) == ("providers.mini.timeout_s", 5)
+    assert error.reason.startswith("timeout_s must be greater than 0 seconds, got -1")
+    assert "1 more problem: line 6, at providers.mini.weight: weight must be at least 0" in (
+        error.reason
+    )
+    assert "\n" not in str(error)  # still one line, for logs and `gateway check`
+
+
+def test_a_misspelt_key_is_the_lead_problem_with_a_suggestion() -> None:
+    # `chian:` leaves `chain` missing too: the misspelling is the cause, so it leads and both
+    # are shown, the missing key pointing at it.
+    text = replace("    chain: [mini, sonnet]", "    chian: [mini, sonnet]")
+
+    error = error_of(text)
+
+    assert (error.path, error.line) == ("tasks.default.chian", 10)
+    assert error.reason.startswith("unknown key 'chian' (did you mean 'chain'?)")
+    assert "1 more problem: line 9, at tasks.default: `chain` is required here" in error.reason
+    assert "'chian' at line 10" in error.reason
+
+
+def test_every_problem_is_listed_however_many() -> None:
+    text = textwrap.dedent(
+        """\
+        version: 1
+        providers:
+          mini: {type: openai, timout_s: 5, weight: -1}
+          sonnet: {type: anthropic, modle: claude}
+        tasks:
+          default: {chian: [mini]}
+          other: {chain: [mini], stratgy: cheapest}
+        """
+    )
+
+    error = error_of(text)
+
+    for fragment in [
+        "unknown key 'timout_s' (did you mean 'timeout_s'?)",
+        "at providers.mini.weight: weight must be at least 0",
+        "unknown key 'modle' (did you mean 'model'?)",
+        "unknown key 'chian' (did you mean 'chain'?)",
+        "`chain` is required here",
+        "unknown key 'stratgy' (did you mean 'strategy'?)",
+        "5 more problems",
+    ]:
+        assert fragment in str(error)
+    assert (error.path, error.line) == ("providers.mini.timout_s", 3)
+
+
+def test_every_undefined_name_in_the_chains_is_listed() -> None:
+    text = BASE + "  other:\n    chain: [sonet, {task: defualt}, mni]\n"
+
+    error = error_of(text.replace("chain: [mini, sonnet]", "chain: [mini, sonet]"))
+
+    assert (error.path, error.line) == ("tasks.default.chain[1]", 10)
+    assert error.reason.startswith("provider 'sonet' is not defined (did you mean 'sonnet'?)")
+    for fragment in [
+        "3 more problems",
+        "line 12, at tasks.other.chain[0]: provider 'sonet' is not defined",
+        "at tasks.other.chain[1].task: task 'defualt' is not defined (did you mean 'default'?)",
+        "at tasks.other.chain[2]: provider 'mni' is not defined (did you mean 'mini'?)",
+    ]:
+        assert fragment in error.reason
+
+
+def test_a_large_plain_policy_is_refused_naming_the_limit_and_the_file_size() -> None:
+    providers = "\n".join(
+        f"  p{i}: {{type: openai, model: m{i}, api_key: k, timeout_s: 5}}" for i in range(10_000)
+    )
+    text = f"version: 1\nproviders:\n{providers}\ntasks:\n  default: {{chain: [p0]}}\n"
+
+    error = error_of(text)
+
+    assert "expands to" not in error.reason and "aliases?" not in error.reason
+    assert "more than 100000 values" in error.reason
+    assert "10005 lines" in error.reason and f"{len(text)} bytes" in error.reason
+    assert "no YAML aliases" in error.reason
+
+
+def test_an_alias_bomb_is_refused_naming_the_aliases() -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    text = "\n".join(lines)
+
+    error = error_of(text)
+
+    assert "expands to more than 100000 values" in error.reason
+    assert "through YAML aliases" in error.reason
+    assert f"{len(text)} bytes" in error.reason
 
 
 def test_bytes_that_are_not_utf8_are_a_policy_error() -> None:

@@ -160,13 +160,69 @@ def _as_path(loc: Sequence[str | int]) -> KeyPath:
 def translate(
     exc: ValidationError, lines: Mapping[KeyPath, int], source: str, prefix: KeyPath = ()
 ) -> PolicyError:
-    problems = []
+    """Every problem pydantic found, in one `PolicyError` whose `path` and `line` are the most
+    useful one's: the topmost unknown key if there is one (a misspelt key is usually what
+    leaves a required one missing), else the topmost problem. The message leads with that one
+    and lists the rest by line, on one line (it goes to logs and `gateway check`'s output)."""
+    problems: list[tuple[int, KeyPath, str, str]] = []
     for error in exc.errors(include_url=False):
         loc = (*prefix, *_as_path(error["loc"]))
-        problems.append((line_of(loc, lines) or 0, loc, _explain(error, loc)))
+        problems.append((line_of(loc, lines) or 0, loc, error["type"], _explain(error, loc)))
     problems.sort(key=lambda problem: problem[0])
-    line, loc, message = problems[0]
-    if len(problems) > 1:
-        more = len(problems) - 1
-        message += f" (and {more} more problem{'s' if more > 1 else ''} after this one)"
+    unknown = {loc: line for line, loc, kind, _ in problems if kind == "extra_forbidden"}
+    lead = next((p for p in problems if p[2] == "extra_forbidden"), problems[0])
+    line, loc, _, message = lead
+    rest = [_pointed(p, unknown) for p in problems if p is not lead]
+    if rest:
+        count = f"{len(rest)} more problem{'s' if len(rest) > 1 else ''}"
+        message = (
+            message.rstrip(".")
+            + f"; {count}: "
+            + "; ".join(
+                f"{f'line {at}, ' if at else ''}at {format_path(where) or 'the top level'}: {text}"
+                for at, where, text in rest
+            )
+        )
     return PolicyError(message, path=format_path(loc), line=line or None, source=source)
+
+
+def _pointed(
+    problem: tuple[int, KeyPath, str, str], unknown: Mapping[KeyPath, int]
+) -> tuple[int, KeyPath, str]:
+    """A problem for the list after the lead; a missing key that an unknown sibling key
+    probably misspells says so (`chain` is required ... `chian` at line 9)."""
+    line, loc, kind, message = problem
+    if "(did you mean" in message:
+        # The suggestion is the fix; the lead already shows what a listing looks like.
+        message = message.split(" Valid keys here:")[0]
+    message = message.rstrip(".")
+    if kind == "missing" and loc:
+        parent, field = loc[:-1], str(loc[-1])
+        for other, other_line in unknown.items():
+            if other[:-1] == parent and did_you_mean(other[-1], [field]):
+                message += f" (is {other[-1]!r} at line {other_line} meant to be it?)"
+                break
+    return line, loc[:-1] if kind == "missing" else loc, message
+
+
+def combined(problems: Sequence[PolicyError], source: str) -> PolicyError:
+    """Several problems found one by one (as resolution finds them) as one `PolicyError`:
+    the topmost leads and gives `path` and `line`, the rest are listed by line after it."""
+    unique: dict[tuple[str, str], PolicyError] = {}
+    for problem in problems:
+        unique.setdefault((problem.path, problem.reason), problem)
+    ordered = sorted(unique.values(), key=lambda problem: problem.line or 0)
+    lead, rest = ordered[0], ordered[1:]
+    if not rest:
+        return lead
+    count = f"{len(rest)} more problem{'s' if len(rest) > 1 else ''}"
+    message = (
+        lead.reason.rstrip(".")
+        + f"; {count}: "
+        + "; ".join(
+            f"{f'line {p.line}, ' if p.line else ''}at {p.path or 'the top level'}: "
+            + p.reason.rstrip(".")
+            for p in rest
+        )
+    )
+    return PolicyError(message, path=lead.path, line=lead.line, source=source)

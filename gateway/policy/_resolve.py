@@ -10,9 +10,9 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from gateway.errors import PolicyError
 from gateway.policy._env import unavailable_reason
-from gateway.policy._messages import did_you_mean, translate
+from gateway.policy._messages import combined, did_you_mean, translate
 from gateway.policy._yaml import KeyPath, format_path, line_of
-from gateway.policy.document import PolicyDocument
+from gateway.policy.document import PolicyDocument, ProviderEntry, TaskEntry
 from gateway.policy.models import (
     FACTORY_KEYWORDS,
     BreakerPolicy,
@@ -39,49 +39,64 @@ class Resolver:
         self.lines = lines
         self.source = source
         self.unset_by_provider = unset_by_provider
+        # Problems are gathered per provider, per task and per chain entry, so that one
+        # error lists them all; each step raises what it gathered before the next runs (a
+        # provider that failed would otherwise look undefined to every chain naming it).
+        self._problems: list[PolicyError] = []
+        self._cycle_members: set[str] = set()  # a cycle is reported once, not once per member
 
     def fail(self, message: str, path: KeyPath) -> PolicyError:
         return PolicyError(
             message, path=format_path(path), line=line_of(path, self.lines), source=self.source
         )
 
+    def _raise_gathered(self) -> None:
+        problems, self._problems = self._problems, []
+        if problems:
+            raise combined(problems, self.source)
+
     def providers(self) -> dict[str, ProviderSpec]:
         registered = sorted(self.provider_types or ())
-        defaults = self.document.defaults
         specs: dict[str, ProviderSpec] = {}
         for name, entry in self.document.providers.items():
-            path: KeyPath = ("providers", name)
-            if self.provider_types is not None and entry.type not in registered:
-                raise self.fail(
-                    f"unknown provider type {entry.type!r}{did_you_mean(entry.type, registered)}"
-                    f"; registered types: {', '.join(registered)}",
-                    (*path, "type"),
-                )
-            for key in sorted(FACTORY_KEYWORDS & set(entry.options)):
-                raise self.fail(
-                    f"options.{key} would clash with the provider's own setting: "
-                    f"move it out of options (write `{key}:` on the provider)",
-                    (*path, "options", key),
-                )
-            specs[name] = ProviderSpec(
-                name=name,
-                type=entry.type,
-                model=entry.model,
-                base_url=entry.base_url or None,
-                api_key=SecretStr(entry.api_key) if entry.api_key else None,
-                weight=entry.weight,
-                max_concurrency=entry.max_concurrency,
-                max_input_tokens=entry.max_input_tokens,
-                timeout_s=entry.timeout_s if entry.timeout_s is not None else defaults.timeout_s,
-                max_response_bytes=entry.max_response_bytes,
-                retry=self._merge(RetryPolicy, defaults.retry, entry.retry, (*path, "retry")),
-                breaker=self._merge(
-                    BreakerPolicy, defaults.breaker, entry.breaker, (*path, "breaker")
-                ),
-                options=dict(entry.options),
-                unavailable_reason=unavailable_reason(self.unset_by_provider.get(name)),
-            )
+            try:
+                specs[name] = self._provider(name, entry, registered)
+            except PolicyError as problem:
+                self._problems.append(problem)
+        self._raise_gathered()
         return specs
+
+    def _provider(self, name: str, entry: ProviderEntry, registered: list[str]) -> ProviderSpec:
+        defaults = self.document.defaults
+        path: KeyPath = ("providers", name)
+        if self.provider_types is not None and entry.type not in registered:
+            raise self.fail(
+                f"unknown provider type {entry.type!r}{did_you_mean(entry.type, registered)}"
+                f"; registered types: {', '.join(registered)}",
+                (*path, "type"),
+            )
+        for key in sorted(FACTORY_KEYWORDS & set(entry.options)):
+            raise self.fail(
+                f"options.{key} would clash with the provider's own setting: "
+                f"move it out of options (write `{key}:` on the provider)",
+                (*path, "options", key),
+            )
+        return ProviderSpec(
+            name=name,
+            type=entry.type,
+            model=entry.model,
+            base_url=entry.base_url or None,
+            api_key=SecretStr(entry.api_key) if entry.api_key else None,
+            weight=entry.weight,
+            max_concurrency=entry.max_concurrency,
+            max_input_tokens=entry.max_input_tokens,
+            timeout_s=entry.timeout_s if entry.timeout_s is not None else defaults.timeout_s,
+            max_response_bytes=entry.max_response_bytes,
+            retry=self._merge(RetryPolicy, defaults.retry, entry.retry, (*path, "retry")),
+            breaker=self._merge(BreakerPolicy, defaults.breaker, entry.breaker, (*path, "breaker")),
+            options=dict(entry.options),
+            unavailable_reason=unavailable_reason(self.unset_by_provider.get(name)),
+        )
 
     def _merge(
         self, model: type[_Model], default: _Model, overrides: BaseModel | None, path: KeyPath
@@ -97,24 +112,42 @@ class Resolver:
     def tasks(self, providers: Mapping[str, ProviderSpec]) -> dict[str, TaskSpec]:
         specs: dict[str, TaskSpec] = {}
         for name, entry in self.document.tasks.items():
-            chain = self._chain(name, providers, trail=(), via=("tasks", name), entered_at=None)
-            self._reject_duplicates(name, chain)
-            if entry.strategy == "weighted" and all(
-                providers[link.entry.provider].weight == 0 for link in chain
-            ):
-                raise self.fail(
-                    "strategy weighted needs at least one provider in the chain with weight > 0",
-                    ("tasks", name, "strategy"),
-                )
-            specs[name] = TaskSpec(
-                name=name,
-                chain=tuple(link.entry for link in chain),
-                strategy=entry.strategy,
-                deadline_s=entry.deadline_s,
-                first_token_timeout_s=entry.first_token_timeout_s,
-                on_midstream_failure=entry.on_midstream_failure,
-            )
+            if name in self._cycle_members:
+                continue
+            try:
+                spec = self._task(name, entry, providers)
+            except PolicyError as problem:
+                self._problems.append(problem)
+            else:
+                if spec is not None:
+                    specs[name] = spec
+        self._raise_gathered()
         return specs
+
+    def _task(
+        self, name: str, entry: TaskEntry, providers: Mapping[str, ProviderSpec]
+    ) -> TaskSpec | None:
+        """The task's spec; None when its chain entries had problems (gathered, not raised)."""
+        gathered = len(self._problems)
+        chain = self._chain(name, providers, trail=(), via=("tasks", name), entered_at=None)
+        if len(self._problems) > gathered:
+            return None
+        self._reject_duplicates(name, chain)
+        if entry.strategy == "weighted" and all(
+            providers[link.entry.provider].weight == 0 for link in chain
+        ):
+            raise self.fail(
+                "strategy weighted needs at least one provider in the chain with weight > 0",
+                ("tasks", name, "strategy"),
+            )
+        return TaskSpec(
+            name=name,
+            chain=tuple(link.entry for link in chain),
+            strategy=entry.strategy,
+            deadline_s=entry.deadline_s,
+            first_token_timeout_s=entry.first_token_timeout_s,
+            on_midstream_failure=entry.on_midstream_failure,
+        )
 
     def _chain(
         self,
@@ -126,7 +159,9 @@ class Resolver:
     ) -> list[_Link]:
         """The task's chain with `{task: other}` entries replaced by other's chain."""
         if task in trail:
-            cycle = " -> ".join((*trail[trail.index(task) :], task))
+            members = trail[trail.index(task) :]
+            self._cycle_members.update(members)
+            cycle = " -> ".join((*members, task))
             raise self.fail(
                 f"tasks refer to each other in a cycle ({cycle}): remove one `task:` entry",
                 via,
@@ -137,11 +172,15 @@ class Resolver:
             if item.task is not None:
                 if item.task not in self.document.tasks:
                     defined = list(self.document.tasks)
-                    raise self.fail(
-                        f"task {item.task!r} is not defined{did_you_mean(item.task, defined)}; "
-                        f"defined tasks: {', '.join(defined)}",
-                        (*path, "task"),
+                    self._problems.append(
+                        self.fail(
+                            f"task {item.task!r} is not defined"
+                            f"{did_you_mean(item.task, defined)}; "
+                            f"defined tasks: {', '.join(defined)}",
+                            (*path, "task"),
+                        )
                     )
+                    continue
                 resolved += self._chain(
                     item.task, providers, (*trail, task), path, entered_at or path
                 )
@@ -149,12 +188,15 @@ class Resolver:
             provider = str(item.provider)
             if provider not in providers:
                 defined = list(providers)
-                raise self.fail(
-                    f"provider {provider!r} is not defined{did_you_mean(provider, defined)}; "
-                    f"defined providers: {', '.join(defined) or 'none'}. Add it under "
-                    "`providers:` or fix the name",
-                    path,
+                self._problems.append(
+                    self.fail(
+                        f"provider {provider!r} is not defined{did_you_mean(provider, defined)}; "
+                        f"defined providers: {', '.join(defined) or 'none'}. Add it under "
+                        "`providers:` or fix the name",
+                        path,
+                    )
                 )
+                continue
             entry = ChainEntry(provider=provider, params=dict(item.params))
             resolved.append(_Link(entry, origin=path, entered_at=entered_at or path))
         return resolved

@@ -52,12 +52,16 @@ def format_path(path: Sequence[str | int]) -> str:
 class _TreeBuilder:
     """Turns composed YAML nodes into plain data, recording the line of every key path."""
 
-    def __init__(self, loader: _PolicyLoader, source: str) -> None:
+    def __init__(self, loader: _PolicyLoader, source: str, text: str = "") -> None:
         self.loader = loader
         self.source = source
         self.lines: dict[KeyPath, int] = {}
         self._open: set[int] = set()
         self._count = 0
+        self._text = text
+        # Collection nodes already built: one built again was reached through an alias.
+        self._built: set[int] = set()
+        self._aliased = False
 
     def fail(self, message: str, path: KeyPath, node: yaml.Node) -> PolicyError:
         return PolicyError(
@@ -70,12 +74,7 @@ class _TreeBuilder:
     def build(self, node: yaml.Node, path: KeyPath) -> Any:
         self._count += 1
         if self._count > _MAX_VALUES:
-            raise self.fail(
-                f"the document expands to more than {_MAX_VALUES} values (nested YAML aliases?): "
-                "write the policy out plainly",
-                path,
-                node,
-            )
+            raise self.fail(self._too_many_values(), path, node)
         if len(path) > _MAX_DEPTH:
             raise self.fail(
                 f"the document nests more than {_MAX_DEPTH} levels deep here: a policy needs "
@@ -94,6 +93,9 @@ class _TreeBuilder:
             return self.loader.construct_object(node)
         if id(node) in self._open:
             raise self.fail("a YAML alias refers to itself: remove the recursion", path, node)
+        if id(node) in self._built:
+            self._aliased = True
+        self._built.add(id(node))
         self._open.add(id(node))
         try:
             if isinstance(node, yaml.SequenceNode) and node.tag == _TAG + "seq":
@@ -109,6 +111,23 @@ class _TreeBuilder:
             )
         finally:
             self._open.discard(id(node))
+
+    def _too_many_values(self) -> str:
+        # Which limit, how large the file is, and whether aliases made it so: a plain file
+        # this large and an alias bomb need different fixes.
+        size = f"{self._text.count(chr(10)) + 1} lines, {len(self._text.encode())} bytes"
+        if self._aliased:
+            return (
+                f"the document expands to more than {_MAX_VALUES} values (keys, items and "
+                f"scalars) through YAML aliases, from a file of {size}: the limit on values "
+                "keeps an alias bomb out; write the repeated parts out plainly"
+            )
+        return (
+            f"the document holds more than {_MAX_VALUES} values (keys, items and scalars; "
+            f"no YAML aliases involved) in a file of {size}: the limit bounds the time and "
+            "memory a load takes; move settings providers share into `defaults:`, or split "
+            "the policy across gateways"
+        )
 
     def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any]:
         merged: dict[str, Any] = {}
@@ -172,7 +191,7 @@ def read_with_lines(text: str, source: str) -> tuple[Any, dict[KeyPath, int]]:
         node = loader.get_single_node()
         if node is None:
             return None, {}
-        builder = _TreeBuilder(loader, source)
+        builder = _TreeBuilder(loader, source, text)
         builder.lines[()] = node.start_mark.line + 1
         return builder.build(node, ()), builder.lines
     except yaml.MarkedYAMLError as exc:

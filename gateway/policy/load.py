@@ -12,8 +12,10 @@ value and the fix:
 4. The file form is resolved: defaults merged key by key into each provider, `{task: other}`
    chain entries spliced in, and every name cross-checked.
 
-Only the first problem is raised (the topmost in the file); when validation found several, the
-message says how many more there are.
+Steps 3 and 4 gather every problem they find into one `PolicyError`: it leads with the most
+useful one (a misspelt key before the required key it leaves missing, else the topmost),
+whose path and line it carries, and lists the others after it. Each step raises before the
+next runs, so a later step never reports what an earlier one caused.
 """
 
 from __future__ import annotations
