@@ -6,8 +6,20 @@ probe lease key holding the token of the one replica allowed to probe while half
 A closed breaker with no failures is no key at all.
 
 Every script answers with the breaker as it stands afterwards:
-`{state, failures, successes, open_for_ms, granted}`. open_for_ms is measured on Redis's clock
-for the same reason; granted is 1 only when ACQUIRE_PROBE gave this caller the lease.
+`{state, failures, successes, open_for_ms, granted, repaired}`. open_for_ms is measured on
+Redis's clock for the same reason; granted is 1 only when ACQUIRE_PROBE gave this caller the
+lease; repaired names what the script overwrote because it was malformed ('' when nothing):
+`record:<fields>` and/or `lease`, joined by ';'.
+
+Anything in Redis can be changed by hand or by another program, so a record is read only as
+`store` writes it: a state of closed, open or half_open, counts and opened_at of at most 15
+decimal digits (exact in Lua's doubles; not negative, fractional, `inf` or `nan`, which
+`tonumber` would take), and an opened_at no later than a minute past Redis's clock (a breaker
+opened in the future would never be probed). A script that only reads a malformed record
+answers the error `MALFORMED <fields>` and changes nothing; FAILURE and SUCCESS overwrite it as
+if there had been no record, so the next outcome any replica reports repairs it. A lease is a
+string with an expiry holding a 32-hex-digit token (RedisState.owner); anything else at that
+key is deleted before it is read or taken, or it would keep every replica from probing.
 
 KEYS[1] is the hash, KEYS[2] the lease; both carry the same hash tag so that a Redis Cluster
 keeps them on one slot.
@@ -19,14 +31,50 @@ import hashlib
 from dataclasses import dataclass, field
 
 _PRELUDE = """
+-- How far past Redis's clock an opened_at may be: a failover to a replica whose clock is a
+-- little behind is no malformation; a record opened years ahead is.
+local MAX_CLOCK_STEP_MS = 60000
+local STATES = {closed = true, open = true, half_open = true}
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local function load(key)
+local function whole(value)
+  return type(value) == 'string' and #value <= 15 and string.match(value, '^%d+$') ~= nil
+end
+
+-- The record, or nil and the names of its malformed fields.
+local function read(key, now)
   local v = redis.call('HMGET', key, 'state', 'failures', 'successes', 'opened_at')
-  return v[1] or 'closed', tonumber(v[2]) or 0, tonumber(v[3]) or 0, tonumber(v[4]) or 0
+  if not (v[1] or v[2] or v[3] or v[4]) then
+    return 'closed', 0, 0, 0
+  end
+  local bad = {}
+  if not STATES[v[1]] then table.insert(bad, 'state') end
+  if not whole(v[2]) then table.insert(bad, 'failures') end
+  if not whole(v[3]) then table.insert(bad, 'successes') end
+  if not whole(v[4]) or (v[1] ~= 'closed' and tonumber(v[4]) > now + MAX_CLOCK_STEP_MS) then
+    table.insert(bad, 'opened_at')
+  end
+  if #bad > 0 then return nil, table.concat(bad, ',') end
+  return v[1], tonumber(v[2]), tonumber(v[3]), tonumber(v[4])
+end
+
+local function noted(repaired, what)
+  if repaired == '' then return what end
+  return repaired .. ';' .. what
+end
+
+-- For FAILURE and SUCCESS: a malformed record is replaced as if there were none.
+local function load(key, now)
+  local state, failures, successes, opened_at = read(key, now)
+  if state == nil then
+    redis.call('DEL', key)
+    return 'closed', 0, 0, 0, 'record:' .. failures
+  end
+  return state, failures, successes, opened_at, ''
 end
 
 local function store(key, ttl_ms, state, failures, successes, opened_at)
@@ -39,23 +87,39 @@ local function store(key, ttl_ms, state, failures, successes, opened_at)
   redis.call('PEXPIRE', key, ttl_ms)
 end
 
-local function release(lease_key, owner)
+-- Deletes whatever at the lease key is not a lease (see the module's docstring).
+local function clear_bad_lease(lease_key, repaired)
+  local kind = redis.call('TYPE', lease_key)['ok']
+  if kind == 'none' then return repaired end
+  if kind == 'string' and redis.call('PTTL', lease_key) >= 0 then
+    local token = redis.call('GET', lease_key)
+    if #token == 32 and string.match(token, '^%x+$') then return repaired end
+  end
+  redis.call('DEL', lease_key)
+  return noted(repaired, 'lease')
+end
+
+local function release(lease_key, owner, repaired)
+  repaired = clear_bad_lease(lease_key, repaired)
   if redis.call('GET', lease_key) == owner then
     redis.call('DEL', lease_key)
   end
+  return repaired
 end
 
-local function reply(state, failures, successes, opened_at, now, granted)
+local function reply(state, failures, successes, opened_at, now, granted, repaired)
   local open_for = 0
   if state ~= 'closed' then open_for = math.max(0, now - opened_at) end
-  return {state, failures, successes, open_for, granted}
+  return {state, failures, successes, open_for, granted, repaired}
 end
 """
 
 # KEYS: hash, lease.  ARGV: (none)
 _SNAPSHOT = """
-local state, failures, successes, opened_at = load(KEYS[1])
-return reply(state, failures, successes, opened_at, now_ms(), 0)
+local now = now_ms()
+local state, failures, successes, opened_at = read(KEYS[1], now)
+if state == nil then return redis.error_reply('MALFORMED ' .. failures) end
+return reply(state, failures, successes, opened_at, now, 0, '')
 """
 
 # ARGV: fail_max, ttl_ms, owner, was_probe (0/1), count.
@@ -66,15 +130,15 @@ return reply(state, failures, successes, opened_at, now_ms(), 0)
 _FAILURE = """
 local fail_max, ttl_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_ms()
-local state, failures, successes, opened_at = load(KEYS[1])
+local state, failures, successes, opened_at, repaired = load(KEYS[1], now)
 failures = failures + tonumber(ARGV[5])
 if state == 'half_open' or (state == 'closed' and failures >= fail_max) then
   state, successes, opened_at = 'open', 0, now
   redis.call('DEL', KEYS[2])
 end
-if ARGV[4] == '1' then release(KEYS[2], ARGV[3]) end
+if ARGV[4] == '1' then repaired = release(KEYS[2], ARGV[3], repaired) end
 store(KEYS[1], ttl_ms, state, failures, successes, opened_at)
-return reply(state, failures, successes, opened_at, now, 0)
+return reply(state, failures, successes, opened_at, now, 0, repaired)
 """
 
 # ARGV: success_threshold, ttl_ms, owner, was_probe (0/1).
@@ -83,7 +147,7 @@ return reply(state, failures, successes, opened_at, now, 0)
 _SUCCESS = """
 local threshold, ttl_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_ms()
-local state, failures, successes, opened_at = load(KEYS[1])
+local state, failures, successes, opened_at, repaired = load(KEYS[1], now)
 if state == 'closed' then
   failures = 0
 elseif state == 'half_open' then
@@ -93,35 +157,40 @@ elseif state == 'half_open' then
     redis.call('DEL', KEYS[2])
   end
 end
-if ARGV[4] == '1' then release(KEYS[2], ARGV[3]) end
+if ARGV[4] == '1' then repaired = release(KEYS[2], ARGV[3], repaired) end
 store(KEYS[1], ttl_ms, state, failures, successes, opened_at)
-return reply(state, failures, successes, opened_at, now, 0)
+return reply(state, failures, successes, opened_at, now, 0, repaired)
 """
 
 # ARGV: reset_timeout_ms, lease_ms, owner, ttl_ms.
 # Moves an open breaker whose reset timeout has passed to half-open, then hands the probe
-# lease to the caller if no other replica holds it (SET NX: exactly one winner).
+# lease to the caller if no other replica holds it (SET NX: exactly one winner). A request for
+# a lease is no outcome: a malformed record is left for FAILURE or SUCCESS to overwrite.
 _ACQUIRE_PROBE = """
 local reset_ms, lease_ms, ttl_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
 local now = now_ms()
-local state, failures, successes, opened_at = load(KEYS[1])
+local state, failures, successes, opened_at = read(KEYS[1], now)
+if state == nil then return redis.error_reply('MALFORMED ' .. failures) end
 if state == 'open' and now - opened_at >= reset_ms then
   state, successes = 'half_open', 0
   redis.call('DEL', KEYS[2])
   store(KEYS[1], ttl_ms, state, failures, successes, opened_at)
 end
-local granted = 0
-if state == 'half_open' and redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', lease_ms) then
-  granted = 1
+local granted, repaired = 0, ''
+if state == 'half_open' then
+  repaired = clear_bad_lease(KEYS[2], repaired)
+  if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', lease_ms) then granted = 1 end
 end
-return reply(state, failures, successes, opened_at, now, granted)
+return reply(state, failures, successes, opened_at, now, granted, repaired)
 """
 
 # ARGV: owner.  Gives back a lease this replica holds but will not use.
 _RELEASE_PROBE = """
-release(KEYS[2], ARGV[1])
-local state, failures, successes, opened_at = load(KEYS[1])
-return reply(state, failures, successes, opened_at, now_ms(), 0)
+local repaired = release(KEYS[2], ARGV[1], '')
+local now = now_ms()
+local state, failures, successes, opened_at = read(KEYS[1], now)
+if state == nil then return redis.error_reply('MALFORMED ' .. failures) end
+return reply(state, failures, successes, opened_at, now, 0, repaired)
 """
 
 

@@ -10,6 +10,13 @@ When Redis cannot be reached the task logs once, reports `on_error("redis")` for
 attempt, hands the ops it could not send back to their breakers' local state machines, and
 retries with capped exponential backoff; the first turn that succeeds again replaces local
 state with the shared record ("rejoins").
+
+One provider's record that Redis answers but the gateway cannot use (a key of the wrong type, a
+value the scripts never write: see `_lua`) is that provider's problem alone: its breaker is
+detached (it decides locally, from the last record it read) until a reply carries a usable
+record again, which the next failure or success any replica reports writes. Each replica logs
+it once per key and counts each turn that met it, like a failed round trip; the link stays up
+for every other provider.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
@@ -106,13 +114,17 @@ class RedisState:
         self._pending: list[Op] = []
         self._shared = True  # until a failure says otherwise
         self._outage_logged = False
+        # Records Redis answered for but the gateway cannot use, key -> why; each is logged when
+        # it enters and when it leaves, never per refresh.
+        self._unusable: dict[str, str] = {}
         self._overflow_logged = False
         self._next_refresh = 0.0
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
         self.errors = 0
-        """Failed round trips to Redis so far (what on_error was told)."""
+        """Failed round trips to Redis so far, and turns that met a record it could not use
+        (what on_error was told)."""
         self.round_trips = 0
         """Successful round trips to Redis so far."""
 
@@ -322,24 +334,105 @@ class RedisState:
         return _lua.SNAPSHOT, ()
 
     def _apply(self, ops: Sequence[Op], replies: Sequence[Any], *, sent_at: float) -> None:
-        latest: dict[str, Snapshot] = {}
-        failed: list[Op] = []
+        # Per key, what its last reply in this batch says: the record, or why it is unusable.
+        latest: dict[str, Snapshot | _Unusable] = {}
+        providers: dict[str, str] = {}  # key -> provider, for the log
+        repaired: list[_Repair] = []
+        refused: list[Op] = []
         for op, reply in zip(ops, replies, strict=True):
+            key = op.breaker.key
+            providers[key] = op.breaker.name
             if isinstance(reply, ResponseError):
-                failed.append(op)
+                # Redis refused this op (a key of the wrong type, a record the scripts will not
+                # read): it did not happen there, so it is applied to the local breaker.
+                refused.append(op)
+                latest[key] = _refusal(reply, self._scrub)
                 continue
-            snapshot, granted = _parse(reply)
-            latest[op.breaker.key] = snapshot
+            try:
+                snapshot, granted, fixed = _parse(reply)
+            except (TypeError, ValueError):
+                # It ran, so it is not applied again locally; the record is not trusted.
+                if op.kind is OpKind.ACQUIRE_PROBE:
+                    op.breaker.acquired(False, sent_at)
+                latest[key] = _Unusable("an answer this gateway cannot read", malformed=True)
+                continue
+            latest[key] = snapshot
             if op.kind is OpKind.ACQUIRE_PROBE:
                 op.breaker.acquired(granted, sent_at)
+            repaired.extend(self._repairs(op.breaker.name, fixed))
         for breaker in list(self._breakers):
-            if breaker.key in latest:
-                breaker.apply_snapshot(latest[breaker.key])
-        if failed:
-            # Redis answered but refused (e.g. a key of the wrong type): those changes are
-            # kept locally; the link stays up for the others.
-            self._give_back(failed)
-            self._report(next(r for r in replies if isinstance(r, ResponseError)), outage=False)
+            result = latest.get(breaker.key)
+            if isinstance(result, Snapshot):
+                breaker.apply_snapshot(result)
+            elif result is not None:
+                breaker.detach()
+        self._give_back(refused)
+        unusable = self._log_records(latest, providers, repaired)
+        if unusable or repaired:
+            self._count()
+
+    def _repairs(self, provider: str, fixed: str) -> list[_Repair]:
+        """What a script's `repaired` field says it overwrote."""
+        found = []
+        for part in filter(None, fixed.split(";")):
+            if part == "lease":
+                found.append(_Repair(lease_key(self.namespace, provider), provider, "probe lease"))
+            else:
+                fields = part.removeprefix("record:").replace(",", ", ")
+                key = breaker_key(self.namespace, provider)
+                found.append(_Repair(key, provider, f"record (fields: {fields})"))
+        return found
+
+    def _log_records(
+        self,
+        latest: dict[str, Snapshot | _Unusable],
+        providers: dict[str, str],
+        repaired: Sequence[_Repair],
+    ) -> bool:
+        """Log each record that became unusable or usable again, and each one overwritten:
+        once per change, never per refresh. True if some record was unusable in this batch."""
+        overwritten = {r.key: r for r in repaired}
+        unusable = False
+        for key, result in latest.items():
+            provider = providers[key]
+            if isinstance(result, _Unusable):
+                unusable = True
+                if key in self._unusable:
+                    continue
+                self._unusable[key] = result.reason
+                until = (
+                    "the next failure or success reported for it rewrites the record"
+                    if result.malformed
+                    else "Redis accepts the key again (deleting it repairs it)"
+                )
+                log.warning(
+                    "shared breaker state: Redis at %s cannot serve %s (%s); provider %s uses "
+                    "its local breaker until %s. Other providers stay shared",
+                    self._shown_url,
+                    key,
+                    result.reason,
+                    provider,
+                    until,
+                )
+            elif key in self._unusable:
+                del self._unusable[key]
+                how = "was rewritten" if overwritten.pop(key, None) else "is usable again"
+                log.warning(
+                    "shared breaker state: %s at Redis %s %s; provider %s shares its breaker again",
+                    key,
+                    self._shown_url,
+                    how,
+                    provider,
+                )
+        for repair in overwritten.values():
+            log.warning(
+                "shared breaker state: overwrote the malformed %s %s at Redis %s (provider %s)",
+                repair.what,
+                repair.key,
+                self._shown_url,
+                repair.provider,
+            )
+        return unusable
 
     def _give_back(self, ops: Sequence[Op]) -> None:
         for op in ops:
@@ -353,21 +446,20 @@ class RedisState:
             # Whatever queued while the failing turn was in flight goes local too.
             pending, self._pending = self._pending, []
             self._give_back(pending)
-        self._report(exc, outage=True)
-
-    def _report(self, exc: BaseException, *, outage: bool) -> None:
-        self.errors += 1
         if not self._outage_logged:
             self._outage_logged = True
-            what = "is unreachable" if outage else "refused a breaker update"
             log.warning(
-                "shared breaker state: Redis at %s %s (%s: %s); breakers use local state "
-                "until it answers again",
+                "shared breaker state: Redis at %s is unreachable (%s: %s); breakers use local "
+                "state until it answers again",
                 self._shown_url,
-                what,
                 type(exc).__name__,
                 self._scrub(str(exc)),
             )
+        self._count()
+
+    def _count(self) -> None:
+        """One failed round trip, or one that met an unusable record: told to `on_error`."""
+        self.errors += 1
         if self._on_error is not None:
             try:
                 self._on_error(BACKEND)
@@ -410,7 +502,43 @@ def _one_per_key(breakers: Sequence[SharedBreaker]) -> list[SharedBreaker]:
     return list(seen.values())
 
 
-def _parse(reply: Sequence[Any]) -> tuple[Snapshot, bool]:
-    state, failures, successes, open_for_ms, granted = reply
-    snapshot = Snapshot(str(state), int(failures), int(successes), int(open_for_ms) / 1000)
-    return snapshot, int(granted) == 1
+_STATES = frozenset({"closed", "open", "half_open"})
+
+
+def _parse(reply: Sequence[Any]) -> tuple[Snapshot, bool, str]:
+    """A script's answer: the record, whether a lease was granted, what it overwrote.
+
+    The scripts check the record; this checks their answer again, so that nothing Redis sends
+    back can reach a breaker as a state it does not have (ValueError or TypeError instead)."""
+    state, failures, successes, open_for_ms, granted, repaired = reply
+    counts = int(failures), int(successes), int(open_for_ms)
+    if state not in _STATES or min(counts) < 0 or not isinstance(repaired, str):
+        raise ValueError("not a breaker record")
+    snapshot = Snapshot(str(state), counts[0], counts[1], counts[2] / 1000)
+    return snapshot, int(granted) == 1, repaired
+
+
+@dataclass(frozen=True, slots=True)
+class _Unusable:
+    """Why one record could not be used; `malformed` ones are rewritten by the next write."""
+
+    reason: str
+    malformed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Repair:
+    """A malformed record or lease that a script overwrote."""
+
+    key: str
+    provider: str
+    what: str
+
+
+def _refusal(error: ResponseError, scrub: Callable[[str], str]) -> _Unusable:
+    """Why Redis refused an op on a record, for the log (its text, without credentials)."""
+    text = str(error)
+    if text.startswith("MALFORMED "):
+        fields = text.removeprefix("MALFORMED ").replace(",", ", ")
+        return _Unusable(f"malformed or missing fields: {fields}", malformed=True)
+    return _Unusable(f"{type(error).__name__}: {scrub(text)}", malformed=False)

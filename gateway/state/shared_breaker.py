@@ -5,7 +5,10 @@ view of the shared record (kept fresh by the backend's background task) and the 
 calls are handed to the backend as `Op`s, applied atomically in storage and echoed back into
 the view; the local pybreaker state machine is not driven then. While the backend is out of
 reach, the same object behaves as a plain local `Breaker`, starting from the last view, until
-the backend is back and its record replaces the local state.
+the backend is back and its record replaces the local state. While the backend is reachable but
+this one record is not usable (`detach()`: a key of the wrong type, a malformed value), the
+breaker admits locally the same way; its outcomes are still sent, since the next one written
+is what repairs the record, and the reply that carries a usable record again re-attaches it.
 
 Half-open probing across replicas goes through a lease: a replica probes only after the
 backend has granted it the lease, which the background task asks for as soon as this replica
@@ -179,12 +182,18 @@ class SharedBreaker(Breaker):
         self._acquiring = False
         self._last_acquire_at: float | None = None
         self._wants_probe_at: float | None = None
+        self._detached = False
+
+    @property
+    def detached(self) -> bool:
+        """True while the shared record cannot be used and this breaker admits locally."""
+        return self._detached
 
     # --- the Breaker interface the router drives --------------------------------------------
 
     def admit(self) -> Admission:
         self._link.ensure_running()
-        if not self._link.shared:
+        if self._detached or not self._link.shared:
             return super().admit()
         state = self._cb.current_state
         if state == pybreaker.STATE_CLOSED:
@@ -235,6 +244,7 @@ class SharedBreaker(Breaker):
 
     def apply_snapshot(self, snapshot: Snapshot) -> None:
         """Make the shared record this breaker's state (listeners hear of any change)."""
+        self._detached = False
         self._view.state = _TO_PYBREAKER[snapshot.state]
         # Reading `state` makes pybreaker notice the change and notify listeners; entering
         # closed resets its counter, so the counts are written after.
@@ -265,6 +275,8 @@ class SharedBreaker(Breaker):
 
     def housekeeping(self, now: float, min_interval_s: float) -> list[Op]:
         """Lease requests and returns due now (called by the backend's background task)."""
+        if self._detached:
+            return []  # probes are local until the record is usable again
         if self._grant_until is not None:
             if now < self._grant_until:
                 return []
@@ -277,6 +289,13 @@ class SharedBreaker(Breaker):
         self._acquiring = True
         self._last_acquire_at = now
         return [Op(OpKind.ACQUIRE_PROBE, self)]
+
+    def detach(self) -> None:
+        """The backend answered, but with nothing usable for this record: admit locally,
+        starting from the last view, until `apply_snapshot` brings a usable record."""
+        self._detached = True
+        self._wants_probe_at = None
+        self.forget_lease()
 
     def forget_lease(self) -> None:
         """The backend went away: any lease it granted is void (it expires on its own)."""
