@@ -14,12 +14,13 @@ lease; repaired names what the script overwrote because it was malformed ('' whe
 Anything in Redis can be changed by hand or by another program, so a record is read only as
 `store` writes it: a state of closed, open or half_open, counts and opened_at of at most 15
 decimal digits (exact in Lua's doubles; not negative, fractional, `inf` or `nan`, which
-`tonumber` would take), and an opened_at no later than a minute past Redis's clock (a breaker
-opened in the future would never be probed). A script that only reads a malformed record
-answers the error `MALFORMED <fields>` and changes nothing; FAILURE and SUCCESS overwrite it as
-if there had been no record, so the next outcome any replica reports repairs it. A lease is a
-string with an expiry holding a 32-hex-digit token (RedisState.owner); anything else at that
-key is deleted before it is read or taken, or it would keep every replica from probing.
+`tonumber` would take), and, unless closed, an opened_at no later than a minute past Redis's
+clock (a breaker opened in the future would never be probed). A script that only reads a
+malformed record answers the error `MALFORMED <fields>` and changes nothing; FAILURE and SUCCESS
+overwrite it as if there had been no record, so the next outcome any replica reports repairs
+it. A lease is a string with an expiry holding a 32-hex-digit token (RedisState.owner); anything
+else at that key is deleted before it is read or taken, or it would keep every replica from
+probing.
 
 KEYS[1] is the hash, KEYS[2] the lease; both carry the same hash tag so that a Redis Cluster
 keeps them on one slot.

@@ -182,12 +182,7 @@ class SharedBreaker(Breaker):
         self._acquiring = False
         self._last_acquire_at: float | None = None
         self._wants_probe_at: float | None = None
-        self._detached = False
-
-    @property
-    def detached(self) -> bool:
-        """True while the shared record cannot be used and this breaker admits locally."""
-        return self._detached
+        self._detached = False  # see detach()
 
     # --- the Breaker interface the router drives --------------------------------------------
 
