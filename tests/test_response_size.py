@@ -20,7 +20,7 @@ from gateway import Router
 from gateway.errors import ConfigurationError, ErrorKind, PolicyError, ProviderError
 from gateway.metrics import GatewayMetrics
 from gateway.policy import parse_policy
-from gateway.providers import LLMFactory
+from gateway.providers import LLMFactory, MockResponse, MockTransport
 from gateway.testing import FakeUpstream, Fault
 
 MiB = 1024 * 1024
@@ -172,3 +172,44 @@ def test_the_setting_is_checked_where_it_is_written() -> None:
     assert "move it out of options" in str(caught.value)
     with pytest.raises(ConfigurationError, match="client: http"):
         LLMFactory.create("openai", model=BIG, api_key="k", client="sdk", max_response_bytes=MiB)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("kind", ["openai", "azure_openai", "anthropic", "ollama"])
+@pytest.mark.parametrize("fault", [Fault.huge_body, Fault.gzip_bomb], ids=["plain", "gzip"])
+async def test_every_protocol_refuses_an_oversized_answer(
+    up: FakeUpstream, kind: str, stream: bool, fault: Any
+) -> None:
+    base_url = {
+        "openai": f"{up.url}/v1",
+        "azure_openai": up.azure_endpoint,
+        "anthropic": up.anthropic_base_url,
+        "ollama": up.ollama_base_url,
+    }[kind]
+    up.script_next(fault(4 * MiB) if not stream or fault is Fault.huge_body else fault(16 * MiB))
+    llm = LLMFactory.create(
+        kind, model="m", base_url=base_url, api_key="k", max_response_bytes=MiB, timeout_s=10
+    )
+    async with llm:
+        with pytest.raises(ProviderError) as caught:
+            if stream:
+                async with llm.stream(MESSAGES) as chunks:
+                    async for _ in chunks:
+                        pass
+            else:
+                await llm.complete(MESSAGES)
+    assert caught.value.kind is ErrorKind.INVALID_RESPONSE
+    assert "max_response_bytes" in str(caught.value)
+
+
+async def test_an_answer_announced_too_long_is_refused_before_it_is_read() -> None:
+    reply = {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}]}
+    transport = MockTransport(
+        lambda request: MockResponse(json=reply, headers={"content-length": str(2 * MiB)})
+    )
+    llm = LLMFactory.create(
+        "openai", model=BIG, api_key="k", transport=transport, max_response_bytes=MiB
+    )
+    with pytest.raises(ProviderError) as caught:
+        await llm.complete(MESSAGES)
+    assert caught.value.kind is ErrorKind.INVALID_RESPONSE
