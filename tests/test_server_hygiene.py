@@ -10,6 +10,7 @@ generous upper bound (`CLOSED_WITHIN_S`), never a speed bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import signal
@@ -266,6 +267,18 @@ async def test_connections_beyond_the_cap_are_refused_with_503(
             assert time.monotonic() < deadline, "never admitted again"
             await asyncio.sleep(0.2)
         assert "too many connections" in capped.log()
+
+        # A head far over any real one, sent at once, is not buffered until the (here 30 s)
+        # head timeout: the connection is closed once it passes the bound.
+        reader, writer = await asyncio.open_connection(capped.host, capped.port)
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nx-pad: " + b"a" * (4 * 1024 * 1024))
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            assert await until_closed(reader) == b""
+        finally:
+            writer.close()
+        assert httpx.get(capped.url + "/healthz", timeout=10).status_code == 200
 
 
 @ASYNC

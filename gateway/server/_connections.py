@@ -6,7 +6,9 @@ uvicorn leaves out, and the start of the shutdown grace.
   nothing after opening, or trickles its head a byte at a time, was held for ever. Here each
   connection must deliver a whole request head within `header_timeout_s` of opening, and after
   that within `header_timeout_s` of the first byte that follows a response (blank lines, which
-  start no request in the parser, included); otherwise it is closed.
+  start no request in the parser, included); otherwise it is closed. So is a connection that
+  sends more than `MAX_HEAD_BYTES` without completing a head: httptools sets no bound on a
+  head's size, and 10 s at full speed is a lot of memory.
 - **The number of connections.** A connection opened while `max_connections` are already open
   is refused: its first request is answered 503 (`too_many_connections`) and the connection is
   closed. Connections already admitted keep being served, so a flood of new connections does
@@ -41,6 +43,12 @@ except ImportError:  # httptools is a dependency, but h11 serves where it cannot
     HttpToolsProtocol = H11Protocol  # type: ignore[misc,assignment]
 
 log = logging.getLogger("gateway.server")
+
+MAX_HEAD_BYTES = 1024 * 1024
+"""The most a connection may send while no request of it is being served (a request head,
+blank lines, or the unread rest of a body answered without reading it). Heads are a few KB
+(h11 refuses more than 16 KB); this leaves room for the start of a body that arrives with its
+head, before the app is called."""
 
 REFUSAL_LOG_EVERY_S = 10.0
 """Refused connections are logged at most this often (with a count), not one line each: a
@@ -82,7 +90,16 @@ REFUSALS = RefusalLog()
 class ConnectionGuard:
     """One connection's head timer and admission, and the app it calls for each request."""
 
-    __slots__ = ("app", "in_flight", "loop", "refused", "settings", "timer", "transport")
+    __slots__ = (
+        "app",
+        "head_bytes",
+        "in_flight",
+        "loop",
+        "refused",
+        "settings",
+        "timer",
+        "transport",
+    )
 
     def __init__(self, app: ASGIApp, settings: ServerSettings, loop: asyncio.AbstractEventLoop):
         self.app = app
@@ -91,6 +108,7 @@ class ConnectionGuard:
         self.transport: asyncio.BaseTransport | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.in_flight = 0
+        self.head_bytes = 0
         self.refused = False
 
     def opened(self, transport: asyncio.BaseTransport, open_connections: int) -> None:
@@ -99,16 +117,24 @@ class ConnectionGuard:
         self.refused = open_connections > self.settings.max_connections
         self.arm()
 
-    def received(self) -> None:
+    def received(self, size: int) -> None:
         """Data came in: if no request is being served, it starts (or continues) a head,
-        which must be complete within the bound from its first byte."""
-        if self.in_flight == 0 and self.timer is None:
+        which must be complete within the bound from its first byte, and within
+        MAX_HEAD_BYTES."""
+        if self.in_flight:
+            return
+        if self.timer is None:
             self.arm()
+        self.head_bytes += size
+        if self.head_bytes > MAX_HEAD_BYTES and self.transport is not None:
+            log.debug("closing a connection that sent over %d bytes of head", MAX_HEAD_BYTES)
+            self.transport.close()
 
     def arm(self) -> None:
         self.timer = self.loop.call_later(self.settings.header_timeout_s, self.head_timed_out)
 
     def disarm(self) -> None:
+        self.head_bytes = 0
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -175,8 +201,9 @@ class HttpToolsConnection(HttpToolsProtocol):
         self.guard.opened(transport, len(self.connections))
 
     def data_received(self, data: bytes) -> None:
-        self.guard.received()
-        super().data_received(data)
+        self.guard.received(len(data))
+        if not self.transport.is_closing():
+            super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.guard.closed()
@@ -204,8 +231,9 @@ class H11Connection(H11Protocol):
         self.guard.opened(transport, len(self.connections))
 
     def data_received(self, data: bytes) -> None:
-        self.guard.received()
-        super().data_received(data)
+        self.guard.received(len(data))
+        if not self.transport.is_closing():
+            super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.guard.closed()
