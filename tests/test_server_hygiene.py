@@ -22,9 +22,11 @@ import httpx
 import pytest
 import pytest_asyncio
 from server_harness import ServerProcess
+from starlette.types import Message
 
 from gateway.errors import ConfigurationError
 from gateway.server import ServerSettings
+from gateway.server._disconnect import SHUTDOWN, CancelOnDisconnect, ServerShutdown
 from gateway.testing import FakeUpstream
 
 ASYNC = pytest.mark.asyncio(loop_scope="module")
@@ -355,3 +357,26 @@ def test_connection_settings_defaults_and_overrides() -> None:
     )
     assert (settings.header_timeout_s, settings.body_timeout_s) == (2.5, 4.0)
     assert (settings.keep_alive_s, settings.max_connections) == (0.0, 7)
+
+
+@ASYNC
+async def test_the_grace_ends_blocks_in_flight_and_reset_restores_the_clock() -> None:
+    async def never_disconnects() -> Message:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    try:
+        SHUTDOWN.begin(0.05)
+        with pytest.raises(ServerShutdown), CancelOnDisconnect(never_disconnects):
+            await asyncio.sleep(30)
+        assert SHUTDOWN.expired
+        # Work that takes the cancellation and ends by itself (as a stream's source does)
+        # ends the block without the exception, and the task is not left cancelled.
+        with CancelOnDisconnect(never_disconnects), contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(30)
+        await asyncio.sleep(0)
+    finally:
+        SHUTDOWN.reset()
+    assert not SHUTDOWN.expired
+    with CancelOnDisconnect(never_disconnects):
+        await asyncio.sleep(0.01)

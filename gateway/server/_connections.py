@@ -101,7 +101,9 @@ class ConnectionGuard:
         "transport",
     )
 
-    def __init__(self, app: ASGIApp, settings: ServerSettings, loop: asyncio.AbstractEventLoop):
+    def __init__(
+        self, app: ASGIApp, settings: ServerSettings, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.app = app
         self.settings = settings
         self.loop = loop

@@ -59,6 +59,12 @@ class ShutdownClock:
             return
         self._timer = asyncio.get_running_loop().call_later(grace_s, self.expire)
 
+    def reset(self) -> None:
+        """Back to before `begin`: for a process that serves again after a shutdown."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self.expired = None, False
+
     def expire(self) -> None:
         if self.expired:
             return

@@ -32,6 +32,7 @@ from gateway.server._app import POLICY_ENV, SIGHUP_ENV
 from gateway.server._auth import is_loopback
 from gateway.server._config import API_KEYS_ENV, ServerSettings
 from gateway.server._connections import ServeConfig, connection_class
+from gateway.server._disconnect import SHUTDOWN
 from gateway.settings import policy_environ
 
 log = logging.getLogger("gateway.server")
@@ -156,6 +157,7 @@ def _raise_stopped(signum: int, frame: object) -> None:
 
 def _run(config: uvicorn.Config) -> int:
     if config.workers == 1:
+        SHUTDOWN.reset()  # a caller may serve again in this process after a shutdown
         server = uvicorn.Server(config)
         # uvicorn raises the signal that stopped it again after its shutdown, with the handler
         # it found installed: by default that kills the process (SIGTERM) before serve()'s own
