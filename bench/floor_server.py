@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 
 import aiohttp
@@ -19,7 +20,8 @@ import uvicorn
 from starlette.types import Message, Receive, Scope, Send
 
 from bench.scenarios import BENCH_KEY, MODEL, UPSTREAM_ENV
-from gateway.server._process import KEEP_ALIVE_S, event_loop_and_parser
+from gateway.server._config import DEFAULT_KEEP_ALIVE_S
+from gateway.server._process import event_loop_and_parser
 
 
 class Forwarder:
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         http=http,
         access_log=False,
         log_level="warning",
-        timeout_keep_alive=KEEP_ALIVE_S,
+        timeout_keep_alive=math.ceil(DEFAULT_KEEP_ALIVE_S),  # as `gateway serve`'s default
     )
 
 
