@@ -12,7 +12,10 @@ uvicorn leaves out, and the start of the shutdown grace.
 - **The number of connections.** A connection opened while `max_connections` are already open
   is refused: its first request is answered 503 (`too_many_connections`) and the connection is
   closed. Connections already admitted keep being served, so a flood of new connections does
-  not cut off the clients already in.
+  not cut off the clients already in. A refused connection gets `REFUSED_HEAD_TIMEOUT_S` for
+  its head, not the full bound, so that a flood of idle connections beyond the cap holds few
+  descriptors. (It is not closed at once: a response written before the request is read is
+  often lost to the reset that closing with the request unread sends.)
 - **The shutdown.** uvicorn asks each connection to shut down when the server stops; the first
   such call starts the grace period (`SHUTDOWN`), at whose end requests in flight are ended
   with an answer that says so (see `_disconnect`).
@@ -49,6 +52,10 @@ MAX_HEAD_BYTES = 1024 * 1024
 blank lines, or the unread rest of a body answered without reading it). Heads are a few KB
 (h11 refuses more than 16 KB); this leaves room for the start of a body that arrives with its
 head, before the app is called."""
+
+REFUSED_HEAD_TIMEOUT_S = 1.0
+"""How long a connection beyond the cap may take to send the head its 503 answers (at most the
+header timeout): a real client sends it at once."""
 
 REFUSAL_LOG_EVERY_S = 10.0
 """Refused connections are logged at most this often (with a count), not one line each: a
@@ -133,7 +140,10 @@ class ConnectionGuard:
             self.transport.close()
 
     def arm(self) -> None:
-        self.timer = self.loop.call_later(self.settings.header_timeout_s, self.head_timed_out)
+        seconds = self.settings.header_timeout_s
+        if self.refused:
+            seconds = min(seconds, REFUSED_HEAD_TIMEOUT_S)
+        self.timer = self.loop.call_later(seconds, self.head_timed_out)
 
     def disarm(self) -> None:
         self.head_bytes = 0
