@@ -302,3 +302,33 @@ async def test_a_router_counts_the_malformed_record_and_keeps_serving(
         assert record["state"] == "open" and int(record["failures"]) >= 2
     finally:
         await router.aclose()
+
+
+async def test_a_redis_refusing_every_update_is_one_line_and_local_breakers(
+    pair: Callable[..., Any], redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis reads but refuses every write (as out of memory or a read-only replica would; here
+    the gateway's user loses HSET): no record is to blame, so it is said once, and what Redis
+    refused stays in the local breaker rather than being undone by the next read."""
+    caplog.set_level(logging.WARNING, logger="gateway")
+    a, _ = await pair(fail_max=2)
+    client = redis_server.client()
+    client.execute_command("ACL", "SETUSER", "gateway", "-hset")
+    try:
+        a.fail("primary", 2)  # refused, so applied to A's own breaker
+        await eventually(lambda: a.breakers["primary"].state == "open", what="A's breaker opens")
+        a.fail("backup")
+        await a.refreshes(5)  # reads still work, and do not undo what Redis refused
+        assert a.breakers["primary"].state == "open"
+        assert a.breakers["primary"].admit() is Admission.REJECT
+        assert a.state.shared and a.errors
+    finally:
+        client.execute_command("ACL", "SETUSER", "gateway", "+hset")
+    a.fail("primary")  # taken by Redis: the shared record is A's breaker again
+    await eventually(
+        lambda: a.breakers["primary"].failure_count == 1, what="the shared record again"
+    )
+    refusals = [r for r in caplog.records if "refuses breaker updates" in r.getMessage()]
+    assert len(refusals) == 1, "one line, not one per provider, write or refresh"
+    assert len(caplog.records) == 1
+    assert PASSWORD not in caplog.text

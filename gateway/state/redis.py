@@ -31,6 +31,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
@@ -117,6 +118,7 @@ class RedisState:
         # Records Redis answered for but the gateway cannot use, key -> why; each is logged when
         # it enters and when it leaves, never per refresh.
         self._unusable: dict[str, str] = {}
+        self._refusal_logged = False
         self._overflow_logged = False
         self._next_refresh = 0.0
         self._wake: asyncio.Event | None = None
@@ -337,6 +339,7 @@ class RedisState:
         # Per key, what its last reply in this batch says: the record, or why it is unusable.
         latest: dict[str, Snapshot | _Unusable] = {}
         providers: dict[str, str] = {}  # key -> provider, for the log
+        wrote: set[str] = set()  # keys a FAILURE or SUCCESS was applied to
         repaired: list[_Repair] = []
         refused: list[Op] = []
         for op, reply in zip(ops, replies, strict=True):
@@ -354,18 +357,22 @@ class RedisState:
                 # It ran, so it is not applied again locally; the record is not trusted.
                 if op.kind is OpKind.ACQUIRE_PROBE:
                     op.breaker.acquired(False, sent_at)
-                latest[key] = _Unusable("an answer this gateway cannot read", malformed=True)
+                latest[key] = _Unusable("an answer this gateway cannot read", _MALFORMED)
                 continue
             latest[key] = snapshot
+            if op.kind in (OpKind.FAILURE, OpKind.SUCCESS):
+                wrote.add(key)
             if op.kind is OpKind.ACQUIRE_PROBE:
                 op.breaker.acquired(granted, sent_at)
             repaired.extend(self._repairs(op.breaker.name, fixed))
         for breaker in list(self._breakers):
             result = latest.get(breaker.key)
             if isinstance(result, Snapshot):
+                if breaker.awaits_write and breaker.key not in wrote:
+                    continue  # its refused outcomes are in its local state, not in this record
                 breaker.apply_snapshot(result)
             elif result is not None:
-                breaker.detach()
+                breaker.detach(until_write=result.kind is _REFUSED)
         self._give_back(refused)
         unusable = self._log_records(latest, providers, repaired)
         if unusable or repaired:
@@ -397,13 +404,26 @@ class RedisState:
             provider = providers[key]
             if isinstance(result, _Unusable):
                 unusable = True
+                if result.kind is _REFUSED:
+                    # Not this record's fault (out of memory, a read-only replica...): every
+                    # record meets it, so it is one line, not one per provider and per write.
+                    if not self._refusal_logged:
+                        self._refusal_logged = True
+                        log.warning(
+                            "shared breaker state: Redis at %s refuses breaker updates (%s); "
+                            "each provider whose update it refuses uses its local breaker "
+                            "until Redis takes one of its updates again",
+                            self._shown_url,
+                            result.reason,
+                        )
+                    continue
                 if key in self._unusable:
                     continue
                 self._unusable[key] = result.reason
                 until = (
                     "the next failure or success reported for it rewrites the record"
-                    if result.malformed
-                    else "Redis accepts the key again (deleting it repairs it)"
+                    if result.kind is _MALFORMED
+                    else "the key is deleted (it is of another type; the gateway leaves it)"
                 )
                 log.warning(
                     "shared breaker state: Redis at %s cannot serve %s (%s); provider %s uses "
@@ -469,6 +489,7 @@ class RedisState:
     def _rejoined(self) -> None:
         self._shared = True
         self._outage_logged = False
+        self._refusal_logged = False
         self._overflow_logged = False
         log.warning(
             "shared breaker state: Redis at %s answers again; breakers rejoined shared state",
@@ -518,12 +539,21 @@ def _parse(reply: Sequence[Any]) -> tuple[Snapshot, bool, str]:
     return snapshot, int(granted) == 1, repaired
 
 
+class _Why(Enum):
+    MALFORMED = "malformed"  # a value the scripts never write: the next FAILURE/SUCCESS rewrites it
+    WRONG_TYPE = "wrong type"  # not a hash: maybe not the gateway's, so it is never overwritten
+    REFUSED = "refused"  # any other refusal (OOM, READONLY...): Redis's state, not the record's
+
+
+_MALFORMED, _WRONG_TYPE, _REFUSED = _Why.MALFORMED, _Why.WRONG_TYPE, _Why.REFUSED
+
+
 @dataclass(frozen=True, slots=True)
 class _Unusable:
-    """Why one record could not be used; `malformed` ones are rewritten by the next write."""
+    """Why one record could not be used."""
 
     reason: str
-    malformed: bool
+    kind: _Why
 
 
 @dataclass(frozen=True, slots=True)
@@ -540,5 +570,6 @@ def _refusal(error: ResponseError, scrub: Callable[[str], str]) -> _Unusable:
     text = str(error)
     if text.startswith("MALFORMED "):
         fields = text.removeprefix("MALFORMED ").replace(",", ", ")
-        return _Unusable(f"malformed or missing fields: {fields}", malformed=True)
-    return _Unusable(f"{type(error).__name__}: {scrub(text)}", malformed=False)
+        return _Unusable(f"malformed or missing fields: {fields}", _MALFORMED)
+    kind = _WRONG_TYPE if text.startswith("WRONGTYPE") else _REFUSED
+    return _Unusable(f"{type(error).__name__}: {scrub(text)}", kind)

@@ -183,6 +183,7 @@ class SharedBreaker(Breaker):
         self._last_acquire_at: float | None = None
         self._wants_probe_at: float | None = None
         self._detached = False  # see detach()
+        self._until_write = False
 
     # --- the Breaker interface the router drives --------------------------------------------
 
@@ -239,7 +240,7 @@ class SharedBreaker(Breaker):
 
     def apply_snapshot(self, snapshot: Snapshot) -> None:
         """Make the shared record this breaker's state (listeners hear of any change)."""
-        self._detached = False
+        self._detached = self._until_write = False
         self._view.state = _TO_PYBREAKER[snapshot.state]
         # Reading `state` makes pybreaker notice the change and notify listeners; entering
         # closed resets its counter, so the counts are written after.
@@ -285,10 +286,17 @@ class SharedBreaker(Breaker):
         self._last_acquire_at = now
         return [Op(OpKind.ACQUIRE_PROBE, self)]
 
-    def detach(self) -> None:
+    @property
+    def awaits_write(self) -> bool:
+        """Detached because the backend refused an outcome: only a record that an outcome
+        was written to may replace the local state (a plain read would drop what it refused)."""
+        return self._detached and self._until_write
+
+    def detach(self, *, until_write: bool = False) -> None:
         """The backend answered, but with nothing usable for this record: admit locally,
         starting from the last view, until `apply_snapshot` brings a usable record."""
         self._detached = True
+        self._until_write = self._until_write or until_write
         self._wants_probe_at = None
         self.forget_lease()
 
