@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from starlette.responses import JSONResponse
@@ -191,12 +191,17 @@ def _settings_of(config: uvicorn.Config) -> ServerSettings:
     return config.settings if isinstance(config, ServeConfig) else ServerSettings()
 
 
-# The two classes are the same overrides on each of uvicorn's HTTP protocols: connection_made,
-# data_received, connection_lost and shutdown are asyncio's and uvicorn's protocol interface,
-# and `app` the one attribute read (the app each request is run with).
+class GuardedConnection:
+    """The overrides that put a `ConnectionGuard` on one of uvicorn's HTTP protocols, mixed in
+    before it: connection_made, data_received, connection_lost and shutdown are asyncio's and
+    uvicorn's protocol interface, and `app` the one attribute replaced (the app each request
+    is run with)."""
 
+    app: Any
+    loop: asyncio.AbstractEventLoop
+    connections: set[Any]
+    transport: asyncio.Transport
 
-class HttpToolsConnection(HttpToolsProtocol):
     def __init__(
         self,
         config: uvicorn.Config,
@@ -204,56 +209,34 @@ class HttpToolsConnection(HttpToolsProtocol):
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
+        super().__init__(config, server_state, app_state, _loop)  # type: ignore[call-arg]
         self.guard = ConnectionGuard(self.app, _settings_of(config), self.loop)
         self.app = self.guard
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self.guard.opened(transport, len(self.connections))
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self.guard.opened(cast(asyncio.Transport, transport), len(self.connections))
 
     def data_received(self, data: bytes) -> None:
         self.guard.received(len(data))
         if not self.transport.is_closing():
-            super().data_received(data)
+            super().data_received(data)  # type: ignore[misc]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.guard.closed()
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[misc]
 
     def shutdown(self) -> None:
         self.guard.shutting_down()
-        super().shutdown()
+        super().shutdown()  # type: ignore[misc]
 
 
-class H11Connection(H11Protocol):
-    def __init__(
-        self,
-        config: uvicorn.Config,
-        server_state: Any,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
-        self.guard = ConnectionGuard(self.app, _settings_of(config), self.loop)
-        self.app = self.guard
+class HttpToolsConnection(GuardedConnection, HttpToolsProtocol):
+    pass
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self.guard.opened(transport, len(self.connections))
 
-    def data_received(self, data: bytes) -> None:
-        self.guard.received(len(data))
-        if not self.transport.is_closing():
-            super().data_received(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.guard.closed()
-        super().connection_lost(exc)
-
-    def shutdown(self) -> None:
-        self.guard.shutting_down()
-        super().shutdown()
+class H11Connection(GuardedConnection, H11Protocol):
+    pass
 
 
 def connection_class(parser: str) -> type[asyncio.Protocol]:
