@@ -1244,7 +1244,7 @@ def first_banner_curl(log: str) -> str:
 
 
 @pytest.mark.parametrize("keys", ["", "banner-key"], ids=["open", "with-client-keys"])
-def test_the_simulate_banners_first_curl_works_as_printed(tmp_path: Path, keys: str) -> None:
+async def test_the_simulate_banners_first_curl_works_as_printed(tmp_path: Path, keys: str) -> None:
     env = {"GATEWAY_API_KEYS": keys, "GATEWAY_ADMIN_KEYS": ""}
     with ServerProcess(
         None,
