@@ -232,10 +232,14 @@ def parse_json_object(text: str, *, provider: str = "") -> dict[str, Any]:
         # Models often fence JSON even in JSON mode; the fence is not part of the answer.
         stripped = stripped.strip("`").removeprefix("json").strip()
     try:
-        value = json.loads(stripped)
-    except json.JSONDecodeError as exc:
+        value = _errors.parse_untrusted_json(stripped)
+    except ValueError as exc:
+        if isinstance(exc, json.JSONDecodeError):
+            detail = f"{exc.msg} at position {exc.pos}"
+        else:  # nested too deep, or an integer past the digit limit
+            detail = str(exc)
         raise ProviderError(
-            f"reply is not valid JSON ({exc.msg} at position {exc.pos})",
+            f"reply is not valid JSON ({detail})",
             kind=ErrorKind.INVALID_RESPONSE,
             provider=provider,
         ) from exc

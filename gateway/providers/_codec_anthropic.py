@@ -8,7 +8,6 @@ parses (and rejects) the reply like any other provider's.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -94,7 +93,7 @@ class AnthropicCodec(WireCodec):
         self, status: int, body: bytes, headers: Mapping[str, str], call: Call
     ) -> ProviderError:
         try:
-            error = json.loads(body).get("error")
+            error = _errors.parse_untrusted_json(body).get("error")
         except (ValueError, AttributeError):
             error = None
         fields: Mapping[str, Any] = error if isinstance(error, dict) else {}

@@ -10,7 +10,6 @@ prompt cache counts and no response ids.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -143,7 +142,7 @@ def _usage(data: dict[str, Any]) -> Usage:
 def _error_text(status: int, body: bytes) -> str:
     """Ollama's `{"error": "..."}` message, or the start of whatever the body was."""
     try:
-        data = json.loads(body)
+        data = _errors.parse_untrusted_json(body)
     except ValueError:
         return body[:200].decode("utf-8", "replace") or f"HTTP {status}"
     if isinstance(data, dict) and data.get("error"):

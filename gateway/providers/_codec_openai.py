@@ -7,7 +7,6 @@ read here, once: a wire JSON dict and a LiteLLM model have the same fields.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -269,7 +268,7 @@ class OpenAIChatCodec(WireCodec):
         self, status: int, body: bytes, headers: Mapping[str, str], call: Call
     ) -> ProviderError:
         try:
-            error = json.loads(body).get("error")
+            error = _errors.parse_untrusted_json(body).get("error")
         except (ValueError, AttributeError):
             error = None
         if not isinstance(error, dict):

@@ -151,9 +151,31 @@ def transport_kind(exc: BaseException) -> ErrorKind | None:
     return None
 
 
+def parse_untrusted_json(data: str | bytes) -> Any:
+    """`json.loads` for what an upstream, a model or a caller sent: every way it fails is a
+    `ValueError`, which each caller already reads as "not the JSON it should be".
+
+    Bad JSON, bad UTF-8 and an integer past the interpreter's digit limit raise ValueError
+    already; nesting past the recursion limit raises RecursionError, which would slip past
+    every `except ValueError` and end the whole request instead of failing one candidate.
+    """
+    try:
+        return json.loads(data)
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply to parse") from exc
+
+
 def is_malformed_body(exc: BaseException) -> bool:
-    """A body that is not the JSON the protocol promises (decode or schema failure)."""
-    return isinstance(exc, json.JSONDecodeError | ValidationError | UnicodeDecodeError)
+    """A body that is not the JSON the protocol promises (decode or schema failure).
+
+    An SDK parses bodies with `json.loads` itself, so its hostile-body failures arrive raw:
+    RecursionError for deep nesting, a plain ValueError for an over-long integer.
+    """
+    if isinstance(exc, ValueError) and "integer string conversion" in str(exc):
+        return True
+    return isinstance(
+        exc, json.JSONDecodeError | ValidationError | UnicodeDecodeError | RecursionError
+    )
 
 
 def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:

@@ -26,11 +26,11 @@ into the message's `images` list (Ollama cannot fetch URLs), and other part type
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from gateway.errors import InvalidRequestError
+from gateway.providers import _errors
 from gateway.types import content_text
 
 JSON_INSTRUCTION = (
@@ -156,7 +156,7 @@ def _tool_arguments(arguments: Any, field: str) -> dict[str, Any]:
     if isinstance(arguments, Mapping):
         return dict(arguments)
     try:
-        value = json.loads(arguments)
+        value = _errors.parse_untrusted_json(arguments)
     except (TypeError, ValueError):
         value = None
     if not isinstance(value, dict):

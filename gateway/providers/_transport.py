@@ -197,7 +197,7 @@ class HTTPTransport(Transport):
                 # Too long as announced (a compressed body is announced smaller than it is,
                 # and is caught as it is read): no need to read any of it.
                 raise ResponseTooLargeError(limit)
-            return json.loads(await response.body(limit))
+            return _errors.parse_untrusted_json(await response.body(limit))
 
     async def events(self, request: WireRequest) -> AsyncIterator[WireEvent]:
         limit = self.max_response_bytes
@@ -278,7 +278,7 @@ class SSEDecoder:
         if payload == b"[DONE]":
             self.done = True
             return None
-        return WireEvent(event, json.loads(payload))
+        return WireEvent(event, _errors.parse_untrusted_json(payload))
 
 
 class NDJSONDecoder:
@@ -290,7 +290,7 @@ class NDJSONDecoder:
         self.done = False
 
     def feed(self, raw: bytes) -> WireEvent | None:
-        return WireEvent(None, json.loads(raw)) if raw.strip() else None
+        return WireEvent(None, _errors.parse_untrusted_json(raw)) if raw.strip() else None
 
 
 # --- aiohttp: the default ---------------------------------------------------------------------
