@@ -33,17 +33,18 @@ DEEP_OBJECT = '{"a":' * 20_000 + "1" + "}" * 20_000
 HUGE_INT = '{"a": ' + "9" * 5_000 + "}"
 
 
-def policy(url: str, provider_type: str = "openai", **options: Any) -> str:
+def policy(url: str, provider_type: str = "openai", name: str = "bad", **options: Any) -> str:
+    """`name` (of `provider_type`, with client `options`) falls back to an OpenAI "good"."""
     base = f"{url}/v1" if provider_type == "openai" else url
+    bad = {"type": provider_type, "model": BAD, "base_url": base, "api_key": "k"}
     doc = {
         "version": 1,
         "defaults": {"timeout_s": 30, "retry": {"attempts": 1}},
         "providers": {
-            "bad": {"type": provider_type, "model": BAD, "base_url": base, "api_key": "k"}
-            | options,
+            name: bad | ({"options": options} if options else {}),
             "good": {"type": "openai", "model": GOOD, "base_url": f"{url}/v1", "api_key": "k"},
         },
-        "tasks": {"default": {"chain": ["bad", "good"]}},
+        "tasks": {"default": {"chain": [name, "good"]}},
     }
     return yaml.safe_dump(doc)
 
@@ -105,25 +106,37 @@ async def test_an_unparseable_stream_event_is_invalid_response_on_every_protocol
 # --- 2. usage that cannot be true -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("provider_type", ["openai", "anthropic", "ollama"])
+@pytest.mark.parametrize(
+    "provider", ["openai", "anthropic", "ollama", "openai-sdk", "anthropic-sdk"]
+)
 @pytest.mark.parametrize("tokens", [-1_000_000, 10**30], ids=["negative", "10^30"])
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 async def test_impossible_usage_is_not_billed(
-    up: FakeUpstream, provider_type: str, tokens: int, stream: bool
+    up: FakeUpstream, provider: str, tokens: int, stream: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     up.reply(BAD, "hello there", usage=Usage(input_tokens=tokens, output_tokens=tokens))
+    provider_type, _, client = provider.partition("-")
+    options = {"client": client} if client else {}
+    # Logged once per provider name for the process: each case names its own.
+    name = f"bad-{provider}-{'stream' if stream else 'whole'}-{'neg' if tokens < 0 else 'big'}"
     registry = CollectorRegistry()
-    router = Router(parse_policy(policy(up.url, provider_type)), hooks=[GatewayMetrics(registry)])
+    router = Router(
+        parse_policy(policy(up.url, provider_type, name, **options)),
+        hooks=[GatewayMetrics(registry)],
+    )
     try:
-        if stream:
-            async with router.stream(MESSAGES) as chunks:
-                [delta async for delta in chunks]
-            result: Any = chunks
-        else:
-            result = await router.generate(MESSAGES)
+        for _ in range(2):
+            if stream:
+                async with router.stream(MESSAGES) as chunks:
+                    [delta async for delta in chunks]
+                result: Any = chunks
+            else:
+                result = await router.generate(MESSAGES)
     finally:
         await router.aclose()
-    assert result.provider == "bad"
+    logged = [r for r in caplog.records if "reported usage" in r.getMessage()]
+    assert len(logged) == 1 and name in logged[0].getMessage()
+    assert result.provider == name
     assert 0 <= result.cost_usd < 0.01
     assert result.usage.input_tokens >= 0 and result.usage.output_tokens >= 0
     assert result.usage.input_tokens < 10**9 and result.usage.output_tokens < 10**9

@@ -82,7 +82,7 @@ class AnthropicCodec(WireCodec):
             text="".join(parts),
             model=_text_or_none(data.get("model")) or call.model,
             finish_reason=_errors.finish_reason(stop_reason),
-            usage=_usage(data.get("usage")),
+            usage=_errors.checked_usage(_usage(data.get("usage")), provider=call.provider),
             response_id=_text_or_none(data.get("id")),
         )
 
@@ -161,6 +161,8 @@ class AnthropicReader(StreamReader):
         if self._stop_reason == "refusal":
             raise _errors.content_filter_error(provider=provider, reason=self._stop_reason)
         usage = _stream_usage(self._start_usage, self._delta_usage)
+        if usage is not None:
+            usage = _errors.checked_usage(usage, provider=provider)
         return StreamEnd(
             usage, _errors.finish_reason(self._stop_reason), self._model, self._response_id
         )

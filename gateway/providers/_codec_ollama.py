@@ -73,7 +73,7 @@ class OllamaCodec(WireCodec):
             text=str(data["message"].get("content") or ""),
             model=data.get("model") or call.model,
             finish_reason=_errors.finish_reason(data.get("done_reason")),
-            usage=_usage(data),
+            usage=_usage(data, call.provider),
             response_id=None,
         )
 
@@ -117,7 +117,7 @@ class OllamaReader(StreamReader):
         if final is None:
             raise _errors.truncated_stream_error(provider=self._call.provider)
         return StreamEnd(
-            _usage(final),
+            _usage(final, self._call.provider),
             _errors.finish_reason(final.get("done_reason")),
             final.get("model") or None,
             None,
@@ -132,11 +132,12 @@ def in_stream_error(error: Any, call: Call) -> ProviderError:
     )
 
 
-def _usage(data: dict[str, Any]) -> Usage:
-    return Usage(
+def _usage(data: dict[str, Any], provider: str) -> Usage:
+    counted = Usage(
         input_tokens=int(data.get("prompt_eval_count") or 0),
         output_tokens=int(data.get("eval_count") or 0),
     )
+    return _errors.checked_usage(counted, provider=provider)
 
 
 def _error_text(status: int, body: bytes) -> str:

@@ -83,16 +83,17 @@ def _count(obj: Any, key: str) -> int:
     return value
 
 
-def usage(raw: Any) -> Usage | None:
-    """A response's or chunk's `usage` object; None when it has none."""
+def usage(raw: Any, *, provider: str) -> Usage | None:
+    """A response's or chunk's `usage` object, as it may be billed; None when it has none."""
     if raw is None:
         return None
     details = _get(raw, "prompt_tokens_details")
-    return Usage(
+    counted = Usage(
         input_tokens=_count(raw, "prompt_tokens"),
         output_tokens=_count(raw, "completion_tokens"),
         cached_input_tokens=_count(details, "cached_tokens") if details is not None else 0,
     )
+    return _errors.checked_usage(counted, provider=provider)
 
 
 def _malformed(provider: str, what: str) -> ProviderError:
@@ -132,7 +133,7 @@ def completion(response: Any, *, provider: str, model: str) -> Completion:
         text=text or "",
         model=answered_by if isinstance(answered_by, str) and answered_by else model,
         finish_reason=_errors.finish_reason(reason if isinstance(reason, str) else None),
-        usage=usage(_get(response, "usage")) or Usage(),
+        usage=usage(_get(response, "usage"), provider=provider) or Usage(),
         response_id=response_id if isinstance(response_id, str) else None,
     )
 
@@ -184,7 +185,7 @@ class ChunkReader(StreamReader):
         self._model = _get(chunk, "model") or self._model
         chunk_usage = _get(chunk, "usage")
         if chunk_usage is not None:
-            self._usage = usage(chunk_usage)
+            self._usage = usage(chunk_usage, provider=self._provider)
         for choice in _get(chunk, "choices") or ():
             if self._first_choice_only and _get(choice, "index") not in (0, None):
                 continue

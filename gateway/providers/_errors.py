@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -19,7 +20,16 @@ from pydantic import ValidationError
 
 from gateway._secrets import mask_text, masked_as, scrub_text
 from gateway.errors import ErrorKind, ProviderError
-from gateway.types import content_text
+from gateway.types import Usage, content_text
+
+log = logging.getLogger("gateway")
+
+MAX_ANSWER_TOKENS = 10**9
+"""More tokens than this in one answer's usage cannot be true (no model reads or writes a
+billion tokens in one call): such usage is treated as unknown rather than billed."""
+
+_untrue_usage_seen: set[str] = set()
+"""Providers whose untrue usage has been logged: once each (their number is the policy's)."""
 
 _STATUS_KINDS: dict[int, ErrorKind] = {
     400: ErrorKind.BAD_REQUEST,
@@ -163,6 +173,32 @@ def parse_untrusted_json(data: str | bytes) -> Any:
         return json.loads(data)
     except RecursionError as exc:
         raise ValueError("JSON nested too deeply to parse") from exc
+
+
+def checked_usage(usage: Usage, *, provider: str) -> Usage:
+    """An upstream's `usage` as it may be billed: a negative count is 0, and a count past
+    `MAX_ANSWER_TOKENS` makes the whole usage unknown (all 0), so a hostile or broken upstream
+    can neither refund itself nor add 2e24 USD to the cost counter. Logged once per provider.
+    """
+    counts = (usage.input_tokens, usage.output_tokens, usage.cached_input_tokens)
+    if all(0 <= count <= MAX_ANSWER_TOKENS for count in counts):
+        return usage  # every sane answer: no copy
+    if any(count > MAX_ANSWER_TOKENS for count in counts):
+        checked = Usage()
+        what = f"more than {MAX_ANSWER_TOKENS} tokens: not billed"
+    else:
+        checked = Usage(*(max(0, count) for count in counts))
+        what = "negative token counts: counted as 0"
+    if provider not in _untrue_usage_seen:
+        _untrue_usage_seen.add(provider)
+        log.warning(
+            "provider %s reported usage with %s (input=%s output=%s cached=%s); "
+            "logged once per provider",
+            provider,
+            what,
+            *(count if abs(count) < 10**12 else f"{count:.3g}" for count in counts),
+        )
+    return checked
 
 
 def is_malformed_body(exc: BaseException) -> bool:

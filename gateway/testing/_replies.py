@@ -24,8 +24,15 @@ class ReplySpec:
     """Wait before the response headers."""
     chunk_delay_s: float = 0.0
     """Wait between stream chunks."""
+    usage: Usage | None = None
+    """None: the counts `fake_usage` gives. Set, reported as given, however impossible
+    (negative, 10**30), to test how a client takes an upstream's untrue usage."""
 
     def __post_init__(self) -> None:
+        if self.usage is not None and not isinstance(self.usage, Usage):
+            raise ValueError(
+                f"usage must be a gateway.types.Usage, got {type(self.usage).__name__}"
+            )
         if self.text is not None and not isinstance(self.text, str):
             raise ValueError(f"reply text must be a string, got {type(self.text).__name__}")
         if (

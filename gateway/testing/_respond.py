@@ -209,7 +209,11 @@ def make_answer(call: Call, spec: ReplySpec, *, filtered: bool) -> Answer:
         model=call.model,
         text=text,
         pieces=split_words(text),
-        usage=fake_usage(call.messages, text, spec.cached_input_tokens),
+        usage=(
+            spec.usage
+            if spec.usage is not None
+            else fake_usage(call.messages, text, spec.cached_input_tokens)
+        ),
         filtered=filtered,
     )
 

@@ -42,6 +42,7 @@ from gateway.testing._openai_wire import AzureOpenAIWire, OpenAIWire
 from gateway.testing._protocols import Call, RequestRejected, Wire
 from gateway.testing._replies import ReplySpec
 from gateway.testing._respond import respond, send_error
+from gateway.types import Usage
 
 if TYPE_CHECKING:
     from gateway.testing._client import SpawnedFakeUpstream
@@ -178,9 +179,14 @@ class FakeUpstream(UpstreamURLs):
         cached_input_tokens: int = 0,
         latency_s: float = 0.0,
         chunk_delay_s: float = 0.0,
+        usage: Usage | None = None,
     ) -> None:
-        """How healthy answers for `model` look; `model=None` sets it for every other model."""
-        self._replies[model] = ReplySpec(text, cached_input_tokens, latency_s, chunk_delay_s)
+        """How healthy answers for `model` look; `model=None` sets it for every other model.
+
+        `usage` replaces the token counts the answers report (in each protocol's own fields),
+        exactly as given, negative or absurd ones included; in-process only, not on the
+        control API."""
+        self._replies[model] = ReplySpec(text, cached_input_tokens, latency_s, chunk_delay_s, usage)
 
     def script(self, model: str, *faults: Fault) -> None:
         """The next len(faults) requests for `model` get these faults in order."""
