@@ -35,7 +35,15 @@ from gateway.errors import (
 )
 from gateway.hooks import UNRESOLVED_TASK, HookSet
 from gateway.policy import TaskSpec
-from gateway.types import ChatStream, Completion, Conversation, Message, Usage, validate_messages
+from gateway.types import (
+    ChatStream,
+    Completion,
+    Conversation,
+    Message,
+    Usage,
+    check_max_tokens,
+    validate_messages,
+)
 
 log = logging.getLogger("gateway")
 
@@ -142,6 +150,7 @@ class Walk:
         task = self.task = self.runtime.policy.task(self.task_name)
         if task.deadline_s:
             self.deadline = self.started + task.deadline_s
+        check_max_tokens(max_tokens)
         checked = validate_messages(messages)
         return checked, self.runtime.ordered(task, checked, max_tokens)
 

@@ -118,6 +118,28 @@ class Conversation(list[dict[str, Any]]):
     __slots__ = ()
 
 
+MAX_TOKENS_LIMIT = 10_000_000
+"""The most `max_tokens` a request may ask for: far past any model's output window, so only an
+absurd value (1e30) is refused here; the upstream judges the rest against its own limit."""
+
+
+def check_max_tokens(value: object, field: str = "max_tokens") -> None:
+    """Refuse a `max_tokens` no upstream could take: not a whole number from 1 to
+    `MAX_TOKENS_LIMIT` (None means the provider's default and passes)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequestError(
+            f"{field} must be a whole number from 1 to {MAX_TOKENS_LIMIT}, "
+            f"got {type(value).__name__}"
+        )
+    if not 1 <= value <= MAX_TOKENS_LIMIT:
+        shown = value if abs(value) < 10**12 else f"{value:.3g}"
+        raise InvalidRequestError(
+            f"{field} must be a whole number from 1 to {MAX_TOKENS_LIMIT}, got {shown}"
+        )
+
+
 def validate_messages(messages: Sequence[Message]) -> Conversation:
     """Check the shape every provider relies on; raise `InvalidRequestError` naming the fix."""
     if type(messages) is Conversation:

@@ -177,9 +177,17 @@ async def test_a_lone_surrogate_is_refused_naming_its_field(
 
 
 @pytest.mark.parametrize("value", [10**30, 1e30, 2.5, -1, 0, True, "100"])
-async def test_an_absurd_max_tokens_is_refused(router: Router, value: Any) -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+async def test_an_absurd_max_tokens_is_refused(
+    up: FakeUpstream, router: Router, value: Any, stream: bool
+) -> None:
     with pytest.raises(InvalidRequestError, match="max_tokens"):
-        await router.generate(MESSAGES, max_tokens=value)
+        if stream:
+            async with router.stream(MESSAGES, max_tokens=value) as chunks:
+                [delta async for delta in chunks]
+        else:
+            await router.generate(MESSAGES, max_tokens=value)
+    assert up.count() == 0
 
 
 # --- over HTTP --------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from gateway.types import Attempt, Usage
+from gateway.types import MAX_TOKENS_LIMIT, Attempt, Usage
 
 PASSED_PARAMS = ("temperature", "top_p", "stop")
 """Request fields handed to the provider as call parameters (max tokens is handled apart)."""
@@ -51,8 +51,9 @@ def _whole_float_as_int(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-TokenCount = Annotated[int, Field(ge=1), BeforeValidator(_whole_float_as_int)]
-"""An integer >= 1 as JSON Schema means it: `1.0` is one, `"1"` and `true` are not."""
+TokenCount = Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT), BeforeValidator(_whole_float_as_int)]
+"""An integer from 1 to `MAX_TOKENS_LIMIT` as JSON Schema means it: `1.0` is one, `"1"`,
+`true` and 1e30 (no model writes that much) are not."""
 
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
