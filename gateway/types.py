@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -163,16 +164,19 @@ def validate_messages(messages: Sequence[Message]) -> Conversation:
         if not isinstance(role, str) or role not in ROLES:
             raise InvalidRequestError(f"messages[{i}].role is {role!r}; use one of {sorted(ROLES)}")
         content = message.get("content")
-        if isinstance(content, list):
+        if isinstance(content, str):
+            _check_encodable(content, i, "content")
+        elif isinstance(content, list):
             for j, part in enumerate(content):
                 if not isinstance(part, Mapping) or "type" not in part:
                     raise InvalidRequestError(
                         f"messages[{i}].content[{j}] must be a content part dict with a 'type' "
                         "(e.g. {'type': 'text', 'text': '...'})"
                     )
-        elif not isinstance(content, str) and not (
-            content is None and role in {"assistant", "tool"}
-        ):
+                text = part.get("text")
+                if isinstance(text, str):
+                    _check_encodable(text, i, f"content[{j}].text")
+        elif not (content is None and role in {"assistant", "tool"}):
             raise InvalidRequestError(
                 f"messages[{i}].content must be a string or a list of content parts, "
                 f"got {type(content).__name__}"
@@ -180,6 +184,21 @@ def validate_messages(messages: Sequence[Message]) -> Conversation:
         _check_tool_fields(message, i)
         checked.append(dict(message))
     return checked
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_encodable(text: str, i: int, field: str) -> None:
+    """Refuse a lone UTF-16 surrogate (`"\\ud800"` in JSON): it has no UTF-8 form, so an SDK
+    fails to encode the request and an upstream would refuse or mangle it. One place refuses
+    it by name for every provider and client alike, rather than a raw UnicodeEncodeError."""
+    # isascii() is O(1) on CPython's compact strings: most text never reaches the search.
+    if not text.isascii() and _LONE_SURROGATE.search(text):
+        raise InvalidRequestError(
+            f"messages[{i}].{field} holds a lone UTF-16 surrogate, which is not valid Unicode "
+            "text: send the character whole, or drop it"
+        )
 
 
 _TOOL_CALL_SHAPE = (

@@ -244,13 +244,18 @@ def test_http_an_absurd_max_tokens_is_a_400_naming_it(
     assert name in response.json()["error"]["message"]
 
 
-def test_http_a_reply_with_impossible_usage_costs_nothing_in_the_header(
-    up: FakeUpstream, server: ServerProcess
+@pytest.mark.parametrize("tokens", [-5, 10**30], ids=["negative", "10^30"])
+async def test_http_a_reply_with_impossible_usage_costs_nothing_in_the_header(
+    up: FakeUpstream, server: ServerProcess, tokens: int
 ) -> None:
-    up.reply(BAD, "hello there", usage=Usage(input_tokens=-5, output_tokens=-5))
-    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
-    raw = client.chat.completions.with_raw_response.create(
+    # Async: the FakeUpstream answers on this test's event loop.
+    up.reply(BAD, "hello there", usage=Usage(input_tokens=tokens, output_tokens=tokens))
+    client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    raw = await client.chat.completions.with_raw_response.create(
         model="default", messages=[{"role": "user", "content": "hi"}]
     )
+    await client.close()
     assert raw.parse().choices[0].message.content == "hello there"
-    assert float(raw.headers["x-gateway-cost-usd"]) >= 0
+    assert 0 <= float(raw.headers["x-gateway-cost-usd"]) < 0.01
+    usage = raw.parse().usage
+    assert usage is not None and 0 <= usage.prompt_tokens < 10**9
