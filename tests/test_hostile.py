@@ -23,7 +23,7 @@ from gateway.errors import ErrorKind, InvalidRequestError, ProviderError
 from gateway.metrics import GatewayMetrics
 from gateway.policy import parse_policy
 from gateway.providers import LLMFactory, MockResponse, MockTransport
-from gateway.testing import FakeUpstream
+from gateway.testing import FakeUpstream, Fault
 from gateway.types import Usage
 
 BAD = "gpt-4o-mini"  # the candidate that misbehaves (a priced model, so usage is billed)
@@ -66,13 +66,45 @@ async def router(up: FakeUpstream) -> AsyncIterator[Router]:
 
 
 @pytest.mark.parametrize("text", [DEEP_OBJECT, HUGE_INT], ids=["nested-20000", "int-5000-digits"])
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "ollama", "openai-sdk"])
 async def test_an_unparseable_json_reply_falls_through(
-    up: FakeUpstream, router: Router, text: str
+    up: FakeUpstream, text: str, provider: str
 ) -> None:
     up.reply(BAD, text)
-    routed = await router.complete_json(MESSAGES)
+    provider_type, _, client = provider.partition("-")
+    options = {"client": client} if client else {}
+    router = Router(parse_policy(policy(up.url, provider_type, **options)))
+    try:
+        routed = await router.complete_json(MESSAGES)
+    finally:
+        await router.aclose()
     assert routed.provider == "good"
     assert (routed.attempts[0].provider, routed.attempts[0].outcome) == ("bad", "invalid_response")
+
+
+@pytest.mark.parametrize(
+    "provider", ["openai", "anthropic", "ollama", "openai-sdk", "anthropic-sdk"]
+)
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+async def test_an_upstream_body_nested_too_deep_falls_through(
+    up: FakeUpstream, provider: str, stream: bool
+) -> None:
+    up.script(BAD, Fault.deep_json())
+    provider_type, _, client = provider.partition("-")
+    options = {"client": client} if client else {}
+    router = Router(parse_policy(policy(up.url, provider_type, **options)))
+    try:
+        if stream:
+            async with router.stream(MESSAGES) as chunks:
+                text = "".join([delta async for delta in chunks])
+            result: Any = chunks
+        else:
+            result = await router.generate(MESSAGES)
+            text = result.text
+    finally:
+        await router.aclose()
+    assert text and result.provider == "good"
+    assert (result.attempts[0].provider, result.attempts[0].outcome) == ("bad", "invalid_response")
 
 
 @pytest.mark.parametrize("body", [DEEP_OBJECT, HUGE_INT], ids=["nested-20000", "int-5000-digits"])

@@ -33,6 +33,7 @@ BEHAVIOUR_KINDS = frozenset(
         "cut_stream",
         "stall",
         "malformed_json",
+        "deep_json",
         "midstream_error",
         "huge_body",
         "gzip_bomb",
@@ -146,6 +147,13 @@ class Fault:
     @classmethod
     def malformed_json(cls) -> Fault:
         return cls("malformed_json")
+
+    @classmethod
+    def deep_json(cls) -> Fault:
+        """200 with valid JSON nested 20,000 deep (past Python's recursion limit) as the whole
+        body, or as a stream's first event after its opening: a body a client must refuse
+        without crashing."""
+        return cls("deep_json")
 
     @classmethod
     def midstream_error(cls, after_chunks: int, kind: str = "overloaded") -> Fault:

@@ -22,6 +22,10 @@ _PIECE = 1 << 20
 _EVENT_TEXT = 1 << 16
 
 
+DEEP_JSON = b'{"a":' * 20_000 + b"1" + b"}" * 20_000
+"""Valid JSON that `json.loads` cannot parse within Python's recursion limit (`deep_json`)."""
+
+
 async def respond(
     conn: HttpConnection, wire: Wire, call: Call, fault: Fault | None, spec: ReplySpec
 ) -> None:
@@ -62,6 +66,8 @@ async def respond(
         await _stream(conn, wire, call, answer, spec, fault, headers)
     elif kind == "malformed_json":
         await conn.send(200, wire.malformed_body(call, answer), headers=headers)
+    elif kind == "deep_json":
+        await conn.send(200, DEEP_JSON, headers=headers)
     elif kind == "cut_stream":
         await conn.send_truncated(200, wire.encode(wire.completion(call, answer)), headers=headers)
     else:
@@ -82,12 +88,14 @@ async def _stream(
     if kind in _TRUNCATING:
         assert fault is not None and fault.after_chunks is not None
         pieces, rest = pieces[: fault.after_chunks], pieces[fault.after_chunks :]
-    elif kind == "malformed_json":
+    elif kind in {"malformed_json", "deep_json"}:
         pieces = []
     opening = b"".join(wire.stream_open(call, answer))
     deltas = [wire.stream_delta(call, answer, piece) for piece in pieces]
     if kind == "malformed_json":
         closing = wire.malformed_event(call, answer)
+    elif kind == "deep_json":
+        closing = _deep_event(wire)
     elif kind == "midstream_error":
         assert fault is not None and fault.error_kind is not None
         closing = wire.stream_error(call, fault.error_kind)
@@ -198,6 +206,16 @@ async def send_error(
     if retry_after is not None:
         headers["retry-after"] = _format_seconds(retry_after)
     await conn.send(status, wire.encode(body), headers=headers)
+
+
+def _deep_event(wire: Wire) -> bytes:
+    """`DEEP_JSON` framed as the wire's next stream event: an NDJSON line for Ollama, an SSE
+    event for the others, named as a content delta for Anthropic (whose SDK skips unnamed
+    events, which would test nothing)."""
+    if wire.name == "ollama":
+        return DEEP_JSON + b"\n"
+    named = b"event: content_block_delta\n" if wire.name == "anthropic" else b""
+    return named + b"data: " + DEEP_JSON + b"\n\n"
 
 
 def make_answer(call: Call, spec: ReplySpec, *, filtered: bool) -> Answer:
