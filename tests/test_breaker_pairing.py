@@ -1,9 +1,10 @@
 """Every breaker admission ends in exactly one outcome, whatever is raised.
 
-A half-open breaker lets one probe through. If the probe's request ends in an exception the
-walk did not expect (here: the reply makes JSON parsing raise `RecursionError`, or a schema
-validator raises a plain `RuntimeError`), the probe must still be released: otherwise the
-breaker stays half-open with no probe in flight and skips the provider until a restart. Run
+A half-open breaker lets one probe through. However the probe's request ends (a reply too
+deep to parse, which the caller's check rejects; a schema validator raising a plain
+`RuntimeError` the walk does not expect; the caller closing a stream), the probe must be
+released: otherwise the breaker stays half-open with no probe in flight and skips the
+provider until a restart. Run
 over real HTTP against FakeUpstream, for the in-process breaker and the Redis-shared one.
 """
 
@@ -30,8 +31,7 @@ T = TypeVar("T")
 MODEL = "probe-model"
 RESET_S = 0.2
 DEEP_JSON = "[" * 20_000 + "]" * 20_000
-"""Valid JSON nested deeper than the parser's recursion limit: `json.loads` raises
-`RecursionError`, not `ValueError`."""
+"""Valid JSON nested deeper than the parser's recursion limit."""
 
 POLICY = """
 version: 1
@@ -114,14 +114,23 @@ async def served_again(router: Router, upstream: FakeUpstream, breaker: Breaker)
         await asyncio.sleep(0.02)
 
 
-async def test_a_probe_whose_json_parse_raises_recursion_error_is_released(
+async def test_a_probe_whose_reply_is_too_deep_to_parse_is_released(
     router: Router, upstream: FakeUpstream
 ) -> None:
     breaker = await open_then_due(router, upstream)
     upstream.reply(MODEL, DEEP_JSON)
-    with pytest.raises(RecursionError):
-        await admitted(lambda: router.generate_json([{"role": "user", "content": "json"}]))
-    assert breaker.state != "open", "a release is not a failure"
+
+    async def probe() -> AllProvidersFailed:
+        try:
+            await router.generate_json([{"role": "user", "content": "json"}])
+        except AllProvidersFailed as failed:
+            if failed.attempts[-1].outcome == "breaker_open":
+                raise  # not admitted yet: `admitted` tries again
+            return failed
+        raise AssertionError("a reply nested 20,000 deep was accepted")
+
+    failed = await admitted(probe)
+    assert failed.attempts[-1].outcome == "invalid_response"
     await served_again(router, upstream, breaker)
 
 
