@@ -28,6 +28,11 @@ _EXPORTS = {
     "Completion": "gateway.types",
     "ChatStream": "gateway.types",
     "Usage": "gateway.types",
+    "ToolCall": "gateway.types",
+    "ToolCallDelta": "gateway.types",
+    "TextDelta": "gateway.types",
+    "StreamEvent": "gateway.types",
+    "Choice": "gateway.types",
     "Attempt": "gateway._outcomes",
     "AttemptOutcome": "gateway._outcomes",
     "RequestOutcome": "gateway._outcomes",
@@ -47,6 +52,7 @@ _EXPORTS = {
     "ProviderError": "gateway.errors",
     "RoutingError": "gateway.errors",
     "AllProvidersFailed": "gateway.errors",
+    "RequestRefused": "gateway.errors",
     "DeadlineExceeded": "gateway.errors",
     "StreamInterrupted": "gateway.errors",
 }
@@ -58,6 +64,7 @@ __all__ = [
     "BaseHooks",
     "BreakerState",
     "ChatStream",
+    "Choice",
     "Completion",
     "ConfigurationError",
     "DeadlineExceeded",
@@ -73,6 +80,7 @@ __all__ = [
     "PolicyOutcome",
     "ProviderError",
     "RequestOutcome",
+    "RequestRefused",
     "RoutedCompletion",
     "RoutedStream",
     "Router",
@@ -80,7 +88,11 @@ __all__ = [
     "RoutingError",
     "Settings",
     "StreamInterrupted",
+    "StreamEvent",
     "SyncRouter",
+    "TextDelta",
+    "ToolCall",
+    "ToolCallDelta",
     "UnknownProviderError",
     "UnknownTaskError",
     "Usage",
@@ -109,6 +121,7 @@ if TYPE_CHECKING:
         MissingDependencyError,
         PolicyError,
         ProviderError,
+        RequestRefused,
         RoutingError,
         StreamInterrupted,
         UnknownProviderError,
@@ -118,7 +131,16 @@ if TYPE_CHECKING:
     from gateway.policy import Policy, load_policy
     from gateway.providers import LLMFactory, LLMService
     from gateway.settings import Settings
-    from gateway.types import ChatStream, Completion, Usage
+    from gateway.types import (
+        ChatStream,
+        Choice,
+        Completion,
+        StreamEvent,
+        TextDelta,
+        ToolCall,
+        ToolCallDelta,
+        Usage,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -52,6 +52,9 @@ class AttemptOutcome(StrEnum):
     """Skipped: the prompt does not fit the model's context window."""
     UNAVAILABLE = "unavailable"
     """Skipped: the provider could not be built (missing key or SDK)."""
+    UNSUPPORTED = "unsupported"
+    """Skipped: the candidate cannot honour something the request asks for (`n` > 1 on
+    Anthropic, an audio part on Ollama...); the attempt's `error` names it."""
     DEADLINE = "deadline"
     """The task's `deadline_s` ran out before or during this candidate."""
     CANCELLED = "cancelled"
@@ -77,8 +80,21 @@ _SKIPS = frozenset(
         AttemptOutcome.SATURATED,
         AttemptOutcome.SKIPPED_CONTEXT,
         AttemptOutcome.UNAVAILABLE,
+        AttemptOutcome.UNSUPPORTED,
     }
 )
+
+REQUEST_FAULTS = frozenset(
+    {
+        AttemptOutcome.BAD_REQUEST,
+        AttemptOutcome.NOT_FOUND,
+        AttemptOutcome.CONTEXT_LENGTH,
+        AttemptOutcome.SKIPPED_CONTEXT,
+        AttemptOutcome.UNSUPPORTED,
+    }
+)
+"""Outcomes that say the request itself could not be served as sent: when every candidate
+ends in one, the caller gets a 4xx it should not retry, not an upstream failure."""
 
 
 class RequestOutcome(StrEnum):
@@ -117,3 +133,5 @@ class Attempt:
     latency_s: float = 0.0
     error: str | None = None
     """A short description of the last failure, safe to show (no secrets, no prompt text)."""
+    status: int | None = None
+    """The upstream's HTTP status for the last failure, when it answered with one."""

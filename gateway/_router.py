@@ -12,7 +12,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,9 +28,10 @@ from gateway.errors import ErrorKind, GatewayError, PolicyError, ProviderError
 from gateway.hooks import HookSet, RouterHooks, default_hooks
 from gateway.policy import Policy, load_policy
 from gateway.providers import LLMFactory, parse_json_object
+from gateway.request import json_schema_format
 from gateway.settings import policy_environ
 from gateway.state import StateBackend, open_state_backend
-from gateway.types import Completion, Message, Usage
+from gateway.types import Choice, Completion, Message, ToolCall, Usage
 
 log = logging.getLogger("gateway")
 
@@ -52,7 +53,32 @@ class RoutedCompletion:
     finish_reason: str | None = None
     response_id: str | None = None
     parsed: Any = None
-    """For `complete_json`: the JSON object, or the validated schema instance."""
+    """For `complete_json`: the JSON object, or the validated schema instance (None when the
+    model called tools or refused instead)."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    """The functions the model asks the caller to run (`finish_reason` is then
+    `tool_calls`). Append `message` to the history, then one `tool` message per call."""
+    refusal: str | None = None
+    """The model's refusal message, when it declined (OpenAI models)."""
+    extra: Mapping[str, Any] | None = None
+    """Other fields of the model's message, as the provider sent them (`annotations`,
+    `audio`, and `logprobs`)."""
+    other_choices: tuple[Choice, ...] = ()
+    """Choices 1 to n-1 when the request asked for `n` > 1."""
+
+    @property
+    def choices(self) -> tuple[Choice, ...]:
+        """Every choice, this answer's first one included."""
+        first = Choice(0, self.text, self.finish_reason, self.tool_calls, self.refusal, self.extra)
+        return (first, *self.other_choices)
+
+    @property
+    def message(self) -> dict[str, Any]:
+        """The answer as an assistant message in OpenAI's shape, to append to the history."""
+        message: dict[str, Any] = {"role": "assistant", "content": self.text or None}
+        if self.tool_calls:
+            message["tool_calls"] = [call.to_openai() for call in self.tool_calls]
+        return message
 
 
 def _load(path: str | os.PathLike[str]) -> Policy:
@@ -170,6 +196,8 @@ class Router:
         """`generate_json` with the whole routed answer: `.parsed` holds the data."""
 
         def check(completion: Completion, provider: str) -> Any:
+            if completion.tool_calls or completion.refusal:
+                return None  # an answer of another kind, for the caller to handle
             data = parse_json_object(completion.text, provider=provider)
             if schema is None:
                 return data
@@ -183,6 +211,11 @@ class Router:
                 ) from exc
 
         params["json_mode"] = True
+        if schema is not None and params.get("response_format") is None:
+            # Tell the model the shape, not only check it afterwards.
+            params["response_format"] = json_schema_format(
+                schema.__name__, schema.model_json_schema()
+            )
         return await self._route(messages, task, params, check)
 
     def stream(
@@ -303,7 +336,7 @@ class Router:
     ) -> RoutedCompletion:
         async with self._walker.request(task_name) as walk:
             call_params = {k: v for k, v in params.items() if v is not None}
-            checked, steps = walk.begin(messages, call_params.get("max_tokens"))
+            checked, steps = walk.begin(messages, call_params, stream=False)
             for step in walk.eligible(steps, checked):
                 try:
                     completion, parsed = await walk.call(step, checked, call_params, check)
@@ -322,6 +355,10 @@ class Router:
                     finish_reason=completion.finish_reason,
                     response_id=completion.response_id,
                     parsed=parsed,
+                    tool_calls=completion.tool_calls,
+                    refusal=completion.refusal,
+                    extra=completion.extra,
+                    other_choices=completion.other_choices,
                 )
             raise walk.exhausted()
 

@@ -1,4 +1,4 @@
-"""`RoutedStream`: a routed request answered as a stream of text deltas.
+"""`RoutedStream`: a routed request answered as a stream of text deltas (and tool calls).
 
 A candidate may be retried or left for the next one until its first delta reaches the caller;
 `first_token_timeout_s` bounds that wait. After it, a failure raises `StreamInterrupted` with
@@ -9,20 +9,33 @@ continue from the partial text (sent as an assistant prefix) and the caller's it
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from typing import Any
 
 from gateway._outcomes import Attempt, AttemptOutcome, RequestOutcome
 from gateway._walk import CandidateFailed, Streamed, Walker
 from gateway.errors import DeadlineExceeded, StreamInterrupted
-from gateway.types import Message, Usage
+from gateway.types import (
+    Message,
+    StreamEvent,
+    TextDelta,
+    ToolCall,
+    ToolCallAssembler,
+    ToolCallDelta,
+    Usage,
+)
 
 
 class RoutedStream(Streamed):
     """Async iterator of text deltas. `provider` and `model` name the candidate answering
-    from the first delta on; once it is exhausted, `usage`, `cost_usd`, `attempts` and
-    `latency_s` describe how the answer was obtained."""
+    from the first event on; once it is exhausted, `usage`, `cost_usd`, `attempts`,
+    `latency_s`, `text` and `tool_calls` describe the answer and how it was obtained.
+
+    `async for delta in stream` gives the text alone; tool calls are gathered into
+    `tool_calls`. `async for event in stream.events()` gives every piece as it comes, typed:
+    `TextDelta` and `ToolCallDelta` (use one way or the other on one stream).
+    """
 
     def __init__(
         self, walker: Walker, messages: Sequence[Message], task: str, params: dict[str, Any]
@@ -31,7 +44,8 @@ class RoutedStream(Streamed):
         self._messages = messages
         self._task = task
         self._params = {k: v for k, v in params.items() if v is not None}
-        self._deltas: AsyncGenerator[str, None] | None = None
+        self._source: AsyncGenerator[str | ToolCallDelta, None] | None = None
+        self._tools = ToolCallAssembler()
         self.provider: str | None = None
         self.model: str | None = None
         self.usage = Usage()
@@ -39,20 +53,44 @@ class RoutedStream(Streamed):
         self.attempts: list[Attempt] = []
         self.latency_s: float | None = None
         self.finish_reason: str | None = None
+        self.refusal: str | None = None
         self.text = ""
+
+    @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        """The tool calls the answer made (so far, while it is still streaming)."""
+        return self._tools.calls()
 
     def __aiter__(self) -> RoutedStream:
         return self
 
     async def __anext__(self) -> str:
-        if self._deltas is None:
-            self._deltas = self._run()
-        return await self._deltas.__anext__()
+        while True:
+            event = await self._next_event()
+            if type(event) is str:
+                return event
+
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        """Text and tool-call pieces, typed, as they arrive."""
+        while True:
+            try:
+                event = await self._next_event()
+            except StopAsyncIteration:
+                return
+            yield TextDelta(event) if type(event) is str else event  # type: ignore[misc]
+
+    async def _next_event(self) -> str | ToolCallDelta:
+        if self._source is None:
+            self._source = self._run()
+        event = await self._source.__anext__()
+        if type(event) is not str:
+            self._tools.add(event)  # type: ignore[arg-type]
+        return event
 
     async def aclose(self) -> None:
         """Stop early: the upstream call is cancelled and its connection closed."""
-        if self._deltas is not None:
-            await self._deltas.aclose()
+        if self._source is not None:
+            await self._source.aclose()
 
     async def __aenter__(self) -> RoutedStream:
         return self
@@ -60,12 +98,13 @@ class RoutedStream(Streamed):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _run(self) -> AsyncGenerator[str, None]:
+    async def _run(self) -> AsyncGenerator[str | ToolCallDelta, None]:
         sent: list[str] = []
+        tool_sent = False
         async with self._walker.request(self._task) as walk:
             self.attempts = walk.attempts
             try:
-                messages, steps = walk.begin(self._messages, self._params.get("max_tokens"))
+                messages, steps = walk.begin(self._messages, self._params, stream=True)
                 resume = walk.spec.on_midstream_failure == "resume"
                 for step in walk.eligible(steps, messages):
                     conversation: list[dict[str, Any]] = messages
@@ -74,23 +113,32 @@ class RoutedStream(Streamed):
                     try:
                         async with aclosing(
                             walk.stream(step, conversation, self._params, self)
-                        ) as deltas:
-                            async for delta in deltas:
-                                sent.append(delta)
-                                yield delta
+                        ) as events:
+                            async for event in events:
+                                if type(event) is str:
+                                    sent.append(event)
+                                else:
+                                    tool_sent = True
+                                yield event
                     except CandidateFailed as failed:
-                        if sent and not resume and failed.outcome is not AttemptOutcome.DEADLINE:
+                        # Text can be continued by another model; a half-sent tool call cannot.
+                        continuable = resume and not tool_sent
+                        if (
+                            (sent or tool_sent)
+                            and not continuable
+                            and failed.outcome is not AttemptOutcome.DEADLINE
+                        ):
                             raise walk.interrupted("".join(sent)) from failed.error
                         walk.left(step.candidate, failed)
                         continue
                     self.text = "".join(sent)
                     self.latency_s = time.perf_counter() - walk.started
                     return
-                if sent:
+                if sent or tool_sent:
                     raise walk.interrupted("".join(sent))
                 raise walk.exhausted()
             except DeadlineExceeded as exc:
-                if sent:
+                if sent or tool_sent:
                     walk.outcome = RequestOutcome.DEADLINE
                     raise StreamInterrupted(
                         str(exc), task=exc.task, attempts=exc.attempts, partial_text="".join(sent)

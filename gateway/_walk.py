@@ -18,11 +18,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from typing import Any, TypeVar
 
-from gateway._outcomes import Attempt, AttemptOutcome, ErrorKind, RequestOutcome
+from gateway._outcomes import REQUEST_FAULTS, Attempt, AttemptOutcome, ErrorKind, RequestOutcome
 from gateway._resilience import BreakerOpen, RetryAborted, Sleep, Ticket, call_with_retries
 from gateway._runtime import Candidate, Runtime, Step, prompt_tokens
 from gateway.errors import (
@@ -30,16 +30,19 @@ from gateway.errors import (
     DeadlineExceeded,
     InvalidRequestError,
     ProviderError,
+    RequestRefused,
     RoutingError,
     StreamInterrupted,
 )
 from gateway.hooks import UNRESOLVED_TASK, HookSet
 from gateway.policy import TaskSpec
+from gateway.request import check_request_fields
 from gateway.types import (
     ChatStream,
     Completion,
     Conversation,
     Message,
+    ToolCallDelta,
     Usage,
     check_max_tokens,
     validate_messages,
@@ -144,15 +147,18 @@ class Walk:
     # --- the chain ---------------------------------------------------------------------
 
     def begin(
-        self, messages: Sequence[Message], max_tokens: int | None
+        self, messages: Sequence[Message], params: Mapping[str, Any], *, stream: bool
     ) -> tuple[Conversation, Sequence[Step]]:
-        """Resolve the task and check the messages: the conversation and the steps to try."""
+        """Resolve the task and check the request: the conversation and the steps to try."""
         task = self.task = self.runtime.policy.task(self.task_name)
         if task.deadline_s:
             self.deadline = self.started + task.deadline_s
-        check_max_tokens(max_tokens)
+        check_max_tokens(params.get("max_tokens"))
+        check_max_tokens(params.get("max_completion_tokens"), "max_completion_tokens")
         checked = validate_messages(messages)
-        return checked, self.runtime.ordered(task, checked, max_tokens)
+        check_request_fields(params, stream=stream)
+        output_tokens = params.get("max_completion_tokens") or params.get("max_tokens")
+        return checked, self.runtime.ordered(task, checked, output_tokens)
 
     def eligible(self, steps: Sequence[Step], messages: Sequence[Message]) -> Iterator[Step]:
         """The chain's steps worth calling, in order. Skipped candidates are recorded, each
@@ -259,10 +265,10 @@ class Walk:
                         raise CandidateFailed(AttemptOutcome.DEADLINE, exc) from exc
                     raise
                 except InvalidRequestError as exc:
-                    # The messages passed the router's checks, so this provider alone cannot
-                    # take them (e.g. Ollama and image URLs): the next candidate may.
+                    # The request passed the router's checks, so this provider alone cannot
+                    # honour it (e.g. Ollama and image URLs): the next candidate may.
                     ticket.release()
-                    raise refused(exc, candidate.name) from exc
+                    raise unsupported(exc, candidate.name) from exc
                 finally:
                     elapsed = time.perf_counter() - began
                     tries.latency_s += elapsed
@@ -289,9 +295,10 @@ class Walk:
 
     async def stream(
         self, step: Step, messages: list[dict[str, Any]], params: dict[str, Any], into: Streamed
-    ) -> AsyncGenerator[str, None]:
-        """One candidate's deltas. Retries happen only before its first delta reaches the
-        caller; after it, a failure raises `CandidateFailed` as any other."""
+    ) -> AsyncGenerator[str | ToolCallDelta, None]:
+        """One candidate's events: text deltas and tool-call pieces. Retries happen only
+        before its first event reaches the caller; after it, a failure raises
+        `CandidateFailed` as any other."""
         candidate = step.candidate
         client = candidate.client
         assert client is not None
@@ -299,7 +306,7 @@ class Walk:
         task = self.spec
         tries = _Tries(self, candidate)
 
-        async def open_stream() -> tuple[ChatStream, str | None, Ticket, float]:
+        async def open_stream() -> tuple[ChatStream, str | ToolCallDelta | None, Ticket, float]:
             timeout, deadline_binds = self.attempt_timeout(candidate)
             first_bound = timeout
             if task.first_token_timeout_s is not None and task.first_token_timeout_s < timeout:
@@ -310,12 +317,12 @@ class Walk:
                     stream = client.stream(messages, timeout_s=timeout, **call_params)
                 except InvalidRequestError as exc:
                     ticket.release()  # refused before any call: nothing to say about health
-                    raise refused(exc, candidate.name) from exc
+                    raise unsupported(exc, candidate.name) from exc
                 candidate.in_flight += 1
                 began = time.perf_counter()
                 try:
                     async with asyncio.timeout(first_bound):
-                        first: str | None = await stream.__anext__()
+                        first: str | ToolCallDelta | None = await stream.next_event()
                 except StopAsyncIteration:
                     first = None
                 except BaseException as exc:
@@ -378,6 +385,7 @@ class Walk:
                 into.provider = candidate.name
                 into.model = stream.model or candidate.model
                 into.finish_reason = stream.finish_reason
+                into.refusal = stream.refusal
             if stream.usage is not None:
                 into.usage = stream.usage
                 self.bill(candidate, stream.model, stream.usage)
@@ -408,9 +416,12 @@ class Walk:
         *,
         retries: int = 0,
         error: str | None = None,
+        status: int | None = None,
     ) -> None:
         self.attempts.append(
-            Attempt(candidate.name, candidate.model, outcome, retries, latency or 0.0, error)
+            Attempt(
+                candidate.name, candidate.model, outcome, retries, latency or 0.0, error, status
+            )
         )
         self.hooks.on_attempt(
             task=self.spec.name,
@@ -433,8 +444,20 @@ class Walk:
         )
 
     def exhausted(self) -> AllProvidersFailed:
+        """Every candidate is done without an answer: `RequestRefused` when each one refused
+        the request itself (sending it again cannot help), else `AllProvidersFailed`."""
         task = self.spec.name
-        return AllProvidersFailed(summary(task, self.attempts), task=task, attempts=self.attempts)
+        attempts = self.attempts
+        if attempts and all(a.outcome in REQUEST_FAULTS for a in attempts):
+            statuses = [a.status for a in attempts if a.status in REFUSAL_STATUSES]
+            return RequestRefused(
+                f"no provider for task {task!r} could serve this request as sent: "
+                + summary(task, attempts, header=False),
+                task=task,
+                attempts=attempts,
+                status=statuses[0] if statuses else 400,
+            )
+        return AllProvidersFailed(summary(task, attempts), task=task, attempts=attempts)
 
     def interrupted(self, partial: str) -> StreamInterrupted:
         task = self.spec.name
@@ -449,12 +472,13 @@ class Walk:
 
 class Streamed:
     """What a streamed walk tells its reader as it goes: the candidate answering, and once
-    the stream has ended, its usage and finish reason."""
+    the stream has ended, its usage, finish reason and refusal."""
 
     provider: str | None = None
     model: str | None = None
     usage: Usage = Usage()
     finish_reason: str | None = None
+    refusal: str | None = None
 
 
 class _Tries:
@@ -529,6 +553,7 @@ class _Tries:
             self.latency_s or None,
             retries=self.retries,
             error=str(error) if error is not None else None,
+            status=error.status if error is not None else None,
         )
 
 
@@ -558,9 +583,18 @@ def _shown_reason(reason: str | None) -> str | None:
     return line or None
 
 
-def refused(exc: InvalidRequestError, provider: str) -> ProviderError:
-    """A provider-specific refusal of a request, as a `bad_request` that falls through."""
-    return ProviderError(str(exc), kind=ErrorKind.BAD_REQUEST, provider=provider)
+REFUSAL_STATUSES = frozenset({400, 404, 413, 422})
+"""Upstream statuses that say the request itself was refused, passed on to the caller once
+no candidate could serve it."""
+
+
+def unsupported(exc: InvalidRequestError, provider: str) -> CandidateFailed:
+    """A provider cannot honour something the request asks for: the candidate is skipped
+    (`unsupported`) with the provider's reason, and the next one may."""
+    return CandidateFailed(
+        AttemptOutcome.UNSUPPORTED,
+        ProviderError(str(exc), kind=ErrorKind.BAD_REQUEST, provider=provider),
+    )
 
 
 def summary(task: str, attempts: Sequence[Attempt], *, header: bool = True) -> str:
@@ -593,8 +627,8 @@ class _GapTimer:
         self._until: float | None = None
         self._fired = False
 
-    async def next_within(self, stream: ChatStream, timeout_s: float) -> str:
-        """`stream`'s next delta, or `TimeoutError` after `timeout_s` without one."""
+    async def next_within(self, stream: ChatStream, timeout_s: float) -> str | ToolCallDelta:
+        """`stream`'s next event, or `TimeoutError` after `timeout_s` without one."""
         task = asyncio.current_task()
         assert task is not None
         until = self._loop.time() + timeout_s
@@ -605,7 +639,7 @@ class _GapTimer:
         cancelling = task.cancelling()
         self._waiter, self._until = task, until
         try:
-            return await stream.__anext__()
+            return await stream.next_event()
         except asyncio.CancelledError:
             if self._fired:
                 self._fired = False
@@ -639,8 +673,6 @@ def _as_error(exc: BaseException, candidate: Candidate, bound: float) -> Provide
         return ProviderError(
             f"no data within {bound:g}s", kind=ErrorKind.TIMEOUT, provider=candidate.name
         )
-    if isinstance(exc, InvalidRequestError):
-        return refused(exc, candidate.name)
     return None
 
 

@@ -11,6 +11,7 @@ GatewayError
 ├── ProviderError                     one upstream call failed; `kind` says how
 └── RoutingError                      the router gave up; `attempts` says why
     ├── AllProvidersFailed
+    │   └── RequestRefused            every candidate refused the request itself (a 4xx)
     ├── DeadlineExceeded (TimeoutError)
     └── StreamInterrupted             failed after text reached the caller
 """
@@ -32,6 +33,7 @@ __all__ = [
     "MissingDependencyError",
     "PolicyError",
     "ProviderError",
+    "RequestRefused",
     "RoutingError",
     "StreamInterrupted",
     "UnknownProviderError",
@@ -131,6 +133,19 @@ class RoutingError(GatewayError):
 
 class AllProvidersFailed(RoutingError):
     """Every candidate of the chain failed or was skipped."""
+
+
+class RequestRefused(AllProvidersFailed):
+    """No candidate could serve the request as sent: each refused it as malformed (an upstream
+    400, 404 for the model, 413, 422) or could not honour a field of it. Sending it again
+    unchanged cannot help. `status` is the HTTP status that says so (the first upstream's, or
+    400)."""
+
+    def __init__(
+        self, message: str, *, task: str = "", attempts: Sequence[Attempt] = (), status: int = 400
+    ) -> None:
+        super().__init__(message, task=task, attempts=attempts)
+        self.status = status
 
 
 class DeadlineExceeded(RoutingError, TimeoutError):

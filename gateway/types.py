@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -13,10 +14,15 @@ from gateway.errors import InvalidRequestError
 __all__ = [
     "Attempt",
     "ChatStream",
+    "Choice",
     "Completion",
     "Conversation",
     "Message",
     "StreamEnd",
+    "StreamEvent",
+    "TextDelta",
+    "ToolCall",
+    "ToolCallDelta",
     "Usage",
     "content_text",
     "validate_messages",
@@ -25,7 +31,8 @@ __all__ = [
 Message = Mapping[str, Any]
 """An OpenAI-style chat message: `{"role": "user", "content": "..."}`."""
 
-ROLES = frozenset({"system", "user", "assistant", "tool"})
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+"""`developer` is OpenAI's newer name for `system`: sent as is to OpenAI, as system elsewhere."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,14 +51,87 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function the model asks the caller to run: OpenAI's `tool_calls[i]`, whatever the
+    provider's own shape was."""
+
+    id: str
+    name: str
+    arguments: str
+    """The arguments as the model wrote them: JSON text, normally an object."""
+
+    def parsed_arguments(self) -> Any:
+        """`arguments` decoded (a dict for a well-behaved model); `ValueError` if not JSON."""
+        return json.loads(self.arguments) if self.arguments else {}
+
+    def to_openai(self) -> dict[str, Any]:
+        """The OpenAI wire shape, e.g. to append the assistant's turn to a history."""
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """One of the answers a call with `n` > 1 asked for (choice 0 is the `Completion` itself)."""
+
+    index: int
+    text: str
+    finish_reason: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    refusal: str | None = None
+    extra: Mapping[str, Any] | None = None
+    """Fields of the provider's message the gateway carries as given (OpenAI's `annotations`,
+    `audio`, and the choice's `logprobs`)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Completion:
-    """One provider's whole answer to one call."""
+    """One provider's whole answer to one call: its first choice, and any others."""
 
     text: str
     model: str
     finish_reason: str | None = None
     usage: Usage = field(default_factory=Usage)
     response_id: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    refusal: str | None = None
+    """The model's refusal message (OpenAI's `message.refusal`), when it declined."""
+    extra: Mapping[str, Any] | None = None
+    """See `Choice.extra`."""
+    other_choices: tuple[Choice, ...] = ()
+    """Choices 1 to n-1 of a call with `n` > 1."""
+
+    @property
+    def choices(self) -> tuple[Choice, ...]:
+        """Every choice, this answer's first one included."""
+        first = Choice(0, self.text, self.finish_reason, self.tool_calls, self.refusal, self.extra)
+        return (first, *self.other_choices)
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of the answer's text."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call. The call's first piece carries its `id` and `name`;
+    the `arguments` pieces, joined in order, are the call's JSON arguments."""
+
+    index: int
+    """Which tool call of the answer this piece belongs to (0, 1, ...)."""
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+StreamEvent = TextDelta | ToolCallDelta
+"""What `events()` of a stream yields."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,42 +142,103 @@ class StreamEnd:
     finish_reason: str | None = None
     model: str | None = None
     response_id: str | None = None
+    refusal: str | None = None
+
+
+class ToolCallAssembler:
+    """Joins a stream's `ToolCallDelta`s into whole `ToolCall`s."""
+
+    __slots__ = ("_calls",)
+
+    def __init__(self) -> None:
+        self._calls: dict[int, list[Any]] = {}
+
+    def add(self, delta: ToolCallDelta) -> None:
+        entry = self._calls.get(delta.index)
+        if entry is None:
+            entry = self._calls[delta.index] = [delta.id or "", delta.name or "", []]
+        else:
+            entry[0] = entry[0] or delta.id or ""
+            entry[1] = entry[1] or delta.name or ""
+        if delta.arguments:
+            entry[2].append(delta.arguments)
+
+    def calls(self) -> tuple[ToolCall, ...]:
+        return tuple(
+            ToolCall(id=entry[0], name=entry[1], arguments="".join(entry[2]))
+            for _, entry in sorted(self._calls.items())
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self._calls)
 
 
 class ChatStream:
-    """An async iterator of text deltas; once exhausted, `usage` and `finish_reason` are final.
+    """An async iterator of text deltas; once exhausted, `usage`, `finish_reason` and
+    `tool_calls` are final.
 
-    Providers build one from an async generator that yields `str` deltas and ends with one
-    `StreamEnd`. Nothing is sent upstream until the first `__anext__`, so the caller can
-    bound the wait for the first token around that call.
+    `async for delta in stream` gives the text alone (tool calls are gathered into
+    `tool_calls`); `stream.events()` gives `TextDelta` and `ToolCallDelta` events as they come.
+    Providers build one from an async generator that yields `str` deltas and `ToolCallDelta`s
+    and ends with one `StreamEnd`. Nothing is sent upstream until the first event is awaited,
+    so the caller can bound the wait for the first token around that call.
     """
 
-    def __init__(self, source: AsyncIterator[str | StreamEnd], *, model: str) -> None:
+    def __init__(
+        self, source: AsyncIterator[str | ToolCallDelta | StreamEnd], *, model: str
+    ) -> None:
         self._source = source
         self.model = model
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
         self.response_id: str | None = None
+        self.refusal: str | None = None
         self.done = False
+        self._tools = ToolCallAssembler()
+
+    @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        """The tool calls streamed so far (all of them, once the stream is exhausted)."""
+        return self._tools.calls()
 
     def __aiter__(self) -> ChatStream:
         return self
 
     async def __anext__(self) -> str:
         while True:
+            event = await self.next_event()
+            if type(event) is str:
+                return event
+
+    async def next_event(self) -> str | ToolCallDelta:
+        """The next text delta (a `str`) or tool-call piece; `StopAsyncIteration` at the end."""
+        while True:
             try:
                 event = await self._source.__anext__()
             except StopAsyncIteration:
                 self.done = True
                 raise
-            if isinstance(event, StreamEnd):
+            if type(event) is str:
+                if event:
+                    return event
+            elif isinstance(event, ToolCallDelta):
+                self._tools.add(event)
+                return event
+            elif isinstance(event, StreamEnd):
                 self.usage = event.usage or self.usage
                 self.finish_reason = event.finish_reason or self.finish_reason
                 self.model = event.model or self.model
                 self.response_id = event.response_id or self.response_id
-                continue
-            if event:
-                return event
+                self.refusal = event.refusal or self.refusal
+
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        """Text and tool-call pieces, typed, as they arrive."""
+        while True:
+            try:
+                event = await self.next_event()
+            except StopAsyncIteration:
+                return
+            yield TextDelta(event) if type(event) is str else event  # type: ignore[misc]
 
     async def aclose(self) -> None:
         """Stop early and release the upstream connection."""
@@ -181,6 +322,13 @@ def validate_messages(messages: Sequence[Message]) -> Conversation:
                 f"messages[{i}].content must be a string or a list of content parts, "
                 f"got {type(content).__name__}"
             )
+        name = message.get("name")
+        if name is not None:
+            if not isinstance(name, str):
+                raise InvalidRequestError(
+                    f"messages[{i}].name must be a string, got {type(name).__name__}"
+                )
+            _check_encodable(name, i, "name")
         _check_tool_fields(message, i)
         checked.append(dict(message))
     return checked
@@ -241,6 +389,8 @@ def _check_tool_fields(message: Mapping[str, Any], i: int) -> None:
                 f"messages[{i}].tool_calls[{j}].function.arguments must be a JSON object "
                 f"string, got {type(arguments).__name__}"
             )
+        if isinstance(arguments, str):
+            _check_encodable(arguments, i, f"tool_calls[{j}].function.arguments")
 
 
 def content_text(content: Any) -> str:

@@ -880,7 +880,7 @@ async def test_a_provider_specific_refusal_falls_through(up: FakeUpstream, route
     only_system = [{"role": "system", "content": "Say hello."}]
     r = await router.generate(only_system, task="summarize")
     assert r.provider == "backup"
-    assert r.attempts[0].outcome == "bad_request"
+    assert r.attempts[0].outcome == "unsupported"
     assert up.count(model=PRIMARY) == 0
     stream = router.stream(only_system, task="summarize")
     assert "".join([d async for d in stream])

@@ -320,7 +320,7 @@ async def test_a_provider_that_cannot_take_the_messages_is_passed_over(
         model="summarize", messages=[{"role": "system", "content": "Be brief."}]
     )
     assert raw.parse().choices[0].message.content == MINI_TEXT
-    assert raw.headers["x-gateway-attempts-detail"] == "sonnet:bad_request,mini:success"
+    assert raw.headers["x-gateway-attempts-detail"] == "sonnet:unsupported,mini:success"
 
 
 async def test_streamed_completion_with_usage_chunk(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -20,12 +20,14 @@ from gateway.errors import ErrorKind, GatewayError, ProviderError
 from gateway.providers import _errors
 from gateway.providers._errors import Redactor
 from gateway.providers._http import call_timeout, check_limits, require_time
+from gateway.request import check_request_fields, json_schema_of
 from gateway.types import (
     ChatStream,
     Completion,
     Conversation,
     Message,
     StreamEnd,
+    ToolCallDelta,
     validate_messages,
 )
 
@@ -44,11 +46,21 @@ class Call:
     temperature: float | None
     max_tokens: int | None
     json_mode: bool
+    """The answer must be one JSON object: `json_mode=True`, or a `response_format` of type
+    `json_object` or `json_schema`."""
     params: dict[str, Any]
+    """Every other request field the caller set, in OpenAI's names (`tools`, `tool_choice`,
+    `response_format`, `seed`, `n`, ...), checked by `check_request_fields`. Each codec
+    forwards, translates or refuses them."""
     timeout_s: float
     stream: bool
     redact: Redactor = field(repr=False)
     """Cleans upstream error text of the key and this call's prompt texts."""
+
+    @property
+    def json_schema(self) -> Mapping[str, Any] | None:
+        """The `json_schema` object (`name`, `schema`, `strict`) the answer must match."""
+        return json_schema_of(self.params)
 
 
 class LLMService:
@@ -121,10 +133,10 @@ class LLMService:
         """Send one call and return its whole answer."""
         raise NotImplementedError(f"{type(self).__name__} implements neither complete nor _send")
 
-    def _open_stream(self, call: Call) -> AsyncIterator[str | StreamEnd]:
-        """The call's events: text deltas, then one `StreamEnd`. Called by `stream` itself, so
-        the request can be built (and refused) at once; nothing may be sent before the first
-        event is awaited."""
+    def _open_stream(self, call: Call) -> AsyncIterator[str | ToolCallDelta | StreamEnd]:
+        """The call's events: text deltas and tool-call pieces, then one `StreamEnd`. Called
+        by `stream` itself, so the request can be built (and refused) at once; nothing may be
+        sent before the first event is awaited."""
         raise NotImplementedError(
             f"{type(self).__name__} implements neither stream nor _open_stream"
         )
@@ -154,6 +166,10 @@ class LLMService:
         stream: bool,
     ) -> Call:
         conversation = validate_messages(messages)
+        check_request_fields(params, stream=stream)
+        response_format = params.get("response_format")
+        if isinstance(response_format, Mapping) and response_format.get("type") != "text":
+            json_mode = True
         return Call(
             provider=self.name,
             model=self.model,
@@ -173,8 +189,8 @@ class LLMService:
         return self._error(exc, call)
 
     async def _mapped_stream(
-        self, call: Call, source: AsyncIterator[str | StreamEnd]
-    ) -> AsyncIterator[str | StreamEnd]:
+        self, call: Call, source: AsyncIterator[str | ToolCallDelta | StreamEnd]
+    ) -> AsyncIterator[str | ToolCallDelta | StreamEnd]:
         # `aclosing`: closing this stream early must close the provider's too (its connection).
         async with contextlib.aclosing(source):  # type: ignore[type-var]
             require_time(call.timeout_s, self.name)

@@ -1,9 +1,10 @@
 """What a wire codec is: one chat protocol, independent of how its bytes travel.
 
 A codec builds a call's request (path, body), reads a whole answer into a `Completion`, reads
-stream events into text deltas and a final `StreamEnd`, and says what an error response or an
-in-stream error means as a `ProviderError`. A transport (`gateway.providers._transport`) moves
-the request and hands back parsed JSON; the two meet in `WireService`.
+stream events into text deltas, tool-call pieces and a final `StreamEnd`, and says what an
+error response or an in-stream error means as a `ProviderError`. A transport
+(`gateway.providers._transport`) moves the request and hands back parsed JSON; the two meet in
+`WireService`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, ClassVar, Literal
 
 from gateway.errors import ProviderError
 from gateway.providers._base import Call
-from gateway.types import Completion, StreamEnd
+from gateway.types import Completion, StreamEnd, ToolCallDelta
 
 Framing = Literal["sse", "ndjson"]
 
@@ -54,8 +55,9 @@ class StreamReader(ABC):
     """Set once the protocol said the stream is complete: nothing after it is read."""
 
     @abstractmethod
-    def read(self, event: WireEvent) -> Iterator[str]:
-        """The event's text deltas. An in-stream error raises its `ProviderError`."""
+    def read(self, event: WireEvent) -> Iterator[str | ToolCallDelta]:
+        """The event's text deltas and tool-call pieces. An in-stream error raises its
+        `ProviderError`."""
 
     @abstractmethod
     def end(self) -> StreamEnd:

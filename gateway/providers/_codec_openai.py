@@ -7,6 +7,8 @@ read here, once: a wire JSON dict and a LiteLLM model have the same fields.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -15,7 +17,15 @@ from gateway.providers import _errors
 from gateway.providers._base import Call
 from gateway.providers._codec import StreamReader, WireCodec, WireEvent
 from gateway.providers._messages import JSON_INSTRUCTION
-from gateway.types import Completion, StreamEnd, Usage, content_text
+from gateway.types import (
+    Choice,
+    Completion,
+    StreamEnd,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+    content_text,
+)
 
 # Error codes that say more than the HTTP status they come with.
 _SPECIFIC_CODES = frozenset({ErrorKind.CONTEXT_LENGTH, ErrorKind.CONTENT_FILTER})
@@ -31,23 +41,29 @@ def request_body(
     *,
     stream: bool = False,
 ) -> dict[str, Any]:
-    """A Chat Completions request; fields the caller set in `params` go on the wire as given.
+    """A Chat Completions request. OpenAI's own fields (`params`) go on the wire by their own
+    names, as given: this is the protocol they were written for.
 
-    A streamed one asks for the usage chunk at the end, which is where a stream's tokens (and
-    so its cost) come from.
+    JSON mode without a `response_format` asks for `json_object`. A streamed request asks for
+    the usage chunk at the end, which is where a stream's tokens (and so its cost) come from.
     """
     request: dict[str, Any] = {
         "model": model,
         "messages": messages,
         **params,
-        **sampling_fields(temperature, max_tokens, json_mode=json_mode),
+        **sampling_fields(temperature, max_tokens, json_mode=json_mode, params=params),
     }
-    if json_mode and not _mentions_json(messages):
+    response_format = request.get("response_format")
+    if (
+        isinstance(response_format, dict)
+        and response_format.get("type") == "json_object"
+        and not _mentions_json(messages)
+    ):
         # OpenAI rejects JSON mode unless the conversation mentions JSON.
         request["messages"] = [{"role": "system", "content": JSON_INSTRUCTION}, *messages]
     if stream:
         request["stream"] = True
-        request["stream_options"] = {"include_usage": True}
+        request["stream_options"] = {**(params.get("stream_options") or {}), "include_usage": True}
     return request
 
 
@@ -56,15 +72,16 @@ def _mentions_json(messages: list[dict[str, Any]]) -> bool:
 
 
 def sampling_fields(
-    temperature: float | None, max_tokens: int | None, *, json_mode: bool
+    temperature: float | None, max_tokens: int | None, *, json_mode: bool, params: dict[str, Any]
 ) -> dict[str, Any]:
-    """The request fields for the call's own settings; one left unset is left out."""
+    """The request fields for the call's own settings; one left unset is left out, and so is
+    one the caller set by OpenAI's own name (`max_completion_tokens`, `response_format`)."""
     fields: dict[str, Any] = {}
     if temperature is not None:
         fields["temperature"] = temperature
-    if max_tokens is not None:
+    if max_tokens is not None and "max_completion_tokens" not in params:
         fields["max_tokens"] = max_tokens
-    if json_mode:
+    if json_mode and "response_format" not in params:
         fields["response_format"] = {"type": "json_object"}
     return fields
 
@@ -105,7 +122,7 @@ def _malformed(provider: str, what: str) -> ProviderError:
 
 
 def completion(response: Any, *, provider: str, model: str) -> Completion:
-    """The first choice of a chat completion; a filtered one is a CONTENT_FILTER error.
+    """Every choice of a chat completion; a filtered first one is a CONTENT_FILTER error.
 
     `model` stands in when the response names none. A reply of the wrong shape is
     INVALID_RESPONSE, never a crash: the upstream's JSON is read here unvalidated.
@@ -119,23 +136,101 @@ def completion(response: Any, *, provider: str, model: str) -> Completion:
         )
     if not isinstance(choices, list | tuple):
         raise _malformed(provider, "choices is not a list")
-    choice = choices[0]
-    reason = _get(choice, "finish_reason")
-    if reason == "content_filter":
-        raise _errors.content_filter_error(provider=provider, reason=reason)
+    first, *others = (_choice(choice, i, provider) for i, choice in enumerate(choices))
+    if first.finish_reason == "content_filter":
+        raise _errors.content_filter_error(provider=provider, reason=first.finish_reason)
+    answered_by = _get(response, "model")
+    response_id = _get(response, "id")
+    return Completion(
+        text=first.text,
+        model=answered_by if isinstance(answered_by, str) and answered_by else model,
+        finish_reason=_errors.finish_reason(first.finish_reason),
+        usage=usage(_get(response, "usage"), provider=provider) or Usage(),
+        response_id=response_id if isinstance(response_id, str) else None,
+        tool_calls=first.tool_calls,
+        refusal=first.refusal,
+        extra=first.extra,
+        other_choices=tuple(
+            Choice(
+                c.index,
+                c.text,
+                _errors.finish_reason(c.finish_reason),
+                c.tool_calls,
+                c.refusal,
+                c.extra,
+            )
+            for c in others
+        ),
+    )
+
+
+MESSAGE_EXTRAS = ("annotations", "audio", "function_call", "reasoning_content")
+"""Fields of a reply's message the gateway carries as given, besides content, refusal and
+tool calls."""
+
+
+def _choice(choice: Any, position: int, provider: str) -> Choice:
+    """One choice as read (finish reason still the upstream's word)."""
     message = _get(choice, "message")
     text = _get(message, "content") if message is not None else None
     if text is not None and not isinstance(text, str):
         raise _malformed(provider, "message content is not a string")
-    answered_by = _get(response, "model")
-    response_id = _get(response, "id")
-    return Completion(
+    refusal = _get(message, "refusal") if message is not None else None
+    index = _get(choice, "index")
+    reason = _get(choice, "finish_reason")
+    extra = {
+        key: _plain(value)
+        for key in MESSAGE_EXTRAS
+        if message is not None and (value := _get(message, key)) is not None
+    }
+    logprobs = _get(choice, "logprobs")
+    if logprobs is not None:
+        extra["logprobs"] = _plain(logprobs)
+    return Choice(
+        index=index if isinstance(index, int) and not isinstance(index, bool) else position,
         text=text or "",
-        model=answered_by if isinstance(answered_by, str) and answered_by else model,
-        finish_reason=_errors.finish_reason(reason if isinstance(reason, str) else None),
-        usage=usage(_get(response, "usage"), provider=provider) or Usage(),
-        response_id=response_id if isinstance(response_id, str) else None,
+        finish_reason=reason if isinstance(reason, str) else None,
+        tool_calls=tuple(_tool_call(call, provider) for call in (_get(message, "tool_calls") or ()))
+        if message is not None
+        else (),
+        refusal=refusal if isinstance(refusal, str) else None,
+        extra=extra or None,
     )
+
+
+def _tool_call(call: Any, provider: str) -> ToolCall:
+    function = _get(call, "function")
+    name = _get(function, "name") if function is not None else None
+    if not isinstance(name, str) or not name:
+        raise _malformed(provider, "a tool call without a function name")
+    call_id = _get(call, "id")
+    return ToolCall(
+        id=call_id if isinstance(call_id, str) and call_id else new_tool_call_id(),
+        name=name,
+        arguments=_arguments_text(_get(function, "arguments"), provider),
+    )
+
+
+def _arguments_text(arguments: Any, provider: str) -> str:
+    """A tool call's arguments as JSON text; some compatible servers send an object."""
+    if arguments is None:
+        return ""
+    if isinstance(arguments, str):
+        return arguments
+    if isinstance(arguments, dict):
+        return json.dumps(arguments, ensure_ascii=False)
+    raise _malformed(provider, "tool call arguments that are neither text nor an object")
+
+
+def new_tool_call_id() -> str:
+    """An id for a tool call whose upstream gave none (the caller must answer by id)."""
+    return "call_" + os.urandom(12).hex()
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready data from a wire dict, or from a LiteLLM/pydantic model."""
+    dump = getattr(value, "model_dump", None)
+    return dump(mode="json", exclude_none=True) if callable(dump) else value
 
 
 def status_error_kind(status: int, code: object) -> ErrorKind:
@@ -170,15 +265,18 @@ class ChunkReader(StreamReader):
         self._finish: str | None = None
         self._model: str | None = None
         self._response_id: str | None = None
+        self._refusal: list[str] = []
+        self._tool_ids: set[int] = set()
 
-    def read(self, event: WireEvent) -> Iterator[str]:
+    def read(self, event: WireEvent) -> Iterator[str | ToolCallDelta]:
         chunk = event.data
         if isinstance(chunk, dict) and chunk.get("error"):
             raise in_stream_error(chunk["error"], self._provider, self._redact)
         return self.read_chunk(chunk)
 
-    def read_chunk(self, chunk: Any) -> Iterator[str]:
-        """The chunk's text deltas, noting its id, model, usage and finish reason."""
+    def read_chunk(self, chunk: Any) -> Iterator[str | ToolCallDelta]:
+        """The chunk's text deltas and tool-call pieces, noting its id, model, usage, refusal
+        and finish reason."""
         if not isinstance(chunk, dict) and not hasattr(chunk, "choices"):
             raise _malformed(self._provider, f"a stream chunk that is a {type(chunk).__name__}")
         self._response_id = self._response_id or _get(chunk, "id")
@@ -190,14 +288,39 @@ class ChunkReader(StreamReader):
             if self._first_choice_only and _get(choice, "index") not in (0, None):
                 continue
             delta = _get(choice, "delta")
-            content = _get(delta, "content") if delta is not None else None
-            if content:
-                if not isinstance(content, str):
-                    raise _malformed(self._provider, "a delta whose content is not a string")
-                yield content
+            if delta is not None:
+                content = _get(delta, "content")
+                if content:
+                    if not isinstance(content, str):
+                        raise _malformed(self._provider, "a delta whose content is not a string")
+                    yield content
+                for call in _get(delta, "tool_calls") or ():
+                    yield self._tool_piece(call)
+                refusal = _get(delta, "refusal")
+                if isinstance(refusal, str) and refusal:
+                    self._refusal.append(refusal)
             reason = _get(choice, "finish_reason")
             if reason:
                 self._finish = reason
+
+    def _tool_piece(self, call: Any) -> ToolCallDelta:
+        index = _get(call, "index")
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise _malformed(self._provider, "a tool call delta without an index")
+        function = _get(call, "function")
+        name = _get(function, "name") if function is not None else None
+        call_id = _get(call, "id")
+        if index not in self._tool_ids:
+            # A call's first piece names it; a server that gives no id gets one from us.
+            self._tool_ids.add(index)
+            call_id = call_id if isinstance(call_id, str) and call_id else new_tool_call_id()
+        arguments = _get(function, "arguments") if function is not None else None
+        return ToolCallDelta(
+            index=index,
+            id=call_id if isinstance(call_id, str) and call_id else None,
+            name=name if isinstance(name, str) and name else None,
+            arguments=_arguments_text(arguments, self._provider),
+        )
 
     def end(self) -> StreamEnd:
         """The stream's last event; a stream that never said it finished was cut."""
@@ -206,7 +329,11 @@ class ChunkReader(StreamReader):
         if self._finish == "content_filter":
             raise _errors.content_filter_error(provider=self._provider, reason=self._finish)
         return StreamEnd(
-            self._usage, _errors.finish_reason(self._finish), self._model, self._response_id
+            self._usage,
+            _errors.finish_reason(self._finish),
+            self._model,
+            self._response_id,
+            "".join(self._refusal) or None,
         )
 
 

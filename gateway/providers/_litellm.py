@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from gateway.errors import ConfigurationError, ErrorKind, MissingDependencyError, ProviderError
 from gateway.providers import _codec_openai, _errors
 from gateway.providers._base import Call, LLMService
-from gateway.types import Completion, StreamEnd
+from gateway.types import Completion, StreamEnd, ToolCallDelta
 
 # Without this LiteLLM downloads its price map from GitHub at import time.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -74,12 +74,14 @@ class LiteLLMService(LLMService):
             response = await litellm.acompletion(**self._request(call), stream=False)
         return _codec_openai.completion(response, provider=self.name, model=self.model)
 
-    def _open_stream(self, call: Call) -> AsyncIterator[str | StreamEnd]:
+    def _open_stream(self, call: Call) -> AsyncIterator[str | ToolCallDelta | StreamEnd]:
         request = self._request(call)
         request["stream_options"] = {"include_usage": True}
         return self._events(request)
 
-    async def _events(self, request: dict[str, Any]) -> AsyncIterator[str | StreamEnd]:
+    async def _events(
+        self, request: dict[str, Any]
+    ) -> AsyncIterator[str | ToolCallDelta | StreamEnd]:
         # Every choice's text passes, as LiteLLM's own streams do; the codec keeps choice 0.
         reader = _codec_openai.ChunkReader(provider=self.name, first_choice_only=False)
         async with self._slots:
@@ -107,7 +109,7 @@ class LiteLLMService(LLMService):
             request["api_version"] = self.api_version
         request.update(
             _codec_openai.sampling_fields(
-                call.temperature, call.max_tokens, json_mode=call.json_mode
+                call.temperature, call.max_tokens, json_mode=call.json_mode, params=call.params
             )
         )
         return request

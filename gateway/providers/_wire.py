@@ -20,7 +20,7 @@ from gateway.providers._transport import (
     Transport,
     UpstreamStatusError,
 )
-from gateway.types import Completion, StreamEnd
+from gateway.types import Completion, StreamEnd, ToolCallDelta
 
 
 class WireService(LLMService):
@@ -93,10 +93,12 @@ class WireService(LLMService):
         data = await self.transport.send(self.request(call))
         return self.codec.completion(data, call)
 
-    def _open_stream(self, call: Call) -> AsyncIterator[str | StreamEnd]:
+    def _open_stream(self, call: Call) -> AsyncIterator[str | ToolCallDelta | StreamEnd]:
         return self._events(self.request(call), call)
 
-    async def _events(self, request: WireRequest, call: Call) -> AsyncIterator[str | StreamEnd]:
+    async def _events(
+        self, request: WireRequest, call: Call
+    ) -> AsyncIterator[str | ToolCallDelta | StreamEnd]:
         reader = self.codec.reader(call)
         async with contextlib.aclosing(self.transport.events(request)) as events:  # type: ignore[type-var]
             async for event in events:
