@@ -61,8 +61,14 @@ class ToolCall:
     """The arguments as the model wrote them: JSON text, normally an object."""
 
     def parsed_arguments(self) -> Any:
-        """`arguments` decoded (a dict for a well-behaved model); `ValueError` if not JSON."""
-        return json.loads(self.arguments) if self.arguments else {}
+        """`arguments` decoded (a dict for a well-behaved model); `ValueError` if it is not
+        JSON, or is nested too deep to decode."""
+        if not self.arguments:
+            return {}
+        try:
+            return json.loads(self.arguments)
+        except RecursionError as exc:
+            raise ValueError("tool call arguments are nested too deep to decode") from exc
 
     def to_openai(self) -> dict[str, Any]:
         """The OpenAI wire shape, e.g. to append the assistant's turn to a history."""

@@ -36,7 +36,7 @@ from gateway.server._disconnect import ClientGone
 from gateway.server._openai_compat import ChatCompletion, ChunkWriter, completion_body
 from gateway.server._sse import event
 from gateway.testing import FakeUpstream, Fault, fake_usage
-from gateway.types import Usage
+from gateway.types import Choice, ToolCall, Usage
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -201,13 +201,16 @@ async def test_plain_completion_passes_sampling_params_and_reports_route(
     )
 
 
-async def test_max_completion_tokens_reaches_the_provider_as_its_limit(
+async def test_max_completion_tokens_reaches_openai_by_its_own_name(
     client: openai.AsyncOpenAI, upstream: FakeUpstream
 ) -> None:
+    # OpenAI's reasoning models refuse max_tokens: renaming it would make them fail.
     await client.chat.completions.create(
         model="chat", messages=user("hi"), max_completion_tokens=17
     )
-    assert upstream.requests[-1].body["max_tokens"] == 17
+    sent = upstream.requests[-1].body
+    assert sent["max_completion_tokens"] == 17
+    assert "max_tokens" not in sent
 
 
 async def test_task_header_routes_and_model_is_ignored(client: openai.AsyncOpenAI) -> None:
@@ -232,7 +235,7 @@ async def test_fall_through_is_visible_in_the_headers(
     assert raw.headers["x-gateway-attempts-detail"] == "mini:server_error,sonnet:success"
 
 
-async def test_developer_messages_reach_the_upstream_as_system(
+async def test_developer_messages_reach_openai_by_that_name(
     http: httpx.AsyncClient, upstream: FakeUpstream
 ) -> None:
     messages = [
@@ -245,8 +248,8 @@ async def test_developer_messages_reach_the_upstream_as_system(
     response = await http.post("/v1/chat/completions", json={"model": "chat", "messages": messages})
     assert response.status_code == 200, response.text
     assert upstream.requests[-1].body["messages"] == [
-        {"role": "system", "content": "Be terse."},
-        {"role": "system", "content": [{"type": "text", "text": "Answer in French."}]},
+        {"role": "developer", "content": "Be terse."},
+        {"role": "developer", "content": [{"type": "text", "text": "Answer in French."}]},
         {"role": "user", "content": "Hello"},
         {"role": "assistant"},
         {"role": "user", "content": [{"type": "text", "text": "Again"}]},
@@ -484,7 +487,7 @@ ONE_MESSAGE = '"messages": [{"role": "user", "content": "x"}]'
         (f'{{"model": "chat", {ONE_MESSAGE}, "temperature": 7}}', "temperature", "(got 7)"),
         (f'{{"model": "chat", {ONE_MESSAGE}, "max_tokens": "9"}}', "max_tokens", "integer"),
         (f'{{"model": "chat", {ONE_MESSAGE}, "stream": 1}}', "stream", "boolean"),
-        (f'{{"model": "chat", {ONE_MESSAGE}, "n": 2}}', "n", "(got 2)"),
+        (f'{{"model": "chat", {ONE_MESSAGE}, "n": 0}}', "n", "(got 0)"),
     ],
 )
 async def test_bad_requests_are_400_in_openai_shape(
@@ -587,7 +590,7 @@ NOT_JSON = "; send a JSON object with the header 'content-type: application/json
             invalid("There was an error parsing the body", code="http_error"),
         ),
         (
-            '{"model": "chat", "messages": [], "n": 2}'.encode("utf-16"),
+            '{"model": "chat", "messages": [], "n": 0}'.encode("utf-16"),
             {"content-type": "application/vnd.example+json"},
             invalid(
                 "messages: List should have at least 1 item after validation, not 0 (got []); "
@@ -596,7 +599,7 @@ NOT_JSON = "; send a JSON object with the header 'content-type: application/json
             ),
         ),
         (
-            b'{"model": "", "messages": [], "n": 2, "top_p": 3}',
+            b'{"model": "", "messages": [], "n": 0, "top_p": 3}',
             {"content-type": "application/json"},
             invalid(
                 "model: String should have at least 1 character (got ''); and 3 more problems",
@@ -1114,9 +1117,22 @@ async def test_is_loopback(host: str, loopback: bool) -> None:
 async def test_answers_built_by_hand_match_the_documented_models() -> None:
     usage = Usage(input_tokens=12, output_tokens=5, cached_input_tokens=4)
     body = completion_body(
-        response_id="chatcmpl-1", model="gpt-4o-mini", text="hé \n", finish="length", usage=usage
+        response_id="chatcmpl-1",
+        model="gpt-4o-mini",
+        choices=[
+            Choice(0, "hé \n", "length"),
+            Choice(
+                1,
+                "",
+                "tool_calls",
+                (ToolCall("call_1", "weather", '{"city": "Paris"}'),),
+                extra={"annotations": [], "logprobs": {"content": []}},
+            ),
+        ],
+        usage=usage,
     )
-    assert body == ChatCompletion.model_validate(body).model_dump(mode="json")
+    # Optional reply fields (tool_calls, annotations...) appear only when the answer has them.
+    assert body == ChatCompletion.model_validate(body).model_dump(mode="json", exclude_unset=True)
     assert list(body) == list(ChatCompletion.model_fields)
     assert body["usage"] == {
         "prompt_tokens": 12,
@@ -1125,6 +1141,9 @@ async def test_answers_built_by_hand_match_the_documented_models() -> None:
         "prompt_tokens_details": {"cached_tokens": 4},
     }
     assert body["choices"][0]["finish_reason"] == "length"
+    assert body["choices"][1]["message"]["content"] is None  # tool calls alone: null content
+    assert body["choices"][1]["message"]["tool_calls"][0]["function"]["name"] == "weather"
+    assert body["choices"][1]["logprobs"] == {"content": []}
     chunk = ChunkWriter(response_id="chatcmpl-1", model="m", include_usage=True).usage(usage)
     assert chunk is not None and chunk["usage"] == body["usage"]
     assert json.loads(event(body)[len(b"data: ") : -2]) == body

@@ -312,6 +312,8 @@ class ChunkReader(StreamReader):
         call_id = _get(call, "id")
         if index not in self._tool_ids:
             # A call's first piece names it; a server that gives no id gets one from us.
+            if not isinstance(name, str) or not name:
+                raise _malformed(self._provider, "a tool call without a function name")
             self._tool_ids.add(index)
             call_id = call_id if isinstance(call_id, str) and call_id else new_tool_call_id()
         arguments = _get(function, "arguments") if function is not None else None

@@ -39,6 +39,7 @@ from gateway.server._docs_page import add_docs_routes
 from gateway.server._errors import (
     RequestVocabulary,
     error_response,
+    failure_headers,
     install_handlers,
     internal_error_body,
     routing_failure,
@@ -251,7 +252,7 @@ def create_app(
         status, body = failure
         access = access_record(request.scope)
         access.outcome = body["error"]["code"]
-        return JSONResponse(body, status_code=status)
+        return JSONResponse(body, status_code=status, headers=failure_headers(status))
 
     async def on_too_large(request: Request, exc: Exception) -> Response:
         return too_large_response(settings.max_body_bytes)
@@ -467,6 +468,25 @@ def _add_routes(app: FastAPI) -> Route:
         policy = _state(request).router.policy
         created = int(policy.loaded_at)
         return ModelList(data=[ModelCard(id=name, created=created) for name in policy.tasks])
+
+    @app.get(
+        "/v1/models/{model}",
+        response_model=ModelCard,
+        responses={**_CLIENT_ERRORS, 404: {**_ERROR, "description": "No task of that name."}},
+        dependencies=client,
+        tags=["openai"],
+    )
+    async def retrieve_model(request: Request, model: str) -> Response:
+        policy = _state(request).router.policy
+        if model not in policy.tasks:
+            return error_response(
+                f"no task named {model!r}; GET /v1/models lists the tasks",
+                status=404,
+                code="model_not_found",
+                param="model",
+            )
+        card = ModelCard(id=model, created=int(policy.loaded_at))
+        return JSONResponse(card.model_dump())
 
     @app.get(
         "/api/v1/monitoring/providers",

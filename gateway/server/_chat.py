@@ -11,10 +11,11 @@ a whole answer still in the works then gets 503 with that code.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.message
 import json
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any, TypeVar
@@ -45,9 +46,10 @@ from gateway.server._openai_compat import (
     ChunkWriter,
     completion_body,
     new_completion_id,
+    response_id_for,
 )
 from gateway.server._sse import DONE, EventStreamResponse, LastEvents, event, json_bytes
-from gateway.types import Attempt
+from gateway.types import Attempt, StreamEvent, TextDelta, ToolCallDelta
 
 log = logging.getLogger("gateway.server")
 
@@ -258,22 +260,26 @@ async def _complete(
 ) -> Response:
     messages, params = body.wire_messages(), body.call_params()
     if body.json_mode:
+        # The router checks the answer is a JSON object (and falls through when it is not).
         call = router.complete_json(messages, task=task, **params)
     else:
         call = router.generate(messages, task=task, **params)
     routed = await unless_disconnected(receive, call)
-    # JSON mode answers with the object the router parsed, re-serialised.
-    text = json.dumps(routed.parsed, ensure_ascii=False) if body.json_mode else routed.text
+    choices = routed.choices
+    if body.json_mode and routed.parsed is not None:
+        # The object the router parsed, re-serialised: without the code fence some models
+        # put around JSON even in JSON mode.
+        text = json.dumps(routed.parsed, ensure_ascii=False)
+        choices = (dataclasses.replace(choices[0], text=text), *choices[1:])
     access.provider, access.attempts, access.cost_usd = (
         routed.provider,
         routed.attempts,
         routed.cost_usd,
     )
     payload = completion_body(
-        response_id=routed.response_id or new_completion_id(),
+        response_id=response_id_for(routed.response_id),
         model=routed.model or routed.provider,
-        text=text,
-        finish=routed.finish_reason,
+        choices=choices,
         usage=routed.usage,
     )
     headers = gateway_headers(
@@ -285,12 +291,10 @@ async def _complete(
 async def _stream(
     router: Router, body: ChatCompletionRequest, task: str, receive: Receive, access: AccessRecord
 ) -> Response:
-    params = body.call_params()
-    if body.json_mode:
-        params["json_mode"] = True
-    stream = router.stream(body.wire_messages(), task=task, **params)
+    stream = router.stream(body.wire_messages(), task=task, **body.call_params())
+    events = stream.events()
     try:
-        first = await unless_disconnected(receive, _first_delta(stream))
+        first = await unless_disconnected(receive, _first_event(events))
     except BaseException:
         with anyio.CancelScope(shield=True):
             await stream.aclose()
@@ -309,30 +313,44 @@ async def _stream(
         include_usage=body.include_usage,
     )
     headers = gateway_headers(task=task, provider=stream.provider, attempts=shown, cost=None)
-    return EventStreamResponse(_events(stream, first, writer, access), headers=headers)
+    return EventStreamResponse(_sse(stream, events, first, writer, access), headers=headers)
 
 
-async def _first_delta(stream: RoutedStream) -> str | None:
+async def _first_event(events: AsyncIterator[StreamEvent]) -> StreamEvent | None:
     try:
-        return await stream.__anext__()
+        return await anext(events)
     except StopAsyncIteration:
         return None
 
 
-async def _events(
-    stream: RoutedStream, first: str | None, writer: ChunkWriter, access: AccessRecord
+def _chunk(writer: ChunkWriter, piece: StreamEvent) -> bytes:
+    if type(piece) is TextDelta:
+        return event(writer.content(piece.text))
+    assert isinstance(piece, ToolCallDelta)
+    return event(writer.tool_call(piece))
+
+
+async def _sse(
+    stream: RoutedStream,
+    events: AsyncIterator[StreamEvent],
+    first: StreamEvent | None,
+    writer: ChunkWriter,
+    access: AccessRecord,
 ) -> AsyncGenerator[bytes, None]:
-    """The answer's events: the role chunk and the first delta together, each further delta as
-    it comes, and the ending (the finish reason, usage, `[DONE]`; or the error event) as one
-    `LastEvents`, once the stream is closed and its attempts recorded. Events that are ready
-    together are sent together: one write, one packet, one wake-up of the client."""
+    """The answer's events: the role chunk and the first piece together, each further piece
+    (text, or part of a tool call) as it comes, and the ending (a refusal, the finish reason,
+    usage, `[DONE]`; or the error event) as one `LastEvents`, once the stream is closed and
+    its attempts recorded. Events that are ready together are sent together: one write, one
+    packet, one wake-up of the client."""
     head = event(writer.role())
     try:
         if first is not None:
-            yield head + event(writer.content(first))
+            yield head + _chunk(writer, first)
             head = b""
-            async for delta in stream:
-                yield event(writer.content(delta))
+            async for piece in events:
+                yield _chunk(writer, piece)
+        if stream.refusal:
+            head += event(writer.refusal(stream.refusal))
         end = head + event(writer.finish(stream.finish_reason))
         usage = writer.usage(stream.usage)
         if usage is not None:
@@ -364,6 +382,7 @@ async def _events(
         raise
     finally:
         await stream.aclose()
+        await events.aclose()  # type: ignore[attr-defined]
         # After the close, so a candidate cancelled mid-stream is listed too.
         access.provider, access.attempts, access.cost_usd = (
             stream.provider,

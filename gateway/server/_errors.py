@@ -1,7 +1,9 @@
 """Every failure as OpenAI's error body `{"error": {"message", "type", "param", "code"}}`.
 
-The status follows the exception type: the caller's mistake 400, an unknown task 404, every
-provider failed 502 (with the attempts), the deadline ran out 504. The messages come from our
+The status follows the exception type: the caller's mistake 400, an unknown task 404, a
+request every candidate refused as sent the upstream's own 4xx (400, 404, 413, 422), every
+provider failed 502 (with the attempts), the deadline ran out 504. A 4xx carries
+`x-should-retry: false`, since sending it again cannot help. The messages come from our
 own exceptions, which carry no keys and no prompt text.
 """
 
@@ -22,6 +24,7 @@ from gateway.errors import (
     DeadlineExceeded,
     InvalidRequestError,
     PolicyError,
+    RequestRefused,
     RoutingError,
     StreamInterrupted,
     UnknownTaskError,
@@ -92,6 +95,9 @@ def routing_failure(exc: Exception) -> tuple[int, dict[str, Any]] | None:
         return 400, _body(exc, 400, "invalid_request", None)
     if isinstance(exc, DeadlineExceeded):
         return 504, _body(exc, 504, "deadline_exceeded", None, exc.attempts)
+    if isinstance(exc, RequestRefused):
+        # Upstream 4xx (or no candidate could honour a field): the request itself is refused.
+        return exc.status, _body(exc, exc.status, "request_refused", None, exc.attempts)
     if isinstance(exc, StreamInterrupted):
         return 502, _body(exc, 502, "stream_interrupted", None, exc.attempts)
     if isinstance(exc, AllProvidersFailed):
@@ -101,6 +107,15 @@ def routing_failure(exc: Exception) -> tuple[int, dict[str, Any]] | None:
     if isinstance(exc, PolicyError):
         return 422, _body(exc, 422, "invalid_policy", exc.path or None)
     return None
+
+
+NO_RETRY = {"x-should-retry": "false"}
+"""Set on answers a retry cannot change (the OpenAI and Anthropic SDKs read it)."""
+
+
+def failure_headers(status: int) -> dict[str, str] | None:
+    """Headers for a routing failure's answer: a 4xx says the same request will fail again."""
+    return NO_RETRY if 400 <= status < 500 else None
 
 
 def _body(
