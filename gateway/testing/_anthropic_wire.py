@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from gateway.testing._anthropic_tools import (
+    anthropic_history,
+    anthropic_json_schema,
+    anthropic_tool_choice,
+    anthropic_tools,
+)
 from gateway.testing._protocols import (
     Answer,
     Call,
+    Chunk,
     JsonObject,
     RequestRejected,
     Wire,
@@ -44,9 +51,14 @@ class AnthropicWire(Wire):
     name = "anthropic"
     has_529 = True
 
-    def parse(self, body: JsonObject, deployment: str | None = None) -> Call:
+    def parse(
+        self, body: JsonObject, deployment: str | None = None, *, strict: bool = False
+    ) -> Call:
         model = require_model(body)
         messages = require_messages(body)
+        called, tool_result = anthropic_history(messages, strict=strict)
+        tools = anthropic_tools(body)
+        json_schema = anthropic_json_schema(body)
         max_tokens = body.get("max_tokens")
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise RequestRejected(
@@ -59,7 +71,19 @@ class AnthropicWire(Wire):
                     "system: must be a string or a list of text blocks", param="system"
                 )
             messages = [{"role": "system", "content": system}, *messages]
-        return Call(self.name, model, body.get("stream") is True, False, True, messages)
+        return Call(
+            self.name,
+            model,
+            body.get("stream") is True,
+            False,
+            True,
+            messages,
+            tools=tools,
+            tool_choice=anthropic_tool_choice(body, tools),
+            json_schema=json_schema,
+            called=called,
+            tool_result=tool_result,
+        )
 
     def error_body(
         self,
@@ -87,7 +111,16 @@ class AnthropicWire(Wire):
         }
 
     def _stop_reason(self, answer: Answer) -> str:
-        return "refusal" if answer.filtered else "end_turn"
+        if answer.filtered or answer.refused:
+            return "refusal"
+        return "tool_use" if answer.tool_calls else "end_turn"
+
+    def _has_text_block(self, answer: Answer) -> bool:
+        # A tool-only answer has no empty text block before its tool_use blocks.
+        return not answer.filtered and bool(answer.text or not answer.tool_calls)
+
+    def _first_tool_index(self, answer: Answer) -> int:
+        return 1 if self._has_text_block(answer) else 0
 
     def _usage(self, usage: Usage, *, output_tokens: int) -> JsonObject:
         # Anthropic counts cache reads apart from input_tokens, not inside it.
@@ -99,7 +132,11 @@ class AnthropicWire(Wire):
         }
 
     def completion(self, call: Call, answer: Answer) -> JsonObject:
-        content = [{"type": "text", "text": answer.text}] if answer.text else []
+        content: list[JsonObject] = [{"type": "text", "text": answer.text}] if answer.text else []
+        content += [
+            {"type": "tool_use", "id": t.id, "name": t.name, "input": t.arguments}
+            for t in answer.tool_calls
+        ]
         return {
             "id": answer.id,
             "type": "message",
@@ -126,7 +163,7 @@ class AnthropicWire(Wire):
             },
         }
         events = [sse(start, "message_start")]
-        if not answer.filtered:
+        if self._has_text_block(answer):
             events.append(
                 sse(
                     {
@@ -150,10 +187,38 @@ class AnthropicWire(Wire):
             "content_block_delta",
         )
 
+    def stream_chunk(self, call: Call, answer: Answer, chunk: Chunk) -> bytes:
+        """A tool call opens its own content block (closing the one before it); its arguments
+        arrive as input_json_delta pieces of that block."""
+        if chunk.kind == "text":
+            return self.stream_delta(call, answer, chunk.text)
+        index = self._first_tool_index(answer) + chunk.tool
+        if chunk.kind == "tool_args":
+            delta = {"type": "input_json_delta", "partial_json": chunk.text}
+            return sse(
+                {"type": "content_block_delta", "index": index, "delta": delta},
+                "content_block_delta",
+            )
+        events = []
+        if index > 0:
+            stop = {"type": "content_block_stop", "index": index - 1}
+            events.append(sse(stop, "content_block_stop"))
+        tool_call = answer.tool_calls[chunk.tool]
+        block = {"type": "tool_use", "id": tool_call.id, "name": tool_call.name, "input": {}}
+        events.append(
+            sse(
+                {"type": "content_block_start", "index": index, "content_block": block},
+                "content_block_start",
+            )
+        )
+        return b"".join(events)
+
     def stream_close(self, call: Call, answer: Answer) -> list[bytes]:
         events = []
-        if not answer.filtered:
-            events.append(sse({"type": "content_block_stop", "index": 0}, "content_block_stop"))
+        blocks = int(self._has_text_block(answer)) + len(answer.tool_calls)
+        if blocks:
+            stop = {"type": "content_block_stop", "index": blocks - 1}
+            events.append(sse(stop, "content_block_stop"))
         events.append(
             sse(
                 {

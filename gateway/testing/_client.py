@@ -6,7 +6,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -52,14 +52,20 @@ class FakeUpstreamClient:
         cached_input_tokens: int,
         latency_s: float,
         chunk_delay_s: float,
+        tool_calls: Sequence[Mapping[str, Any]] | None = None,
+        refusal: str | None = None,
     ) -> tuple[str, str, Any, Any]:
-        body = {
+        body: dict[str, Any] = {
             "model": model,
             "text": text,
             "cached_input_tokens": cached_input_tokens,
             "latency_s": latency_s,
             "chunk_delay_s": chunk_delay_s,
         }
+        if tool_calls is not None:
+            body["tool_calls"] = [dict(call) for call in tool_calls]
+        if refusal is not None:
+            body["refusal"] = refusal
         return "POST", "reply", body, None
 
     @staticmethod
@@ -127,8 +133,15 @@ class FakeUpstreamClient:
         cached_input_tokens: int = 0,
         latency_s: float = 0.0,
         chunk_delay_s: float = 0.0,
+        tool_calls: Sequence[Mapping[str, Any]] | None = None,
+        refusal: str | None = None,
     ) -> None:
-        self._call(self._reply_op(model, text, cached_input_tokens, latency_s, chunk_delay_s))
+        """As `FakeUpstream.reply` (all but `usage`)."""
+        self._call(
+            self._reply_op(
+                model, text, cached_input_tokens, latency_s, chunk_delay_s, tool_calls, refusal
+            )
+        )
 
     def script(self, model: str, *faults: Fault | Mapping[str, Any]) -> None:
         self._call(("POST", "script", {"model": model, "faults": _fault_dicts(faults)}, None))
@@ -184,9 +197,13 @@ class FakeUpstreamClient:
         cached_input_tokens: int = 0,
         latency_s: float = 0.0,
         chunk_delay_s: float = 0.0,
+        tool_calls: Sequence[Mapping[str, Any]] | None = None,
+        refusal: str | None = None,
     ) -> None:
         await self._acall(
-            self._reply_op(model, text, cached_input_tokens, latency_s, chunk_delay_s)
+            self._reply_op(
+                model, text, cached_input_tokens, latency_s, chunk_delay_s, tool_calls, refusal
+            )
         )
 
     async def ascript(self, model: str, *faults: Fault | Mapping[str, Any]) -> None:

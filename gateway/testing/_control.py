@@ -1,7 +1,8 @@
 """FakeUpstream's control API under /_fake/: script a FakeUpstream that runs in another process.
 
     GET  /_fake/health                       {"ok": true}
-    POST /_fake/reply        {"model", "text", "cached_input_tokens", "latency_s", "chunk_delay_s"}
+    POST /_fake/reply        {"model", "text", "cached_input_tokens", "latency_s", "chunk_delay_s",
+                              "tool_calls": [{"name", "arguments"}], "refusal"}
     POST /_fake/script       {"model": "m", "faults": [{"kind": "rate_limit", "retry_after": 1}]}
     POST /_fake/script_next  {"faults": [...]}
     POST /_fake/fail_always  {"model": "m", "fault": {"kind": "server_error"}}
@@ -46,6 +47,8 @@ class Scriptable(Protocol):
         cached_input_tokens: int = 0,
         latency_s: float = 0.0,
         chunk_delay_s: float = 0.0,
+        tool_calls: Sequence[Mapping[str, Any]] | None = None,
+        refusal: str | None = None,
     ) -> None: ...
 
     def script(self, model: str, *faults: Fault) -> None: ...
@@ -74,7 +77,15 @@ class Scriptable(Protocol):
     def counts_summary(self) -> dict[str, Any]: ...
 
 
-_REPLY_FIELDS = {"model", "text", "cached_input_tokens", "latency_s", "chunk_delay_s"}
+_REPLY_FIELDS = {
+    "model",
+    "text",
+    "cached_input_tokens",
+    "latency_s",
+    "chunk_delay_s",
+    "tool_calls",
+    "refusal",
+}
 _CHAOS_FIELDS = {"seed", "rates", "retry_after", "hang_s"}
 
 
@@ -163,6 +174,8 @@ def _reply(up: Scriptable, body: dict[str, Any], query: dict[str, str]) -> Any:
         cached_input_tokens=body.get("cached_input_tokens", 0),
         latency_s=body.get("latency_s", 0.0),
         chunk_delay_s=body.get("chunk_delay_s", 0.0),
+        tool_calls=body.get("tool_calls"),
+        refusal=body.get("refusal"),
     )
     return {"ok": True}
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from gateway.testing._openai_tools import ollama_format, ollama_history, ollama_tools
 from gateway.testing._protocols import (
     Answer,
     Call,
+    Chunk,
     JsonObject,
     Wire,
     dumps,
@@ -42,14 +44,27 @@ class OllamaWire(Wire):
     name = "ollama"
     stream_content_type = "application/x-ndjson"
 
-    def parse(self, body: JsonObject, deployment: str | None = None) -> Call:
+    def parse(
+        self, body: JsonObject, deployment: str | None = None, *, strict: bool = False
+    ) -> Call:
         model = require_model(body)
         messages = require_messages(body)
-        fmt = body.get("format")
-        json_mode = fmt == "json" or isinstance(fmt, dict)
+        json_mode, json_schema = ollama_format(body)
+        called, tool_result = ollama_history(messages)
         # Ollama streams unless told not to: a missing `stream` means true.
         stream = body.get("stream", True) is not False
-        return Call(self.name, model, stream, json_mode, True, messages)
+        return Call(
+            self.name,
+            model,
+            stream,
+            json_mode,
+            True,
+            messages,
+            tools=ollama_tools(body),
+            json_schema=json_schema,
+            called=called,
+            tool_result=tool_result,
+        )
 
     def error_body(
         self,
@@ -68,12 +83,20 @@ class OllamaWire(Wire):
             )
         return {"error": message or default.replace("{model}", model)}
 
-    def _final(self, answer: Answer, *, content: str) -> JsonObject:
+    def _message(self, content: str, answer: Answer | None = None) -> JsonObject:
+        message: JsonObject = {"role": "assistant", "content": content}
+        if answer is not None and answer.tool_calls:
+            message["tool_calls"] = [
+                {"function": {"name": t.name, "arguments": t.arguments}} for t in answer.tool_calls
+            ]
+        return message
+
+    def _final(self, answer: Answer, *, content: str, with_calls: bool = False) -> JsonObject:
         # Durations are nanoseconds in Ollama's API; plausible constants are enough here.
         return {
             "model": answer.model,
             "created_at": _ollama_time(),
-            "message": {"role": "assistant", "content": content},
+            "message": self._message(content, answer if with_calls else None),
             "done_reason": "stop",
             "done": True,
             "total_duration": 1_000_000 * (1 + answer.usage.output_tokens),
@@ -85,7 +108,7 @@ class OllamaWire(Wire):
         }
 
     def completion(self, call: Call, answer: Answer) -> JsonObject:
-        return self._final(answer, content=answer.text)
+        return self._final(answer, content=answer.text, with_calls=True)
 
     def stream_open(self, call: Call, answer: Answer) -> list[bytes]:
         return []
@@ -95,6 +118,22 @@ class OllamaWire(Wire):
             "model": answer.model,
             "created_at": _ollama_time(),
             "message": {"role": "assistant", "content": piece},
+            "done": False,
+        }
+        return dumps(line) + b"\n"
+
+    def chunks(self, call: Call, answer: Answer) -> list[Chunk]:
+        """Ollama streams a reply's tool calls whole, in one line of their own."""
+        text = [Chunk("text", piece) for piece in answer.pieces]
+        return text + ([Chunk("tool_calls")] if answer.tool_calls else [])
+
+    def stream_chunk(self, call: Call, answer: Answer, chunk: Chunk) -> bytes:
+        if chunk.kind == "text":
+            return self.stream_delta(call, answer, chunk.text)
+        line = {
+            "model": answer.model,
+            "created_at": _ollama_time(),
+            "message": self._message("", answer),
             "done": False,
         }
         return dumps(line) + b"\n"

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from gateway.testing._openai_tools import (
+    openai_history,
+    openai_n,
+    openai_response_format,
+    openai_tool_choice,
+    openai_tools,
+)
 from gateway.testing._protocols import (
     Answer,
     Call,
+    Choice,
+    Chunk,
     JsonObject,
     Wire,
     half,
@@ -12,6 +23,7 @@ from gateway.testing._protocols import (
     require_model,
     sse,
 )
+from gateway.testing._replies import split_words
 from gateway.types import Usage
 
 _OPENAI_ERRORS: dict[int, tuple[str, str, str | None]] = {
@@ -61,20 +73,31 @@ _OPENAI_STREAM_ERRORS: dict[str, tuple[str, str, str | None]] = {
 class OpenAIWire(Wire):
     name = "openai"
 
-    def parse(self, body: JsonObject, deployment: str | None = None) -> Call:
+    def parse(
+        self, body: JsonObject, deployment: str | None = None, *, strict: bool = False
+    ) -> Call:
         model = deployment if deployment is not None else require_model(body)
         messages = require_messages(body)
-        response_format = body.get("response_format")
-        json_mode = isinstance(response_format, dict) and response_format.get("type") in {
-            "json_object",
-            "json_schema",
-        }
+        json_mode, json_schema = openai_response_format(body)
         stream_options = body.get("stream_options")
         include_usage = (
             isinstance(stream_options, dict) and stream_options.get("include_usage") is True
         )
+        tools = openai_tools(body)
+        called, tool_result = openai_history(messages, strict=strict)
         return Call(
-            self.name, model, body.get("stream") is True, json_mode, include_usage, messages
+            self.name,
+            model,
+            body.get("stream") is True,
+            json_mode,
+            include_usage,
+            messages,
+            tools=tools,
+            tool_choice=openai_tool_choice(body, tools),
+            json_schema=json_schema,
+            n=openai_n(body),
+            called=called,
+            tool_result=tool_result,
         )
 
     def error_body(
@@ -101,8 +124,14 @@ class OpenAIWire(Wire):
         text = message or default.replace("{model}", model)
         return {"error": {"message": text, "type": type_, "param": param, "code": code}}
 
-    def _finish_reason(self, answer: Answer) -> str:
-        return "content_filter" if answer.filtered else "stop"
+    def _finish_reason(self, answer: Answer, choice: Choice | None = None) -> str:
+        if answer.filtered:
+            return "content_filter"
+        tool_calls = answer.tool_calls if choice is None else choice.tool_calls
+        return "tool_calls" if tool_calls else "stop"
+
+    def _choices(self, answer: Answer) -> list[Choice]:
+        return [Choice(answer.text, answer.tool_calls), *answer.more_choices]
 
     def _usage(self, usage: Usage) -> JsonObject:
         return {
@@ -121,6 +150,22 @@ class OpenAIWire(Wire):
             },
         }
 
+    def _message(self, answer: Answer, choice: Choice) -> JsonObject:
+        message: JsonObject = {"role": "assistant", "content": choice.text, "refusal": None}
+        if answer.refused:
+            message["content"], message["refusal"] = None, choice.text
+        elif choice.tool_calls:
+            message["content"] = choice.text or None
+            message["tool_calls"] = [
+                {
+                    "id": t.id,
+                    "type": "function",
+                    "function": {"name": t.name, "arguments": t.arguments_json},
+                }
+                for t in choice.tool_calls
+            ]
+        return message
+
     def completion(self, call: Call, answer: Answer) -> JsonObject:
         return {
             "id": answer.id,
@@ -129,18 +174,24 @@ class OpenAIWire(Wire):
             "model": answer.model,
             "choices": [
                 {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": answer.text, "refusal": None},
-                    "finish_reason": self._finish_reason(answer),
+                    "index": i,
+                    "message": self._message(answer, choice),
+                    "finish_reason": self._finish_reason(answer, choice),
                     "logprobs": None,
                 }
+                for i, choice in enumerate(self._choices(answer))
             ],
             "usage": self._usage(answer.usage),
             "system_fingerprint": "fp_fake",
         }
 
     def _chunk(
-        self, call: Call, answer: Answer, delta: JsonObject, finish_reason: str | None = None
+        self,
+        call: Call,
+        answer: Answer,
+        delta: JsonObject,
+        finish_reason: str | None = None,
+        index: int = 0,
     ) -> bytes:
         chunk: JsonObject = {
             "id": answer.id,
@@ -149,7 +200,7 @@ class OpenAIWire(Wire):
             "model": answer.model,
             "system_fingerprint": "fp_fake",
             "choices": [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+                {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
             ],
         }
         if call.include_usage:
@@ -157,13 +208,46 @@ class OpenAIWire(Wire):
         return sse(chunk)
 
     def stream_open(self, call: Call, answer: Answer) -> list[bytes]:
-        return [self._chunk(call, answer, {"role": "assistant", "content": "", "refusal": None})]
+        opening: JsonObject = {"role": "assistant", "content": "", "refusal": None}
+        if answer.refused:
+            opening = {"role": "assistant", "content": None, "refusal": ""}
+        return [
+            self._chunk(call, answer, opening, index=i) for i in range(len(self._choices(answer)))
+        ]
 
     def stream_delta(self, call: Call, answer: Answer, piece: str) -> bytes:
-        return self._chunk(call, answer, {"content": piece})
+        return self._chunk(call, answer, {"refusal" if answer.refused else "content": piece})
+
+    def chunks(self, call: Call, answer: Answer) -> list[Chunk]:
+        """Choice 0's chunks, then each further choice's (text pieces, then tool calls)."""
+        out = super().chunks(call, answer)
+        for index, choice in enumerate(answer.more_choices, start=1):
+            more = super().chunks(call, _as_answer(answer, choice))
+            out.extend(Chunk(c.kind, c.text, index, c.tool) for c in more)
+        return out
+
+    def stream_chunk(self, call: Call, answer: Answer, chunk: Chunk) -> bytes:
+        choice = self._choices(answer)[chunk.choice]
+        if chunk.kind == "text":
+            key = "refusal" if answer.refused else "content"
+            return self._chunk(call, answer, {key: chunk.text}, index=chunk.choice)
+        tool_call = choice.tool_calls[chunk.tool]
+        function: JsonObject = {"arguments": chunk.text}
+        entry: JsonObject = {"index": chunk.tool, "function": function}
+        if chunk.kind == "tool_start":
+            entry = {
+                "index": chunk.tool,
+                "id": tool_call.id,
+                "type": "function",
+                "function": {"name": tool_call.name, "arguments": ""},
+            }
+        return self._chunk(call, answer, {"tool_calls": [entry]}, index=chunk.choice)
 
     def stream_close(self, call: Call, answer: Answer) -> list[bytes]:
-        events = [self._chunk(call, answer, {}, self._finish_reason(answer))]
+        events = [
+            self._chunk(call, answer, {}, self._finish_reason(answer, choice), index=i)
+            for i, choice in enumerate(self._choices(answer))
+        ]
         if call.include_usage:
             events.append(
                 sse(
@@ -188,6 +272,13 @@ class OpenAIWire(Wire):
     def malformed_event(self, call: Call, answer: Answer) -> bytes:
         whole = self._chunk(call, answer, {"content": answer.pieces[0] if answer.pieces else ""})
         return half(whole.removesuffix(b"\n\n")) + b"\n\n"
+
+
+def _as_answer(answer: Answer, choice: Choice) -> Answer:
+    """A further choice dressed as an answer, to reuse the base chunking of choice 0."""
+    return replace(
+        answer, text=choice.text, pieces=split_words(choice.text), tool_calls=choice.tool_calls
+    )
 
 
 class AzureOpenAIWire(OpenAIWire):

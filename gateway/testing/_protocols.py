@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 from gateway.testing._faults import Fault
 from gateway.types import Usage
 
 JsonObject = dict[str, Any]
+
+ToolChoice = str | tuple[str, str]
+"""Normalised across wires: "auto", "none", "required" (Anthropic's "any"), or ("named", name)."""
 
 
 class RequestRejected(Exception):
@@ -41,6 +44,54 @@ class Call:
     include_usage: bool
     messages: list[JsonObject]
     """The conversation as chat messages; Anthropic's `system` field is the first one."""
+    tools: list[tuple[str, JsonObject]] = field(default_factory=list)
+    """The request's function tools in order: (name, JSON schema of its arguments)."""
+    tool_choice: ToolChoice = "auto"
+    json_schema: JsonObject | None = None
+    """The schema structured output must follow (OpenAI json_schema, Anthropic output_format,
+    Ollama `format` as an object), or None."""
+    n: int = 1
+    """How many choices to answer with (OpenAI's `n`; 1 elsewhere)."""
+    called: list[str] = field(default_factory=list)
+    """Names of the tools the assistant already called in the history, in order."""
+    tool_result: str | None = None
+    """The text of the tool result the conversation ends with, or None if it ends otherwise."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One function call in an answer; `id` is in the wire's own style (empty for Ollama)."""
+
+    id: str
+    name: str
+    arguments: JsonObject
+
+    @property
+    def arguments_json(self) -> str:
+        return json.dumps(self.arguments, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """One more choice of an OpenAI answer with `n` > 1 (choice 0 is the Answer itself)."""
+
+    text: str
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One content chunk of a stream; faults' `after_chunks` counts these.
+
+    "text": a piece of a choice's text; "tool_start": a tool call's opening (id, name);
+    "tool_args": a piece of its arguments' JSON text; "tool_calls": every call of the answer at
+    once (Ollama sends them whole).
+    """
+
+    kind: Literal["text", "tool_start", "tool_args", "tool_calls"]
+    text: str = ""
+    choice: int = 0
+    tool: int = 0
 
 
 @dataclass(slots=True)
@@ -55,6 +106,18 @@ class Answer:
     usage: Usage
     filtered: bool = False
     """The content filter stopped the reply (Fault.content_filter)."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    refused: bool = False
+    """`text` is a refusal (OpenAI's message.refusal, Anthropic's stop_reason "refusal")."""
+    more_choices: tuple[Choice, ...] = ()
+    """Choices 1..n-1 of an OpenAI request with `n` > 1."""
+
+
+def split_arguments(text: str, pieces: int = 3) -> list[str]:
+    """A tool call's arguments JSON cut into about `pieces` stream deltas, as real APIs stream
+    them; joined, they give back `text`."""
+    size = max(1, -(-len(text) // pieces))
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
 
 
 def new_id(prefix: str) -> str:
@@ -108,7 +171,13 @@ class Wire:
     stream_content_type: ClassVar[str] = "text/event-stream"
     has_529: ClassVar[bool] = False
 
-    def parse(self, body: JsonObject, deployment: str | None = None) -> Call:
+    def parse(
+        self, body: JsonObject, deployment: str | None = None, *, strict: bool = False
+    ) -> Call:
+        """The request as a `Call`, or RequestRejected for what the real API refuses.
+
+        `strict` adds the real API's checks that the gateway does not make itself (tool
+        results paired with the calls they answer, Anthropic's unknown fields)."""
         raise NotImplementedError
 
     def error_status(self, fault: Fault) -> int:
@@ -136,6 +205,22 @@ class Wire:
 
     def stream_delta(self, call: Call, answer: Answer, piece: str) -> bytes:
         raise NotImplementedError
+
+    def chunks(self, call: Call, answer: Answer) -> list[Chunk]:
+        """The stream's content chunks in order: text pieces, then each tool call's opening
+        and its argument pieces."""
+        out = [Chunk("text", piece) for piece in answer.pieces]
+        for i, tool_call in enumerate(answer.tool_calls):
+            out.append(Chunk("tool_start", tool=i))
+            pieces = split_arguments(tool_call.arguments_json)
+            out.extend(Chunk("tool_args", piece, tool=i) for piece in pieces)
+        return out
+
+    def stream_chunk(self, call: Call, answer: Answer, chunk: Chunk) -> bytes:
+        """The bytes of one content chunk; wires that stream tool calls override this."""
+        if chunk.kind != "text":
+            raise NotImplementedError(f"{self.name} cannot stream a {chunk.kind} chunk")
+        return self.stream_delta(call, answer, chunk.text)
 
     def stream_close(self, call: Call, answer: Answer) -> list[bytes]:
         raise NotImplementedError

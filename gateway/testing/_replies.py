@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.types import Message, Usage, content_text
 
@@ -27,8 +28,15 @@ class ReplySpec:
     usage: Usage | None = None
     """None: the counts `fake_usage` gives. Set, reported as given, however impossible
     (negative, 10**30), to test how a client takes an upstream's untrue usage."""
+    tool_calls: tuple[ScriptedCall, ...] | None = None
+    """None: call tools as the request suggests (see `_plan`). Set: answer exactly these calls
+    (several are parallel calls); empty: never call a tool."""
+    refusal: str | None = None
+    """Answer with this refusal (OpenAI's message.refusal; Anthropic's stop_reason refusal)."""
 
     def __post_init__(self) -> None:
+        if self.refusal is not None and not isinstance(self.refusal, str):
+            raise ValueError(f"refusal must be a string, got {type(self.refusal).__name__}")
         if self.usage is not None and not isinstance(self.usage, Usage):
             raise ValueError(
                 f"usage must be a gateway.types.Usage, got {type(self.usage).__name__}"
@@ -59,6 +67,41 @@ class ReplySpec:
         if json_mode:
             return json.dumps({"model": model, "answer": "hello", "ok": True})
         return default_text(model)
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptedCall:
+    """One tool call `reply(tool_calls=...)` scripts: the tool's name and its arguments."""
+
+    name: str
+    arguments: dict[str, Any]
+
+
+def scripted_calls(calls: Any) -> tuple[ScriptedCall, ...] | None:
+    """`reply(tool_calls=...)`'s list of {"name": ..., "arguments": {...}}, checked."""
+    if calls is None:
+        return None
+    if isinstance(calls, str | bytes | Mapping) or not isinstance(calls, Sequence):
+        raise ValueError(
+            "tool_calls must be a list like [{'name': 'get_weather', 'arguments': {...}}], "
+            f"got {calls!r}"
+        )
+    parsed = []
+    for i, call in enumerate(calls):
+        if isinstance(call, ScriptedCall):
+            parsed.append(call)
+            continue
+        if not isinstance(call, Mapping) or set(call) - {"name", "arguments"}:
+            raise ValueError(
+                f"tool_calls[{i}] must be {{'name': str, 'arguments': dict}}, got {call!r}"
+            )
+        name, arguments = call.get("name"), call.get("arguments", {})
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"tool_calls[{i}].name must be a non-empty string, got {name!r}")
+        if not isinstance(arguments, Mapping):
+            raise ValueError(f"tool_calls[{i}].arguments must be a dict, got {arguments!r}")
+        parsed.append(ScriptedCall(name, dict(arguments)))
+    return tuple(parsed)
 
 
 def default_text(model: str) -> str:

@@ -6,10 +6,12 @@ import asyncio
 import dataclasses
 import zlib
 from collections.abc import Iterator
+from typing import Any
 
 from gateway.testing._faults import OVERSIZED_KINDS, STATUS_SHORTCUTS, Fault
 from gateway.testing._http import HttpConnection
-from gateway.testing._protocols import Answer, Call, Wire, new_id, now
+from gateway.testing._plan import plan
+from gateway.testing._protocols import Answer, Call, Choice, ToolCall, Wire, new_id, now
 from gateway.testing._replies import ReplySpec, fake_usage, split_words
 
 # Faults that change how a stream's body is written, and stop its content after N chunks.
@@ -84,14 +86,14 @@ async def _stream(
     headers: dict[str, str],
 ) -> None:
     kind = fault.kind if fault is not None else "ok"
-    pieces, rest = answer.pieces, []
+    chunks, rest = wire.chunks(call, answer), []
     if kind in _TRUNCATING:
         assert fault is not None and fault.after_chunks is not None
-        pieces, rest = pieces[: fault.after_chunks], pieces[fault.after_chunks :]
+        chunks, rest = chunks[: fault.after_chunks], chunks[fault.after_chunks :]
     elif kind in {"malformed_json", "deep_json"}:
-        pieces = []
+        chunks = []
     opening = b"".join(wire.stream_open(call, answer))
-    deltas = [wire.stream_delta(call, answer, piece) for piece in pieces]
+    deltas = [wire.stream_chunk(call, answer, chunk) for chunk in chunks]
     if kind == "malformed_json":
         closing = wire.malformed_event(call, answer)
     elif kind == "deep_json":
@@ -122,7 +124,7 @@ async def _stream(
         assert fault is not None
         if await conn.wait_for_disconnect(fault.seconds):
             return
-        remainder = [wire.stream_delta(call, answer, piece) for piece in rest]
+        remainder = [wire.stream_chunk(call, answer, chunk) for chunk in rest]
         await conn.send_chunk(b"".join([*remainder, *wire.stream_close(call, answer)]))
     await conn.end_stream()
 
@@ -219,8 +221,20 @@ def _deep_event(wire: Wire) -> bytes:
 
 
 def make_answer(call: Call, spec: ReplySpec, *, filtered: bool) -> Answer:
-    text = "" if filtered else spec.text_for(call.model, json_mode=call.json_mode)
+    """The answer `_plan` decides on, with ids in the wire's style and its usage: output tokens
+    are the words of every choice's text and of each tool call's name and arguments."""
+    decided = plan(call, spec)
+    text = "" if filtered else decided.text
     prefix = {"anthropic": "msg_", "ollama": ""}.get(call.protocol, "chatcmpl-")
+    calls = () if filtered else decided.calls
+    tool_calls = _tool_calls(call.protocol, calls)
+    more = tuple(
+        Choice(_nth_text(text, i, json_mode=call.json_mode), _tool_calls(call.protocol, calls))
+        for i in range(1, call.n)
+    )
+    said = [text, *(c.text for c in more)]
+    said += [f"{t.name} {t.arguments_json}" for t in tool_calls]
+    said += [f"{t.name} {t.arguments_json}" for c in more for t in c.tool_calls]
     return Answer(
         id=new_id(prefix),
         created=now(),
@@ -230,9 +244,29 @@ def make_answer(call: Call, spec: ReplySpec, *, filtered: bool) -> Answer:
         usage=(
             spec.usage
             if spec.usage is not None
-            else fake_usage(call.messages, text, spec.cached_input_tokens)
+            else fake_usage(call.messages, " ".join(s for s in said if s), spec.cached_input_tokens)
         ),
         filtered=filtered,
+        tool_calls=tool_calls,
+        refused=decided.refused and not filtered,
+        more_choices=more,
+    )
+
+
+def _nth_text(text: str, index: int, *, json_mode: bool) -> str:
+    """Choice `index`'s text: marked so each choice differs, except JSON, which must parse."""
+    if not text or json_mode:
+        return text
+    return f"{text} (choice {index + 1})"
+
+
+def _tool_calls(
+    protocol: str, calls: tuple[tuple[str, dict[str, Any]], ...]
+) -> tuple[ToolCall, ...]:
+    prefix = {"anthropic": "toolu_", "ollama": None}.get(protocol, "call_")
+    return tuple(
+        ToolCall(new_id(prefix) if prefix is not None else "", name, arguments)
+        for name, arguments in calls
     )
 
 

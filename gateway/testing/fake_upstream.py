@@ -25,12 +25,13 @@ import re
 import signal
 import sys
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from gateway._secrets import is_secret_name
+from gateway.testing._anthropic_tools import check_fields
 from gateway.testing._anthropic_wire import AnthropicWire
 from gateway.testing._chaos import Chaos
 from gateway.testing._client import UpstreamURLs
@@ -40,7 +41,7 @@ from gateway.testing._http import BadHttpRequest, HttpConnection, HttpRequest, H
 from gateway.testing._ollama_wire import OllamaWire
 from gateway.testing._openai_wire import AzureOpenAIWire, OpenAIWire
 from gateway.testing._protocols import Call, RequestRejected, Wire
-from gateway.testing._replies import ReplySpec
+from gateway.testing._replies import ReplySpec, scripted_calls
 from gateway.testing._respond import respond, send_error
 from gateway.types import Usage
 
@@ -110,8 +111,23 @@ class FakeUpstream(UpstreamURLs):
     """An HTTP server speaking the OpenAI, Azure OpenAI, Anthropic and Ollama chat APIs."""
 
     def __init__(
-        self, *, host: str = "127.0.0.1", port: int = 0, max_recorded_requests: int = 10_000
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_recorded_requests: int = 10_000,
+        strict: bool = False,
     ) -> None:
+        """`strict=True` adds the real APIs' checks that the gateway leaves to them, each
+        answered with the API's own 400: an Anthropic top-level field the API does not know
+        (`<field>: Extra inputs are not permitted`); an OpenAI `tool` message that answers no
+        `tool_calls` id of the assistant message before it, or a call left unanswered; an
+        Anthropic `tool_result` that answers no `tool_use` of the previous turn, or a
+        `tool_use` left unanswered. Off by default: the gateway forwards callers' vendor fields
+        and tool histories as given, on purpose, and tests of that send what the APIs refuse.
+        Checks the gateway must always get right (tool definitions, tool_choice, schemas,
+        argument types, Anthropic's roles) apply either way."""
+        self._strict = strict
         self._server = HttpServer(self._handle, on_bad_request=self._bad_http, host=host, port=port)
         self._max_recorded = max_recorded_requests
         self._replies: dict[str | None, ReplySpec] = {}
@@ -180,13 +196,32 @@ class FakeUpstream(UpstreamURLs):
         latency_s: float = 0.0,
         chunk_delay_s: float = 0.0,
         usage: Usage | None = None,
+        tool_calls: Sequence[Mapping[str, Any]] | None = None,
+        refusal: str | None = None,
     ) -> None:
         """How healthy answers for `model` look; `model=None` sets it for every other model.
 
         `usage` replaces the token counts the answers report (in each protocol's own fields),
         exactly as given, negative or absurd ones included; in-process only, not on the
-        control API."""
-        self._replies[model] = ReplySpec(text, cached_input_tokens, latency_s, chunk_delay_s, usage)
+        control API.
+
+        `tool_calls=[{"name": "get_weather", "arguments": {"city": "Paris"}}, ...]` answers
+        exactly these tool calls (several: parallel calls; with `text`, text comes first) in
+        each protocol's own shape, whatever tools the request offered; `[]` never calls a tool.
+        None (the default) decides from the request: a request with tools gets a call to the
+        first tool not called yet, with arguments sampled from its schema; one that ends with a
+        tool result gets text quoting it (see `gateway.testing._plan`). `refusal` answers a
+        refusal: OpenAI's message.refusal with null content, Anthropic's stop_reason
+        "refusal", plain text on Ollama."""
+        self._replies[model] = ReplySpec(
+            text,
+            cached_input_tokens,
+            latency_s,
+            chunk_delay_s,
+            usage,
+            scripted_calls(tool_calls),
+            refusal,
+        )
 
     def script(self, model: str, *faults: Fault) -> None:
         """The next len(faults) requests for `model` get these faults in order."""
@@ -285,7 +320,9 @@ class FakeUpstream(UpstreamURLs):
             await send_error(conn, wire, 400, message="The request body must be an object.")
             return
         try:
-            call = wire.parse(body, deployment)
+            if self._strict and protocol == "anthropic":
+                check_fields(body)
+            call = wire.parse(body, deployment, strict=self._strict)
         except RequestRejected as exc:
             await send_error(conn, wire, 400, message=exc.message, param=exc.param)
             return
