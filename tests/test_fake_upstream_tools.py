@@ -912,3 +912,50 @@ async def test_langchain_reassembles_a_streamed_tool_call(up: FakeUpstream) -> N
     assert [(c["name"], c["args"]) for c in calls] == [
         ("City", {"name": "Paris", "population": 1, "districts": ["Paris"]})
     ]
+
+
+# --- faults inside tool calls, and what the fake refused ----------------------------------------
+
+
+async def test_a_stall_inside_a_tool_call_resumes_with_the_rest_of_its_arguments(
+    up: FakeUpstream, oai: openai.AsyncOpenAI
+) -> None:
+    up.script(MODEL, Fault.stall(after_chunks=2, seconds=0.05))
+    stream = await oai.chat.completions.create(
+        model=MODEL, messages=QUESTION, tools=OPENAI_TOOLS, stream=True
+    )
+    chunks = [c async for c in stream]
+    assert chunks[0].choices[0].delta.content is None  # a tool-call-only answer opens so
+    deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
+    arguments = "".join(d.function.arguments or "" for d in deltas if d.function)
+    assert json.loads(arguments) == WEATHER_ARGS
+    assert up.injected["stall"] == 1
+
+
+async def test_a_midstream_error_inside_a_tool_use_is_anthropics_error_event(
+    up: FakeUpstream, claude: anthropic.AsyncAnthropic
+) -> None:
+    up.script(CLAUDE, Fault.midstream_error(after_chunks=3, kind="overloaded"))
+    seen: list[str] = []
+    with pytest.raises(anthropic.APIStatusError, match="Overloaded"):
+        async with claude.messages.stream(
+            model=CLAUDE, max_tokens=100, messages=QUESTION, tools=ANTHROPIC_TOOLS
+        ) as stream:
+            async for event in stream:
+                seen.append(event.type)
+    assert seen.count("content_block_delta") >= 2
+    assert "content_block_stop" not in seen
+
+
+async def test_rejected_requests_are_kept_with_the_reason_apart_from_requests(
+    up: FakeUpstream, claude: anthropic.AsyncAnthropic
+) -> None:
+    await _anthropic_400(claude, tools=OPENAI_TOOLS)
+    assert up.requests == [] and up.count() == 0
+    [rejected] = up.rejected
+    assert (rejected.protocol, rejected.model, rejected.stream) == ("anthropic", CLAUDE, False)
+    assert rejected.body["tools"] == OPENAI_TOOLS
+    assert rejected.rejection == "tools.0.input_schema: Field required"
+    assert rejected.to_dict()["rejection"] == rejected.rejection
+    up.reset_counts()
+    assert up.rejected == []

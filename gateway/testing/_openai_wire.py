@@ -209,6 +209,8 @@ class OpenAIWire(Wire):
 
     def stream_open(self, call: Call, answer: Answer) -> list[bytes]:
         opening: JsonObject = {"role": "assistant", "content": "", "refusal": None}
+        if answer.tool_calls and not answer.text:
+            opening["content"] = None  # as the real API opens a tool-call-only answer
         if answer.refused:
             opening = {"role": "assistant", "content": None, "refusal": ""}
         return [

@@ -85,12 +85,14 @@ class ReceivedRequest:
     headers: dict[str, str]
     """Lower-case names. Credentials are here for tests to check; `repr` and `to_dict` hide them."""
     query: dict[str, str] = field(default_factory=dict)
+    rejection: str | None = None
+    """For a request in `FakeUpstream.rejected`: the 400's message."""
 
     def safe_headers(self) -> dict[str, str]:
         return {k: ("<redacted>" if is_secret_name(k) else v) for k, v in self.headers.items()}
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "protocol": self.protocol,
             "model": self.model,
             "path": self.path,
@@ -99,6 +101,9 @@ class ReceivedRequest:
             "headers": self.safe_headers(),
             "query": self.query,
         }
+        if self.rejection is not None:
+            data["rejection"] = self.rejection
+        return data
 
     def __repr__(self) -> str:
         return (
@@ -137,6 +142,9 @@ class FakeUpstream(UpstreamURLs):
         self._chaos: Chaos | None = None
         self._counts: Counter[tuple[str, str]] = Counter()
         self.requests: list[ReceivedRequest] = []
+        self.rejected: list[ReceivedRequest] = []
+        """Requests answered 400 because the real API would refuse them (not counted, not in
+        `requests`); each one's `rejection` says why."""
         self.injected: Counter[str] = Counter()
         """Faults actually applied, by kind (healthy answers are not counted)."""
         self._started = False
@@ -275,9 +283,10 @@ class FakeUpstream(UpstreamURLs):
         )
 
     def reset_counts(self) -> None:
-        """Forget recorded requests, counts and the injected-fault tally."""
+        """Forget recorded (and rejected) requests, counts and the injected-fault tally."""
         self._counts.clear()
         self.requests.clear()
+        self.rejected.clear()
         self.injected.clear()
 
     def counts_summary(self) -> dict[str, Any]:
@@ -324,6 +333,7 @@ class FakeUpstream(UpstreamURLs):
                 check_fields(body)
             call = wire.parse(body, deployment, strict=self._strict)
         except RequestRejected as exc:
+            self._record_rejected(request, protocol, deployment, body, exc.message)
             await send_error(conn, wire, 400, message=exc.message, param=exc.param)
             return
         self._record(request, call, body)
@@ -377,6 +387,36 @@ class FakeUpstream(UpstreamURLs):
         )
         if len(self.requests) > self._max_recorded:
             del self.requests[: len(self.requests) - self._max_recorded // 2]
+
+    def _record_rejected(
+        self,
+        request: HttpRequest,
+        protocol: str,
+        deployment: str | None,
+        body: dict[str, Any],
+        message: str,
+    ) -> None:
+        model = deployment if deployment is not None else body.get("model")
+        # Ollama streams unless told not to; the others only when told to.
+        stream = (
+            body.get("stream", True) is not False
+            if protocol == "ollama"
+            else body.get("stream") is True
+        )
+        self.rejected.append(
+            ReceivedRequest(
+                protocol,
+                model if isinstance(model, str) else "",
+                request.path,
+                stream,
+                body,
+                request.headers,
+                request.query,
+                rejection=message,
+            )
+        )
+        if len(self.rejected) > self._max_recorded:
+            del self.rejected[: len(self.rejected) - self._max_recorded // 2]
 
     def _pick_fault(self, model: str) -> Fault | None:
         if self._next:
