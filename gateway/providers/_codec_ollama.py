@@ -42,7 +42,8 @@ REQUEST_FIELDS: dict[str, str] = {
     "call to it; required with several tools: refused (candidate skipped)",
     "parallel_tool_calls": "false: refused (candidate skipped) when tools are sent, Ollama "
     "cannot promise one call; accepted when a tool is forced (one call by construction)",
-    "response_format": 'json_schema -> format: the schema; json_object -> format: "json"',
+    "response_format": 'json_schema -> format: the schema; json_object -> format: "json"; '
+    "with tools both are sent; with a forced tool the tool's schema is the format instead",
     "seed": "sent as options.seed",
     "n": "refused (candidate skipped) when > 1: one choice per call",
     "top_p": "sent as options.top_p",
