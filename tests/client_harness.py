@@ -32,7 +32,8 @@ class ThreadedFakeUpstream:
             target=self._loop.run_forever, name="fake-upstream", daemon=True
         )
         self._thread.start()
-        self.fake: FakeUpstream = self._run_coro(FakeUpstream().start())
+        # strict: the real APIs' 400s for tool histories and fields a gateway gets wrong.
+        self.fake: FakeUpstream = self._run_coro(FakeUpstream(strict=True).start())
 
     def _run_coro(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)

@@ -189,15 +189,16 @@ def tool_names(task: str, body: dict[str, Any]) -> list[str]:
 
 def assert_tool_forced(task: str, body: dict[str, Any], name: str) -> None:
     """The upstream was told to call tool `name`, in its protocol's words."""
-    assert name in tool_names(task, body)
+    assert task == "ollama" or name in tool_names(task, body)
     choice = body.get("tool_choice")
     if task == "openai":
         assert choice == {"type": "function", "function": {"name": name}}, choice
     elif task == "anthropic":
         assert isinstance(choice, dict), choice
         assert (choice["type"], choice["name"]) == ("tool", name), choice
-    else:  # Ollama has no tool_choice: only the chosen tool may be offered
-        assert tool_names(task, body) == [name]
+    else:  # Ollama has no tool_choice: no tools offered, the tool's parameters as the format
+        assert tool_names(task, body) == [], body
+        assert isinstance(body.get("format"), dict), body
 
 
 @dataclass
@@ -259,7 +260,10 @@ def assert_schema_reached_upstream(
     task: str, body: dict[str, Any], *, via: Literal["response_format", "tool"]
 ) -> None:
     """City's schema reached the upstream, where its protocol wants it."""
-    if via == "tool":
+    if via == "tool" and task == "ollama":
+        # Ollama cannot force a tool: the forced tool's parameters are the answer's format.
+        assert is_city_schema(body.get("format")), body
+    elif via == "tool":
         assert any(is_city_schema(s) for s in tool_schemas(task, body).values()), body
     elif task == "openai":  # passed as is
         response_format = body["response_format"]

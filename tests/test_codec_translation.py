@@ -1007,13 +1007,47 @@ async def test_ollama_streams_each_tool_call_whole() -> None:
     assert (stream.finish_reason, stream.usage) == ("tool_calls", Usage(3, 9))
 
 
+async def test_ollama_required_with_several_tools_takes_only_an_answer_that_calls_one() -> None:
+    # Ollama cannot force one of several tools: the tools go as they are, and the answer is
+    # checked instead, so a text answer is the candidate's failure, never the caller's surprise.
+    llm, transport = ollama(ollama_message("Just text."))
+    with pytest.raises(ProviderError) as whole:
+        await llm.complete(MESSAGES, tools=[WEATHER, TIME], tool_choice="required")
+    assert whole.value.kind is ErrorKind.INVALID_RESPONSE
+    assert "tool_choice" not in transport.requests[-1].body
+    assert [t["function"]["name"] for t in transport.requests[-1].body["tools"]] == [
+        "get_weather",
+        "get_time",
+    ]
+    text_only = ndjson(
+        {"model": "llama-m", "message": {"content": "Just "}, "done": False},
+        {"model": "llama-m", "message": {"content": "text."}, "done": True, "done_reason": "stop"},
+    )
+    llm, _ = ollama(text_only)
+    with pytest.raises(ProviderError) as streamed:
+        await events_of(llm.stream(MESSAGES, tools=[WEATHER, TIME], tool_choice="required"))
+    assert streamed.value.kind is ErrorKind.INVALID_RESPONSE
+    text_then_call = ndjson(
+        {"model": "llama-m", "message": {"content": "Let me check."}, "done": False},
+        {
+            "model": "llama-m",
+            "message": {
+                "content": "",
+                "tool_calls": [{"function": {"name": "get_time", "arguments": {}}}],
+            },
+            "done": True,
+            "done_reason": "stop",
+        },
+    )
+    llm, _ = ollama(text_then_call)
+    events = await events_of(llm.stream(MESSAGES, tools=[WEATHER, TIME], tool_choice="required"))
+    assert events[0] == TextDelta("Let me check.")
+    assert isinstance(events[1], ToolCallDelta) and events[1].name == "get_time"
+
+
 @pytest.mark.parametrize(
     ("params", "match"),
     [
-        (
-            {"tools": [WEATHER, TIME], "tool_choice": "required"},
-            r'^tool_choice="required" with 2 tools: Ollama cannot force',
-        ),
         (
             {"tools": [WEATHER], "parallel_tool_calls": False},
             r"^parallel_tool_calls=false: Ollama cannot promise",

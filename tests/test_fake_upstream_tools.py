@@ -751,7 +751,14 @@ async def test_ollama_round_trip_and_structured_output(http: httpx.AsyncClient) 
         },
         {"role": "tool", "content": "18C"},
     ]
+    # Ollama has no tool_choice: after a result, the tools not called yet are called next...
     body = {"model": LLAMA, "messages": history, "tools": OPENAI_TOOLS, "stream": False}
+    answer = (await http.post("/api/chat", json=body)).json()
+    assert [c["function"]["name"] for c in answer["message"]["tool_calls"]] == [
+        OPENAI_TOOLS[1]["function"]["name"]
+    ]
+    # ...and once every tool was called, the answer is text about the result.
+    body = {"model": LLAMA, "messages": history, "tools": OPENAI_TOOLS[:1], "stream": False}
     answer = (await http.post("/api/chat", json=body)).json()
     assert answer["message"] == {"role": "assistant", "content": "The tool said: 18C"}
 

@@ -7,9 +7,10 @@ fields go into `options`, function tools are sent as they are (Ollama takes Open
 `response_format` becomes `format` (`"json"`, or the JSON schema), `reasoning_effort` becomes
 `think`. Ollama cannot force a tool call, so a named `tool_choice` (or `required` with one
 tool) sends no tools but asks for the tool's parameters as the `format` schema, and the JSON
-answer is read back as one call to that tool. Other keyword params (Ollama's own: `num_ctx`,
-`top_k`, ...) go into `options`, except its top-level fields (`keep_alive`, `think`,
-`format`).
+answer is read back as one call to that tool; `required` with several tools sends them and
+takes only an answer that calls one (else `invalid_response`, and the next candidate). Other
+keyword params (Ollama's own: `num_ctx`, `top_k`, ...) go into `options`, except its top-level
+fields (`keep_alive`, `think`, `format`).
 
 Replies: `message.tool_calls` become `Completion.tool_calls` (Ollama gives them no ids: each
 gets a `call_<hex>` id), streamed as one whole `ToolCallDelta` each. Usage comes from
@@ -39,7 +40,8 @@ REQUEST_FIELDS: dict[str, str] = {
     "tools": "sent as given (Ollama takes OpenAI's function tools)",
     "tool_choice": "auto: tools sent; none: no tools sent; a named function (or required "
     "with one tool): no tools, format = its parameters, the JSON answer read back as one "
-    "call to it; required with several tools: refused (candidate skipped)",
+    "call to it; required with several tools: tools sent, and an answer without a tool call "
+    "is invalid_response (the next candidate is tried)",
     "parallel_tool_calls": "false: refused (candidate skipped) when tools are sent, Ollama "
     "cannot promise one call; accepted when a tool is forced (one call by construction)",
     "response_format": 'json_schema -> format: the schema; json_object -> format: "json"; '
@@ -127,6 +129,8 @@ class OllamaCodec(WireCodec):
             tool_calls = tuple(
                 _tool_call(raw, call.provider) for raw in _raw_tool_calls(message, call.provider)
             )
+            if not tool_calls and _requires_a_call(call.params):
+                raise _no_call(call.provider)
         finish_reason = _errors.finish_reason(data.get("done_reason"))
         if tool_calls and finish_reason in (None, "stop"):
             finish_reason = "tool_calls"
@@ -160,6 +164,8 @@ class OllamaReader(StreamReader):
         self._call = call
         self._final: dict[str, Any] | None = None
         self._forced = _forced_tool(call.params)
+        self._requires_a_call = self._forced is None and _requires_a_call(call.params)
+        self._held: list[str] = []
         self._tool_count = 0
 
     def read(self, event: WireEvent) -> Iterator[str | ToolCallDelta]:
@@ -181,7 +187,10 @@ class OllamaReader(StreamReader):
             )
         content = message.get("content")
         if content:
-            if self._forced is None:
+            if self._requires_a_call and self._tool_count == 0:
+                # Held until a call comes: an answer that never calls one fails whole.
+                self._held.append(str(content))
+            elif self._forced is None:
                 yield str(content)
             else:
                 if self._tool_count == 0:
@@ -190,6 +199,9 @@ class OllamaReader(StreamReader):
                 yield ToolCallDelta(index=0, arguments=str(content))
         for raw in _raw_tool_calls(message, self._call.provider):
             tool_call = _tool_call(raw, self._call.provider)
+            if self._held:
+                yield "".join(self._held)
+                self._held.clear()
             index = self._tool_count
             self._tool_count += 1
             yield ToolCallDelta(index, tool_call.id, tool_call.name, tool_call.arguments)
@@ -201,6 +213,8 @@ class OllamaReader(StreamReader):
         final = self._final
         if final is None:
             raise _errors.truncated_stream_error(provider=self._call.provider)
+        if self._requires_a_call and self._tool_count == 0:
+            raise _no_call(self._call.provider)
         finish_reason = _errors.finish_reason(final.get("done_reason"))
         if self._tool_count and finish_reason in (None, "stop"):
             finish_reason = "tool_calls"
@@ -228,12 +242,6 @@ def _translate(call: Call, body: dict[str, Any], options: dict[str, Any]) -> Non
         # Any response_format is moot then (a forced call's answer has no text).
         body["format"] = _parameters(tools, forced)
     elif tools and choice != "none":
-        if choice == "required":
-            raise InvalidRequestError(
-                f'tool_choice="required" with {len(tools)} tools: Ollama cannot force a '
-                "call to one of several tools; name one with {'type': 'function', "
-                "'function': {'name': '...'}}, or send tool_choice=\"auto\""
-            )
         if params.get("parallel_tool_calls") is False:
             raise InvalidRequestError(
                 "parallel_tool_calls=false: Ollama cannot promise at most one tool call; "
@@ -291,6 +299,20 @@ def _refuse_unsupported(params: Mapping[str, Any]) -> None:
         raise refuse("functions", "the deprecated form is not translated; send tools")
     if params.get("function_call") is not None:
         raise refuse("function_call", "the deprecated form is not translated; send tool_choice")
+
+
+def _requires_a_call(params: Mapping[str, Any]) -> bool:
+    """`required` with several tools: Ollama cannot force one, so the answer is checked."""
+    return params.get("tool_choice") == "required" and bool(params.get("tools"))
+
+
+def _no_call(provider: str) -> ProviderError:
+    return ProviderError(
+        'tool_choice="required", but the model answered without calling a tool (Ollama '
+        "cannot force a call to one of several tools)",
+        kind=ErrorKind.INVALID_RESPONSE,
+        provider=provider,
+    )
 
 
 def _forced_tool(params: Mapping[str, Any]) -> str | None:

@@ -11,7 +11,8 @@ The rules, in order:
 - tool_choice names a tool: call it.
 - no tools, or tool_choice "none": text.
 - the conversation ends with a tool result: text, unless tool_choice is "required" (Anthropic's
-  "any"), which calls a tool.
+  "any"), which calls a tool; on Ollama (which has no tool_choice), a call to the first tool
+  not yet called, and text once all were.
 - otherwise: call the first tool not yet called in the history (all called: the first tool).
 Tool arguments and schema-shaped text come from `_schema_sample.sample`.
 """
@@ -57,10 +58,16 @@ def _chosen_tool(call: Call) -> str | None:
         return choice[1]
     if not call.tools or choice == "none":
         return None
-    if call.tool_result is not None and choice != "required":
-        return None
     names = [name for name, _ in call.tools]
-    return next((name for name in names if name not in call.called), names[0])
+    uncalled = [name for name in names if name not in call.called]
+    if call.tool_result is not None and choice != "required":
+        # Ollama has no tool_choice: its model, handed a tool result, goes on to the tools it
+        # has not called yet (as an agent's model with a final-answer tool does), and answers
+        # text once it has called them all.
+        if call.protocol == "ollama" and uncalled:
+            return uncalled[0]
+        return None
+    return uncalled[0] if uncalled else names[0]
 
 
 def _text(call: Call, spec: ReplySpec) -> str:
