@@ -20,11 +20,46 @@ from gateway.errors import InvalidRequestError
 
 __all__ = [
     "MAX_CHOICES",
+    "OPENAI_FIELDS",
     "check_request_fields",
     "json_schema_format",
     "json_schema_of",
     "named_tool_choice",
 ]
+
+OPENAI_FIELDS = (
+    "max_completion_tokens",
+    "stop",
+    "top_p",
+    "seed",
+    "n",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "frequency_penalty",
+    "presence_penalty",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "reasoning_effort",
+    "verbosity",
+    "modalities",
+    "audio",
+    "prediction",
+    "web_search_options",
+    "user",
+    "safety_identifier",
+    "metadata",
+    "store",
+    "service_tier",
+    "prompt_cache_key",
+    "functions",
+    "function_call",
+)
+"""The Chat Completions request fields besides model, messages, temperature, max_tokens and
+streaming. Every provider's codec says, in its `REQUEST_FIELDS`, what it does with each one
+(docs/server.md shows those tables side by side)."""
 
 MAX_CHOICES = 128
 """The most choices (`n`) one request may ask for, as OpenAI allows."""

@@ -17,6 +17,7 @@ from gateway.providers import _errors
 from gateway.providers._base import Call
 from gateway.providers._codec import StreamReader, WireCodec, WireEvent
 from gateway.providers._messages import JSON_INSTRUCTION
+from gateway.request import OPENAI_FIELDS
 from gateway.types import (
     Choice,
     Completion,
@@ -26,6 +27,14 @@ from gateway.types import (
     Usage,
     content_text,
 )
+
+REQUEST_FIELDS: dict[str, str] = {
+    **{name: "sent as given" for name in OPENAI_FIELDS},
+    "max_completion_tokens": "sent by this name (reasoning models refuse max_tokens)",
+    "response_format": "sent as given (json_object also gets a system line asking for JSON when "
+    "no message mentions it, as OpenAI requires)",
+}
+"""What the OpenAI protocol does with each request field: it is the protocol they belong to."""
 
 # Error codes that say more than the HTTP status they come with.
 _SPECIFIC_CODES = frozenset({ErrorKind.CONTEXT_LENGTH, ErrorKind.CONTENT_FILTER})

@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from gateway.errors import ConfigurationError, ErrorKind, MissingDependencyError, ProviderError
 from gateway.providers import _codec_openai, _errors
 from gateway.providers._base import Call, LLMService
+from gateway.request import OPENAI_FIELDS
 from gateway.types import Completion, StreamEnd, ToolCallDelta
 
 # Without this LiteLLM downloads its price map from GitHub at import time.
@@ -38,6 +39,11 @@ if "LITELLM_LOG" not in os.environ:
     # (with request details). LITELLM_LOG=DEBUG still turns them back on.
     for _logger in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
         logging.getLogger(_logger).setLevel(logging.CRITICAL)
+
+
+REQUEST_FIELDS: dict[str, str] = {name: "as given (LiteLLM translates)" for name in OPENAI_FIELDS}
+"""What the litellm provider does with each request field: LiteLLM takes OpenAI's fields and
+translates them for its provider; one that provider cannot take fails that call (bad_request)."""
 
 
 class LiteLLMService(LLMService):

@@ -269,6 +269,12 @@ class ChatCompletionRequest(BaseModel):
     audio: AudioOutput | None = None
     prediction: Prediction | None = None
     web_search_options: JsonObject | None = None
+    functions: list[FunctionDefinition] | None = Field(
+        None, max_length=128, description="The deprecated form of tools."
+    )
+    function_call: Literal["none", "auto"] | NamedFunction | None = Field(
+        None, description="The deprecated form of tool_choice."
+    )
 
     def wire_messages(self) -> list[dict[str, Any]]:
         """The messages as plain dicts for the router, as the client sent them."""
