@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.errors import InvalidRequestError
+from gateway.types import check_text
 
 __all__ = [
     "MAX_CHOICES",
@@ -75,7 +76,10 @@ _TOOL_CHOICES = ("auto", "none", "required")
 
 def check_request_fields(fields: Mapping[str, Any], *, stream: bool) -> None:
     """Refuse a malformed `tools`, `tool_choice`, `parallel_tool_calls`, `response_format` or
-    `n`, naming the field, the value and the fix. Fields left out or None pass."""
+    `n`, and a lone UTF-16 surrogate in any field's text, naming the field, the value and the
+    fix. Fields left out or None pass."""
+    for name, value in fields.items():
+        _check_unicode(value, name)
     tools = fields.get("tools")
     names = _check_tools(tools) if tools is not None else set()
     choice = fields.get("tool_choice")
@@ -100,6 +104,21 @@ def check_request_fields(fields: Mapping[str, Any], *, stream: bool) -> None:
                 f"n={n} with stream: a streamed request answers one choice; send n=1, or "
                 "leave stream off to get several choices in one answer"
             )
+
+
+def _check_unicode(value: Any, where: str) -> None:
+    """Every text of a field, a tool's description and schema included, as `check_text`
+    checks a message's."""
+    if isinstance(value, str):
+        check_text(value, where)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(key, str):
+                check_text(key, f"{where} (a key)")
+            _check_unicode(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_unicode(item, f"{where}[{i}]")
 
 
 def _check_tools(tools: Any) -> set[str]:

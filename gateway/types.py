@@ -343,16 +343,21 @@ def validate_messages(messages: Sequence[Message]) -> Conversation:
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _check_encodable(text: str, i: int, field: str) -> None:
-    """Refuse a lone UTF-16 surrogate (`"\\ud800"` in JSON): it has no UTF-8 form, so an SDK
-    fails to encode the request and an upstream would refuse or mangle it. One place refuses
-    it by name for every provider and client alike, rather than a raw UnicodeEncodeError."""
+def check_text(text: str, where: str) -> None:
+    """Refuse a lone UTF-16 surrogate (`"\\ud800"` in JSON) in `text`, naming `where`: it has
+    no UTF-8 form, so an SDK fails to encode the request and an upstream would refuse or mangle
+    it. One place refuses it by name, for every field, provider and client alike, rather than a
+    raw UnicodeEncodeError."""
     # isascii() is O(1) on CPython's compact strings: most text never reaches the search.
     if not text.isascii() and _LONE_SURROGATE.search(text):
         raise InvalidRequestError(
-            f"messages[{i}].{field} holds a lone UTF-16 surrogate, which is not valid Unicode "
-            "text: send the character whole, or drop it"
+            f"{where} holds a lone UTF-16 surrogate, which is not valid Unicode text: send the "
+            "character whole, or drop it"
         )
+
+
+def _check_encodable(text: str, i: int, field: str) -> None:
+    check_text(text, f"messages[{i}].{field}")
 
 
 _TOOL_CALL_SHAPE = (

@@ -7,6 +7,7 @@ take is refused naming its field, as a 400 over HTTP and `InvalidRequestError` i
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,32 @@ async def test_a_lone_surrogate_is_refused_naming_its_field(
         await router.aclose()
 
 
+@pytest.mark.parametrize(
+    ("fields", "where"),
+    [
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "description": "x\ud800"}}]},
+            "tools[0].function.description",
+        ),
+        ({"stop": ["ok", "\udfff"]}, "stop[1]"),
+        ({"metadata": {"who": "\ud800"}}, "metadata.who"),
+    ],
+)
+@pytest.mark.parametrize("client", ["default", "sdk"])
+async def test_a_lone_surrogate_in_any_field_is_refused_naming_it(
+    up: FakeUpstream, fields: dict[str, Any], where: str, client: str
+) -> None:
+    # The SDK clients raised a raw UnicodeEncodeError for these (a 500 over HTTP).
+    options = {"client": "sdk"} if client == "sdk" else {}
+    router = Router(parse_policy(policy(up.url, **options)))
+    try:
+        with pytest.raises(InvalidRequestError, match=re.escape(where)):
+            await router.generate(MESSAGES, **fields)
+    finally:
+        await router.aclose()
+    assert up.count() == 0
+
+
 # --- 4. an absurd max_tokens ------------------------------------------------------------------
 
 
@@ -253,6 +280,14 @@ def post_raw(server: ServerProcess, body: str) -> httpx.Response:
         (
             '[{"role": "user", "content": [{"type": "text", "text": "\\udfff"}]}]',
             "messages[0].content[0].text",
+        ),
+        ('[{"role": "user", "content": "hi", "name": "ann\\ud800"}]', "messages[0].name"),
+        (
+            '[{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": '
+            '[{"id": "c1", "type": "function", "function": {"name": "f", '
+            '"arguments": "{\\"a\\": \\"\\ud800\\"}"}}]}, '
+            '{"role": "tool", "tool_call_id": "c1", "content": "ok"}]',
+            "messages[1].tool_calls[0].function.arguments",
         ),
     ],
 )

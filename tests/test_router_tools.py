@@ -885,3 +885,36 @@ async def test_deeply_nested_tool_arguments_parse_as_a_value_error(
     else:  # or the candidate's answer was refused as unreadable, and the backup answered
         assert routed.attempts[0].outcome == "invalid_response"
         assert [c.name for c in routed.tool_calls] == ["get_weather"]
+
+
+# --- litellm: OpenAI's fields passed through, its answers read as OpenAI's -------------------
+
+
+async def test_litellm_passes_tools_through_and_reads_calls_whole_and_streamed(
+    upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch its price map
+    policy = parse_policy(
+        "version: 1\n"
+        "providers:\n"
+        '  lite: {type: litellm, model: openai/gpt-4o-mini, base_url: "${FAKE}/v1", '
+        "api_key: unused}\n"
+        "tasks: {default: {chain: [lite]}}\n",
+        environ={"FAKE": upstream.url},
+    )
+    async with Router(policy) as router:
+        whole = await router.generate(QUESTION, tools=[WEATHER], tool_choice="required", n=2)
+        sent = upstream.requests[-1].body
+        assert (sent["tools"], sent["tool_choice"], sent["n"]) == ([WEATHER], "required", 2)
+        assert [c.tool_calls[0].name for c in whole.choices] == ["get_weather", "get_weather"]
+        assert whole.tool_calls[0].parsed_arguments() == {"city": "Paris"}
+        assert whole.finish_reason == "tool_calls"
+
+        stream = router.stream(QUESTION, tools=[WEATHER])
+        pieces = [event async for event in stream.events()]
+        assert all(isinstance(piece, ToolCallDelta) for piece in pieces)
+        assert "".join(p.arguments for p in pieces if isinstance(p, ToolCallDelta)) == (
+            stream.tool_calls[0].arguments
+        )
+        assert stream.tool_calls[0].name == "get_weather"
+        assert stream.finish_reason == "tool_calls"
