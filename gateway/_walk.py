@@ -36,7 +36,7 @@ from gateway.errors import (
 )
 from gateway.hooks import UNRESOLVED_TASK, HookSet
 from gateway.policy import TaskSpec
-from gateway.request import check_request_fields
+from gateway.request import check_request_fields, needed_capabilities
 from gateway.types import (
     ChatStream,
     Completion,
@@ -123,6 +123,8 @@ class Walk:
         self.outcome: RequestOutcome | None = None
         """Set by the caller where the exception alone does not say how the request ended."""
         self._left_behind: tuple[str, AttemptOutcome] | None = None
+        self.needs: frozenset[str] = frozenset()
+        """What the request needs of a model (`needed_capabilities`)."""
 
     async def __aenter__(self) -> Walk:
         self.runtime.in_flight += 1
@@ -157,6 +159,7 @@ class Walk:
         check_max_tokens(params.get("max_completion_tokens"), "max_completion_tokens")
         checked = validate_messages(messages)
         check_request_fields(params, stream=stream)
+        self.needs = needed_capabilities(params, checked)
         output_tokens = params.get("max_completion_tokens") or params.get("max_tokens")
         return checked, self.runtime.ordered(task, checked, output_tokens)
 
@@ -179,11 +182,12 @@ class Walk:
                 raise self.deadline_exceeded(candidate)
             skipped = self._skip_reason(candidate, input_tokens)
             if skipped is not None:
-                reason = (
-                    _shown_reason(candidate.unavailable_reason)
-                    if skipped is AttemptOutcome.UNAVAILABLE
-                    else None
-                )
+                reason = None
+                if skipped is AttemptOutcome.UNAVAILABLE:
+                    reason = _shown_reason(candidate.unavailable_reason)
+                elif skipped is AttemptOutcome.UNSUPPORTED:
+                    lacking = ", ".join(sorted(self.needs & candidate.spec.lacks))
+                    reason = f"the request needs {lacking}, which the policy says it lacks"
                 self.record(candidate, skipped, None, error=reason)
                 self._left_behind = (candidate.name, skipped)
                 continue
@@ -198,6 +202,8 @@ class Walk:
     def _skip_reason(self, candidate: Candidate, input_tokens: int) -> AttemptOutcome | None:
         if candidate.client is None:
             return AttemptOutcome.UNAVAILABLE
+        if self.needs and self.needs & candidate.spec.lacks:
+            return AttemptOutcome.UNSUPPORTED
         if candidate.saturated:
             return AttemptOutcome.SATURATED
         window = self.runtime.context_window(candidate)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gateway.errors import InvalidRequestError
@@ -26,6 +26,7 @@ __all__ = [
     "json_schema_format",
     "json_schema_of",
     "named_tool_choice",
+    "needed_capabilities",
 ]
 
 OPENAI_FIELDS = (
@@ -214,6 +215,26 @@ def _check_response_format(value: Any) -> None:
             "response_format.json_schema.schema must be a JSON Schema object, "
             f"got {type(schema).__name__}"
         )
+
+
+def needed_capabilities(
+    fields: Mapping[str, Any], messages: Sequence[Mapping[str, Any]]
+) -> frozenset[str]:
+    """What the request needs of a model, in the words of a provider's `lacks:` in the
+    policy: `tools` (tools it may call), `json_schema` (a schema-shaped answer), `images`."""
+    needs = set()
+    if fields.get("tools") and fields.get("tool_choice") != "none":
+        needs.add("tools")
+    if json_schema_of(fields) is not None:
+        needs.add("json_schema")
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list) and any(
+            isinstance(part, Mapping) and part.get("type") == "image_url" for part in content
+        ):
+            needs.add("images")
+            break
+    return frozenset(needs)
 
 
 def json_schema_of(fields: Mapping[str, Any]) -> Mapping[str, Any] | None:

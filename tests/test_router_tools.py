@@ -918,3 +918,39 @@ async def test_litellm_passes_tools_through_and_reads_calls_whole_and_streamed(
         )
         assert stream.tool_calls[0].name == "get_weather"
         assert stream.finish_reason == "tool_calls"
+
+
+# --- a model the policy says cannot do what the request needs ---------------------------------
+
+
+async def test_a_provider_lacking_tools_is_skipped_for_tool_requests_only(
+    upstream: FakeUpstream,
+) -> None:
+    policy = parse_policy(
+        "version: 1\n"
+        "providers:\n"
+        '  small: {type: ollama, model: tiny, base_url: "${FAKE}", lacks: [tools, images]}\n'
+        '  mini: {type: openai, model: gpt-4o-mini, base_url: "${FAKE}/v1", api_key: unused}\n'
+        "tasks:\n"
+        "  default: {chain: [small, mini]}\n"
+        "  local: {chain: [small]}\n",
+        environ={"FAKE": upstream.url},
+    )
+    async with Router(policy) as router:
+        with_tools = await router.generate(QUESTION, tools=[WEATHER])
+        assert with_tools.provider == "mini"
+        skipped = with_tools.attempts[0]
+        assert (skipped.provider, skipped.outcome) == ("small", "unsupported")
+        assert skipped.error is not None and "tools" in skipped.error
+        assert upstream.count("tiny") == 0  # skipped without a call
+
+        # tool_choice "none" needs no tool support; plain text neither.
+        assert (await router.generate(QUESTION, tools=[WEATHER], tool_choice="none")).provider == (
+            "small"
+        )
+        assert (await router.generate(QUESTION)).provider == "small"
+
+        with pytest.raises(RequestRefused) as refused:
+            await router.generate(QUESTION, task="local", tools=[WEATHER])
+        assert refused.value.status == 400
+        assert "tools" in str(refused.value)

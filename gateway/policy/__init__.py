@@ -53,6 +53,7 @@ __all__ = [
     "DEFAULT_TRIP_ON",
     "BreakerOverrides",
     "BreakerPolicy",
+    "Capability",
     "ChainEntry",
     "ChainItem",
     "Defaults",

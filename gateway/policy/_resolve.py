@@ -90,6 +90,7 @@ class Resolver:
             weight=entry.weight,
             max_concurrency=entry.max_concurrency,
             max_input_tokens=entry.max_input_tokens,
+            lacks=frozenset(entry.lacks),
             timeout_s=entry.timeout_s if entry.timeout_s is not None else defaults.timeout_s,
             max_response_bytes=entry.max_response_bytes,
             retry=self._merge(RetryPolicy, defaults.retry, entry.retry, (*path, "retry")),

@@ -12,6 +12,7 @@ from gateway.errors import ErrorKind
 from gateway.policy.models import (
     MODEL_CONFIG,
     BreakerPolicy,
+    Capability,
     Defaults,
     Price,
     ProviderSpec,
@@ -81,6 +82,11 @@ class ProviderEntry(BaseModel):
     )
     max_input_tokens: int | None = Field(
         default=None, ge=1, description="Skip this provider for prompts larger than this."
+    )
+    lacks: list[Capability] = Field(
+        default_factory=list,
+        description="What the model cannot do (tools, json_schema, images): requests that need "
+        "it skip this provider as unsupported.",
     )
     timeout_s: Seconds | None = Field(
         default=None, description="One attempt; default defaults.timeout_s."

@@ -183,6 +183,10 @@ FACTORY_KEYWORDS = frozenset(
 )
 
 
+Capability = Literal["tools", "json_schema", "images"]
+"""What a request may need of a model: tool calling, schema-constrained output, image input."""
+
+
 class ProviderSpec(BaseModel):
     model_config = MODEL_CONFIG
 
@@ -194,6 +198,8 @@ class ProviderSpec(BaseModel):
     weight: float = Field(default=1.0, ge=0)
     max_concurrency: int | None = Field(default=None, ge=1)
     max_input_tokens: int | None = Field(default=None, ge=1)
+    lacks: frozenset[Capability] = frozenset()
+    """What this model cannot do: a request that needs it skips the provider (`unsupported`)."""
     timeout_s: Seconds = 30.0
     # None: the type's own bound (16 MiB for the built-in types), and nothing passed to the
     # factory, so a plugin type that knows no such keyword still loads.
