@@ -9,7 +9,7 @@ continue from the partial text (sent as an assistant prefix) and the caller's it
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -70,7 +70,7 @@ class RoutedStream(Streamed):
             if type(event) is str:
                 return event
 
-    async def events(self) -> AsyncIterator[StreamEvent]:
+    async def events(self) -> AsyncGenerator[StreamEvent, None]:
         """Text and tool-call pieces, typed, as they arrive."""
         while True:
             try:

@@ -332,7 +332,7 @@ def _chunk(writer: ChunkWriter, piece: StreamEvent) -> bytes:
 
 async def _sse(
     stream: RoutedStream,
-    events: AsyncIterator[StreamEvent],
+    events: AsyncGenerator[StreamEvent, None],
     first: StreamEvent | None,
     writer: ChunkWriter,
     access: AccessRecord,
@@ -382,7 +382,7 @@ async def _sse(
         raise
     finally:
         await stream.aclose()
-        await events.aclose()  # type: ignore[attr-defined]
+        await events.aclose()
         # After the close, so a candidate cancelled mid-stream is listed too.
         access.provider, access.attempts, access.cost_usd = (
             stream.provider,
