@@ -71,13 +71,17 @@ class RoutedStream(Streamed):
                 return event
 
     async def events(self) -> AsyncGenerator[StreamEvent, None]:
-        """Text and tool-call pieces, typed, as they arrive."""
-        while True:
-            try:
-                event = await self._next_event()
-            except StopAsyncIteration:
-                return
-            yield TextDelta(event) if type(event) is str else event  # type: ignore[misc]
+        """Text and tool-call pieces, typed, as they arrive. Leaving early (or
+        closing this iterator) closes the stream."""
+        try:
+            while True:
+                try:
+                    event = await self._next_event()
+                except StopAsyncIteration:
+                    return
+                yield TextDelta(event) if type(event) is str else event  # type: ignore[misc]
+        finally:
+            await self.aclose()
 
     async def _next_event(self) -> str | ToolCallDelta:
         if self._source is None:

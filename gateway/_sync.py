@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from gateway._router import RoutedCompletion, Router
 from gateway.policy import Policy
-from gateway.types import Message
+from gateway.types import Message, StreamEvent
 
 T = TypeVar("T")
 
@@ -64,6 +64,18 @@ class SyncRouter:
                     return
         finally:
             self._run(stream.aclose())
+
+    def stream_events(self, messages: Sequence[Message], **kwargs: Any) -> Iterator[StreamEvent]:
+        """`stream`, with every piece typed: `TextDelta` and `ToolCallDelta` (for tools)."""
+        events = self.router.stream(messages, **kwargs).events()
+        try:
+            while True:
+                try:
+                    yield self._run(anext(events))
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(events.aclose())
 
     def reload(self) -> bool:
         return self._run(self.router.reload())

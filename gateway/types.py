@@ -238,13 +238,17 @@ class ChatStream:
                 self.refusal = event.refusal or self.refusal
 
     async def events(self) -> AsyncGenerator[StreamEvent, None]:
-        """Text and tool-call pieces, typed, as they arrive."""
-        while True:
-            try:
-                event = await self.next_event()
-            except StopAsyncIteration:
-                return
-            yield TextDelta(event) if type(event) is str else event  # type: ignore[misc]
+        """Text and tool-call pieces, typed, as they arrive. Leaving early (or
+        closing this iterator) closes the stream."""
+        try:
+            while True:
+                try:
+                    event = await self.next_event()
+                except StopAsyncIteration:
+                    return
+                yield TextDelta(event) if type(event) is str else event  # type: ignore[misc]
+        finally:
+            await self.aclose()
 
     async def aclose(self) -> None:
         """Stop early and release the upstream connection."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from gateway import (
     RequestRefused,
     Router,
     StreamInterrupted,
+    SyncRouter,
     TextDelta,
     ToolCallDelta,
 )
@@ -954,3 +956,28 @@ async def test_a_provider_lacking_tools_is_skipped_for_tool_requests_only(
             await router.generate(QUESTION, task="local", tools=[WEATHER])
         assert refused.value.status == 400
         assert "tools" in str(refused.value)
+
+
+def test_sync_router_streams_tool_calls_as_typed_events() -> None:
+    async def start() -> FakeUpstream:
+        return await FakeUpstream().start()
+
+    # The fake must run on a loop of its own: the SyncRouter blocks this thread.
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    up = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=30)
+    try:
+        policy = parse_policy(policy_yaml(up.url))
+        with SyncRouter(policy) as router:
+            events = list(router.stream_events(QUESTION, task="openai", tools=[WEATHER]))
+            first = events[0]
+            assert isinstance(first, ToolCallDelta) and first.name == "get_weather"
+            arguments = "".join(e.arguments for e in events if isinstance(e, ToolCallDelta))
+            assert json.loads(arguments) == {"city": "Paris"}
+            texts = list(router.stream_events(QUESTION, task="openai"))
+            assert texts and all(isinstance(e, TextDelta) for e in texts)
+    finally:
+        asyncio.run_coroutine_threadsafe(up.close(), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
