@@ -1283,3 +1283,42 @@ async def test_the_simulate_banners_first_curl_works_as_printed(tmp_path: Path, 
         )
     assert result.stdout == "200", (command, result.stdout, result.stderr)
     assert ("GATEWAY_API_KEYS is set" in sim.log()) == bool(keys)
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "error"),
+    [
+        (Fault.status(400), 400, openai.BadRequestError),
+        (Fault.not_found(), 404, openai.NotFoundError),
+        (Fault.status(422), 422, openai.UnprocessableEntityError),
+    ],
+    ids=["400", "404", "422"],
+)
+async def test_a_request_the_upstream_refuses_is_its_4xx_and_is_not_retried(
+    server: ServerProcess,
+    upstream: FakeUpstream,
+    fault: Fault,
+    status: int,
+    error: type[openai.APIStatusError],
+) -> None:
+    # An SDK with its default retries: a 502 would have been sent three times.
+    upstream.script("talker-1", fault)
+    before = upstream.count("talker-1")
+    async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=CLIENT_KEY) as sdk:
+        with pytest.raises(error) as refused:
+            await sdk.chat.completions.create(model="talk", messages=user("hi"))
+    assert upstream.count("talker-1") == before + 1
+    assert refused.value.status_code == status
+    assert refused.value.response.headers["x-should-retry"] == "false"
+    body = refused.value.response.json()["error"]
+    assert body["code"] == "request_refused"
+    assert body["attempts"][0]["outcome"] in {"bad_request", "not_found"}
+
+
+async def test_each_task_answers_as_a_model(http: httpx.AsyncClient) -> None:
+    found = await http.get("/v1/models/summarize")
+    assert found.status_code == 200
+    assert (found.json()["id"], found.json()["object"]) == ("summarize", "model")
+    missing = await http.get("/v1/models/no-such-task")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "model_not_found"
