@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
@@ -122,8 +122,41 @@ class Resolver:
             else:
                 if spec is not None:
                     specs[name] = spec
+        self._check_redirects(specs)
         self._raise_gathered()
         return specs
+
+    def _check_redirects(self, specs: Mapping[str, TaskSpec]) -> None:
+        """Every redirect names a task, and no request can be redirected in a circle."""
+        tasks = self.document.tasks
+        for name, spec in specs.items():
+            where = "tasks" if tasks[name].redirect is not None else "defaults"
+            for kind, target in spec.redirect:
+                path: KeyPath = (
+                    (where, name, "redirect", kind.value, "task")
+                    if where == "tasks"
+                    else ("defaults", "redirect", kind.value, "task")
+                )
+                if target not in tasks:
+                    defined = list(tasks)
+                    self._problems.append(
+                        self.fail(
+                            f"redirect to task {target!r}, which is not defined"
+                            f"{did_you_mean(target, defined)}; defined tasks: "
+                            f"{', '.join(defined)}",
+                            path,
+                        )
+                    )
+        graph = {name: sorted({t for _, t in spec.redirect}) for name, spec in specs.items()}
+        cycle = _first_cycle(graph)
+        if cycle is not None:
+            self._problems.append(
+                self.fail(
+                    f"redirects lead back to where they started ({' -> '.join(cycle)}): a "
+                    "request could go round forever; remove one redirect",
+                    ("tasks", cycle[0], "redirect"),
+                )
+            )
 
     def _task(
         self, name: str, entry: TaskEntry, providers: Mapping[str, ProviderSpec]
@@ -141,6 +174,13 @@ class Resolver:
                 "strategy weighted needs at least one provider in the chain with weight > 0",
                 ("tasks", name, "strategy"),
             )
+        defaults = self.document.defaults
+        redirect = entry.redirect if entry.redirect is not None else defaults.redirect
+        extra: dict[str, Any] = {}
+        if entry.explore is not None:
+            extra["explore"] = entry.explore
+        if entry.latency_half_life_s is not None:
+            extra["latency_half_life_s"] = entry.latency_half_life_s
         return TaskSpec(
             name=name,
             chain=tuple(link.entry for link in chain),
@@ -148,6 +188,9 @@ class Resolver:
             deadline_s=entry.deadline_s,
             first_token_timeout_s=entry.first_token_timeout_s,
             on_midstream_failure=entry.on_midstream_failure,
+            stop_on=entry.stop_on if entry.stop_on is not None else defaults.stop_on,
+            redirect=tuple(sorted((kind, to.task) for kind, to in redirect.items())),
+            **extra,
         )
 
     def _chain(
@@ -215,6 +258,29 @@ class Resolver:
                     link.entered_at,
                 )
             first_seen[provider] = (position, link)
+
+
+def _first_cycle(graph: Mapping[str, Sequence[str]]) -> list[str] | None:
+    """A cycle of `graph` (task -> the tasks it redirects to) as [a, b, ..., a], or None."""
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        if node in path:
+            return [*path[path.index(node) :], node]
+        if node in done or node not in graph:
+            return None
+        for target in graph[node]:
+            found = visit(target, [*path, node])
+            if found is not None:
+                return found
+        done.add(node)
+        return None
+
+    for start in graph:
+        found = visit(start, [])
+        if found is not None:
+            return found
+    return None
 
 
 @dataclass(frozen=True, slots=True)

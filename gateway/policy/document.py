@@ -14,8 +14,10 @@ from gateway.policy.models import (
     BreakerPolicy,
     Capability,
     Defaults,
+    FailureRate,
     Price,
     ProviderSpec,
+    Redirect,
     RetryPolicy,
     Seconds,
     StateSpec,
@@ -62,6 +64,10 @@ class BreakerOverrides(BaseModel):
     trip_on: frozenset[ErrorKind] | None = Field(
         default=None, description=_described(BreakerPolicy, "trip_on")
     )
+    failure_rate: FailureRate | None = Field(
+        default=None, description=_described(BreakerPolicy, "failure_rate")
+    )
+    ramp_s: Seconds | None = Field(default=None, description=_described(BreakerPolicy, "ramp_s"))
 
 
 class ProviderEntry(BaseModel):
@@ -174,6 +180,26 @@ class TaskEntry(BaseModel):
     on_midstream_failure: Literal["raise", "resume"] = Field(
         default="raise",
         description="A stream that breaks after sending text: raise, or resume elsewhere.",
+    )
+    stop_on: frozenset[ErrorKind] | None = Field(
+        default=None,
+        description="Error kinds that end the request at once; default defaults.stop_on.",
+    )
+    redirect: dict[ErrorKind, Redirect] | None = Field(
+        default=None,
+        description="Error kinds that hand the request to another task's chain, e.g. "
+        "{context_length: {task: long_context}}; default defaults.redirect.",
+    )
+    explore: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="strategy fastest: share of requests that try another candidate first "
+        "(default 0.05).",
+    )
+    latency_half_life_s: Seconds | None = Field(
+        default=None,
+        description="strategy fastest: how fast old latency measurements fade (default 300).",
     )
 
 

@@ -34,7 +34,7 @@ DEFAULT_RETRY_ON = frozenset(
     }
 )
 DEFAULT_TRIP_ON = DEFAULT_RETRY_ON | {ErrorKind.AUTH}
-Strategy = Literal["ordered", "cheapest", "fastest", "weighted"]
+Strategy = Literal["ordered", "cheapest", "fastest", "weighted", "least_busy"]
 
 MODEL_CONFIG = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 """Shared by the file-form models too: immutable, unknown keys rejected, no NaN or infinity."""
@@ -82,6 +82,20 @@ class RetryPolicy(BaseModel):
         return sorted(kind.value for kind in kinds)
 
 
+class FailureRate(BaseModel):
+    """Open the breaker on the share of failed calls, beside the consecutive count."""
+
+    model_config = MODEL_CONFIG
+
+    window_s: Seconds = Field(default=30.0, description="The rolling window calls are counted in.")
+    min_calls: int = Field(
+        default=5, ge=1, description="Calls the window needs before the share is judged."
+    )
+    threshold: float = Field(
+        default=0.6, gt=0, le=1, description="Failed share (of trip_on kinds) that opens it."
+    )
+
+
 class BreakerPolicy(BaseModel):
     model_config = MODEL_CONFIG
 
@@ -102,10 +116,27 @@ class BreakerPolicy(BaseModel):
         description="Error kinds that count as a failure of the provider (not of the request).",
         json_schema_extra=_kinds_schema(DEFAULT_TRIP_ON),
     )
+    failure_rate: FailureRate | None = Field(
+        default=None,
+        description="Also open on the failed share of recent calls; null: consecutive only.",
+    )
+    ramp_s: Seconds | None = Field(
+        default=None,
+        description="Slow start: after closing, the provider's share of first picks grows "
+        "from a small fraction to all of it over this long; null: at once.",
+    )
 
     @field_serializer("trip_on", when_used="json")
     def _sorted_kinds(self, kinds: frozenset[ErrorKind]) -> list[str]:
         return sorted(kind.value for kind in kinds)
+
+
+class Redirect(BaseModel):
+    """Where a request goes when one of its candidates fails with a given error kind."""
+
+    model_config = MODEL_CONFIG
+
+    task: str = Field(min_length=1, description="The task whose chain takes the request over.")
 
 
 class Defaults(BaseModel):
@@ -114,6 +145,20 @@ class Defaults(BaseModel):
     timeout_s: Seconds = Field(default=30.0, description="Time allowed for one attempt.")
     retry: RetryPolicy = RetryPolicy()
     breaker: BreakerPolicy = BreakerPolicy()
+    stop_on: frozenset[ErrorKind] = Field(
+        default=frozenset(),
+        description="Error kinds that end a request at once instead of falling through "
+        "(tasks may set their own).",
+    )
+    redirect: dict[ErrorKind, Redirect] = Field(
+        default_factory=dict,
+        description="Error kinds that send a request to another task's chain "
+        "(tasks may set their own).",
+    )
+
+    @field_serializer("stop_on", when_used="json")
+    def _sorted_stop_on(self, kinds: frozenset[ErrorKind]) -> list[str]:
+        return sorted(kind.value for kind in kinds)
 
 
 class Price(BaseModel):
@@ -176,6 +221,18 @@ class TaskSpec(BaseModel):
     deadline_s: Seconds | None = None
     first_token_timeout_s: Seconds | None = None
     on_midstream_failure: Literal["raise", "resume"] = "raise"
+    stop_on: frozenset[ErrorKind] = frozenset()
+    """Error kinds that end the request at once: no further candidate is tried."""
+    redirect: tuple[tuple[ErrorKind, str], ...] = ()
+    """(error kind, task): a candidate failing with that kind hands the request to that task's
+    chain instead of the next candidate."""
+    explore: float = Field(default=0.05, ge=0, le=1)
+    """`fastest`: the share of requests that try another candidate first, to re-measure it."""
+    latency_half_life_s: Seconds = 300.0
+    """`fastest`: how fast an old latency measurement loses weight."""
+
+    def redirect_for(self, kind: ErrorKind) -> str | None:
+        return next((task for k, task in self.redirect if k == kind), None)
 
 
 FACTORY_KEYWORDS = frozenset(
