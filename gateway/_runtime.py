@@ -55,6 +55,10 @@ class Candidate:
         limit = self.spec.max_concurrency
         return limit is not None and self.in_flight >= limit
 
+    def observe_first_token(self, seconds: float) -> None:
+        """A stream's time to its first token."""
+        self.observe_latency(seconds)
+
     def observe_latency(self, seconds: float) -> None:
         previous = self.latency_ewma_s
         self.latency_ewma_s = (

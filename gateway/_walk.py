@@ -30,6 +30,7 @@ from gateway.errors import (
     DeadlineExceeded,
     InvalidRequestError,
     ProviderError,
+    ProviderSaturated,
     RequestRefused,
     RoutingError,
     StreamInterrupted,
@@ -57,12 +58,20 @@ Check = Callable[[Completion, str], Any]
 
 
 class CandidateFailed(Exception):
-    """One candidate is done without an answer; `outcome` says why."""
+    """One candidate is done without an answer; `outcome` says why (and `error`, or for a
+    failure that is not the provider's, `reason`)."""
 
-    def __init__(self, outcome: AttemptOutcome, error: ProviderError | None = None) -> None:
+    def __init__(
+        self,
+        outcome: AttemptOutcome,
+        error: ProviderError | None = None,
+        *,
+        reason: str | None = None,
+    ) -> None:
         super().__init__(outcome)
         self.outcome = outcome
         self.error = error
+        self.reason = reason
 
 
 class Walker:
@@ -255,9 +264,12 @@ class Walk:
                             messages, timeout_s=timeout, **call_params
                         )
                 except TimeoutError as exc:
-                    ticket.fail(ErrorKind.TIMEOUT)
                     if deadline_binds:
+                        # The caller's deadline, not the provider's timeout_s: the call may
+                        # have been healthy, so its breaker is not told of a failure.
+                        ticket.release()
                         raise CandidateFailed(AttemptOutcome.DEADLINE) from exc
+                    ticket.fail(ErrorKind.TIMEOUT)
                     raise ProviderError(
                         f"no answer within timeout_s={timeout:g}",
                         kind=ErrorKind.TIMEOUT,
@@ -267,9 +279,12 @@ class Walk:
                     # The provider's own clock may run out a moment before ours: when the
                     # bound was the request's deadline, that is still the deadline.
                     if deadline_binds and exc.kind is ErrorKind.TIMEOUT:
-                        ticket.fail(ErrorKind.TIMEOUT)
+                        ticket.release()
                         raise CandidateFailed(AttemptOutcome.DEADLINE, exc) from exc
                     raise
+                except ProviderSaturated as exc:
+                    ticket.release()  # our own pool was full: the provider was never reached
+                    raise CandidateFailed(AttemptOutcome.SATURATED, reason=str(exc)) from exc
                 except InvalidRequestError as exc:
                     # The request passed the router's checks, so this provider alone cannot
                     # honour it (e.g. Ollama and image URLs): the next candidate may.
@@ -335,17 +350,24 @@ class Walk:
                     candidate.in_flight -= 1
                     tries.latency_s += time.perf_counter() - began
                     await _close_quietly(stream)
+                    if isinstance(exc, ProviderSaturated):
+                        ticket.release()  # our own pool was full: the provider was not reached
+                        raise CandidateFailed(AttemptOutcome.SATURATED, reason=str(exc)) from exc
                     error = _as_error(exc, candidate, first_bound)
                     if error is None:
                         raise
-                    ticket.fail(error.kind)
                     if deadline_binds and error.kind is ErrorKind.TIMEOUT:
+                        ticket.release()  # the caller's deadline: no verdict on the provider
                         raise CandidateFailed(AttemptOutcome.DEADLINE) from exc
+                    ticket.fail(error.kind)
                     raise error from exc
+            first_token_s = time.perf_counter() - began
+            # The time to the first token is the provider's; the rest is paced by the reader.
+            candidate.observe_first_token(first_token_s)
             self.hooks.on_first_token(
                 provider=candidate.name,
                 model=candidate.model,
-                seconds=time.perf_counter() - began,
+                seconds=first_token_s,
             )
             return stream, first, ticket, began
 
@@ -369,12 +391,12 @@ class Walk:
                             failure = _as_error(exc, candidate, timeout)
                             if failure is None:
                                 raise
-                            ticket.fail(failure.kind)
-                            outcome = (
-                                AttemptOutcome.DEADLINE
-                                if deadline_binds and failure.kind is ErrorKind.TIMEOUT
-                                else AttemptOutcome.failed(failure.kind)
-                            )
+                            if deadline_binds and failure.kind is ErrorKind.TIMEOUT:
+                                ticket.release()  # the caller's deadline, not the provider's
+                                outcome = AttemptOutcome.DEADLINE
+                            else:
+                                ticket.fail(failure.kind)
+                                outcome = AttemptOutcome.failed(failure.kind)
                             raise CandidateFailed(outcome, failure) from exc
                         yield delta
                 ticket.succeed()
@@ -387,7 +409,6 @@ class Walk:
             self.upstream_s += elapsed
             await _close_quietly(stream)
             if outcome is AttemptOutcome.SUCCESS:
-                candidate.observe_latency(elapsed)
                 into.provider = candidate.name
                 into.model = stream.model or candidate.model
                 into.finish_reason = stream.finish_reason
@@ -530,7 +551,7 @@ class _Tries:
                 failed = CandidateFailed(
                     AttemptOutcome.failed(self.last_error.kind), self.last_error
                 )
-            self.fail(failed.outcome, failed.error)
+            self.fail(failed.outcome, failed.error, failed.reason)
             raise failed from None
         except (RetryAborted, ProviderError) as exc:
             error = exc.error if isinstance(exc, RetryAborted) else exc
@@ -552,13 +573,15 @@ class _Tries:
 
         return noted
 
-    def fail(self, outcome: AttemptOutcome, error: ProviderError | None) -> None:
+    def fail(
+        self, outcome: AttemptOutcome, error: ProviderError | None, reason: str | None = None
+    ) -> None:
         self.walk.record(
             self.candidate,
             outcome,
             self.latency_s or None,
             retries=self.retries,
-            error=str(error) if error is not None else None,
+            error=str(error) if error is not None else reason,
             status=error.status if error is not None else None,
         )
 

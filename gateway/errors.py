@@ -9,6 +9,7 @@ GatewayError
 ├── InvalidRequestError (ValueError)  the caller's messages or parameters are wrong
 ├── UnknownTaskError (LookupError)
 ├── ProviderError                     one upstream call failed; `kind` says how
+├── ProviderSaturated                 no local connection slot came free in time: nothing sent
 └── RoutingError                      the router gave up; `attempts` says why
     ├── AllProvidersFailed
     │   └── RequestRefused            every candidate refused the request itself (a 4xx)
@@ -33,6 +34,7 @@ __all__ = [
     "MissingDependencyError",
     "PolicyError",
     "ProviderError",
+    "ProviderSaturated",
     "RequestRefused",
     "RoutingError",
     "StreamInterrupted",
@@ -81,6 +83,12 @@ class MissingDependencyError(GatewayError, ImportError):
 
 class InvalidRequestError(GatewayError, ValueError):
     """The caller's messages or parameters are malformed; nothing was sent upstream."""
+
+
+class ProviderSaturated(GatewayError):
+    """No local connection slot to the provider came free within the pool's wait bound:
+    nothing was sent, so it says nothing about the provider's health (the attempt is
+    `saturated`, never a breaker failure)."""
 
 
 class UnknownTaskError(GatewayError, LookupError):
