@@ -95,8 +95,14 @@ class Runtime:
         return steps
 
     def ordered(
-        self, task: TaskSpec, messages: Sequence[Message], max_tokens: int | None
+        self,
+        task: TaskSpec,
+        messages: Sequence[Message],
+        max_tokens: int | None,
+        *,
+        stream: bool = False,
     ) -> Sequence[Step]:
+        """The order to try the task's chain in for one request (`stream`: it is streamed)."""
         steps = self.chain(task)
         if task.strategy == "ordered" or len(steps) < 2:
             return steps

@@ -170,7 +170,7 @@ class Walk:
         check_request_fields(params, stream=stream)
         self.needs = needed_capabilities(params, checked)
         output_tokens = params.get("max_completion_tokens") or params.get("max_tokens")
-        return checked, self.runtime.ordered(task, checked, output_tokens)
+        return checked, self.runtime.ordered(task, checked, output_tokens, stream=stream)
 
     def eligible(self, steps: Sequence[Step], messages: Sequence[Message]) -> Iterator[Step]:
         """The chain's steps worth calling, in order. Skipped candidates are recorded, each
