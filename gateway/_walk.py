@@ -134,6 +134,15 @@ class Walk:
         self._left_behind: tuple[str, AttemptOutcome] | None = None
         self.needs: frozenset[str] = frozenset()
         """What the request needs of a model (`needed_capabilities`)."""
+        self.rules: TaskSpec | None = None
+        """The task whose stop_on and redirect rules apply now: the request's own, or the
+        one a redirect handed it to."""
+        self.redirects: list[tuple[ErrorKind, str]] = []
+        """Each redirect taken: (the error kind, the task whose chain took over)."""
+        self._redirected: Sequence[Step] | None = None
+        self._conversation: Sequence[Message] = ()
+        self._output_tokens: int | None = None
+        self._streamed = False
 
     async def __aenter__(self) -> Walk:
         self.runtime.in_flight += 1
@@ -169,16 +178,26 @@ class Walk:
         checked = validate_messages(messages)
         check_request_fields(params, stream=stream)
         self.needs = needed_capabilities(params, checked)
+        self.rules = task
         output_tokens = params.get("max_completion_tokens") or params.get("max_tokens")
+        self._conversation, self._output_tokens, self._streamed = checked, output_tokens, stream
         return checked, self.runtime.ordered(task, checked, output_tokens, stream=stream)
 
     def eligible(self, steps: Sequence[Step], messages: Sequence[Message]) -> Iterator[Step]:
         """The chain's steps worth calling, in order. Skipped candidates are recorded, each
         move to the next candidate is reported (after `left()`), and a deadline that runs out
-        between candidates raises `DeadlineExceeded`."""
+        between candidates raises `DeadlineExceeded`. A redirect (`left()`, or a prompt too
+        long for a candidate, under the task's `redirect:` rules) goes on with the other
+        task's chain instead of the rest of this one."""
         task = self.spec
         input_tokens = prompt_tokens(messages)
-        for step in steps:
+        queue = iter(steps)
+        while True:
+            if self._redirected is not None:
+                queue, self._redirected = iter(self._redirected), None
+            step = next(queue, None)
+            if step is None:
+                return
             candidate = step.candidate
             if self._left_behind is not None:
                 left_name, why = self._left_behind
@@ -199,14 +218,42 @@ class Walk:
                     reason = f"the request needs {lacking}, which the policy says it lacks"
                 self.record(candidate, skipped, None, error=reason)
                 self._left_behind = (candidate.name, skipped)
+                if skipped is AttemptOutcome.SKIPPED_CONTEXT:
+                    self._follow_rules(ErrorKind.CONTEXT_LENGTH)
                 continue
             yield step
 
     def left(self, candidate: Candidate, failed: CandidateFailed) -> None:
-        """`candidate` gave no answer; a deadline ends the request here."""
+        """`candidate` gave no answer. A deadline ends the request here, and so does a kind
+        the task stops on; a kind it redirects hands the request to another task's chain."""
         if failed.outcome is AttemptOutcome.DEADLINE:
             raise self.deadline_exceeded(None) from failed.error
         self._left_behind = (candidate.name, failed.outcome)
+        kind = _failure_kind(failed.outcome)
+        if kind is not None:
+            self._follow_rules(kind)
+
+    def _follow_rules(self, kind: ErrorKind) -> None:
+        """The current task's `stop_on` and `redirect` for a failure of `kind`."""
+        rules = self.rules or self.spec
+        if kind in rules.stop_on:
+            raise self.stopped(kind)
+        target = rules.redirect_for(kind)
+        if target is not None:
+            spec = self.runtime.policy.task(target)
+            self.rules = spec
+            self.redirects.append((kind, spec.name))
+            self._redirected = self.runtime.ordered(
+                spec, self._conversation, self._output_tokens, stream=self._streamed
+            )
+
+    def stopped(self, kind: ErrorKind) -> AllProvidersFailed:
+        """The request ends at a failure of a kind its task stops on (`stop_on`)."""
+        task = self.spec.name
+        return self._given_up(
+            f"task {task!r} stops on {kind.value} (stop_on), so no further provider was tried: "
+            + summary(task, self.attempts, header=False)
+        )
 
     def _skip_reason(self, candidate: Candidate, input_tokens: int) -> AttemptOutcome | None:
         if candidate.client is None:
@@ -471,20 +518,28 @@ class Walk:
         )
 
     def exhausted(self) -> AllProvidersFailed:
-        """Every candidate is done without an answer: `RequestRefused` when each one refused
-        the request itself (sending it again cannot help), else `AllProvidersFailed`."""
+        """Every candidate is done without an answer."""
         task = self.spec.name
-        attempts = self.attempts
-        if attempts and all(a.outcome in REQUEST_FAULTS for a in attempts):
+        if self._refused_as_sent():
+            return self._given_up(
+                f"no provider for task {task!r} could serve this request as sent: "
+                + summary(task, self.attempts, header=False)
+            )
+        return self._given_up(summary(task, self.attempts))
+
+    def _refused_as_sent(self) -> bool:
+        return bool(self.attempts) and all(a.outcome in REQUEST_FAULTS for a in self.attempts)
+
+    def _given_up(self, message: str) -> AllProvidersFailed:
+        """`RequestRefused` when each candidate refused the request itself (sending it again
+        cannot help), with the first upstream's own status; else `AllProvidersFailed`."""
+        task, attempts = self.spec.name, self.attempts
+        if self._refused_as_sent():
             statuses = [a.status for a in attempts if a.status in REFUSAL_STATUSES]
             return RequestRefused(
-                f"no provider for task {task!r} could serve this request as sent: "
-                + summary(task, attempts, header=False),
-                task=task,
-                attempts=attempts,
-                status=statuses[0] if statuses else 400,
+                message, task=task, attempts=attempts, status=statuses[0] if statuses else 400
             )
-        return AllProvidersFailed(summary(task, attempts), task=task, attempts=attempts)
+        return AllProvidersFailed(message, task=task, attempts=attempts)
 
     def interrupted(self, partial: str) -> StreamInterrupted:
         task = self.spec.name
@@ -584,6 +639,14 @@ class _Tries:
             error=str(error) if error is not None else reason,
             status=error.status if error is not None else None,
         )
+
+
+def _failure_kind(outcome: AttemptOutcome) -> ErrorKind | None:
+    """The error kind a failed attempt's outcome stands for (None for skips, deadlines...)."""
+    try:
+        return ErrorKind(outcome.value)
+    except ValueError:
+        return None
 
 
 def _request_outcome(exc: BaseException | None) -> RequestOutcome:

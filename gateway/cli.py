@@ -8,9 +8,9 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.errors import GatewayError, PolicyError
 
@@ -31,7 +31,11 @@ def _check(args: argparse.Namespace) -> int:
     runtime = build_runtime(policy)
     print(f"{args.file}: valid (version {policy.version}, sha256 {policy.sha256[:12]})")
     for name, task in policy.tasks.items():
-        print(f"task {name} ({task.strategy}):")
+        rules = fall_through_rules(
+            sorted(kind.value for kind in task.stop_on),
+            {kind.value: target for kind, target in task.redirect},
+        )
+        print(f"task {name} ({task.strategy}{'; ' + rules if rules else ''}):")
         for step in runtime.chain(task):
             c = step.candidate
             status = "available" if c.client is not None else f"unavailable: {c.unavailable_reason}"
@@ -59,6 +63,20 @@ class TaskOrder:
     strategy: str
     policy_sha256: str
     rows: list[dict[str, object]]
+    stop_on: list[str] = field(default_factory=list)
+    redirect: dict[str, str] = field(default_factory=dict)
+
+    def rules(self) -> str | None:
+        """The task's fall-through rules in one line, when it has any."""
+        return fall_through_rules(self.stop_on, self.redirect)
+
+
+def fall_through_rules(stop_on: Sequence[str], redirect: Mapping[str, str]) -> str | None:
+    parts = []
+    if stop_on:
+        parts.append(f"stops on {', '.join(stop_on)}")
+    parts += [f"{kind} goes to task {task}" for kind, task in redirect.items()]
+    return "; ".join(parts) or None
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -80,6 +98,12 @@ def _explain(args: argparse.Namespace) -> int:
             f"task {order.task} ({order.strategy}) as {args.policy} orders it, with fresh "
             "breakers: not a running server's state (add --server URL for that):"
         )
+    rules = order.rules()
+    print(
+        f"on a failure: {rules}; any other falls through to the next"
+        if rules
+        else "on a failure: falls through to the next"
+    )
     print("a request would try, in order:")
     for i, row in enumerate(order.rows, 1):
         price = (
@@ -115,7 +139,14 @@ def _fresh_order(args: argparse.Namespace) -> TaskOrder:
         try:
             rows = router.explain(args.task)
             spec = router.policy.task(args.task)
-            return TaskOrder(spec.name, spec.strategy, router.policy.sha256, rows)
+            return TaskOrder(
+                spec.name,
+                spec.strategy,
+                router.policy.sha256,
+                rows,
+                sorted(kind.value for kind in spec.stop_on),
+                {kind.value: target for kind, target in spec.redirect},
+            )
         finally:
             await router.aclose()
 
@@ -151,7 +182,14 @@ def _live_order(args: argparse.Namespace) -> TaskOrder:
         raise GatewayError(
             f"cannot read {base}'s monitoring API ({reason}): is `gateway serve` running there?"
         ) from None
-    return TaskOrder(report["task"], report["strategy"], report["policy_sha256"], report["order"])
+    return TaskOrder(
+        report["task"],
+        report["strategy"],
+        report["policy_sha256"],
+        report["order"],
+        report.get("stop_on", []),
+        report.get("redirect", {}),
+    )
 
 
 def _error_message(body: bytes) -> str:

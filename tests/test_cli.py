@@ -97,3 +97,29 @@ def test_every_command_has_help(command: str) -> None:
     result = gateway(command, "--help")
     assert result.returncode == 0
     assert "usage: gateway" in result.stdout
+
+
+def test_explain_and_check_show_the_fall_through_rules(tmp_path: Path) -> None:
+    path = tmp_path / "routing.yaml"
+    path.write_text(
+        "version: 1\n"
+        "providers:\n"
+        "  a: {type: openai, model: gpt-4o-mini, api_key: x}\n"
+        "  b: {type: openai, model: gpt-4o, api_key: x}\n"
+        "tasks:\n"
+        "  chat: {chain: [a], stop_on: [content_filter],"
+        " redirect: {context_length: {task: long}}}\n"
+        "  long: {chain: [b]}\n"
+    )
+    explained = gateway("explain", "chat", "--policy", str(path))
+    assert explained.returncode == 0, explained.stderr
+    assert (
+        "on a failure: stops on content_filter; context_length goes to task long; any other "
+        "falls through to the next" in explained.stdout
+    )
+    checked = gateway("check", str(path))
+    assert "task chat (ordered; stops on content_filter; context_length goes to task long):" in (
+        checked.stdout
+    )
+    plain = gateway("explain", "long", "--policy", str(path))
+    assert "on a failure: falls through to the next" in plain.stdout

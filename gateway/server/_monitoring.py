@@ -63,6 +63,13 @@ class TaskOrderReport(BaseModel):
     task: str = Field(description="The task routed: the one asked for, else `default`.")
     strategy: str
     policy_sha256: str
+    stop_on: list[str] = Field(
+        default_factory=list, description="Error kinds that end a request at once."
+    )
+    redirect: dict[str, str] = Field(
+        default_factory=dict,
+        description="Error kind -> the task whose chain takes a request over on it.",
+    )
     order: list[OrderedCandidate] = Field(
         description="The candidates a request would try now, in order, with their live state "
         "(`gateway explain --server` shows this)."
@@ -140,6 +147,8 @@ def task_order_report(policy: Policy, task: str, rows: list[dict[str, Any]]) -> 
         task=spec.name,
         strategy=spec.strategy,
         policy_sha256=policy.sha256,
+        stop_on=sorted(kind.value for kind in spec.stop_on),
+        redirect={kind.value: target for kind, target in spec.redirect},
         order=[OrderedCandidate.model_validate(row) for row in rows],
     )
 
