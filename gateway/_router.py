@@ -306,7 +306,8 @@ class Router:
         runtime = self._runtime
         spec = runtime.policy.task(task)
         rows = []
-        for step in runtime.ordered(spec, messages, None):
+        # preview: the order without a random draw or an idle re-try used up by looking.
+        for step in runtime.ordered(spec, messages, None, preview=True):
             c = step.candidate
             price = runtime.prices.price(c.model, c.spec.type)
             rows.append(
@@ -319,6 +320,8 @@ class Router:
                     "breaker": c.breaker.state,
                     "in_flight": c.in_flight,
                     "latency_ewma_s": c.latency_ewma_s,
+                    "first_token_s": c.first_token_s,
+                    "ramp_share": c.ramp_share,
                     "input_usd_per_mtok": None if price is None else price.input_per_token * 1e6,
                     "output_usd_per_mtok": None if price is None else price.output_per_token * 1e6,
                 }

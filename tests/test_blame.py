@@ -7,6 +7,8 @@ closed for every other task.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from gateway import AllProvidersFailed, AttemptOutcome, BreakerState, DeadlineExceeded, Router
@@ -28,8 +30,10 @@ QUESTION = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture(autouse=True)
-def no_waits() -> None:
+def no_waits() -> Iterator[None]:
     set_waits_enabled(False)
+    yield
+    set_waits_enabled(True)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])

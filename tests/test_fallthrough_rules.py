@@ -4,6 +4,7 @@ short-context chain goes to the long-context one). Through the public API on a F
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -33,8 +34,10 @@ LONG_PROMPT = [{"role": "user", "content": "a rather long prompt " * 10}]
 
 
 @pytest.fixture(autouse=True)
-def no_waits() -> None:
+def no_waits() -> Iterator[None]:
     set_waits_enabled(False)
+    yield
+    set_waits_enabled(True)
 
 
 def router_for(upstream: FakeUpstream, tasks: str, defaults: str = "") -> Router:

@@ -54,7 +54,15 @@ class OrderedCandidate(BaseModel):
     unavailable_reason: str | None = Field(description="Why it is not configured, when not.")
     breaker: BreakerState
     in_flight: int
-    latency_ewma_s: float | None
+    latency_ewma_s: float | None = Field(
+        description="The whole-answer latency estimate (strategy fastest), when measured."
+    )
+    first_token_s: float | None = Field(
+        None, description="The time-to-first-token estimate for streams, when measured."
+    )
+    ramp_share: float | None = Field(
+        None, description="Slow start: the share of first picks it keeps now, while ramping."
+    )
     input_usd_per_mtok: float | None
     output_usd_per_mtok: float | None
 

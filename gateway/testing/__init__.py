@@ -6,6 +6,9 @@
 - `FakeLLM`: a scripted in-process `LLMService`, for unit tests with no HTTP.
 - `set_waits_enabled(False)`: backoff waits return at once (decisions, counts and hooks stay
   the same), so tests of retries do not sleep.
+- `set_routing_clock(clock)` / `set_routing_rng(random.Random(seed))`: the clock and random
+  source routing decisions use (latency decay, exploration, slow start, weighted draws), so
+  tests of them are exact; `None` restores the defaults.
 
 Names are imported on first use, so `python -m gateway.testing.fake_upstream` runs cleanly.
 """
@@ -26,6 +29,8 @@ _EXPORTS = {
     "ControlAPIError": "gateway.testing._client",
     "FakeLLM": "gateway.testing.fake_llm",
     "set_waits_enabled": "gateway._resilience",
+    "set_routing_clock": "gateway._runtime",
+    "set_routing_rng": "gateway._runtime",
 }
 
 __all__ = [
@@ -38,11 +43,14 @@ __all__ = [
     "ReceivedRequest",
     "SpawnedFakeUpstream",
     "fake_usage",
+    "set_routing_clock",
+    "set_routing_rng",
     "set_waits_enabled",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports lazily
     from gateway._resilience import set_waits_enabled
+    from gateway._runtime import set_routing_clock, set_routing_rng
     from gateway.testing._client import ControlAPIError, FakeUpstreamClient, SpawnedFakeUpstream
     from gateway.testing._faults import Fault
     from gateway.testing._replies import fake_usage
