@@ -26,6 +26,7 @@ class AnthropicService(WireService):
         timeout_s: float | None = None,
         max_connections: int | None = None,
         max_response_bytes: int | None = None,
+        pool_wait_s: float | None = None,
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
         default_headers: dict[str, str] | None = None,
         client: str = "http",
@@ -50,6 +51,7 @@ class AnthropicService(WireService):
             timeout_s=timeout_s,
             max_connections=max_connections,
             max_response_bytes=max_response_bytes,
+            pool_wait_s=pool_wait_s,
         )
         if sdk:
             from gateway.providers._sdk_anthropic import anthropic_transport
@@ -61,5 +63,6 @@ class AnthropicService(WireService):
                 default_headers=default_headers,
                 timeout_s=self.timeout_s,
                 max_connections=self.max_connections,
+                pool_wait_s=self.pool_wait_s,
                 http_transport=http_transport or "aiohttp",
             )

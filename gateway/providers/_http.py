@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import functools
 import math
 import ssl
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.errors import ConfigurationError, ErrorKind, InvalidRequestError, ProviderError
+from gateway.errors import (
+    ConfigurationError,
+    ErrorKind,
+    InvalidRequestError,
+    ProviderError,
+    ProviderSaturated,
+)
 
 
 def check_limits(provider: str, timeout_s: float | None, max_connections: int | None) -> None:
@@ -29,6 +38,112 @@ def check_limits(provider: str, timeout_s: float | None, max_connections: int | 
         raise ConfigurationError(
             f"{provider}: max_connections is {max_connections!r}; use a whole number >= 1"
         )
+
+
+DEFAULT_POOL_WAIT_S = 1.0
+"""How long a call waits for one of its provider's `max_connections` to come free.
+
+The wait pays off only when a slot frees within it: a pool of N connections whose calls last
+D seconds frees about N/D a second (100 connections of 10 s calls: 10 a second), so one second
+absorbs a burst of that size while adding at most a second to the caller's time to the first
+token. Past it the overload is sustained, and waiting longer only delays the fall-through to
+the next provider in the chain. A chain with no other provider may want it longer."""
+
+
+def check_pool_wait(provider: str, pool_wait_s: float | None) -> None:
+    """Refuse a pool wait that cannot work, naming the fix (None: the default)."""
+    if pool_wait_s is not None and not (
+        isinstance(pool_wait_s, int | float)
+        and not isinstance(pool_wait_s, bool)
+        and pool_wait_s >= 0
+        and math.isfinite(pool_wait_s)
+    ):
+        raise ConfigurationError(
+            f"{provider}: pool_wait_s is {pool_wait_s!r}; use a number of seconds >= 0 "
+            f"(0: never wait for a connection; the default is {DEFAULT_POOL_WAIT_S:g})"
+        )
+
+
+class PoolExhausted(Exception):
+    """No connection slot came free within the pool's wait: nothing was sent. The provider
+    raises it as `ProviderSaturated` (`saturated`), naming itself."""
+
+    def __init__(self, size: int | None, waited: str) -> None:
+        super().__init__(f"all {size} connections in use after waiting {waited}")
+        self.size = size
+        self.waited = waited
+
+
+def saturated(provider: str, exc: PoolExhausted) -> ProviderSaturated:
+    """What `exc` means to the router: our own pool was full, the provider was not reached."""
+    pool = f"all {exc.size} of its connections" if exc.size else "its connection pool"
+    return ProviderSaturated(
+        f"no connection to {provider} came free within {exc.waited}; {pool} were busy, so "
+        "nothing was sent: the provider's pool (max_concurrency in a policy, max_connections "
+        "in code) or pool_wait_s may be raised, or another provider added to the chain"
+    )
+
+
+class ConnectionSlots:
+    """`size` slots, one per connection of a pool, taken in order of arrival.
+
+    An exchange holds one from before it is sent until it ends (a stream: until it is closed),
+    so the pool itself never has to wait. `async with slots:` takes one, waiting at most
+    `wait_s` for one to come free; past it `PoolExhausted` is raised, with nothing sent. The
+    provider's own timeout starts once the slot is held: the wait is not the provider's.
+
+    Not bound to an event loop (unlike `asyncio.Semaphore`): the count is plain, and each
+    waiter's future belongs to the loop it waits in.
+    """
+
+    __slots__ = ("_waiters", "in_use", "size", "wait_s")
+
+    def __init__(self, size: int, wait_s: float = DEFAULT_POOL_WAIT_S) -> None:
+        self.size = size
+        self.wait_s = wait_s
+        self.in_use = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting at most `wait_s`; `PoolExhausted` past it."""
+        if self.in_use < self.size and not self._waiters:
+            self.in_use += 1  # the common case: no await, no timer
+            return
+        if self.wait_s <= 0:
+            raise PoolExhausted(self.size, "pool_wait_s=0")
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self.wait_s):
+                await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                # A slot was handed over just as the wait ended: keep it if the wait was all
+                # that ended, else pass it on.
+                if isinstance(exc, TimeoutError):
+                    return
+                self.release()
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            if isinstance(exc, TimeoutError):
+                raise PoolExhausted(self.size, f"pool_wait_s={self.wait_s:g}") from None
+            raise
+
+    def release(self) -> None:
+        """Give a slot back: to the longest waiter, else to the pool."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot goes to the longest waiter, as it is
+                return
+        self.in_use -= 1
 
 
 def call_timeout(timeout_s: float | None, default: float) -> float:

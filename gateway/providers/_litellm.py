@@ -1,13 +1,14 @@
 """Any model LiteLLM can reach (`model="<provider>/<name>"`), through `litellm.acompletion`.
 
 LiteLLM keeps its own HTTP clients, so `max_connections` bounds the calls in flight from this
-provider instead of a pool. Its retries are off (`num_retries=0`, `max_retries=0`): the
-router owns retries. Keys not passed as `api_key` are LiteLLM's business (its env variables).
+provider instead of a pool: a call that finds them all busy waits at most `pool_wait_s` for
+one, then raises `ProviderSaturated` with nothing sent (LiteLLM's timeout starts after it).
+Its retries are off (`num_retries=0`, `max_retries=0`): the router owns retries. Keys not
+passed as `api_key` are LiteLLM's business (its env variables).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Iterable
@@ -18,6 +19,13 @@ from pydantic import SecretStr
 from gateway.errors import ConfigurationError, ErrorKind, MissingDependencyError, ProviderError
 from gateway.providers import _codec_openai, _errors
 from gateway.providers._base import Call, LLMService
+from gateway.providers._http import (
+    DEFAULT_POOL_WAIT_S,
+    ConnectionSlots,
+    PoolExhausted,
+    check_pool_wait,
+    saturated,
+)
 from gateway.request import OPENAI_FIELDS
 from gateway.types import Completion, StreamEnd, ToolCallDelta
 
@@ -61,10 +69,12 @@ class LiteLLMService(LLMService):
         timeout_s: float | None = None,
         max_connections: int | None = None,
         api_version: str | None = None,
+        pool_wait_s: float | None = None,
     ) -> None:
         super().__init__(
             name=name, model=model, timeout_s=timeout_s, max_connections=max_connections
         )
+        check_pool_wait(self.name, pool_wait_s)
         if not self.model:
             raise ConfigurationError(
                 f"{self.name}: model is required for litellm: pass model='<provider>/<model>', "
@@ -73,11 +83,24 @@ class LiteLLMService(LLMService):
         self.base_url = base_url
         self.api_version = api_version
         self._api_key = SecretStr(api_key) if api_key else None
-        self._slots = asyncio.Semaphore(self.max_connections)
+        self._slots = ConnectionSlots(
+            self.max_connections, DEFAULT_POOL_WAIT_S if pool_wait_s is None else pool_wait_s
+        )
+
+    @property
+    def pool_wait_s(self) -> float:
+        """The longest a call waits for one of the `max_connections` slots before it is sent."""
+        return self._slots.wait_s
 
     async def _send(self, call: Call) -> Completion:
-        async with self._slots:
+        try:
+            await self._slots.acquire()
+        except PoolExhausted as exc:
+            raise saturated(self.name, exc) from exc
+        try:
             response = await litellm.acompletion(**self._request(call), stream=False)
+        finally:
+            self._slots.release()
         return _codec_openai.completion(response, provider=self.name, model=self.model)
 
     def _open_stream(self, call: Call) -> AsyncIterator[str | ToolCallDelta | StreamEnd]:
@@ -90,12 +113,18 @@ class LiteLLMService(LLMService):
     ) -> AsyncIterator[str | ToolCallDelta | StreamEnd]:
         # Every choice's text passes, as LiteLLM's own streams do; the codec keeps choice 0.
         reader = _codec_openai.ChunkReader(provider=self.name, first_choice_only=False)
-        async with self._slots:
+        try:
+            await self._slots.acquire()
+        except PoolExhausted as exc:
+            raise saturated(self.name, exc) from exc
+        try:
             stream = await litellm.acompletion(**request, stream=True)
             async with stream:
                 async for chunk in stream:
                     for delta in reader.read_chunk(chunk):
                         yield delta
+        finally:
+            self._slots.release()
         yield reader.end()
 
     def _request(self, call: Call) -> dict[str, Any]:

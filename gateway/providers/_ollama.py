@@ -28,6 +28,7 @@ class OllamaService(WireService):
         timeout_s: float | None = None,
         max_connections: int | None = None,
         max_response_bytes: int | None = None,
+        pool_wait_s: float | None = None,
         keep_alive: str | float | None = None,
         transport: Transport | None = None,
     ) -> None:
@@ -43,4 +44,5 @@ class OllamaService(WireService):
             timeout_s=timeout_s,
             max_connections=max_connections,
             max_response_bytes=max_response_bytes,
+            pool_wait_s=pool_wait_s,
         )

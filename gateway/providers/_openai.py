@@ -42,6 +42,7 @@ class OpenAIService(WireService):
         timeout_s: float | None = None,
         max_connections: int | None = None,
         max_response_bytes: int | None = None,
+        pool_wait_s: float | None = None,
         organization: str | None = None,
         default_headers: dict[str, str] | None = None,
         client: str = "http",
@@ -66,6 +67,7 @@ class OpenAIService(WireService):
             timeout_s=timeout_s,
             max_connections=max_connections,
             max_response_bytes=max_response_bytes,
+            pool_wait_s=pool_wait_s,
         )
         if sdk:
             from gateway.providers._sdk_openai import openai_transport
@@ -78,6 +80,7 @@ class OpenAIService(WireService):
                 default_headers=default_headers,
                 timeout_s=self.timeout_s,
                 max_connections=self.max_connections,
+                pool_wait_s=self.pool_wait_s,
                 http_transport=http_transport or "aiohttp",
             )
 
@@ -101,6 +104,7 @@ class AzureOpenAIService(WireService):
         timeout_s: float | None = None,
         max_connections: int | None = None,
         max_response_bytes: int | None = None,
+        pool_wait_s: float | None = None,
         api_version: str | None = None,
         deployment: str | None = None,
         default_headers: dict[str, str] | None = None,
@@ -140,6 +144,7 @@ class AzureOpenAIService(WireService):
             timeout_s=timeout_s,
             max_connections=max_connections,
             max_response_bytes=max_response_bytes,
+            pool_wait_s=pool_wait_s,
         )
         if sdk:
             from gateway.providers._sdk_openai import azure_transport
@@ -153,6 +158,7 @@ class AzureOpenAIService(WireService):
                 default_headers=default_headers,
                 timeout_s=self.timeout_s,
                 max_connections=self.max_connections,
+                pool_wait_s=self.pool_wait_s,
                 http_transport=http_transport or "aiohttp",
             )
 

@@ -22,7 +22,7 @@ except ImportError as exc:
 from gateway.errors import ProviderError
 from gateway.providers import _errors
 from gateway.providers._codec_anthropic import api_error
-from gateway.providers._http import httpx2_client
+from gateway.providers._http import ConnectionSlots, httpx2_client
 from gateway.providers._transport import SDKTransport
 
 
@@ -35,6 +35,7 @@ def anthropic_transport(
     timeout_s: float,
     max_connections: int,
     http_transport: str,
+    pool_wait_s: float,
 ) -> SDKTransport:
     http = httpx2_client(
         provider,
@@ -52,7 +53,11 @@ def anthropic_transport(
         http_client=http,
     )
     return SDKTransport(
-        client, http, stream_cls=anthropic.AsyncStream[object], to_error=anthropic_error
+        client,
+        http,
+        stream_cls=anthropic.AsyncStream[object],
+        to_error=anthropic_error,
+        slots=ConnectionSlots(max_connections, pool_wait_s),
     )
 
 

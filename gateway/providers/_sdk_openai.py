@@ -23,7 +23,7 @@ except ImportError as exc:
 from gateway.errors import ProviderError
 from gateway.providers import _errors
 from gateway.providers._codec_openai import describe, status_error_kind, stream_error_kind
-from gateway.providers._http import httpx2_client
+from gateway.providers._http import ConnectionSlots, httpx2_client
 from gateway.providers._transport import SDKTransport
 
 
@@ -37,6 +37,7 @@ def openai_transport(
     timeout_s: float,
     max_connections: int,
     http_transport: str,
+    pool_wait_s: float,
 ) -> SDKTransport:
     http = _pool(provider, timeout_s, max_connections, http_transport)
     client = openai.AsyncOpenAI(
@@ -48,7 +49,13 @@ def openai_transport(
         max_retries=0,
         http_client=http,
     )
-    return SDKTransport(client, http, stream_cls=openai.AsyncStream[object], to_error=openai_error)
+    return SDKTransport(
+        client,
+        http,
+        stream_cls=openai.AsyncStream[object],
+        to_error=openai_error,
+        slots=ConnectionSlots(max_connections, pool_wait_s),
+    )
 
 
 def azure_transport(
@@ -62,6 +69,7 @@ def azure_transport(
     timeout_s: float,
     max_connections: int,
     http_transport: str,
+    pool_wait_s: float,
 ) -> SDKTransport:
     http = _pool(provider, timeout_s, max_connections, http_transport)
     client = openai.AsyncAzureOpenAI(
@@ -74,7 +82,13 @@ def azure_transport(
         max_retries=0,
         http_client=http,
     )
-    return SDKTransport(client, http, stream_cls=openai.AsyncStream[object], to_error=openai_error)
+    return SDKTransport(
+        client,
+        http,
+        stream_cls=openai.AsyncStream[object],
+        to_error=openai_error,
+        slots=ConnectionSlots(max_connections, pool_wait_s),
+    )
 
 
 def _pool(provider: str, timeout_s: float, max_connections: int, http_transport: str) -> Any:

@@ -8,6 +8,12 @@ events, as server-sent events (`SSEDecoder`: the SSE spec's `event:` names and m
 open one exchange: `AiohttpTransport` (the default) over a real connection pool,
 `MockTransport` in memory, for tests that hand a provider a handler instead of a server.
 
+A pooled transport holds `slots` (`ConnectionSlots`, one per connection): each exchange takes
+one before it is sent and keeps it until it ends, waiting at most `pool_wait_s` for one to come
+free; past it `PoolExhausted` is raised with nothing sent, and the provider raises it as
+`ProviderSaturated` (the attempt is `saturated`, never the provider's failure). The request's
+`timeout_s` starts once the slot is held.
+
 An answer's size is bounded after decompression, as it is read (`max_response_bytes`): a
 whole answer past it, a stream event past it, or a stream past `STREAM_BYTES_FACTOR` times
 it raises `ResponseTooLargeError` once the bound is crossed, never after holding the rest.
@@ -30,7 +36,13 @@ from gateway.errors import ProviderError
 from gateway.providers import _errors
 from gateway.providers._base import Call
 from gateway.providers._codec import WireEvent, WireRequest
-from gateway.providers._http import default_tls, sdk_post
+from gateway.providers._http import (
+    DEFAULT_POOL_WAIT_S,
+    ConnectionSlots,
+    PoolExhausted,
+    default_tls,
+    sdk_post,
+)
 
 if TYPE_CHECKING:
     import aiohttp
@@ -72,8 +84,17 @@ class UpstreamStatusError(Exception):
         self.body = body
 
 
+_NO_SLOTS: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
+
+
 class Transport(ABC):
-    """Sends a `WireRequest`; answers with parsed JSON, or a stream of `WireEvent`s."""
+    """Sends a `WireRequest`; answers with parsed JSON, or a stream of `WireEvent`s.
+
+    `slots`, when the transport has a pool, bounds the exchanges in flight and the wait for
+    one (`ConnectionSlots`); None: the transport waits for nothing of its own.
+    """
+
+    slots: ConnectionSlots | None = None
 
     @abstractmethod
     async def send(self, request: WireRequest) -> Any:
@@ -103,39 +124,76 @@ class SDKTransport(Transport):
     """Sends through an official SDK client's own `post()` (its documented way to call an
     endpoint without its typed wrapper): the SDK owns the base URL, auth, timeouts, the pool
     and its error classes, which `to_error` maps; the codec still builds the body and reads
-    the JSON. `stream_cls` is the SDK's `AsyncStream[object]`."""
+    the JSON. `stream_cls` is the SDK's `AsyncStream[object]`.
+
+    `slots`, as many as the SDK's pool has connections, are taken before the SDK is called:
+    the SDK's own wait for a connection is not told apart from a slow connect on its aiohttp
+    adapter (both are its `connect` timeout), so the wait is bounded here, where it is known
+    for what it is. Should the SDK's pool still run dry (httpx2's `PoolTimeout`), that too is
+    `PoolExhausted`.
+    """
 
     def __init__(
-        self, client: Any, http_client: Any, *, stream_cls: Any, to_error: SDKErrorMap
+        self,
+        client: Any,
+        http_client: Any,
+        *,
+        stream_cls: Any,
+        to_error: SDKErrorMap,
+        slots: ConnectionSlots | None = None,
     ) -> None:
         self.client = client
         self._http = http_client
         self._stream_cls = stream_cls
         self._to_error = to_error
+        self.slots = slots
 
     async def send(self, request: WireRequest) -> Any:
-        return await sdk_post(
-            self.client,
-            request.path,
-            request.body,
-            request.timeout_s,
-            headers=request.extra_headers,
-            query=request.query,
-        )
+        async with self.slots or _NO_SLOTS:
+            try:
+                return await sdk_post(
+                    self.client,
+                    request.path,
+                    request.body,
+                    request.timeout_s,
+                    headers=request.extra_headers,
+                    query=request.query,
+                )
+            except Exception as exc:
+                dry = self._pool_ran_dry(exc, request)
+                if dry is None:
+                    raise
+                raise dry from exc
 
     async def events(self, request: WireRequest) -> AsyncIterator[WireEvent]:
-        stream = await sdk_post(
-            self.client,
-            request.path,
-            request.body,
-            request.timeout_s,
-            headers=request.extra_headers,
-            query=request.query,
-            stream_cls=self._stream_cls,
-        )
-        async with stream:
-            async for event in stream:
-                yield WireEvent(None, event)
+        async with self.slots or _NO_SLOTS:
+            try:
+                stream = await sdk_post(
+                    self.client,
+                    request.path,
+                    request.body,
+                    request.timeout_s,
+                    headers=request.extra_headers,
+                    query=request.query,
+                    stream_cls=self._stream_cls,
+                )
+            except Exception as exc:
+                dry = self._pool_ran_dry(exc, request)
+                if dry is None:
+                    raise
+                raise dry from exc
+            async with stream:
+                async for event in stream:
+                    yield WireEvent(None, event)
+
+    def _pool_ran_dry(self, exc: Exception, request: WireRequest) -> PoolExhausted | None:
+        """`PoolExhausted` for the SDK's own pool timeout (httpx2's `PoolTimeout`, which the
+        SDKs wrap in their `APITimeoutError`); None for any other exception."""
+        for error in _errors.exception_chain(exc):
+            if type(error).__name__ == "PoolTimeout" and type(error).__module__.startswith("httpx"):
+                size = self.slots.size if self.slots is not None else None
+                return PoolExhausted(size, f"the SDK pool's timeout ({request.timeout_s:g} s)")
+        return None
 
     def error(self, exc: Exception, call: Call) -> ProviderError | None:
         return self._to_error(exc, provider=call.provider, redact=call.redact)
@@ -189,7 +247,7 @@ class HTTPTransport(Transport):
 
     async def send(self, request: WireRequest) -> Any:
         limit = self.max_response_bytes
-        async with self.open(request, stream=False) as response:
+        async with self.slots or _NO_SLOTS, self.open(request, stream=False) as response:
             if response.status >= 400:
                 raise await _status_error(response)
             declared = response.headers.get("content-length")
@@ -202,7 +260,7 @@ class HTTPTransport(Transport):
     async def events(self, request: WireRequest) -> AsyncIterator[WireEvent]:
         limit = self.max_response_bytes
         total_limit = limit * STREAM_BYTES_FACTOR
-        async with self.open(request, stream=True) as response:
+        async with self.slots or _NO_SLOTS, self.open(request, stream=True) as response:
             if response.status >= 400:
                 raise await _status_error(response)
             decoder = SSEDecoder(limit) if request.framing == "sse" else NDJSONDecoder()
@@ -339,7 +397,11 @@ class EnvironmentProxies:
 
 
 class AiohttpTransport(HTTPTransport):
-    """A pool of up to `max_connections` connections, over aiohttp."""
+    """A pool of up to `max_connections` connections, over aiohttp.
+
+    An exchange that finds them all busy waits at most `pool_wait_s` for one (`slots`), then
+    raises `PoolExhausted`; aiohttp's own pool limit is the same size, so it never waits.
+    """
 
     def __init__(
         self,
@@ -347,8 +409,10 @@ class AiohttpTransport(HTTPTransport):
         max_connections: int = 100,
         tls: ssl.SSLContext | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        pool_wait_s: float = DEFAULT_POOL_WAIT_S,
     ) -> None:
         self.max_connections = max_connections
+        self.slots = ConnectionSlots(max_connections, pool_wait_s)
         self.max_response_bytes = max_response_bytes
         self._tls = tls
         # Made on first use: an aiohttp session belongs to the event loop it was made in.
@@ -521,12 +585,21 @@ class MockTransport(HTTPTransport):
     """Answers every request with `handler(request)`, in memory, as httpx's MockTransport does.
 
     The handler may be sync or async and may raise (`TimeoutError`, `ConnectionError`) to
-    play a failed exchange. `requests` keeps what was sent, in order.
+    play a failed exchange. `requests` keeps what was sent, in order. With `max_connections`
+    it plays a pool of that size: an exchange waits at most `pool_wait_s` for a slot.
     """
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        max_connections: int | None = None,
+        pool_wait_s: float = DEFAULT_POOL_WAIT_S,
+    ) -> None:
         self.handler = handler
         self.requests: list[MockRequest] = []
+        if max_connections is not None:
+            self.slots = ConnectionSlots(max_connections, pool_wait_s)
 
     @contextlib.asynccontextmanager
     async def open(self, request: WireRequest, *, stream: bool) -> AsyncIterator[HTTPResponse]:

@@ -12,7 +12,13 @@ from pydantic import SecretStr
 from gateway.errors import ConfigurationError, ProviderError
 from gateway.providers._base import Call, LLMService
 from gateway.providers._codec import WireCodec, WireRequest
-from gateway.providers._http import split_extras
+from gateway.providers._http import (
+    DEFAULT_POOL_WAIT_S,
+    PoolExhausted,
+    check_pool_wait,
+    saturated,
+    split_extras,
+)
 from gateway.providers._transport import (
     DEFAULT_MAX_RESPONSE_BYTES,
     AiohttpTransport,
@@ -30,6 +36,11 @@ class WireService(LLMService):
     `max_response_bytes` bounds an answer after decompression (`HTTPTransport`); None keeps
     the transport's own bound (`DEFAULT_MAX_RESPONSE_BYTES` unless it was given another).
     The provider owns its transport: `aclose` closes it.
+
+    `pool_wait_s` bounds a call's wait for one of the pool's connections (default
+    `DEFAULT_POOL_WAIT_S`; 0: none); past it the call raises `ProviderSaturated` with nothing
+    sent. Its `timeout_s` starts once a connection is held, so a call may take up to
+    `pool_wait_s` + `timeout_s` in all. With a `transport` of one's own, None keeps its wait.
     """
 
     def __init__(
@@ -46,11 +57,13 @@ class WireService(LLMService):
         timeout_s: float | None = None,
         max_connections: int | None = None,
         max_response_bytes: int | None = None,
+        pool_wait_s: float | None = None,
     ) -> None:
         super().__init__(
             name=name, model=model, timeout_s=timeout_s, max_connections=max_connections
         )
         check_response_bound(self.name, max_response_bytes)
+        check_pool_wait(self.name, pool_wait_s)
         self.codec = codec
         self.base_url = base_url.rstrip("/")
         self._api_key = SecretStr(api_key) if api_key else None
@@ -60,10 +73,22 @@ class WireService(LLMService):
             transport = AiohttpTransport(
                 max_connections=self.max_connections,
                 max_response_bytes=max_response_bytes or DEFAULT_MAX_RESPONSE_BYTES,
+                pool_wait_s=DEFAULT_POOL_WAIT_S if pool_wait_s is None else pool_wait_s,
             )
-        elif max_response_bytes is not None and isinstance(transport, HTTPTransport):
-            transport.max_response_bytes = max_response_bytes
+        else:
+            if max_response_bytes is not None and isinstance(transport, HTTPTransport):
+                transport.max_response_bytes = max_response_bytes
+            if pool_wait_s is not None and transport.slots is not None:
+                transport.slots.wait_s = pool_wait_s
         self.transport: Transport = transport
+
+    @property
+    def pool_wait_s(self) -> float:
+        """The longest a call waits for a connection before it is sent (0: its transport
+        has no pool of its own to wait for): a caller's bound for the whole call is this
+        plus `timeout_s`."""
+        slots = self.transport.slots
+        return slots.wait_s if slots is not None else 0.0
 
     @property
     def wire_model(self) -> str:
@@ -90,7 +115,10 @@ class WireService(LLMService):
         )
 
     async def _send(self, call: Call) -> Completion:
-        data = await self.transport.send(self.request(call))
+        try:
+            data = await self.transport.send(self.request(call))
+        except PoolExhausted as exc:
+            raise saturated(self.name, exc) from exc
         return self.codec.completion(data, call)
 
     def _open_stream(self, call: Call) -> AsyncIterator[str | ToolCallDelta | StreamEnd]:
@@ -101,11 +129,14 @@ class WireService(LLMService):
     ) -> AsyncIterator[str | ToolCallDelta | StreamEnd]:
         reader = self.codec.reader(call)
         async with contextlib.aclosing(self.transport.events(request)) as events:  # type: ignore[type-var]
-            async for event in events:
-                for delta in reader.read(event):
-                    yield delta
-                if reader.done:
-                    break
+            try:
+                async for event in events:
+                    for delta in reader.read(event):
+                        yield delta
+                    if reader.done:
+                        break
+            except PoolExhausted as exc:  # before anything was sent: no event came yet
+                raise saturated(self.name, exc) from exc
         yield reader.end()
 
     def _error(self, exc: Exception, call: Call) -> ProviderError | None:
