@@ -69,6 +69,7 @@ import pybreaker
 from pydantic import BaseModel
 
 import gateway._resilience as resilience
+import gateway.testing as testing
 from gateway import AttemptOutcome, BreakerState, Router
 from gateway.errors import ErrorKind, GatewayError
 from gateway.hooks import BaseHooks
@@ -289,9 +290,8 @@ def virtual_time(clock: VirtualClock) -> Iterator[None]:
     patched = [(pybreaker, "datetime"), (resilience, "datetime")]
     saved = [getattr(module, name) for module, name in patched]
     fake = clock.datetime_class()
-    routing = _routing_module()
-    set_clock = getattr(routing, "set_routing_clock", None)
-    set_rng = getattr(routing, "set_routing_rng", None)
+    set_clock = getattr(testing, "set_routing_clock", None)  # with issue 15's routing clock
+    set_rng = getattr(testing, "set_routing_rng", None)
     try:
         for module, name in patched:
             setattr(module, name, fake)
@@ -305,12 +305,6 @@ def virtual_time(clock: VirtualClock) -> Iterator[None]:
             set_clock(None)
         if set_rng is not None:
             set_rng(None)
-
-
-def _routing_module() -> Any:
-    from gateway import _runtime
-
-    return _runtime
 
 
 def _state(policy: Policy, clock: VirtualClock) -> MemoryState:
@@ -497,7 +491,7 @@ async def replay(upstream: FakeUpstream, trace: Trace, policy: Policy, seed: int
     started = time.perf_counter()
     compressed = compress(policy)
     with virtual_time(clock):
-        set_rng = getattr(_routing_module(), "set_routing_rng", None)
+        set_rng = getattr(testing, "set_routing_rng", None)
         if set_rng is not None:
             set_rng(random.Random(f"{seed}:{trace.scenario}:routing"))
         router = Router(compressed, hooks=[counter], state=_state(compressed, clock))
