@@ -2,7 +2,10 @@
 `Router` with the resilience defaults from before issue 15 and with today's, and what each cost
 the callers.
 
-    .venv/bin/python bench/fault_simulation.py [--seed N] [--requests N]
+    .venv/bin/python bench/fault_simulation.py [--seed N] [--requests N] [--seeds K]
+
+`--seeds K` replays the traces of K seeds and adds them up: one trace is one history of a
+provider, and whether a breaker trips early or late in it moves the counts a lot.
 
 The chain is `primary` (OpenAI protocol) then `backup` (Anthropic protocol), both served by one
 in-process `FakeUpstream`. A request arrives every 0.25 s of simulated time (4 a second). The
@@ -536,6 +539,37 @@ async def simulate(
     return results
 
 
+def _add(runs: Sequence[RunResult]) -> RunResult:
+    total = RunResult()
+    for run in runs:
+        total.requests += run.requests
+        total.served += run.served
+        total.paid += run.paid
+        total.lost += run.lost
+        total.failed_calls += run.failed_calls
+        total.calls.update(run.calls)
+        total.opened += run.opened
+        total.trips.update(run.trips)
+        total.lost_by.update(run.lost_by)
+        total.seconds += run.seconds
+    return total
+
+
+def added_up(per_seed: Sequence[Sequence[ScenarioResult]]) -> list[ScenarioResult]:
+    """Scenario by scenario, the runs of several seeds as one (the first seed's summary)."""
+    if len(per_seed) == 1:
+        return list(per_seed[0])
+    return [
+        ScenarioResult(
+            rows[0].scenario,
+            rows[0].summary,
+            _add([row.old for row in rows]),
+            _add([row.new for row in rows]),
+        )
+        for rows in zip(*per_seed, strict=True)
+    ]
+
+
 # --- report --------------------------------------------------------------------------------
 
 
@@ -608,15 +642,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=list(SCENARIOS),
         help="run only this scenario (repeatable)",
     )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="replay the traces of this many seeds (--seed, --seed + 1...) and add them up (1)",
+    )
     args = parser.parse_args(argv)
     if args.requests < 20:
         parser.error("--requests: at least 20, so every scenario has its phases")
+    if args.seeds < 1:
+        parser.error("--seeds: at least 1")
     logging.getLogger("gateway").setLevel(logging.ERROR)  # breaker openings are counted here
     started = time.perf_counter()
-    results = asyncio.run(simulate(args.seed, args.requests, args.scenario))
+    seeds = range(args.seed, args.seed + args.seeds)
+    results = added_up(
+        [asyncio.run(simulate(seed, args.requests, args.scenario)) for seed in seeds]
+    )
     old, new = old_policy("http://127.0.0.1:1"), new_policy("http://127.0.0.1:1")
+    shown = f"seed {args.seed}" if args.seeds == 1 else f"seeds {seeds[0]}-{seeds[-1]} added up"
     print(
-        f"Fault simulation, seed {args.seed}: {args.requests} requests per scenario, one every "
+        f"Fault simulation, {shown}: {args.requests} requests per scenario, one every "
         f"{ARRIVAL_S:g} s ({args.requests * ARRIVAL_S:g} s), chain primary -> backup, "
         f"task deadline_s {DEADLINE_S:g}. Code: {_head()}"
     )
