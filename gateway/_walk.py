@@ -301,12 +301,15 @@ class Walk:
 
         async def attempt() -> tuple[Completion, Any]:
             timeout, deadline_binds = self.attempt_timeout(candidate)
+            # The provider's timeout_s starts once a pooled connection is held: the wait for
+            # one (at most pool_wait_s, then `saturated`) is ours, not the provider's.
+            slack = 0.0 if deadline_binds else client.pool_wait_s
             ticket = tries.admit()
             candidate.in_flight += 1
             began = time.perf_counter()
             with ticket:
                 try:
-                    async with asyncio.timeout(timeout):
+                    async with asyncio.timeout(timeout + slack):
                         completion = await client.complete(
                             messages, timeout_s=timeout, **call_params
                         )
@@ -388,8 +391,9 @@ class Walk:
                     raise unsupported(exc, candidate.name) from exc
                 candidate.in_flight += 1
                 began = time.perf_counter()
+                slack = 0.0 if deadline_binds else client.pool_wait_s
                 try:
-                    async with asyncio.timeout(first_bound):
+                    async with asyncio.timeout(first_bound + slack):
                         first: str | ToolCallDelta | None = await stream.next_event()
                 except StopAsyncIteration:
                     first = None

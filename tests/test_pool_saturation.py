@@ -257,3 +257,36 @@ async def test_litellm_waits_for_its_own_slots_as_boundedly(
         assert (await llm.complete(QUESTION)).text == "a b c"
     finally:
         await llm.aclose()
+
+
+class OneConnectionOpenAI(OpenAIService):
+    type_name = "one_connection_openai"
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**{**options, "max_connections": 1})
+
+
+async def test_the_providers_timeout_starts_once_a_connection_is_held(
+    upstream: FakeUpstream,
+) -> None:
+    # Each call takes 0.4 s at the provider, within its timeout_s of 0.6; the second waits
+    # ~0.4 s for the one connection first. Counting the wait as the provider's time made it a
+    # `timeout` and a breaker failure.
+    LLMFactory.register(OneConnectionOpenAI.type_name, OneConnectionOpenAI)
+    try:
+        upstream.reply(MODEL, latency_s=0.4)
+        policy = parse_policy(
+            "version: 1\n"
+            "defaults: {retry: {attempts: 1}, breaker: {fail_max: 1}}\n"
+            "providers:\n"
+            "  one: {type: one_connection_openai, model: gpt-4o-mini, base_url: "
+            '"${FAKE}/v1", api_key: unused, timeout_s: 0.6, options: {pool_wait_s: 0.5}}\n'
+            "tasks: {default: {chain: [one]}}\n",
+            environ={"FAKE": upstream.url},
+        )
+        async with Router(policy) as router:
+            answers = await asyncio.gather(router.generate(QUESTION), router.generate(QUESTION))
+            assert [a.attempts[0].outcome for a in answers] == [AttemptOutcome.SUCCESS] * 2
+            assert router.candidates["one"].breaker.state == BreakerState.CLOSED
+    finally:
+        LLMFactory.unregister(OneConnectionOpenAI.type_name)

@@ -73,6 +73,12 @@ class LLMService:
 
     type_name: ClassVar[str] = ""
 
+    @property
+    def pool_wait_s(self) -> float:
+        """The longest a call may wait for one of this provider's pooled connections before it
+        is `saturated` (0 for a provider with no pool of its own)."""
+        return 0.0
+
     def __init__(
         self,
         *,
