@@ -18,7 +18,9 @@ scenarios happen to the primary:
 - **slow provider**: for 30% of the run, two calls in three take 40 to 60 s, past its 30 s
   `timeout_s` (the others 5 to 10 s), and the task has a 50 s `deadline_s`;
 - **hard outage**: it answers every call 503 for 40% of the run, then recovers;
-- **brown-out 67%**: as the brown-out, two calls in three failing (issue 15's example).
+- **brown-out 67%**: as the brown-out, two calls in three failing (issue 15's example);
+- **occasional 429s**, a control: healthy, but 5% of its calls answered 429 throughout; no
+  breaker should open on that.
 
 In every scenario the backup fails 2% of its calls (a 500), so a request sent down the chain is
 not served for free.
@@ -94,6 +96,7 @@ CALLS_PER_REQUEST = 8
 """Calls per provider per request the trace gives faults for (retries included); the default
 three attempts per provider never need more."""
 BACKUP_FAILURE_RATE = 0.02
+NOISY_RATE_LIMITS = 0.05
 
 PRIMARY_MODEL = "sim-primary"
 BACKUP_MODEL = "sim-backup"
@@ -227,15 +230,28 @@ def _outage(rng: random.Random, requests: int) -> tuple[list[CallFaults], str]:
     return primary, f"every call a 503 for {len(stretch) * ARRIVAL_S:g} s"
 
 
+def _noisy(rng: random.Random, requests: int) -> tuple[list[CallFaults], str]:
+    primary = [
+        tuple(
+            Fault.rate_limit() if rng.random() < NOISY_RATE_LIMITS else OK
+            for _ in range(CALLS_PER_REQUEST)
+        )
+        for _ in range(requests)
+    ]
+    return primary, f"healthy but {NOISY_RATE_LIMITS:.0%} of calls a 429, throughout"
+
+
 SCENARIOS: dict[str, Callable[[random.Random, int], tuple[list[CallFaults], str]]] = {
     "flapping": _flapping,
     "brown-out 50%": functools.partial(_brownout, 0.5),
     "slow provider": _slow,
     "hard outage": _outage,
     "brown-out 67%": functools.partial(_brownout, 2 / 3),
+    "occasional 429s": _noisy,
 }
 """The four scenarios of issue 15, then the issue's own example of a rate the consecutive count
-misses (2 calls in 3 failing)."""
+misses (2 calls in 3 failing), and a control: a healthy provider with occasional 429s, which no
+breaker should open on."""
 
 
 def build_trace(scenario: str, seed: int, requests: int) -> Trace:

@@ -26,6 +26,7 @@ REDUCED = {
     "flapping": 300,
     "hard outage": 300,
     "slow provider": 60,
+    "occasional 429s": 300,
 }
 BROWNOUT_REQUESTS = 400
 BROWNOUT_SEEDS = (1, 2, 3)
@@ -62,6 +63,8 @@ async def test_the_new_defaults_are_no_worse(scenario: str) -> None:
     assert old.served + old.lost == new.served + new.lost == REDUCED[scenario]
     assert new.paid <= old.paid, sim.markdown_table([result])
     assert new.lost <= old.lost, sim.markdown_table([result])
+    if scenario == "occasional 429s":  # the control: a healthy provider keeps its traffic
+        assert new.opened == 0, sim.details_table([result])
 
 
 @pytest.mark.parametrize("scenario", ["brown-out 50%", "brown-out 67%"])
