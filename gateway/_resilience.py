@@ -4,16 +4,22 @@ pybreaker is synchronous: handing it a coroutine function would record a success
 the coroutine object is created. So the breaker here is driven *around* the awaited call:
 `Breaker.admit()` before, then `success()`, `failure()` or `release()` after, replaying the
 outcome into pybreaker's state machine with `CircuitBreaker.call`.
+
+Beside pybreaker's consecutive count, a breaker whose policy has a `failure_rate` keeps a
+`RateWindow` of its recent calls and opens when their failed share reaches the threshold.
+Each trip is reported with its `TripReason`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pybreaker
@@ -24,6 +30,7 @@ from gateway.errors import ErrorKind, ProviderError
 
 if TYPE_CHECKING:
     from gateway.policy import BreakerPolicy, RetryPolicy
+    from gateway.policy.models import FailureRate
 
 T = TypeVar("T")
 
@@ -35,6 +42,77 @@ _STATES = {
     pybreaker.STATE_HALF_OPEN: BreakerState.HALF_OPEN,
     pybreaker.STATE_OPEN: BreakerState.OPEN,
 }
+
+
+class TripReason(StrEnum):
+    """Why a breaker opened (the `reason` of `gateway_breaker_trips_total`)."""
+
+    CONSECUTIVE = "consecutive"
+    """`fail_max` failures in a row while closed."""
+    FAILURE_RATE = "failure_rate"
+    """The failed share of the calls in the `failure_rate` window reached its threshold."""
+    PROBE = "probe"
+    """The half-open trial call failed: open again for another `reset_timeout_s`."""
+
+
+WINDOW_BUCKETS = 10
+"""A rate window is kept as this many buckets of `window_s / WINDOW_BUCKETS` each: what it
+counts is the calls of the last `window_s`, give or take one bucket (a bucket leaves the window
+whole). The Redis backend keeps the same buckets (`gateway/state/_lua.py`)."""
+
+
+class RateWindow:
+    """Calls and failures of the last `rule.window_s`, in fixed buckets (constant memory and
+    constant work per call, whatever the traffic)."""
+
+    __slots__ = ("_calls", "_clock", "_failures", "_slots", "_width", "rule")
+
+    def __init__(self, rule: FailureRate, clock: Clock) -> None:
+        self.rule = rule
+        self._clock = clock
+        self._width = rule.window_s / WINDOW_BUCKETS
+        self._slots = [-1] * WINDOW_BUCKETS  # the bucket number each slot now holds
+        self._calls = [0] * WINDOW_BUCKETS
+        self._failures = [0] * WINDOW_BUCKETS
+
+    def __repr__(self) -> str:
+        calls, failures = self.totals()
+        return f"RateWindow({failures}/{calls} failed in {self.rule.window_s:g}s)"
+
+    def _bucket(self) -> int:
+        return math.floor(self._clock() / self._width)
+
+    def add(self, *, calls: int = 1, failures: int = 0) -> None:
+        """Count `calls` calls, `failures` of them failed."""
+        bucket = self._bucket()
+        slot = bucket % WINDOW_BUCKETS
+        if self._slots[slot] != bucket:
+            self._slots[slot] = bucket
+            self._calls[slot] = self._failures[slot] = 0
+        self._calls[slot] += calls
+        self._failures[slot] += failures
+
+    def totals(self) -> tuple[int, int]:
+        """(calls, failures) within the window now."""
+        oldest = self._bucket() - WINDOW_BUCKETS
+        calls = failures = 0
+        for slot, bucket in enumerate(self._slots):
+            if oldest < bucket:
+                calls += self._calls[slot]
+                failures += self._failures[slot]
+        return calls, failures
+
+    def tripped(self) -> bool:
+        """At least `min_calls` calls in the window, and the failed share at the threshold."""
+        return rate_trips(self.rule, *self.totals())
+
+    def clear(self) -> None:
+        self._slots = [-1] * WINDOW_BUCKETS
+
+
+def rate_trips(rule: FailureRate, calls: int, failures: int) -> bool:
+    """The rate rule (the Redis scripts compute the same share, in the same doubles)."""
+    return calls >= rule.min_calls and failures / calls >= rule.threshold
 
 
 class Admission(Enum):
@@ -60,7 +138,13 @@ class Breaker:
 
     Only `ErrorKind`s in the policy's `trip_on` count as failures (`failure`). Other outcomes
     that say nothing about the provider's health, such as a caller's cancellation or a 400
-    caused by the prompt, `release()` the admission without touching the counters.
+    caused by the prompt, `release()` the admission without touching the counters (nor the
+    rate window: they are not calls in its count).
+
+    It opens on `fail_max` consecutive failures, or, with a `failure_rate` policy, when the
+    failed share of the window's calls (successes and `trip_on` failures of calls admitted while
+    closed) reaches the threshold; `on_trip(provider, reason)` hears each opening and why.
+    `clock` (monotonic seconds) times the rate window.
     """
 
     def __init__(
@@ -69,12 +153,19 @@ class Breaker:
         policy: BreakerPolicy,
         *,
         on_state_change: Callable[[str, BreakerState], None] | None = None,
+        on_trip: Callable[[str, TripReason], None] | None = None,
         storage: pybreaker.CircuitBreakerStorage | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.name = name
         self.policy = policy
         self.trip_on = frozenset(policy.trip_on)
         self._on_state_change = on_state_change
+        self._on_trip = on_trip
+        rule = policy.failure_rate
+        self._window = RateWindow(rule, clock) if rule is not None else None
+        self.last_trip: TripReason | None = None
+        """Why this process last saw the breaker open by its own outcome (None: never)."""
         self._storage = storage or pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
         self._cb = pybreaker.CircuitBreaker(
             fail_max=policy.fail_max,
@@ -126,13 +217,21 @@ class Breaker:
         self._probe_in_flight = True
         return Admission.PROBE
 
+    @property
+    def window(self) -> RateWindow | None:
+        """The rate window of this process (None without a `failure_rate` policy)."""
+        return self._window
+
     def success(self, admission: Admission) -> None:
         self._end(admission)
-        if (
-            admission is Admission.CALL
-            and self._cb.fail_counter == 0
-            and self._cb.current_state == pybreaker.STATE_CLOSED
-        ):
+        closed = self._cb.current_state == pybreaker.STATE_CLOSED
+        if self._window is not None and admission is Admission.CALL and closed:
+            self._window.add()
+        self._replay_success(admission, closed=closed)
+
+    def _replay_success(self, admission: Admission, *, closed: bool) -> None:
+        """A success into pybreaker's state machine (the rate window is the caller's)."""
+        if admission is Admission.CALL and self._cb.fail_counter == 0 and closed:
             # Nothing to record (pybreaker would reset a counter that is already 0); this is
             # every healthy request, so skip its lock and state machine.
             return
@@ -147,8 +246,34 @@ class Breaker:
         self._end(admission)
         if kind not in self.trip_on:
             return
+        before = self._cb.current_state
         with contextlib.suppress(_Tripped, pybreaker.CircuitBreakerError):
             self._cb.call(_raise_tripped)
+        after = self._cb.current_state
+        window = self._window
+        reason: TripReason | None = None
+        if after == pybreaker.STATE_OPEN and before != pybreaker.STATE_OPEN:
+            reason = (
+                TripReason.PROBE
+                if before == pybreaker.STATE_HALF_OPEN
+                else (TripReason.CONSECUTIVE)
+            )
+        elif window is not None and before == after == pybreaker.STATE_CLOSED:
+            window.add(failures=1)
+            if window.tripped():
+                self._cb.open()
+                reason = TripReason.FAILURE_RATE
+        if reason is not None:
+            self.opened_for(reason)
+
+    def opened_for(self, reason: TripReason) -> None:
+        """The breaker opened for `reason`: the window starts afresh for the next closed
+        period, and `on_trip` is told."""
+        self.last_trip = reason
+        if self._window is not None:
+            self._window.clear()
+        if self._on_trip is not None:
+            self._on_trip(self.name, reason)
 
     def release(self, admission: Admission) -> None:
         """The call ended without saying anything about the provider's health."""

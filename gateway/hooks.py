@@ -24,9 +24,18 @@ from gateway._outcomes import (
     PolicyOutcome,
     RequestOutcome,
 )
+from gateway._resilience import TripReason
 from gateway.types import Usage
 
-__all__ = ["UNRESOLVED_TASK", "BaseHooks", "Deferred", "HookSet", "RouterHooks", "default_hooks"]
+__all__ = [
+    "UNRESOLVED_TASK",
+    "BaseHooks",
+    "Deferred",
+    "HookSet",
+    "RouterHooks",
+    "TripReason",
+    "default_hooks",
+]
 
 log = logging.getLogger("gateway")
 
@@ -77,6 +86,12 @@ class RouterHooks(Protocol):
     def on_breaker_state(self, *, provider: str, state: BreakerState) -> None:
         """A breaker changed state, or was created (closed)."""
 
+    def on_breaker_trip(self, *, provider: str, reason: TripReason) -> None:
+        """A breaker opened, and why: `consecutive` failures, the `failure_rate` rule, or a
+        failed half-open `probe`. With shared state only the replica whose reported outcome
+        opened it hears this (the others see the state change), so summed over replicas it
+        counts each opening once."""
+
     def on_provider_removed(self, *, provider: str) -> None:
         """A policy reload removed this provider: what is recorded per provider is stale."""
 
@@ -125,6 +140,9 @@ class BaseHooks:
     def on_breaker_state(self, *, provider: str, state: BreakerState) -> None:
         pass
 
+    def on_breaker_trip(self, *, provider: str, reason: TripReason) -> None:
+        pass
+
     def on_provider_removed(self, *, provider: str) -> None:
         pass
 
@@ -143,6 +161,7 @@ Event = Literal[
     "on_fallback",
     "on_usage",
     "on_breaker_state",
+    "on_breaker_trip",
     "on_provider_removed",
     "on_state_backend_error",
     "on_policy",
@@ -248,6 +267,9 @@ class HookSet(BaseHooks):
 
     def on_breaker_state(self, *, provider: str, state: BreakerState) -> None:
         self.emit("on_breaker_state", {"provider": provider, "state": state})
+
+    def on_breaker_trip(self, *, provider: str, reason: TripReason) -> None:
+        self.emit("on_breaker_trip", {"provider": provider, "reason": reason})
 
     def on_provider_removed(self, *, provider: str) -> None:
         self.emit("on_provider_removed", {"provider": provider})

@@ -47,6 +47,7 @@ from gateway._outcomes import (
     PolicyOutcome,
     RequestOutcome,
 )
+from gateway._resilience import TripReason
 from gateway.types import Usage
 
 __all__ = [
@@ -91,6 +92,7 @@ BREAKER_STATES: Final[dict[str, int]] = {
     BreakerState.OPEN: 2,
 }
 POLICY_OUTCOMES: Final = frozenset(PolicyOutcome)
+TRIP_REASONS: Final = frozenset(TripReason)
 
 _MAX_WARNINGS: Final = 200
 
@@ -258,6 +260,14 @@ class GatewayMetrics:
                 ("provider", "to_state"),
             )
         )
+        self.breaker_trips = _Children(
+            counter(
+                "gateway_breaker_trips_total",
+                "Circuit breaker openings decided by this process, by reason: consecutive, "
+                "failure_rate or probe (a failed half-open trial call).",
+                ("provider", "reason"),
+            )
+        )
         self.overhead = _Children(
             histogram(
                 "gateway_overhead_seconds",
@@ -400,6 +410,13 @@ class GatewayMetrics:
                 self.circuit_transitions.get(provider, entered).inc()
         except Exception as exc:
             self._hook_failed("on_breaker_state", exc)
+
+    def on_breaker_trip(self, *, provider: str, reason: TripReason) -> None:
+        try:
+            label = self._vocab("reason", reason, TRIP_REASONS)
+            self.breaker_trips.get(_name(provider), label).inc()
+        except Exception as exc:
+            self._hook_failed("on_breaker_trip", exc)
 
     def on_provider_removed(self, *, provider: str) -> None:
         try:

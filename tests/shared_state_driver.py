@@ -99,7 +99,11 @@ async def traffic(router: Router, seconds: float, concurrency: int) -> dict[str,
 def status(router: Router, recorder: Recorder, state: RedisState) -> dict[str, Any]:
     return {
         "breakers": {
-            name: {"state": c.breaker.state, "failures": c.breaker.failure_count}
+            name: {
+                "state": c.breaker.state,
+                "failures": c.breaker.failure_count,
+                "last_trip": c.breaker.last_trip,
+            }
             for name, c in router.candidates.items()
         },
         "shared": state.shared,

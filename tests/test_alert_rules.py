@@ -18,6 +18,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from gateway._resilience import TripReason
 from gateway.metrics import GatewayMetrics, exposition
 from gateway.types import Usage
 
@@ -66,6 +67,7 @@ def exercise_every_hook(metrics: GatewayMetrics) -> None:
     metrics.on_usage(task="chat", provider="ollama", model="llama", usage=Usage(5), cost_usd=None)
     metrics.on_breaker_state(provider="openai", state="closed")
     metrics.on_breaker_state(provider="openai", state="open")
+    metrics.on_breaker_trip(provider="openai", reason=TripReason.FAILURE_RATE)
     metrics.on_state_backend_error(backend="redis")
     metrics.on_policy(outcome="applied", version=4, sha256="ab" * 32)
     metrics.on_policy(outcome="rejected", version=4, sha256="ab" * 32)
@@ -187,6 +189,7 @@ def test_every_contract_series_is_exposed(series_names):
         "gateway_unpriced_requests_total",
         "gateway_circuit_state",
         "gateway_circuit_transitions_total",
+        "gateway_breaker_trips_total",
         "gateway_overhead_seconds_bucket",
         "gateway_policy_reloads_total",
         "gateway_policy_info",
@@ -220,6 +223,7 @@ def test_each_alert_explains_itself_and_is_unit_tested():
 
     assert {rule["alert"] for rule in alerts} == {
         "GatewayCircuitOpen",
+        "GatewayBreakerRateTrips",
         "GatewayHighFallbackRatio",
         "GatewayChainsExhausted",
         "GatewayCostBurnRateHigh",

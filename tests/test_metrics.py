@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
+from gateway._resilience import TripReason
 from gateway.errors import ErrorKind
 from gateway.hooks import RouterHooks
 from gateway.metrics import (
@@ -283,6 +284,32 @@ def test_breakers_are_tracked_per_provider(metrics, registry):
     assert circuit(registry, "b") == (0.0, {})
 
 
+def trips(registry: CollectorRegistry, provider: str) -> dict[str, float]:
+    found = {
+        reason: registry.get_sample_value(
+            "gateway_breaker_trips_total", {"provider": provider, "reason": reason}
+        )
+        for reason in ("consecutive", "failure_rate", "probe", "other")
+    }
+    return {reason: n for reason, n in found.items() if n}
+
+
+def test_breaker_trips_count_by_reason(metrics, registry):
+    metrics.on_breaker_trip(provider="openai", reason=TripReason.FAILURE_RATE)
+    metrics.on_breaker_trip(provider="openai", reason=TripReason.PROBE)
+    metrics.on_breaker_trip(provider="openai", reason=TripReason.FAILURE_RATE)
+    metrics.on_breaker_trip(provider="anthropic", reason=TripReason.CONSECUTIVE)
+
+    assert trips(registry, "openai") == {"failure_rate": 2.0, "probe": 1.0}
+    assert trips(registry, "anthropic") == {"consecutive": 1.0}
+
+
+def test_a_trip_reason_outside_the_vocabulary_is_other(metrics, registry):
+    metrics.on_breaker_trip(provider="openai", reason="a free-text reason")  # type: ignore[arg-type]
+
+    assert trips(registry, "openai") == {"other": 1.0}
+
+
 def test_half_open_with_a_hyphen_is_the_same_state(metrics, registry):
     metrics.on_breaker_state(provider="a", state="half-open")
 
@@ -420,6 +447,7 @@ class Unprintable:
         ),
         lambda m: m.on_breaker_state(provider="p", state="melted"),
         lambda m: m.on_breaker_state(provider=None, state=None),
+        lambda m: m.on_breaker_trip(provider=None, reason=None),
         lambda m: m.on_policy(outcome="applied", version=object(), sha256=123),
         lambda m: m.on_state_backend_error(backend=None),
         lambda m: m.on_retry(provider=Unprintable(), model="m", kind="timeout"),

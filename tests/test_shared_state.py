@@ -20,16 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.exceptions import ResponseError
 from redis_harness import RedisServer, free_port
 
 from gateway import Router
-from gateway._resilience import Admission, Breaker
+from gateway._resilience import Admission, Breaker, TripReason
 from gateway._secrets import mask_url
 from gateway.errors import ErrorKind
 from gateway.policy import Policy, parse_policy
 from gateway.state import open_state_backend
 from gateway.state.memory import MemoryState
-from gateway.state.redis import RedisState, breaker_key, lease_key
+from gateway.state.redis import RedisState, breaker_key, lease_key, window_key
 from gateway.state.shared_breaker import SharedBreaker
 from gateway.testing import FakeUpstream, Fault
 
@@ -43,7 +44,7 @@ defaults:
   timeout_s: 10
   retry: {{attempts: 1}}
   breaker: {{fail_max: {fail_max}, reset_timeout_s: {reset_s}, success_threshold: {successes},
-            trip_on: [server_error, timeout, connection]}}
+            trip_on: [server_error, timeout, connection]{rate}}}
 providers:
   primary: {{type: openai, model: {primary}, base_url: "{upstream}/v1", api_key: test-key}}
   backup: {{type: openai, model: {backup}, base_url: "{upstream}/v1", api_key: test-key}}
@@ -61,7 +62,10 @@ def policy_text(
     fail_max: int = 3,
     reset_s: float = 30,
     successes: int = 1,
+    failure_rate: str = "null",
 ) -> str:
+    """`failure_rate` is the YAML of the breaker's rate rule (null: consecutive only; "": the
+    default rule)."""
     return POLICY.format(
         redis=redis_url,
         namespace=namespace,
@@ -69,6 +73,7 @@ def policy_text(
         fail_max=fail_max,
         reset_s=reset_s,
         successes=successes,
+        rate=f", failure_rate: {failure_rate}" if failure_rate else "",
         primary=PRIMARY,
         backup=BACKUP,
     )
@@ -106,9 +111,13 @@ class Replica:
     def __init__(self, policy: Policy, **state_options: Any) -> None:
         self.errors: list[str] = []
         self.changes: list[str] = []
+        self.trips: list[TripReason] = []
         options = {"refresh_interval_s": FAST_REFRESH_S, **state_options}
         self.state = RedisState(policy.state, on_error=self.errors.append, **options)
-        build = self.state.breaker_factory(lambda _name, state: self.changes.append(state))
+        build = self.state.breaker_factory(
+            lambda _name, state: self.changes.append(state),
+            on_trip=lambda _name, reason: self.trips.append(reason),
+        )
         breaker = build(policy.providers["primary"])
         assert isinstance(breaker, SharedBreaker)
         self.breaker = breaker
@@ -116,6 +125,10 @@ class Replica:
     def fail(self, times: int = 1) -> None:
         for _ in range(times):
             self.breaker.failure(self.breaker.admit(), ErrorKind.SERVER_ERROR)
+
+    def succeed(self, times: int = 1) -> None:
+        for _ in range(times):
+            self.breaker.success(self.breaker.admit())
 
     async def connected(self) -> None:
         self.breaker.admit()  # the first admit starts the background task
@@ -271,7 +284,7 @@ async def test_concurrent_failures_from_two_replicas_are_counted_exactly(
     redis_server: RedisServer,
     namespace: str,
 ) -> None:
-    a, b = await replicas(fail_max=100_000)
+    a, b = await replicas(fail_max=100_000)  # and no rate rule: the count is the point here
     per_replica = 500
 
     async def hammer(replica: Replica) -> None:
@@ -289,6 +302,124 @@ async def test_concurrent_failures_from_two_replicas_are_counted_exactly(
     await asyncio.sleep(0.2)
     assert client.hget(key, "failures") == str(2 * per_replica)
     assert a.errors == b.errors == []
+
+
+# --- the failure-rate window, shared -----------------------------------------------------------
+
+RATE = "{window_s: 30, min_calls: 10, threshold: 0.5}"
+
+
+def window_totals(client: Any, namespace: str) -> tuple[int, int]:
+    """(calls, failures) in the shared window, from Redis itself; (-1, -1) if malformed."""
+    try:
+        fields = client.hgetall(window_key(namespace, "primary"))
+        calls = sum(int(v) for k, v in fields.items() if k.startswith("c:"))
+        return calls, sum(int(v) for k, v in fields.items() if k.startswith("f:"))
+    except (ValueError, ResponseError):
+        return -1, -1
+
+
+async def test_two_replicas_fill_one_rate_window(
+    replicas: Callable[..., Awaitable[tuple[Replica, Replica]]],
+    redis_server: RedisServer,
+    namespace: str,
+) -> None:
+    """Each replica alone sees 5 calls (too few to judge); together 10, 6 failed: open. The
+    replica whose failure opened it reports the one trip, and both see it open."""
+    a, b = await replicas(fail_max=100, failure_rate=RATE)
+    client = redis_server.client()
+    a.succeed(2)
+    a.fail(3)
+    await eventually(lambda: window_totals(client, namespace) == (5, 3), what="A's 5 calls")
+    assert a.breaker.state == b.breaker.state == "closed"
+    b.succeed(2)
+    b.fail(3)
+    await eventually(lambda: a.breaker.state == b.breaker.state == "open", what="both open")
+    assert a.trips == [] and b.trips == [TripReason.FAILURE_RATE]
+    assert b.breaker.last_trip is TripReason.FAILURE_RATE
+    # The next closed period starts from an empty window.
+    assert client.exists(window_key(namespace, "primary")) == 0
+    assert client.hget(breaker_key(namespace, "primary"), "state") == "open"
+
+
+async def test_healthy_traffic_reaches_the_window_in_tallies_not_per_request(
+    replicas: Callable[..., Awaitable[tuple[Replica, Replica]]],
+    redis_server: RedisServer,
+    namespace: str,
+) -> None:
+    """A's successes queue nothing on the request path; its background task hands them over
+    in a TALLY per turn. They count for B's failures: 10 failed of 22 is under half."""
+    a, b = await replicas(fail_max=100, failure_rate=RATE)
+    client = redis_server.client()
+    a.succeed(12)
+    assert a.state._pending == []  # nothing queued, nobody woken by healthy requests
+    await eventually(lambda: window_totals(client, namespace) == (12, 0), what="A's tally")
+    b.fail(10)
+    await eventually(lambda: window_totals(client, namespace) == (22, 10), what="B's failures")
+    await asyncio.sleep(0.2)
+    assert a.breaker.state == b.breaker.state == "closed"
+    assert a.trips == b.trips == []
+    b.fail(2)  # 12 of 24: half
+    await eventually(lambda: a.breaker.state == b.breaker.state == "open", what="both open")
+    assert b.trips == [TripReason.FAILURE_RATE]
+
+
+async def test_merged_failures_keep_the_successes_each_carried(
+    replicas: Callable[..., Awaitable[tuple[Replica, Replica]]],
+    redis_server: RedisServer,
+    namespace: str,
+) -> None:
+    """Queued failures of one replica go in one script call; the successes seen before each
+    of them still all reach the window."""
+    a, _b = await replicas(fail_max=100, failure_rate=RATE)
+    a.succeed(2)
+    a.fail()
+    a.succeed(3)  # the view still says 0 failures: nothing queued, carried by the next failure
+    a.fail()
+    assert [(op.kind.value, op.ok, op.count) for op in a.state._pending] == [
+        ("failure", 2, 1),
+        ("failure", 3, 1),
+    ]
+    client = redis_server.client()
+    await eventually(lambda: window_totals(client, namespace) == (7, 2), what="all 7 calls")
+
+
+async def test_old_buckets_leave_the_shared_window(
+    replicas: Callable[..., Awaitable[tuple[Replica, Replica]]],
+    redis_server: RedisServer,
+    namespace: str,
+) -> None:
+    """A 1 s window (ten buckets of 100 ms on Redis's clock): failures older than that stop
+    counting, and their buckets are deleted."""
+    a, b = await replicas(fail_max=100, failure_rate="{window_s: 1, min_calls: 6, threshold: 0.5}")
+    client = redis_server.client()
+    a.fail(5)
+    await eventually(lambda: window_totals(client, namespace) == (5, 5), what="A's failures")
+    await asyncio.sleep(1.2)
+    b.fail(1)  # 6 of 6 had the first five still counted
+    await eventually(lambda: window_totals(client, namespace) == (1, 1), what="old ones gone")
+    await asyncio.sleep(0.2)
+    assert a.breaker.state == b.breaker.state == "closed"
+    assert a.trips == b.trips == []
+
+
+async def test_a_malformed_window_is_rewritten_by_the_next_outcome(
+    replicas: Callable[..., Awaitable[tuple[Replica, Replica]]],
+    redis_server: RedisServer,
+    namespace: str,
+) -> None:
+    a, _b = await replicas(fail_max=100, failure_rate=RATE)
+    client = redis_server.client()
+    client.hset(window_key(namespace, "primary"), mapping={"c:oops": "x", "f:1": "-3"})
+    a.fail(1)
+    await eventually(lambda: window_totals(client, namespace) == (1, 1), what="rewritten")
+    client.delete(window_key(namespace, "primary"))
+    client.set(window_key(namespace, "primary"), "not a hash")
+    a.fail(1)
+    await eventually(lambda: window_totals(client, namespace) == (1, 1), what="replaced")
+    assert a.breaker.state == "closed"
+    assert a.state.shared
+    assert a.errors == ["redis", "redis"]  # each turn that met a malformed window is counted
 
 
 # --- Redis out of reach ------------------------------------------------------------------------
@@ -344,10 +475,12 @@ async def test_replicas_rejoin_shared_state_when_redis_returns(
         server.close()
 
 
+@pytest.mark.parametrize("failure_rate", ["null", "{window_s: 30, min_calls: 10, threshold: 0.5}"])
 async def test_a_silent_redis_never_delays_a_request(
-    upstream: FakeUpstream, namespace: str
+    upstream: FakeUpstream, namespace: str, failure_rate: str
 ) -> None:
-    """A Redis that accepts connections and never answers: requests are served at once."""
+    """A Redis that accepts connections and never answers: requests are served at once (with
+    and without the rate rule, whose window then lives in the local breaker)."""
     held: list[asyncio.StreamWriter] = []
 
     async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -355,7 +488,9 @@ async def test_a_silent_redis_never_delays_a_request(
 
     silent = await asyncio.start_server(hold, "127.0.0.1", 0)
     port = silent.sockets[0].getsockname()[1]
-    policy = make_policy(f"redis://127.0.0.1:{port}/0", namespace, upstream=upstream.url)
+    policy = make_policy(
+        f"redis://127.0.0.1:{port}/0", namespace, upstream=upstream.url, failure_rate=failure_rate
+    )
     errors: list[str] = []
     state = RedisState(policy.state, on_error=errors.append, command_timeout_s=2.0)
     upstream.fail_always(PRIMARY, Fault.server_error())
@@ -380,6 +515,34 @@ async def test_a_silent_redis_never_delays_a_request(
         silent.close()
         for writer in held:
             writer.close()
+
+
+TWO_IN_THREE = (Fault.server_error(), Fault.server_error(), Fault.ok())
+
+
+async def test_with_redis_down_the_rate_rule_trips_locally_and_no_request_fails(
+    upstream: FakeUpstream, namespace: str
+) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    policy = make_policy(url, namespace, upstream=upstream.url, fail_max=5, failure_rate=RATE)
+    errors: list[str] = []
+    state = RedisState(policy.state, on_error=errors.append, refresh_interval_s=FAST_REFRESH_S)
+    router = Router(policy, hooks=[], state=state, watch_interval_s=None)
+    try:
+        router.candidates["primary"].breaker.admit()  # starts the background task
+        await eventually(lambda: not state.shared, what="the outage is noticed")
+        upstream.script(PRIMARY, *(TWO_IN_THREE * 10))
+        hello = [{"role": "user", "content": "hi"}]
+        served = [(await router.generate(hello)).provider for _ in range(30)]
+        assert served.count("primary") == 3  # the OKs among its first 10 calls
+        assert served.count("backup") == 27
+        assert upstream.count(PRIMARY) == 10  # opened on the rate at its 10th call
+        breaker = router.candidates["primary"].breaker
+        assert breaker.state == "open"
+        assert breaker.last_trip is TripReason.FAILURE_RATE
+        assert errors  # the outage was reported, not hidden
+    finally:
+        await router.aclose()
 
 
 # --- wiring ------------------------------------------------------------------------------------
@@ -625,3 +788,71 @@ async def test_two_processes_count_concurrent_failures_exactly(
     )
     await asyncio.sleep(0.3)
     assert client.hget(key, "failures") == str(2 * per_process)
+
+
+@pytest.mark.slow
+async def test_two_processes_share_one_rate_window(
+    gateways: Callable[..., Awaitable[tuple[Gateway, Gateway]]],
+    upstream: FakeUpstream,
+    redis_server: RedisServer,
+    namespace: str,
+) -> None:
+    """A provider failing 2 calls in 3. Each process makes 6 calls, too few for min_calls 10
+    alone; in the window both fill in Redis, 8 of 12 failed: it opens, for both."""
+    a, b = await gateways(fail_max=5, failure_rate=RATE)
+    upstream.script(PRIMARY, *(TWO_IN_THREE * 10))
+    sent = await a.command("send", n=6)
+    assert sent["calls"] == {"primary": 6, "backup": 4}
+    client = redis_server.client()
+    await eventually(lambda: window_totals(client, namespace) == (6, 4), what="A's calls")
+    assert await a.breaker() == await b.breaker() == "closed"
+
+    sent = await b.command("send", n=6)
+    await wait_for_state(a, "open")
+    await wait_for_state(b, "open")
+    # B's view opens with Redis's reply to its 4th or 5th call (the 10th or 11th in all).
+    assert 4 <= sent["calls"]["primary"] <= 6
+    status_a, status_b = await a.command("status"), await b.command("status")
+    trips = [s["breakers"]["primary"]["last_trip"] for s in (status_a, status_b)]
+    assert trips == [None, "failure_rate"]  # B's failure opened it; A only sees it open
+    assert client.hget(breaker_key(namespace, "primary"), "state") == "open"
+
+    before = upstream.count(PRIMARY)
+    for gateway in (a, b):
+        sent = await gateway.command("send", n=5)
+        assert sent["served"] == {"backup": 5}
+    assert upstream.count(PRIMARY) == before
+
+
+@pytest.mark.slow
+async def test_killing_redis_during_a_brownout_loses_no_request(
+    gateways: Callable[..., Awaitable[tuple[Gateway, Gateway]]],
+    upstream: FakeUpstream,
+) -> None:
+    """The rate rule on, the primary failing 2 calls in 3, and Redis killed and restarted (empty)
+    under traffic: no request fails, the breaker trips on the rate, and both rejoin."""
+    server = RedisServer().start()
+    try:
+        a, b = await gateways(server=server, fail_max=5, failure_rate=RATE, reset_s=0.5)
+        upstream.script(PRIMARY, *(TWO_IN_THREE * 2000))
+        both = asyncio.gather(
+            a.command("traffic", seconds=3.0, concurrency=2),
+            b.command("traffic", seconds=3.0, concurrency=2),
+        )
+        await asyncio.sleep(0.8)
+        server.kill()
+        await asyncio.sleep(1.2)
+        server.start()  # same port, empty
+        traffic_a, traffic_b = await both
+        for traffic in (traffic_a, traffic_b):
+            assert traffic["failed"] == {}
+            assert sum(traffic["served"].values()) > 20
+        statuses = [await g.command("status") for g in (a, b)]
+        assert any(s["breakers"]["primary"]["last_trip"] == "failure_rate" for s in statuses)
+        assert all(s["backend_errors"] >= 1 for s in statuses)
+        deadline = time.monotonic() + 10
+        while not all([(await g.command("status"))["shared"] for g in (a, b)]):
+            assert time.monotonic() < deadline, "the gateways did not rejoin shared state"
+            await asyncio.sleep(0.1)
+    finally:
+        server.close()

@@ -89,10 +89,10 @@ class FailureRate(BaseModel):
 
     window_s: Seconds = Field(default=30.0, description="The rolling window calls are counted in.")
     min_calls: int = Field(
-        default=5, ge=1, description="Calls the window needs before the share is judged."
+        default=10, ge=1, description="Calls the window needs before the share is judged."
     )
     threshold: float = Field(
-        default=0.6, gt=0, le=1, description="Failed share (of trip_on kinds) that opens it."
+        default=0.5, gt=0, le=1, description="Failed share (of trip_on kinds) that opens it."
     )
 
 
@@ -117,7 +117,7 @@ class BreakerPolicy(BaseModel):
         json_schema_extra=_kinds_schema(DEFAULT_TRIP_ON),
     )
     failure_rate: FailureRate | None = Field(
-        default=None,
+        default=FailureRate(),
         description="Also open on the failed share of recent calls; null: consecutive only.",
     )
     ramp_s: Seconds | None = Field(

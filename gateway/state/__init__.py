@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 from gateway._outcomes import BreakerState
 
 if TYPE_CHECKING:
-    from gateway._resilience import Breaker
+    from gateway._resilience import Breaker, TripReason
     from gateway.policy import ProviderSpec, StateSpec
 
 __all__ = ["StateBackend", "open_state_backend"]
@@ -23,9 +23,14 @@ class StateBackend(Protocol):
     spec: StateSpec
 
     def breaker_factory(
-        self, on_state_change: Callable[[str, BreakerState], None] | None = None
+        self,
+        on_state_change: Callable[[str, BreakerState], None] | None = None,
+        *,
+        on_trip: Callable[[str, TripReason], None] | None = None,
     ) -> Callable[[ProviderSpec], Breaker]:
-        """Builds one provider's breaker; `on_state_change(provider, state)` hears its moves."""
+        """Builds one provider's breaker; `on_state_change(provider, state)` hears its moves,
+        `on_trip(provider, reason)` each opening this process decided (with shared state, the
+        replica whose reported outcome opened it), and why."""
 
     async def aclose(self) -> None:
         """Stop background work and close connections."""

@@ -5,11 +5,21 @@ clock, so replicas whose clocks disagree still agree on when a breaker may be pr
 probe lease key holding the token of the one replica allowed to probe while half-open.
 A closed breaker with no failures is no key at all.
 
+With a `failure_rate` policy, a third key holds the rate window shared by every replica: a
+hash of buckets `c:<n>` (calls) and `f:<n>` (failed calls), where n counts periods of
+window_ms / WINDOW_BUCKETS on Redis's clock; only the last WINDOW_BUCKETS buckets count, older
+ones are deleted as they are met. FAILURE, SUCCESS and TALLY add to it (TALLY carries the
+successes a replica saw since its last turn, so healthy traffic costs one script call per
+breaker per turn, not one per request), only while the breaker is closed; every opening
+deletes it, so each closed period is judged on its own calls.
+
 Every script answers with the breaker as it stands afterwards:
-`{state, failures, successes, open_for_ms, granted, repaired}`. open_for_ms is measured on
-Redis's clock for the same reason; granted is 1 only when ACQUIRE_PROBE gave this caller the
-lease; repaired names what the script overwrote because it was malformed ('' when nothing):
-`record:<fields>` and/or `lease`, joined by ';'.
+`{state, failures, successes, open_for_ms, granted, repaired, tripped}`. open_for_ms is
+measured on Redis's clock for the same reason; granted is 1 only when ACQUIRE_PROBE gave this
+caller the lease; repaired names what the script overwrote because it was malformed ('' when
+nothing): `record:<fields>`, `lease` and/or `window`, joined by ';'; tripped is why this very
+call opened the breaker (consecutive, failure_rate or probe; '' when it did not), so the one
+replica whose outcome opened it reports the trip.
 
 Anything in Redis can be changed by hand or by another program, so a record is read only as
 `store` writes it: a state of closed, open or half_open, counts and opened_at of at most 15
@@ -22,8 +32,11 @@ it. A lease is a string with an expiry holding a 32-hex-digit token (RedisState.
 else at that key is deleted before it is read or taken, or it would keep every replica from
 probing.
 
-KEYS[1] is the hash, KEYS[2] the lease; both carry the same hash tag so that a Redis Cluster
-keeps them on one slot.
+A rate window is read the same way: anything but a hash of such fields with whole values is
+deleted and counted afresh (`window` in repaired).
+
+KEYS[1] is the hash, KEYS[2] the lease, KEYS[3] the rate window; all carry the same hash tag so
+that a Redis Cluster keeps them on one slot.
 """
 
 from __future__ import annotations
@@ -108,10 +121,52 @@ local function release(lease_key, owner, repaired)
   return repaired
 end
 
-local function reply(state, failures, successes, opened_at, now, granted, repaired)
+local function reply(state, failures, successes, opened_at, now, granted, repaired, tripped)
   local open_for = 0
   if state ~= 'closed' then open_for = math.max(0, now - opened_at) end
-  return {state, failures, successes, open_for, granted, repaired}
+  return {state, failures, successes, open_for, granted, repaired, tripped or ''}
+end
+
+local WINDOW_BUCKETS = 10
+
+-- Adds `calls` calls, `failed` of them failures, to the rate window at `key`, and answers the
+-- window's calls and failures afterwards (buckets older than the window are deleted).
+local function window_add(key, now, window_ms, calls, failed, repaired)
+  local width = math.max(1, math.floor(window_ms / WINDOW_BUCKETS))
+  local current = math.floor(now / width)
+  local kind = redis.call('TYPE', key)['ok']
+  local total_calls, total_failed, stale = 0, 0, {}
+  if kind ~= 'none' then
+    local bad = kind ~= 'hash'
+    if not bad then
+      local fields = redis.call('HGETALL', key)
+      for i = 1, #fields, 2 do
+        local which, at = string.match(fields[i], '^([cf]):(%d+)$')
+        if which == nil or #at > 15 or not whole(fields[i + 1]) then
+          bad = true
+          break
+        end
+        at = tonumber(at)
+        if at <= current - WINDOW_BUCKETS or at > current then
+          table.insert(stale, fields[i])
+        elseif which == 'c' then
+          total_calls = total_calls + tonumber(fields[i + 1])
+        else
+          total_failed = total_failed + tonumber(fields[i + 1])
+        end
+      end
+    end
+    if bad then
+      redis.call('DEL', key)
+      total_calls, total_failed, stale = 0, 0, {}
+      repaired = noted(repaired, 'window')
+    end
+  end
+  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+  if calls > 0 then redis.call('HINCRBY', key, 'c:' .. current, calls) end
+  if failed > 0 then redis.call('HINCRBY', key, 'f:' .. current, failed) end
+  if calls > 0 or #stale > 0 then redis.call('PEXPIRE', key, window_ms + width) end
+  return total_calls + calls, total_failed + failed, repaired
 end
 """
 
@@ -123,34 +178,57 @@ if state == nil then return redis.error_reply('MALFORMED ' .. failures) end
 return reply(state, failures, successes, opened_at, now, 0, '')
 """
 
-# ARGV: fail_max, ttl_ms, owner, was_probe (0/1), count.
-# `count` failures at once (the background task merges a replica's queued failures). Every
-# failure counts (the count is "failures since the last success"). A failure in the
-# half-open state, or reaching fail_max while closed, opens the breaker for a new period:
-# the lease of the previous half-open period is void.
+# ARGV: fail_max, ttl_ms, owner, was_probe (0/1), count, ok, window_ms, min_calls, threshold.
+# `count` failures at once (the background task merges a replica's queued failures), after
+# `ok` successes the replica saw before them, which only the rate window counts. Every failure
+# counts (the count is "failures since the last success"). A failure in the half-open state,
+# reaching fail_max while closed, or (window_ms > 0) a window of at least min_calls calls whose
+# failed share reaches threshold, opens the breaker for a new period: the lease of the
+# previous half-open period is void, and the window starts afresh.
 _FAILURE = """
 local fail_max, ttl_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
+local count, ok, window_ms = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local now = now_ms()
 local state, failures, successes, opened_at, repaired = load(KEYS[1], now)
-failures = failures + tonumber(ARGV[5])
-if state == 'half_open' or (state == 'closed' and failures >= fail_max) then
+failures = failures + count
+local tripped = ''
+if state == 'half_open' then
+  tripped = 'probe'
+elseif state == 'closed' then
+  local calls, failed = 0, 0
+  if window_ms > 0 then
+    calls, failed, repaired = window_add(KEYS[3], now, window_ms, ok + count, count, repaired)
+  end
+  if failures >= fail_max then
+    tripped = 'consecutive'
+  elseif window_ms > 0 and calls >= tonumber(ARGV[8]) and failed / calls >= tonumber(ARGV[9]) then
+    tripped = 'failure_rate'
+  end
+end
+if tripped ~= '' then
   state, successes, opened_at = 'open', 0, now
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[2], KEYS[3])
 end
 if ARGV[4] == '1' then repaired = release(KEYS[2], ARGV[3], repaired) end
 store(KEYS[1], ttl_ms, state, failures, successes, opened_at)
-return reply(state, failures, successes, opened_at, now, 0, repaired)
+return reply(state, failures, successes, opened_at, now, 0, repaired, tripped)
 """
 
-# ARGV: success_threshold, ttl_ms, owner, was_probe (0/1).
+# ARGV: success_threshold, ttl_ms, owner, was_probe (0/1), ok, window_ms.
 # While open, a success is from a call that began before the breaker opened: it says nothing
-# about the provider now, so it changes nothing.
+# about the provider now, so it changes nothing. While closed, the `ok` successes this one
+# closes (it included) go into the rate window when there is one (window_ms > 0).
 _SUCCESS = """
 local threshold, ttl_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ok, window_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
 local now = now_ms()
 local state, failures, successes, opened_at, repaired = load(KEYS[1], now)
 if state == 'closed' then
   failures = 0
+  if window_ms > 0 and ok > 0 then
+    local _
+    _, _, repaired = window_add(KEYS[3], now, window_ms, ok, 0, repaired)
+  end
 elseif state == 'half_open' then
   successes = successes + 1
   if successes >= threshold then
@@ -185,6 +263,21 @@ end
 return reply(state, failures, successes, opened_at, now, granted, repaired)
 """
 
+# ARGV: ok, window_ms.  Successes a replica saw since its last turn, for the rate window
+# (only while closed). Not an outcome for the record: a malformed one is left for FAILURE or
+# SUCCESS to overwrite.
+_TALLY = """
+local now = now_ms()
+local state, failures, successes, opened_at = read(KEYS[1], now)
+if state == nil then return redis.error_reply('MALFORMED ' .. failures) end
+local repaired = ''
+if state == 'closed' and tonumber(ARGV[2]) > 0 then
+  local _
+  _, _, repaired = window_add(KEYS[3], now, tonumber(ARGV[2]), tonumber(ARGV[1]), 0, repaired)
+end
+return reply(state, failures, successes, opened_at, now, 0, repaired)
+"""
+
 # ARGV: owner.  Gives back a lease this replica holds but will not use.
 _RELEASE_PROBE = """
 local repaired = release(KEYS[2], ARGV[1], '')
@@ -211,5 +304,6 @@ FAILURE = Script("failure", _PRELUDE + _FAILURE)
 SUCCESS = Script("success", _PRELUDE + _SUCCESS)
 ACQUIRE_PROBE = Script("acquire_probe", _PRELUDE + _ACQUIRE_PROBE)
 RELEASE_PROBE = Script("release_probe", _PRELUDE + _RELEASE_PROBE)
+TALLY = Script("tally", _PRELUDE + _TALLY)
 
-ALL_SCRIPTS = (SNAPSHOT, FAILURE, SUCCESS, ACQUIRE_PROBE, RELEASE_PROBE)
+ALL_SCRIPTS = (SNAPSHOT, FAILURE, SUCCESS, ACQUIRE_PROBE, RELEASE_PROBE, TALLY)

@@ -40,6 +40,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from gateway._outcomes import BreakerState
+from gateway._resilience import TripReason
 from gateway._secrets import mask_url, masked_as, scrub_text, url_secrets
 from gateway.state import _lua
 from gateway.state.shared_breaker import (
@@ -81,6 +82,11 @@ def breaker_key(namespace: str, provider: str) -> str:
 
 def lease_key(namespace: str, provider: str) -> str:
     return breaker_key(namespace, provider) + ":probe"
+
+
+def window_key(namespace: str, provider: str) -> str:
+    """The shared rate window of one provider's breaker (with a `failure_rate` policy)."""
+    return breaker_key(namespace, provider) + ":window"
 
 
 class RedisState:
@@ -137,7 +143,10 @@ class RedisState:
     # --- what the router uses ---------------------------------------------------------------
 
     def breaker_factory(
-        self, on_state_change: Callable[[str, BreakerState], None] | None = None
+        self,
+        on_state_change: Callable[[str, BreakerState], None] | None = None,
+        *,
+        on_trip: Callable[[str, TripReason], None] | None = None,
     ) -> Callable[[ProviderSpec], Breaker]:
         def build(spec: ProviderSpec) -> Breaker:
             breaker = SharedBreaker(
@@ -145,6 +154,7 @@ class RedisState:
                 self,
                 key=breaker_key(self.namespace, spec.name),
                 on_state_change=on_state_change,
+                on_trip=on_trip,
                 grant_hold_s=self._grant_hold_s,
                 clock=self._clock,
             )
@@ -314,7 +324,11 @@ class RedisState:
             for op in ops:
                 script, args = self._script_call(op)
                 name = op.breaker.name
-                keys = (breaker_key(self.namespace, name), lease_key(self.namespace, name))
+                keys = (
+                    breaker_key(self.namespace, name),
+                    lease_key(self.namespace, name),
+                    window_key(self.namespace, name),
+                )
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
             return list(await pipe.execute(raise_on_error=False))
 
@@ -323,10 +337,20 @@ class RedisState:
         policy = breaker.policy
         ttl_ms = int(max(MIN_RECORD_TTL_S, 4 * policy.reset_timeout_s) * 1000)
         probe = 1 if op.probe else 0
+        rule = policy.failure_rate
+        # 0: no rate rule (the scripts then leave the window alone).
+        window_ms = max(1, int(rule.window_s * 1000)) if rule is not None else 0
         if op.kind is OpKind.FAILURE:
-            return _lua.FAILURE, (policy.fail_max, ttl_ms, self.owner, probe, op.count)
+            rate = (rule.min_calls, repr(rule.threshold)) if rule is not None else (0, "1")
+            return _lua.FAILURE, (
+                policy.fail_max, ttl_ms, self.owner, probe, op.count, op.ok, window_ms, *rate
+            )  # fmt: skip
         if op.kind is OpKind.SUCCESS:
-            return _lua.SUCCESS, (policy.success_threshold, ttl_ms, self.owner, probe)
+            return _lua.SUCCESS, (
+                policy.success_threshold, ttl_ms, self.owner, probe, op.ok, window_ms
+            )  # fmt: skip
+        if op.kind is OpKind.TALLY:
+            return _lua.TALLY, (op.ok, window_ms)
         if op.kind is OpKind.ACQUIRE_PROBE:
             reset_ms = int(policy.reset_timeout_s * 1000)
             lease_ms = int(breaker.lease_s * 1000)
@@ -342,6 +366,7 @@ class RedisState:
         wrote: set[str] = set()  # keys a FAILURE or SUCCESS was applied to
         repaired: list[_Repair] = []
         refused: list[Op] = []
+        trips: list[tuple[SharedBreaker, TripReason]] = []  # openings this replica caused
         for op, reply in zip(ops, replies, strict=True):
             key = op.breaker.key
             providers[key] = op.breaker.name
@@ -352,7 +377,7 @@ class RedisState:
                 latest[key] = _refusal(reply, self._scrub)
                 continue
             try:
-                snapshot, granted, fixed = _parse(reply)
+                snapshot, granted, fixed, tripped = _parse(reply)
             except (TypeError, ValueError):
                 # It ran, so it is not applied again locally; the record is not trusted.
                 if op.kind is OpKind.ACQUIRE_PROBE:
@@ -364,6 +389,8 @@ class RedisState:
                 wrote.add(key)
             if op.kind is OpKind.ACQUIRE_PROBE:
                 op.breaker.acquired(granted, sent_at)
+            if tripped is not None:
+                trips.append((op.breaker, tripped))
             repaired.extend(self._repairs(op.breaker.name, fixed))
         for breaker in list(self._breakers):
             result = latest.get(breaker.key)
@@ -373,6 +400,8 @@ class RedisState:
                 breaker.apply_snapshot(result)
             elif result is not None:
                 breaker.detach(until_write=result.kind is _REFUSED)
+        for breaker, reason in trips:  # after the views moved to open, as locally
+            breaker.opened_for(reason)
         self._give_back(refused)
         unusable = self._log_records(latest, providers, repaired)
         if unusable or repaired:
@@ -384,6 +413,9 @@ class RedisState:
         for part in filter(None, fixed.split(";")):
             if part == "lease":
                 found.append(_Repair(lease_key(self.namespace, provider), provider, "probe lease"))
+            elif part == "window":
+                key = window_key(self.namespace, provider)
+                found.append(_Repair(key, provider, "failure-rate window"))
             else:
                 fields = part.removeprefix("record:").replace(",", ", ")
                 key = breaker_key(self.namespace, provider)
@@ -462,7 +494,7 @@ class RedisState:
         if self._shared:
             self._shared = False
             for breaker in list(self._breakers):
-                breaker.forget_lease()
+                breaker.went_local()
             # Whatever queued while the failing turn was in flight goes local too.
             pending, self._pending = self._pending, []
             self._give_back(pending)
@@ -503,13 +535,16 @@ class RedisState:
 
 def _merged(ops: Sequence[Op]) -> list[Op]:
     """The ops in order, each breaker's plain failures merged into its previous plain-failure
-    op when nothing else of that breaker came between (one script call counts them all)."""
+    op when nothing else of that breaker came between (one script call counts them all, and the
+    successes each carried for the rate window)."""
     merged: list[Op] = []
     latest: dict[int, int] = {}  # breaker id -> index of its latest op in `merged`
     for op in ops:
         at = latest.get(id(op.breaker))
         if at is not None and op.mergeable and merged[at].mergeable:
-            merged[at] = dataclasses.replace(merged[at], count=merged[at].count + op.count)
+            merged[at] = dataclasses.replace(
+                merged[at], count=merged[at].count + op.count, ok=merged[at].ok + op.ok
+            )
             continue
         latest[id(op.breaker)] = len(merged)
         merged.append(op)
@@ -526,17 +561,19 @@ def _one_per_key(breakers: Sequence[SharedBreaker]) -> list[SharedBreaker]:
 _STATES = frozenset({"closed", "open", "half_open"})
 
 
-def _parse(reply: Sequence[Any]) -> tuple[Snapshot, bool, str]:
-    """A script's answer: the record, whether a lease was granted, what it overwrote.
+def _parse(reply: Sequence[Any]) -> tuple[Snapshot, bool, str, TripReason | None]:
+    """A script's answer: the record, whether a lease was granted, what it overwrote, and why
+    this call opened the breaker (None if it did not).
 
     The scripts check the record; this checks their answer again, so that nothing Redis sends
     back can reach a breaker as a state it does not have (ValueError or TypeError instead)."""
-    state, failures, successes, open_for_ms, granted, repaired = reply
+    state, failures, successes, open_for_ms, granted, repaired, tripped = reply
     counts = int(failures), int(successes), int(open_for_ms)
     if state not in _STATES or min(counts) < 0 or not isinstance(repaired, str):
         raise ValueError("not a breaker record")
+    reason = TripReason(tripped) if tripped else None  # ValueError for a word it never writes
     snapshot = Snapshot(str(state), counts[0], counts[1], counts[2] / 1000)
-    return snapshot, int(granted) == 1, repaired
+    return snapshot, int(granted) == 1, repaired, reason
 
 
 class _Why(Enum):

@@ -10,6 +10,11 @@ this one record is not usable (`detach()`: a key of the wrong type, a malformed 
 breaker admits locally the same way; its outcomes are still sent, since the next one written
 is what repairs the record, and the reply that carries a usable record again re-attaches it.
 
+With a `failure_rate` policy the rate window is shared too, and kept in storage: a failure's op
+carries the successes this replica saw since its last op, and the background task hands the
+rest over each turn (`TALLY`), so a healthy request queues nothing and wakes nobody. The window
+of the local `Breaker` counts only while the backend is out of reach.
+
 Half-open probing across replicas goes through a lease: a replica probes only after the
 backend has granted it the lease, which the background task asks for as soon as this replica
 wants to call a provider whose breaker may be probed.
@@ -26,7 +31,7 @@ from typing import TYPE_CHECKING, Protocol
 import pybreaker
 
 from gateway._outcomes import BreakerState
-from gateway._resilience import Admission, Breaker
+from gateway._resilience import Admission, Breaker, TripReason
 from gateway.errors import ErrorKind
 
 if TYPE_CHECKING:
@@ -57,6 +62,7 @@ class OpKind(Enum):
     SUCCESS = "success"
     ACQUIRE_PROBE = "acquire_probe"
     RELEASE_PROBE = "release_probe"
+    TALLY = "tally"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +75,8 @@ class Op:
     error_kind: ErrorKind | None = None
     count: int = 1
     """How many failures a FAILURE op stands for (queued failures are merged)."""
+    ok: int = 0
+    """Successes for the rate window, seen before this op (FAILURE, SUCCESS, TALLY)."""
 
     @property
     def mergeable(self) -> bool:
@@ -164,13 +172,21 @@ class SharedBreaker(Breaker):
         *,
         key: str,
         on_state_change: Callable[[str, BreakerState], None] | None = None,
+        on_trip: Callable[[str, TripReason], None] | None = None,
         grant_hold_s: float = DEFAULT_GRANT_HOLD_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._view = _ViewStorage()
         super().__init__(
-            spec.name, spec.breaker, on_state_change=on_state_change, storage=self._view
+            spec.name,
+            spec.breaker,
+            on_state_change=on_state_change,
+            on_trip=on_trip,
+            storage=self._view,
+            clock=clock,
         )
+        # Successes for the shared rate window not yet handed to the backend.
+        self._unsent_ok = 0
         self.key = key
         self._link = link
         self._clock = clock
@@ -212,10 +228,14 @@ class SharedBreaker(Breaker):
             super().success(admission)
             return
         self._end(admission)
-        idle = self._cb.current_state == pybreaker.STATE_CLOSED and self._view.counter == 0
-        if admission is Admission.CALL and idle:
+        closed = self._cb.current_state == pybreaker.STATE_CLOSED
+        if self._window is not None and admission is Admission.CALL and closed:
+            self._unsent_ok += 1  # sent with the next op, or by the next turn's TALLY
+        if admission is Admission.CALL and closed and self._view.counter == 0:
             return  # nothing to reset; other replicas' failures are reset by their next success
-        self._submit(Op(OpKind.SUCCESS, self, probe=admission is Admission.PROBE))
+        self._submit(
+            Op(OpKind.SUCCESS, self, probe=admission is Admission.PROBE, ok=self._take_ok())
+        )
 
     def failure(self, admission: Admission, kind: ErrorKind) -> None:
         if not self._link.shared:
@@ -224,7 +244,8 @@ class SharedBreaker(Breaker):
         self._end(admission)
         probe = admission is Admission.PROBE
         if kind in self.trip_on:
-            self._submit(Op(OpKind.FAILURE, self, probe=probe, error_kind=kind))
+            ok = self._take_ok()
+            self._submit(Op(OpKind.FAILURE, self, probe=probe, error_kind=kind, ok=ok))
         elif probe:
             self._submit(Op(OpKind.RELEASE_PROBE, self))
 
@@ -261,16 +282,30 @@ class SharedBreaker(Breaker):
 
     def apply_locally(self, op: Op) -> None:
         """Apply an op the backend could not take to the local state machine instead."""
+        self._count_locally(op.ok)
         if op.kind is OpKind.FAILURE and op.error_kind is not None:
             for _ in range(op.count):
                 Breaker.failure(self, Admission.CALL, op.error_kind)
         elif op.kind is OpKind.SUCCESS:
-            Breaker.success(self, Admission.CALL)
+            # Its own success is among op.ok, already in the window.
+            closed = self._cb.current_state == pybreaker.STATE_CLOSED
+            self._replay_success(Admission.CALL, closed=closed)
         elif op.kind is OpKind.ACQUIRE_PROBE:
             self._acquiring = False
 
     def housekeeping(self, now: float, min_interval_s: float) -> list[Op]:
-        """Lease requests and returns due now (called by the backend's background task)."""
+        """Lease requests and returns due now, and the successes the rate window has not had
+        yet (called by the backend's background task)."""
+        ops = self._lease_ops(now, min_interval_s)
+        if self._unsent_ok:
+            ops.insert(0, Op(OpKind.TALLY, self, ok=self._take_ok()))
+        return ops
+
+    def _take_ok(self) -> int:
+        ok, self._unsent_ok = self._unsent_ok, 0
+        return ok
+
+    def _lease_ops(self, now: float, min_interval_s: float) -> list[Op]:
         if self._detached:
             return []  # probes are local until the record is usable again
         if self._grant_until is not None:
@@ -304,6 +339,17 @@ class SharedBreaker(Breaker):
         """The backend went away: any lease it granted is void (it expires on its own)."""
         self._grant_until = None
         self._acquiring = False
+
+    def went_local(self) -> None:
+        """The backend is out of reach: its leases are void, and the successes not yet handed
+        over count in the local window, which decides until the backend is back."""
+        self.forget_lease()
+        self._count_locally(self._take_ok())
+
+    def _count_locally(self, ok: int) -> None:
+        """`ok` successes into the local rate window (while closed)."""
+        if ok and self._window is not None and self._cb.current_state == pybreaker.STATE_CLOSED:
+            self._window.add(calls=ok)
 
     def _wants_probe(self) -> bool:
         if self._wants_probe_at is None:
