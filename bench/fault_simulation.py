@@ -182,14 +182,13 @@ def _stretch(requests: int, start: float, end: float) -> range:
 
 def _flapping(rng: random.Random, requests: int) -> tuple[list[CallFaults], str]:
     primary: list[CallFaults] = []
-    failing, bursts = False, 0
+    failing = False
     while len(primary) < requests:
         seconds = rng.uniform(5, 20) if failing else rng.uniform(10, 40)
         fault = Fault.server_error() if failing else OK
         primary.extend(_every_call(fault) for _ in range(_requests_in(seconds)))
-        bursts += failing
         failing = not failing
-    return primary[:requests], f"{bursts} failing bursts of 5-20 s, healthy 10-40 s between"
+    return primary[:requests], "failing bursts of 5-20 s (every call a 500), healthy 10-40 s"
 
 
 def _brownout(share: float, rng: random.Random, requests: int) -> tuple[list[CallFaults], str]:
