@@ -253,11 +253,8 @@ class Breaker:
         window = self._window
         reason: TripReason | None = None
         if after == pybreaker.STATE_OPEN and before != pybreaker.STATE_OPEN:
-            reason = (
-                TripReason.PROBE
-                if before == pybreaker.STATE_HALF_OPEN
-                else (TripReason.CONSECUTIVE)
-            )
+            probe = before == pybreaker.STATE_HALF_OPEN
+            reason = TripReason.PROBE if probe else TripReason.CONSECUTIVE
         elif window is not None and before == after == pybreaker.STATE_CLOSED:
             window.add(failures=1)
             if window.tripped():
