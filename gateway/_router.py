@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from gateway._outcomes import Attempt, BreakerState, PolicyOutcome
-from gateway._resilience import Sleep
+from gateway._resilience import Sleep, TripReason
 from gateway._runtime import Candidate, Runtime, build_runtime, close_runtime
 from gateway._streaming import RoutedStream
 from gateway._walk import CandidateFailed, Check, Walker
@@ -112,7 +112,9 @@ class Router:
         if state is None:
             state = open_state_backend(policy.state, on_error=self._state_error)
         self._state = state
-        self._new_breaker = self._state.breaker_factory(self._breaker_changed)
+        self._new_breaker = self._state.breaker_factory(
+            self._breaker_changed, on_trip=self._breaker_tripped
+        )
         self._runtime = build_runtime(
             policy, on_breaker_state=self._breaker_changed, breaker_factory=self._new_breaker
         )
@@ -378,6 +380,10 @@ class Router:
             log.warning("circuit breaker for %s opened", provider)
         else:
             log.info("circuit breaker for %s: %s -> %s", provider, before, state)
+
+    def _breaker_tripped(self, provider: str, reason: TripReason) -> None:
+        # Reported by the replica that decided the opening: each trip is counted once.
+        self._hooks.on_breaker_trip(provider=provider, reason=reason)
 
     def _state_error(self, backend: str) -> None:
         self._hooks.on_state_backend_error(backend=backend)

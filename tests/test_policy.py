@@ -1119,3 +1119,28 @@ def test_a_base_url_that_is_not_http_is_refused_at_load_with_its_credentials_mas
     assert "is not an http(s) URL" in error.reason
     assert "https://HOST" in error.reason
     assert "TOKEN-zz9" not in str(error)
+
+
+def test_a_provider_can_turn_the_failure_rate_rule_off_or_tune_part_of_it() -> None:
+    policy = parse_policy(
+        textwrap.dedent(
+            """
+            version: 1
+            defaults:
+              breaker: {failure_rate: {window_s: 60, min_calls: 20}}
+            providers:
+              off: {type: openai, model: m, api_key: x, breaker: {failure_rate: null}}
+              tuned: {type: openai, model: m, api_key: x, breaker: {failure_rate: {threshold: 0.8}}}
+              inherits: {type: openai, model: m, api_key: x, breaker: {fail_max: 9}}
+            tasks: {default: {chain: [off, tuned, inherits]}}
+            """
+        )
+    )
+    breakers = {name: spec.breaker for name, spec in policy.providers.items()}
+    assert breakers["off"].failure_rate is None
+    tuned = breakers["tuned"].failure_rate
+    assert tuned is not None
+    assert (tuned.window_s, tuned.min_calls, tuned.threshold) == (60, 20, 0.8)
+    inherited = breakers["inherits"].failure_rate
+    assert inherited is not None and (inherited.window_s, inherited.min_calls) == (60, 20)
+    assert breakers["inherits"].fail_max == 9

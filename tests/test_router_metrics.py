@@ -383,3 +383,23 @@ def test_real_prometheus_scrapes_a_router_and_agrees() -> None:
         if process.stdin:
             process.stdin.close()
         process.wait(timeout=10)
+
+
+async def test_a_router_counts_each_breaker_trip_with_its_reason(up: FakeUpstream) -> None:
+    registry = CollectorRegistry()
+    samples = Samples(registry)
+    policy = parse_policy(
+        "version: 1\n"
+        "defaults: {retry: {attempts: 1}, breaker: {fail_max: 2, reset_timeout_s: 60}}\n"
+        "providers:\n"
+        '  p: {type: openai, model: gpt-4o-mini, base_url: "${FAKE}/v1", api_key: unused}\n'
+        "tasks: {default: {chain: [p]}}\n",
+        environ={"FAKE": up.url},
+    )
+    up.fail_always("gpt-4o-mini", Fault.server_error())
+    async with Router(policy, hooks=[GatewayMetrics(registry)]) as router:
+        for _ in range(2):
+            with pytest.raises(AllProvidersFailed):
+                await router.generate(MESSAGES)
+    assert samples("gateway_breaker_trips_total", provider="p", reason="consecutive") == 1
+    assert samples.total("gateway_breaker_trips_total") == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
@@ -104,9 +104,17 @@ class Resolver:
     ) -> _Model:
         if overrides is None:
             return default
-        changes = overrides.model_dump(exclude_none=True)
+        # Keys the file sets, an explicit null included (`failure_rate: null` turns the rule
+        # off); a mapping given for a nested setting fills in from the default's own.
+        merged = default.model_dump()
+        for key, value in overrides.model_dump(exclude_unset=True).items():
+            if value is None and not _nullable(model, key):
+                continue
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                value = {**merged[key], **value}
+            merged[key] = value
         try:
-            return model.model_validate({**default.model_dump(), **changes})
+            return model.model_validate(merged)
         except ValidationError as exc:
             raise translate(exc, self.lines, self.source, prefix=path) from None
 
@@ -258,6 +266,12 @@ class Resolver:
                     link.entered_at,
                 )
             first_seen[provider] = (position, link)
+
+
+def _nullable(model: type[BaseModel], key: str) -> bool:
+    """Whether `key` of `model` takes None (as `failure_rate: null` does)."""
+    field = model.model_fields.get(key)
+    return field is not None and type(None) in get_args(field.annotation)
 
 
 def _first_cycle(graph: Mapping[str, Sequence[str]]) -> list[str] | None:
