@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
 APT_PACKAGES := redis-server prometheus
 
-.PHONY: demo test install system-deps lint typecheck bench soak serve clean
+.PHONY: demo test install system-deps lint typecheck bench simulate soak serve clean
 
 # Everything: every extra (each provider's SDK, litellm, the server, redis) and the test and
 # bench tools, for the test suite and the developer targets.
@@ -57,6 +57,10 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# Seeded fault traces replayed with the old and the new resilience defaults (docs/reliability.md).
+simulate: $(STAMP)
+	$(PY) bench/fault_simulation.py
 
 soak: $(STAMP)
 	GATEWAY_SOAK_PROFILE=long $(PY) -m pytest -q tests/test_soak.py tests/test_soak_server.py
