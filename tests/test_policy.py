@@ -1144,3 +1144,21 @@ def test_a_provider_can_turn_the_failure_rate_rule_off_or_tune_part_of_it() -> N
     inherited = breakers["inherits"].failure_rate
     assert inherited is not None and (inherited.window_s, inherited.min_calls) == (60, 20)
     assert breakers["inherits"].fail_max == 9
+
+
+def test_the_policy_checker_reads_keys_from_dot_env_as_the_gateway_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("POLICY_CLI_TEST_KEY", raising=False)
+    (tmp_path / ".env").write_text("POLICY_CLI_TEST_KEY=sk-from-dot-env\n")
+    policy = tmp_path / "routing.yaml"
+    policy.write_text(
+        "version: 1\n"
+        "providers:\n"
+        '  mini: {type: openai, model: gpt-4o-mini, api_key: "${POLICY_CLI_TEST_KEY}"}\n'
+        "tasks: {default: {chain: [mini]}}\n"
+    )
+    assert main([str(policy)]) == 0
+    out = capsys.readouterr().out
+    assert out.strip() == f"{policy}: ok, 1 provider, 1 task"  # not "unavailable: mini"

@@ -11,6 +11,7 @@ from typing import Any
 from gateway.errors import PolicyError
 from gateway.policy.document import policy_json_schema
 from gateway.policy.load import load_policy
+from gateway.settings import policy_environ
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,7 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     for file in args.files:
         try:
-            policy = load_policy(file)
+            # `${VAR}` as the gateway itself reads it: the environment over `.env`.
+            policy = load_policy(file, environ=policy_environ())
         except PolicyError as exc:
             print(exc, file=sys.stderr)
             status = 1
