@@ -1322,3 +1322,17 @@ async def test_each_task_answers_as_a_model(http: httpx.AsyncClient) -> None:
     missing = await http.get("/v1/models/no-such-task")
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "model_not_found"
+
+
+async def test_a_tasks_order_names_the_path_when_the_task_is_unknown(
+    http: httpx.AsyncClient,
+) -> None:
+    order = await http.get("/api/v1/monitoring/tasks/summarize")
+    assert order.status_code == 200
+    body = order.json()
+    assert (body["task"], body["stop_on"], body["redirect"]) == ("summarize", [], {})
+    assert [row["provider"] for row in body["order"]] == ["sonnet", "mini"]
+    missing = await http.get("/api/v1/monitoring/tasks/no-such-task")
+    assert missing.status_code == 404
+    error = missing.json()["error"]
+    assert (error["code"], error["param"]) == ("model_not_found", "task")

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 import gateway
 from gateway._router import Router
-from gateway.errors import GatewayError, PolicyError
+from gateway.errors import GatewayError, PolicyError, UnknownTaskError
 from gateway.hooks import Deferred
 from gateway.metrics import default_metrics, exposition
 from gateway.server import _monitoring as monitoring
@@ -519,10 +519,15 @@ def _add_routes(app: FastAPI) -> Route:
         dependencies=client,
         tags=["monitoring"],
     )
-    async def task_order(request: Request, task: str) -> monitoring.TaskOrderReport:
+    async def task_order(request: Request, task: str) -> Response:
         router = _state(request).router
         policy = router.policy
-        return monitoring.task_order_report(policy, task, router.explain(task))
+        try:
+            report = monitoring.task_order_report(policy, task, router.explain(task))
+        except UnknownTaskError as exc:
+            # The task is named by the path here, not by a body's `model`.
+            return error_response(str(exc), status=404, code="model_not_found", param="task")
+        return JSONResponse(report.model_dump(mode="json"))
 
     @app.get(
         "/api/v1/policy",
