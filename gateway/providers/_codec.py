@@ -9,12 +9,13 @@ error response or an in-stream error means as a `ProviderError`. A transport
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from gateway.errors import ProviderError
+from gateway.errors import InvalidRequestError, ProviderError
 from gateway.providers._base import Call
 from gateway.types import Completion, StreamEnd, ToolCallDelta
 
@@ -100,3 +101,38 @@ class WireCodec(ABC):
     ) -> ProviderError:
         """The error an HTTP error response means, its upstream text redacted by the call's
         `redact`."""
+
+
+_ASKED_WHEN_TRUE = frozenset({"frequency_penalty", "presence_penalty", "logprobs", "logit_bias"})
+
+
+def asks_for(field: str, value: Any) -> bool:
+    """Whether a request field's value asks for something: left out, or set to what changes
+    nothing (`n: 1`, `modalities: ["text"]`, a zero penalty, an empty bias), it does not."""
+    if value is None:
+        return False
+    if field == "n":
+        return bool(value > 1)
+    if field == "modalities":
+        return list(value) != ["text"]
+    if field in _ASKED_WHEN_TRUE:
+        return bool(value)
+    return True
+
+
+def refuse_unhonoured(params: Mapping[str, Any], cannot: Mapping[str, str]) -> None:
+    """`InvalidRequestError` for the first field of `cannot` (field -> why this provider cannot
+    honour it) the request asks for, naming the field and its value."""
+    for field, why in cannot.items():
+        value = params.get(field)
+        if asks_for(field, value):
+            raise InvalidRequestError(f"{field}={shown_value(value)}: {why}")
+
+
+def shown_value(value: Any) -> str:
+    """A request value quoted in an error, as JSON, at most 80 characters."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

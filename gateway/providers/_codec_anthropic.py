@@ -28,7 +28,13 @@ from typing import Any
 from gateway.errors import ErrorKind, InvalidRequestError, ProviderError
 from gateway.providers import _errors
 from gateway.providers._base import Call
-from gateway.providers._codec import StreamReader, WireCodec, WireEvent
+from gateway.providers._codec import (
+    StreamReader,
+    WireCodec,
+    WireEvent,
+    refuse_unhonoured,
+    shown_value,
+)
 from gateway.providers._messages import to_anthropic
 from gateway.request import named_tool_choice
 from gateway.types import Completion, StreamEnd, ToolCall, ToolCallDelta, Usage
@@ -379,51 +385,32 @@ def _translate(call: Call, model: str) -> dict[str, Any]:
     return body
 
 
+_CANNOT: dict[str, str] = {
+    "n": "Anthropic answers one choice per call",
+    "frequency_penalty": "Anthropic has no frequency or presence penalties",
+    "presence_penalty": "Anthropic has no frequency or presence penalties",
+    "logprobs": "Anthropic returns no log probabilities",
+    "top_logprobs": "Anthropic returns no log probabilities",
+    "logit_bias": "Anthropic takes no token biases",
+    "reasoning_effort": "Anthropic's extended thinking takes a token budget, not an effort level; "
+    "pass thinking={'type': 'enabled', 'budget_tokens': N} as a provider extra instead",
+    "modalities": "Anthropic answers in text only",
+    "audio": "Anthropic gives no audio output",
+    "web_search_options": "OpenAI's built-in web search has no Anthropic equivalent on this "
+    "path; pass Anthropic's web_search tool as a provider extra instead",
+    "verbosity": "Anthropic has no verbosity control",
+    "functions": "the deprecated form is not translated; send tools",
+    "function_call": "the deprecated form is not translated; send tool_choice",
+}
+"""The fields Anthropic cannot honour, and why: a request that asks for one skips it."""
+
+
 def _refuse_unsupported(call: Call) -> None:
-    params = call.params
-
-    def refuse(field: str, why: str) -> InvalidRequestError:
-        return InvalidRequestError(f"{field}={_shown(params.get(field))}: {why}")
-
     if call.temperature is not None and call.temperature > 1:
         raise InvalidRequestError(
             f"temperature={call.temperature}: Anthropic takes a temperature from 0 to 1"
         )
-    n = params.get("n")
-    if n is not None and n > 1:
-        raise refuse("n", "Anthropic answers one choice per call")
-    for field in ("frequency_penalty", "presence_penalty"):
-        if params.get(field):
-            raise refuse(field, "Anthropic has no frequency or presence penalties")
-    if params.get("logprobs"):
-        raise refuse("logprobs", "Anthropic returns no log probabilities")
-    if params.get("top_logprobs") is not None:
-        raise refuse("top_logprobs", "Anthropic returns no log probabilities")
-    if params.get("logit_bias"):
-        raise refuse("logit_bias", "Anthropic takes no token biases")
-    if params.get("reasoning_effort") is not None:
-        raise refuse(
-            "reasoning_effort",
-            "Anthropic's extended thinking takes a token budget, not an effort level; pass "
-            "thinking={'type': 'enabled', 'budget_tokens': N} as a provider extra instead",
-        )
-    modalities = params.get("modalities")
-    if modalities is not None and list(modalities) != ["text"]:
-        raise refuse("modalities", "Anthropic answers in text only")
-    if params.get("audio") is not None:
-        raise refuse("audio", "Anthropic gives no audio output")
-    if params.get("web_search_options") is not None:
-        raise refuse(
-            "web_search_options",
-            "OpenAI's built-in web search has no Anthropic equivalent on this path; pass "
-            "Anthropic's web_search tool as a provider extra instead",
-        )
-    if params.get("verbosity") is not None:
-        raise refuse("verbosity", "Anthropic has no verbosity control")
-    if params.get("functions") is not None:
-        raise refuse("functions", "the deprecated form is not translated; send tools")
-    if params.get("function_call") is not None:
-        raise refuse("function_call", "the deprecated form is not translated; send tool_choice")
+    refuse_unhonoured(call.params, _CANNOT)
 
 
 def _supports_native(model: str) -> bool:
@@ -507,7 +494,7 @@ def _object_schema(spec: Mapping[str, Any]) -> dict[str, Any]:
     kind = schema.get("type")
     if kind is not None and kind != "object":
         raise InvalidRequestError(
-            f"response_format.json_schema.schema has type {_shown(kind)}: Anthropic gives a "
+            f"response_format.json_schema.schema has type {shown_value(kind)}: Anthropic gives a "
             "schema-shaped answer as an object only; wrap it in an object schema"
         )
     return dict(schema)
@@ -527,14 +514,6 @@ def _answer_tool(call: Call) -> str | None:
     ):
         return None
     return str(spec.get("name"))
-
-
-def _shown(value: Any) -> str:
-    try:
-        text = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 # --- replies ----------------------------------------------------------------------------------

@@ -28,7 +28,12 @@ from typing import Any
 from gateway.errors import ErrorKind, InvalidRequestError, ProviderError
 from gateway.providers import _errors
 from gateway.providers._base import Call
-from gateway.providers._codec import StreamReader, WireCodec, WireEvent
+from gateway.providers._codec import (
+    StreamReader,
+    WireCodec,
+    WireEvent,
+    refuse_unhonoured,
+)
 from gateway.providers._messages import to_ollama
 from gateway.request import named_tool_choice
 from gateway.types import Completion, StreamEnd, ToolCall, ToolCallDelta, Usage
@@ -233,7 +238,7 @@ def _translate(call: Call, body: dict[str, Any], options: dict[str, Any]) -> Non
     """Set `body` and `options` from `call.params` as `REQUEST_FIELDS` says;
     `InvalidRequestError` for a field Ollama cannot honour."""
     params = call.params
-    _refuse_unsupported(params)
+    refuse_unhonoured(params, _CANNOT)
     tools = params.get("tools") or []
     forced = _forced_tool(params)
     choice = params.get("tool_choice")
@@ -273,32 +278,19 @@ def _translate(call: Call, body: dict[str, Any], options: dict[str, Any]) -> Non
             options[key] = value  # Ollama's own options (num_ctx, top_k, ...), as given
 
 
-def _refuse_unsupported(params: Mapping[str, Any]) -> None:
-    def refuse(field: str, why: str) -> InvalidRequestError:
-        return InvalidRequestError(f"{field}={_shown(params.get(field))}: {why}")
-
-    n = params.get("n")
-    if n is not None and n > 1:
-        raise refuse("n", "Ollama answers one choice per call")
-    if params.get("logprobs"):
-        raise refuse("logprobs", "Ollama's chat API returns no log probabilities here")
-    if params.get("top_logprobs") is not None:
-        raise refuse("top_logprobs", "Ollama's chat API returns no log probabilities here")
-    if params.get("logit_bias"):
-        raise refuse("logit_bias", "Ollama takes no token biases")
-    modalities = params.get("modalities")
-    if modalities is not None and list(modalities) != ["text"]:
-        raise refuse("modalities", "Ollama answers in text only")
-    if params.get("audio") is not None:
-        raise refuse("audio", "Ollama gives no audio output")
-    if params.get("web_search_options") is not None:
-        raise refuse("web_search_options", "Ollama has no built-in web search")
-    if params.get("verbosity") is not None:
-        raise refuse("verbosity", "Ollama has no verbosity control")
-    if params.get("functions") is not None:
-        raise refuse("functions", "the deprecated form is not translated; send tools")
-    if params.get("function_call") is not None:
-        raise refuse("function_call", "the deprecated form is not translated; send tool_choice")
+_CANNOT: dict[str, str] = {
+    "n": "Ollama answers one choice per call",
+    "logprobs": "Ollama's chat API returns no log probabilities here",
+    "top_logprobs": "Ollama's chat API returns no log probabilities here",
+    "logit_bias": "Ollama takes no token biases",
+    "modalities": "Ollama answers in text only",
+    "audio": "Ollama gives no audio output",
+    "web_search_options": "Ollama has no built-in web search",
+    "verbosity": "Ollama has no verbosity control",
+    "functions": "the deprecated form is not translated; send tools",
+    "function_call": "the deprecated form is not translated; send tool_choice",
+}
+"""The fields Ollama cannot honour, and why: a request that asks for one skips it."""
 
 
 def _requires_a_call(params: Mapping[str, Any]) -> bool:
@@ -332,14 +324,6 @@ def _parameters(tools: list[Mapping[str, Any]], name: str) -> dict[str, Any]:
         if function.get("name") == name:
             return dict(function.get("parameters") or {"type": "object", "properties": {}})
     return {"type": "object", "properties": {}}
-
-
-def _shown(value: Any) -> str:
-    try:
-        text = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 # --- replies ----------------------------------------------------------------------------------
