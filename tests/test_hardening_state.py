@@ -298,7 +298,13 @@ async def test_a_router_counts_the_malformed_record_and_keeps_serving(
         upstream.fail_always(PRIMARY, Fault.server_error())
         served = [(await router.generate(hello)).provider for _ in range(4)]
         assert served == ["backup"] * 4
-        record = redis_server.client().hgetall(breaker_key(namespace, "primary"))
+
+        # Failures reach Redis from the background batch: wait for it, not for a sleep.
+        def shared_record() -> dict[str, str]:
+            return redis_server.client().hgetall(breaker_key(namespace, "primary"))
+
+        await eventually(lambda: shared_record().get("state") == "open", what="shared open")
+        record = shared_record()
         assert record["state"] == "open" and int(record["failures"]) >= 2
     finally:
         await router.aclose()
