@@ -5,7 +5,6 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
-APT_PACKAGES := redis-server prometheus
 
 .PHONY: demo test install system-deps lint typecheck bench simulate soak serve clean
 
@@ -27,12 +26,14 @@ $(DEMO_STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian packages the tests drive for real: redis-server (shared breaker state) and
-# prometheus/promtool (scrape and alert-rule tests). Installed only where missing.
+# Debian packages the tests drive for real: redis-server (shared breaker state),
+# prometheus/promtool (scrape and alert-rule tests) and chromium (the console's browser tests).
+# Installed only where missing.
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v prometheus >/dev/null && command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -25,7 +25,7 @@ from gateway._runtime import Candidate, Runtime, build_runtime, close_runtime
 from gateway._streaming import RoutedStream
 from gateway._walk import CandidateFailed, Check, Walker
 from gateway.errors import ErrorKind, GatewayError, PolicyError, ProviderError
-from gateway.hooks import HookSet, RouterHooks, default_hooks
+from gateway.hooks import HookSet, RouterHooks
 from gateway.policy import Policy, load_policy
 from gateway.providers import LLMFactory, parse_json_object
 from gateway.request import json_schema_format
@@ -105,7 +105,12 @@ class Router:
         watch_interval_s: float | None = 1.0,
         state: StateBackend | None = None,
     ) -> None:
-        self._hooks = HookSet(default_hooks() if hooks is None else hooks)
+        if hooks is None:
+            # Only when no hooks are given: a router with its own hooks never loads metrics.
+            from gateway.metrics import default_metrics
+
+            hooks = [default_metrics()]
+        self._hooks = HookSet(hooks)
         self._walker = Walker(self._hooks, sleep, self._current_runtime, self._ensure_watcher)
         self._breaker_seen: dict[str, BreakerState] = {}
         # Where breaker state lives (policy `state:`); `state=` overrides it, for tests.

@@ -181,6 +181,7 @@ class Walk:
         self.rules = task
         output_tokens = params.get("max_completion_tokens") or params.get("max_tokens")
         self._conversation, self._output_tokens, self._streamed = checked, output_tokens, stream
+        self.hooks.on_request_start(task=task.name)
         return checked, self.runtime.ordered(task, checked, output_tokens, stream=stream)
 
     def eligible(self, steps: Sequence[Step], messages: Sequence[Message]) -> Iterator[Step]:
@@ -356,6 +357,12 @@ class Walk:
                         raise
                 ticket.succeed()
             candidate.observe_latency(elapsed)
+            self.hooks.on_response(
+                task=self.spec.name,
+                provider=candidate.name,
+                model=completion.model or candidate.model,
+                finish_reason=completion.finish_reason,
+            )
             return completion, parsed
 
         answer = await tries.run(attempt)
@@ -464,6 +471,12 @@ class Walk:
                 into.model = stream.model or candidate.model
                 into.finish_reason = stream.finish_reason
                 into.refusal = stream.refusal
+                self.hooks.on_response(
+                    task=task.name,
+                    provider=candidate.name,
+                    model=into.model,
+                    finish_reason=stream.finish_reason,
+                )
             if stream.usage is not None:
                 into.usage = stream.usage
                 self.bill(candidate, stream.model, stream.usage)
@@ -596,6 +609,9 @@ class _Tries:
         """Run `attempt` under the candidate's retry policy. Every way it can end without an
         answer is recorded and raised as `CandidateFailed`."""
         walk, candidate = self.walk, self.candidate
+        walk.hooks.on_attempt_start(
+            task=walk.spec.name, provider=candidate.name, model=candidate.model
+        )
         try:
             return await call_with_retries(
                 self._noting(attempt),

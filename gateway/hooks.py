@@ -34,7 +34,6 @@ __all__ = [
     "HookSet",
     "RouterHooks",
     "TripReason",
-    "default_hooks",
 ]
 
 log = logging.getLogger("gateway")
@@ -46,6 +45,20 @@ callers choose it freely, and each one would become a new metric series."""
 
 
 class RouterHooks(Protocol):
+    def on_request_start(self, *, task: str) -> None:
+        """A request's task is resolved and its checks passed: its walk down the chain begins.
+        Its `on_request` follows, in the same task."""
+
+    def on_attempt_start(self, *, task: str, provider: str, model: str) -> None:
+        """A candidate is about to be called (its retries included): its `on_attempt` follows,
+        in the same asyncio task, and the upstream calls are made in between."""
+
+    def on_response(
+        self, *, task: str, provider: str, model: str, finish_reason: str | None
+    ) -> None:
+        """A candidate answered: `model` is the model the answer names, `finish_reason` the
+        first choice's (None for an embedding)."""
+
     def on_request(
         self, *, task: str, outcome: RequestOutcome, duration_s: float, overhead_s: float
     ) -> None:
@@ -105,6 +118,17 @@ class RouterHooks(Protocol):
 class BaseHooks:
     """Every hook as a no-op: subclass it and override only the events you need."""
 
+    def on_request_start(self, *, task: str) -> None:
+        pass
+
+    def on_attempt_start(self, *, task: str, provider: str, model: str) -> None:
+        pass
+
+    def on_response(
+        self, *, task: str, provider: str, model: str, finish_reason: str | None
+    ) -> None:
+        pass
+
     def on_request(
         self, *, task: str, outcome: RequestOutcome, duration_s: float, overhead_s: float
     ) -> None:
@@ -154,6 +178,9 @@ class BaseHooks:
 
 
 Event = Literal[
+    "on_request_start",
+    "on_attempt_start",
+    "on_response",
     "on_request",
     "on_attempt",
     "on_first_token",
@@ -185,7 +212,10 @@ class HookSet(BaseHooks):
         self.hooks = tuple(hooks)
         self._handlers: dict[Event, tuple[Handler, ...]] = {
             event: tuple(
-                method for hook in self.hooks if callable(method := getattr(hook, event, None))
+                method
+                for hook in self.hooks
+                if callable(method := getattr(hook, event, None))
+                and not _inherited_no_op(hook, event)
             )
             for event in EVENTS
         }
@@ -203,6 +233,32 @@ class HookSet(BaseHooks):
                 handler(**kwargs)
             except Exception:
                 log.exception("router hook %s failed", getattr(handler, "__qualname__", event))
+
+    def listens(self, event: Event) -> bool:
+        """Whether any hook handles `event` (a caller may skip work only that event needs)."""
+        return bool(self._handlers[event])
+
+    def on_request_start(self, *, task: str) -> None:
+        if self._handlers["on_request_start"]:
+            self.emit("on_request_start", {"task": task})
+
+    def on_attempt_start(self, *, task: str, provider: str, model: str) -> None:
+        if self._handlers["on_attempt_start"]:
+            self.emit("on_attempt_start", {"task": task, "provider": provider, "model": model})
+
+    def on_response(
+        self, *, task: str, provider: str, model: str, finish_reason: str | None
+    ) -> None:
+        if self._handlers["on_response"]:
+            self.emit(
+                "on_response",
+                {
+                    "task": task,
+                    "provider": provider,
+                    "model": model,
+                    "finish_reason": finish_reason,
+                },
+            )
 
     def on_request(
         self, *, task: str, outcome: RequestOutcome, duration_s: float, overhead_s: float
@@ -281,6 +337,11 @@ class HookSet(BaseHooks):
         self.emit("on_policy", {"outcome": outcome, "version": version, "sha256": sha256})
 
 
+def _inherited_no_op(hook: object, event: str) -> bool:
+    """`hook` has `event` only as `BaseHooks`' no-op: it need not be called."""
+    return isinstance(hook, BaseHooks) and getattr(type(hook), event) is getattr(BaseHooks, event)
+
+
 class Deferred(HookSet):
     """Hooks that receive every event at the event loop's next turn, rather than in the
     middle of the router's work.
@@ -304,10 +365,3 @@ class Deferred(HookSet):
             super().emit(event, kwargs)
             return
         loop.call_soon(partial(super().emit, event, kwargs))
-
-
-def default_hooks() -> list[RouterHooks]:
-    """The hooks a router gets when none are given: the process's Prometheus metrics."""
-    from gateway.metrics import default_metrics
-
-    return [default_metrics()]

@@ -48,6 +48,7 @@ from gateway._outcomes import (
     RequestOutcome,
 )
 from gateway._resilience import TripReason
+from gateway.hooks import BaseHooks
 from gateway.types import Usage
 
 __all__ = [
@@ -125,7 +126,7 @@ class _Children(Generic[_MetricT]):
             self.metric.remove(*labels)
 
 
-class GatewayMetrics:
+class GatewayMetrics(BaseHooks):
     """`RouterHooks` that record the gateway's Prometheus series on one registry.
 
     One instance exists per registry: constructing it again with the same registry returns the

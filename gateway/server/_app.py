@@ -8,12 +8,10 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Request, Security
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -24,7 +22,7 @@ from gateway.errors import GatewayError, PolicyError, UnknownTaskError
 from gateway.hooks import Deferred
 from gateway.metrics import default_metrics, exposition
 from gateway.server import _monitoring as monitoring
-from gateway.server._auth import Access, Denial, KeyChecker, bearer_key, denial
+from gateway.server._auth import Access, KeyChecker, bearer_key, denial
 from gateway.server._chat import (
     TASK_HEADER,
     TASK_HEADER_MAX_LENGTH,
@@ -34,8 +32,10 @@ from gateway.server._chat import (
     request_headers,
 )
 from gateway.server._config import MAX_MESSAGES_ENV, ServerSettings
+from gateway.server._console import add_console_routes
 from gateway.server._disconnect import ClientGone
 from gateway.server._docs_page import add_docs_routes
+from gateway.server._embeddings_api import add_embeddings_routes
 from gateway.server._errors import (
     RequestVocabulary,
     error_response,
@@ -44,6 +44,7 @@ from gateway.server._errors import (
     internal_error_body,
     routing_failure,
 )
+from gateway.server._messages_api import add_messages_routes
 from gateway.server._middleware import (
     CLIENT_CLOSED,
     BodyTimeout,
@@ -56,11 +57,20 @@ from gateway.server._middleware import (
 from gateway.server._openai_compat import (
     ChatCompletion,
     ChatCompletionRequest,
-    ErrorResponse,
     ModelCard,
     ModelList,
     request_field_names,
     union_tags,
+)
+from gateway.server._state import (
+    ADMIN_ERRORS,
+    CLIENT_ERRORS,
+    ERROR,
+    AccessDenied,
+    ServerState,
+    require_admin,
+    require_client,
+    server_state,
 )
 
 log = logging.getLogger("gateway.server")
@@ -70,55 +80,6 @@ POLICY_ENV = "GATEWAY_SERVE_POLICY"
 """How `serve` hands the policy path to worker processes (which build the app themselves)."""
 SIGHUP_ENV = "GATEWAY_SERVE_SIGHUP"
 
-
-@dataclass(eq=False)
-class ServerState:
-    router: Router
-    settings: ServerSettings
-    keys: KeyChecker
-    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    async def reload(self, origin: str) -> bool:
-        """Re-read the policy file now; PolicyError leaves the old policy serving."""
-        async with self.reload_lock:
-            try:
-                applied = await self.router.reload()
-            except PolicyError as exc:
-                log.error(
-                    "policy reload (%s) rejected, the previous policy keeps serving: %s",
-                    origin,
-                    exc,
-                )
-                raise
-        sha = self.router.policy.sha256
-        log.info(
-            "policy reload (%s): %s (sha256 %s)",
-            origin,
-            "applied" if applied else "unchanged",
-            sha[:12],
-        )
-        return applied
-
-
-class AccessDenied(Exception):
-    def __init__(self, denial: Denial) -> None:
-        super().__init__(denial.message)
-        self.denial = denial
-
-
-_bearer = HTTPBearer(
-    auto_error=False,
-    description="A key from GATEWAY_API_KEYS (GATEWAY_ADMIN_KEYS for admin routes).",
-)
-
-_ERROR = {"model": ErrorResponse}
-_CLIENT_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {**_ERROR, "description": "Missing or unknown API key."},
-}
-_ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
-    **_CLIENT_ERRORS,
-    403: {**_ERROR, "description": "Not an admin key, or admin routes are disabled."},
-}
 
 _GATEWAY_HEADERS = {
     "x-gateway-task": {"description": "The task that was routed.", "schema": {"type": "string"}},
@@ -162,42 +123,13 @@ _CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {"text/event-stream": {"schema": _SSE_EVENT}},
         "headers": _GATEWAY_HEADERS,
     },
-    400: {**_ERROR, "description": "Malformed JSON, a field outside the schema, bad messages."},
-    **_CLIENT_ERRORS,
-    404: {**_ERROR, "description": "Unknown task and the policy has no `default` task."},
-    413: {**_ERROR, "description": "The body is over GATEWAY_MAX_BODY_BYTES."},
-    502: {**_ERROR, "description": "Every provider failed; `error.attempts` lists them."},
-    504: {**_ERROR, "description": "The task's deadline_s ran out; `error.attempts` lists them."},
+    400: {**ERROR, "description": "Malformed JSON, a field outside the schema, bad messages."},
+    **CLIENT_ERRORS,
+    404: {**ERROR, "description": "Unknown task and the policy has no `default` task."},
+    413: {**ERROR, "description": "The body is over GATEWAY_MAX_BODY_BYTES."},
+    502: {**ERROR, "description": "Every provider failed; `error.attempts` lists them."},
+    504: {**ERROR, "description": "The task's deadline_s ran out; `error.attempts` lists them."},
 }
-
-
-def _state(request: Request) -> ServerState:
-    state: ServerState = request.app.state.gateway
-    return state
-
-
-def _peer(request: Request) -> str | None:
-    return request.client.host if request.client else None
-
-
-def _key(credentials: HTTPAuthorizationCredentials | None) -> str | None:
-    return credentials.credentials if credentials is not None else None
-
-
-def require_client(
-    request: Request, credentials: HTTPAuthorizationCredentials | None = Security(_bearer)
-) -> None:
-    access = _state(request).keys.client(_key(credentials), _peer(request))
-    if access is not Access.GRANTED:
-        raise AccessDenied(denial(access))
-
-
-def require_admin(
-    request: Request, credentials: HTTPAuthorizationCredentials | None = Security(_bearer)
-) -> None:
-    access = _state(request).keys.admin(_key(credentials), _peer(request))
-    if access is not Access.GRANTED:
-        raise AccessDenied(denial(access))
 
 
 def create_app(
@@ -460,24 +392,24 @@ def _add_routes(app: FastAPI) -> Route:
     @app.get(
         "/v1/models",
         response_model=ModelList,
-        responses=_CLIENT_ERRORS,
+        responses=CLIENT_ERRORS,
         dependencies=client,
         tags=["openai"],
     )
     async def list_models(request: Request) -> ModelList:
-        policy = _state(request).router.policy
+        policy = server_state(request).router.policy
         created = int(policy.loaded_at)
         return ModelList(data=[ModelCard(id=name, created=created) for name in policy.tasks])
 
     @app.get(
         "/v1/models/{model}",
         response_model=ModelCard,
-        responses={**_CLIENT_ERRORS, 404: {**_ERROR, "description": "No task of that name."}},
+        responses={**CLIENT_ERRORS, 404: {**ERROR, "description": "No task of that name."}},
         dependencies=client,
         tags=["openai"],
     )
     async def retrieve_model(request: Request, model: str) -> Response:
-        policy = _state(request).router.policy
+        policy = server_state(request).router.policy
         if model not in policy.tasks:
             return error_response(
                 f"no task named {model!r}; GET /v1/models lists the tasks",
@@ -491,36 +423,36 @@ def _add_routes(app: FastAPI) -> Route:
     @app.get(
         "/api/v1/monitoring/providers",
         response_model=monitoring.ProvidersReport,
-        responses=_CLIENT_ERRORS,
+        responses=CLIENT_ERRORS,
         dependencies=client,
         tags=["monitoring"],
     )
     async def providers(request: Request) -> monitoring.ProvidersReport:
-        router = _state(request).router
+        router = server_state(request).router
         return monitoring.providers_report(router.policy, router.candidates)
 
     @app.get(
         "/api/v1/monitoring/breakers",
         response_model=monitoring.BreakersReport,
-        responses=_CLIENT_ERRORS,
+        responses=CLIENT_ERRORS,
         dependencies=client,
         tags=["monitoring"],
     )
     async def breakers(request: Request) -> monitoring.BreakersReport:
-        return monitoring.breakers_report(_state(request).router.candidates)
+        return monitoring.breakers_report(server_state(request).router.candidates)
 
     @app.get(
         "/api/v1/monitoring/tasks/{task}",
         response_model=monitoring.TaskOrderReport,
         responses={
-            **_CLIENT_ERRORS,
-            404: {**_ERROR, "description": "Unknown task and the policy has no `default` task."},
+            **CLIENT_ERRORS,
+            404: {**ERROR, "description": "Unknown task and the policy has no `default` task."},
         },
         dependencies=client,
         tags=["monitoring"],
     )
     async def task_order(request: Request, task: str) -> Response:
-        router = _state(request).router
+        router = server_state(request).router
         policy = router.policy
         try:
             report = monitoring.task_order_report(policy, task, router.explain(task))
@@ -532,25 +464,25 @@ def _add_routes(app: FastAPI) -> Route:
     @app.get(
         "/api/v1/policy",
         response_model=monitoring.PolicyReport,
-        responses=_CLIENT_ERRORS,
+        responses=CLIENT_ERRORS,
         dependencies=client,
         tags=["policy"],
     )
     async def policy(request: Request) -> monitoring.PolicyReport:
-        return monitoring.policy_report(_state(request).router.policy)
+        return monitoring.policy_report(server_state(request).router.policy)
 
     @app.post(
         "/api/v1/policy/reload",
         response_model=monitoring.ReloadReport,
         responses={
-            **_ADMIN_ERRORS,
-            422: {**_ERROR, "description": "The file is invalid; the old policy keeps serving."},
+            **ADMIN_ERRORS,
+            422: {**ERROR, "description": "The file is invalid; the old policy keeps serving."},
         },
         dependencies=[Depends(require_admin)],
         tags=["policy"],
     )
     async def reload_policy(request: Request) -> monitoring.ReloadReport:
-        state = _state(request)
+        state = server_state(request)
         applied = await state.reload("HTTP")
         current = state.router.policy
         return monitoring.ReloadReport(
@@ -592,6 +524,9 @@ def _add_routes(app: FastAPI) -> Route:
         body, content_type = exposition()
         return Response(body, media_type=content_type)
 
+    add_messages_routes(app)
+    add_embeddings_routes(app)
+    add_console_routes(app)
     return chat
 
 
