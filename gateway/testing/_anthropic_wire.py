@@ -2,6 +2,24 @@
 
 from __future__ import annotations
 
+from gateway.providers._anthropic_shapes import (
+    MESSAGE_STOP,
+    PING,
+    block_start,
+    block_stop,
+    error_body,
+    error_type,
+    event_bytes,
+    input_json_delta,
+    message_body,
+    message_delta,
+    message_start,
+    stop_reason,
+    text_block,
+    text_delta,
+    tool_use_block,
+    usage_fields,
+)
 from gateway.testing._anthropic_tools import (
     anthropic_history,
     anthropic_json_schema,
@@ -19,23 +37,17 @@ from gateway.testing._protocols import (
     new_id,
     require_messages,
     require_model,
-    sse,
 )
-from gateway.types import Usage
 
-_ANTHROPIC_ERRORS: dict[int, tuple[str, str]] = {
-    # status: (error type, message)
-    400: ("invalid_request_error", "Invalid request."),
-    401: ("authentication_error", "invalid x-api-key"),
-    403: (
-        "permission_error",
-        "Your API key does not have permission to use the specified resource.",
-    ),
-    404: ("not_found_error", "model: {model}"),
-    413: ("request_too_large", "Request exceeds the maximum allowed number of bytes."),
-    429: ("rate_limit_error", "Number of requests has exceeded your per-minute rate limit."),
-    500: ("api_error", "Internal server error"),
-    529: ("overloaded_error", "Overloaded"),
+_ANTHROPIC_MESSAGES: dict[int, str] = {
+    400: "Invalid request.",
+    401: "invalid x-api-key",
+    403: "Your API key does not have permission to use the specified resource.",
+    404: "model: {model}",
+    413: "Request exceeds the maximum allowed number of bytes.",
+    429: "Number of requests has exceeded your per-minute rate limit.",
+    500: "Internal server error",
+    529: "Overloaded",
 }
 
 _ANTHROPIC_CONTEXT_LENGTH = "prompt is too long: 210000 tokens > 200000 maximum"
@@ -97,23 +109,15 @@ class AnthropicWire(Wire):
         if fault_kind == "context_length":
             type_, default = "invalid_request_error", _ANTHROPIC_CONTEXT_LENGTH
         else:
-            fallback = (
-                ("invalid_request_error", "Invalid request.")
-                if status < 500
-                else ("api_error", "Internal server error")
-            )
-            type_, default = _ANTHROPIC_ERRORS.get(status, fallback)
+            fallback = "Invalid request." if status < 500 else "Internal server error"
+            type_, default = error_type(status), _ANTHROPIC_MESSAGES.get(status, fallback)
         text = message or default.replace("{model}", model)
-        return {
-            "type": "error",
-            "error": {"type": type_, "message": text},
-            "request_id": new_id("req_"),
-        }
+        return {**error_body(type_, text), "request_id": new_id("req_")}
 
     def _stop_reason(self, answer: Answer) -> str:
         if answer.filtered or answer.refused:
-            return "refusal"
-        return "tool_use" if answer.tool_calls else "end_turn"
+            return stop_reason("content_filter")
+        return stop_reason("tool_calls" if answer.tool_calls else "stop")
 
     def _has_text_block(self, answer: Answer) -> bool:
         # A tool-only answer has no empty text block before its tool_use blocks.
@@ -122,70 +126,27 @@ class AnthropicWire(Wire):
     def _first_tool_index(self, answer: Answer) -> int:
         return 1 if self._has_text_block(answer) else 0
 
-    def _usage(self, usage: Usage, *, output_tokens: int) -> JsonObject:
-        # Anthropic counts cache reads apart from input_tokens, not inside it.
-        return {
-            "input_tokens": usage.input_tokens - usage.cached_input_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": usage.cached_input_tokens,
-            "output_tokens": output_tokens,
-        }
-
     def completion(self, call: Call, answer: Answer) -> JsonObject:
-        content: list[JsonObject] = [{"type": "text", "text": answer.text}] if answer.text else []
-        content += [
-            {"type": "tool_use", "id": t.id, "name": t.name, "input": t.arguments}
-            for t in answer.tool_calls
-        ]
-        return {
-            "id": answer.id,
-            "type": "message",
-            "role": "assistant",
-            "model": answer.model,
-            "content": content,
-            "stop_reason": self._stop_reason(answer),
-            "stop_sequence": None,
-            "usage": self._usage(answer.usage, output_tokens=answer.usage.output_tokens),
-        }
+        content = [text_block(answer.text)] if answer.text else []
+        content += [tool_use_block(t.id, t.name, t.arguments) for t in answer.tool_calls]
+        return message_body(
+            message_id=answer.id,
+            model=answer.model,
+            content=content,
+            stop_reason=self._stop_reason(answer),
+            usage=usage_fields(answer.usage),
+        )
 
     def stream_open(self, call: Call, answer: Answer) -> list[bytes]:
-        start = {
-            "type": "message_start",
-            "message": {
-                "id": answer.id,
-                "type": "message",
-                "role": "assistant",
-                "model": answer.model,
-                "content": [],
-                "stop_reason": None,
-                "stop_sequence": None,
-                "usage": self._usage(answer.usage, output_tokens=1),
-            },
-        }
-        events = [sse(start, "message_start")]
+        usage = usage_fields(answer.usage, output_tokens=1)
+        events = [event_bytes(message_start(answer.id, answer.model, usage))]
         if self._has_text_block(answer):
-            events.append(
-                sse(
-                    {
-                        "type": "content_block_start",
-                        "index": 0,
-                        "content_block": {"type": "text", "text": ""},
-                    },
-                    "content_block_start",
-                )
-            )
-        events.append(sse({"type": "ping"}, "ping"))
+            events.append(event_bytes(block_start(0, text_block(""))))
+        events.append(event_bytes(PING))
         return events
 
     def stream_delta(self, call: Call, answer: Answer, piece: str) -> bytes:
-        return sse(
-            {
-                "type": "content_block_delta",
-                "index": 0,
-                "delta": {"type": "text_delta", "text": piece},
-            },
-            "content_block_delta",
-        )
+        return event_bytes(text_delta(0, piece))
 
     def stream_chunk(self, call: Call, answer: Answer, chunk: Chunk) -> bytes:
         """A tool call opens its own content block (closing the one before it); its arguments
@@ -194,54 +155,28 @@ class AnthropicWire(Wire):
             return self.stream_delta(call, answer, chunk.text)
         index = self._first_tool_index(answer) + chunk.tool
         if chunk.kind == "tool_args":
-            delta = {"type": "input_json_delta", "partial_json": chunk.text}
-            return sse(
-                {"type": "content_block_delta", "index": index, "delta": delta},
-                "content_block_delta",
-            )
+            return event_bytes(input_json_delta(index, chunk.text))
         events = []
         if index > 0:
-            stop = {"type": "content_block_stop", "index": index - 1}
-            events.append(sse(stop, "content_block_stop"))
+            events.append(event_bytes(block_stop(index - 1)))
         tool_call = answer.tool_calls[chunk.tool]
-        block = {"type": "tool_use", "id": tool_call.id, "name": tool_call.name, "input": {}}
-        events.append(
-            sse(
-                {"type": "content_block_start", "index": index, "content_block": block},
-                "content_block_start",
-            )
-        )
+        block = tool_use_block(tool_call.id, tool_call.name, {})
+        events.append(event_bytes(block_start(index, block)))
         return b"".join(events)
 
     def stream_close(self, call: Call, answer: Answer) -> list[bytes]:
         events = []
         blocks = int(self._has_text_block(answer)) + len(answer.tool_calls)
         if blocks:
-            stop = {"type": "content_block_stop", "index": blocks - 1}
-            events.append(sse(stop, "content_block_stop"))
-        events.append(
-            sse(
-                {
-                    "type": "message_delta",
-                    "delta": {"stop_reason": self._stop_reason(answer), "stop_sequence": None},
-                    "usage": self._usage(answer.usage, output_tokens=answer.usage.output_tokens),
-                },
-                "message_delta",
-            )
-        )
-        events.append(sse({"type": "message_stop"}, "message_stop"))
+            events.append(event_bytes(block_stop(blocks - 1)))
+        end = message_delta(self._stop_reason(answer), usage_fields(answer.usage))
+        events.append(event_bytes(end))
+        events.append(event_bytes(MESSAGE_STOP))
         return events
 
     def stream_error(self, call: Call, error_kind: str) -> bytes:
         type_, message = _ANTHROPIC_STREAM_ERRORS[error_kind]
-        return sse(
-            {
-                "type": "error",
-                "error": {"type": type_, "message": message},
-                "request_id": new_id("req_"),
-            },
-            "error",
-        )
+        return event_bytes({**error_body(type_, message), "request_id": new_id("req_")})
 
     def malformed_event(self, call: Call, answer: Answer) -> bytes:
         whole = self.stream_delta(call, answer, answer.pieces[0] if answer.pieces else "")
