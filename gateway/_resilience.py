@@ -177,9 +177,31 @@ class Breaker:
             throw_new_error_on_trip=False,
         )
         self._probe_in_flight = False
+        self._forced = False
 
     def __repr__(self) -> str:
         return f"Breaker({self.name!r}, state={self.state!r}, failures={self.failure_count})"
+
+    @property
+    def forced(self) -> bool:
+        """Forced open by an operator (`force_open`): no call and no probe until `reset`."""
+        return self._forced
+
+    def force_open(self) -> None:
+        """Drain the provider: open now and stay open, whatever the probe timer says, until
+        `reset()`. Calls already admitted finish; their outcomes change nothing."""
+        self._forced = True
+        self._probe_in_flight = False
+        if self._cb.current_state != pybreaker.STATE_OPEN:
+            self._cb.open()
+
+    def reset(self) -> None:
+        """Close the breaker now with clean counts (and lift a forced opening)."""
+        self._forced = False
+        self._probe_in_flight = False
+        if self._window is not None:
+            self._window.clear()
+        self._cb.close()
 
     @property
     def state(self) -> BreakerState:
@@ -190,8 +212,9 @@ class Breaker:
         return self._cb.fail_counter
 
     def seconds_until_probe(self) -> float | None:
-        """Seconds until an open breaker lets a probe through; None unless open."""
-        if self._cb.current_state != pybreaker.STATE_OPEN:
+        """Seconds until an open breaker lets a probe through; None unless open, and None
+        while forced open (no probe is due until an operator resets it)."""
+        if self._forced or self._cb.current_state != pybreaker.STATE_OPEN:
             return None
         opened_at = self._storage.opened_at
         if opened_at is None:
@@ -202,9 +225,13 @@ class Breaker:
     def refusing(self) -> bool:
         """Open and not yet due for a probe: any call now would be refused. No side effects,
         so the router can skip the candidate before setting anything up for a call."""
+        if self._forced:
+            return True
         return self._cb.current_state == pybreaker.STATE_OPEN and bool(self.seconds_until_probe())
 
     def admit(self) -> Admission:
+        if self._forced:
+            return Admission.REJECT
         state = self._cb.current_state
         if state == pybreaker.STATE_CLOSED:
             return Admission.CALL
@@ -224,6 +251,8 @@ class Breaker:
 
     def success(self, admission: Admission) -> None:
         self._end(admission)
+        if self._forced:
+            return  # admitted before the operator drained it: says nothing now
         closed = self._cb.current_state == pybreaker.STATE_CLOSED
         if self._window is not None and admission is Admission.CALL and closed:
             self._window.add()
@@ -244,7 +273,7 @@ class Breaker:
     def failure(self, admission: Admission, kind: ErrorKind) -> None:
         """Record a failed call; kinds outside `trip_on` only release the admission."""
         self._end(admission)
-        if kind not in self.trip_on:
+        if kind not in self.trip_on or self._forced:
             return
         before = self._cb.current_state
         with contextlib.suppress(_Tripped, pybreaker.CircuitBreakerError):

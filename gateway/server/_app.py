@@ -32,7 +32,8 @@ from gateway.server._chat import (
     request_headers,
 )
 from gateway.server._config import MAX_MESSAGES_ENV, ServerSettings
-from gateway.server._console import add_console_routes
+from gateway.server._console import add_console_routes, console_feed
+from gateway.server._console_feed import RecentRequests
 from gateway.server._disconnect import ClientGone
 from gateway.server._docs_page import add_docs_routes
 from gateway.server._embeddings_api import add_embeddings_routes
@@ -72,6 +73,7 @@ from gateway.server._state import (
     require_client,
     server_state,
 )
+from gateway.tracing import continue_incoming_traces, hooks_from_env
 
 log = logging.getLogger("gateway.server")
 
@@ -201,6 +203,7 @@ def create_app(
         body_timeout_s=settings.body_timeout_s,
     )
     app.add_middleware(StartOnFirstUse, lifecycle=lifecycle)
+    continue_incoming_traces(app)  # outermost: a caller's trace is continued from the start
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     add_docs_routes(app)
     return app
@@ -227,15 +230,20 @@ class _Lifecycle:
                 return
             async with AsyncExitStack() as stack:
                 settings = self.settings
+                # The console's ring of recent requests: not deferred, it follows each request
+                # through its own context.
+                recent = RecentRequests()
                 router = Router.from_yaml(
                     self.path,
                     watch=settings.policy_watch_s is not None,
                     watch_interval_s=settings.policy_watch_s or 1.0,
                     # Recorded just after each response is sent, not before (see Deferred).
-                    hooks=[Deferred(default_metrics())],
+                    # Tracing (when OTEL_* asks for it) reads the providers off the router.
+                    hooks=[Deferred(default_metrics()), recent, *hooks_from_env(lambda: router)],
                 )
                 await stack.enter_async_context(router)
-                state = ServerState(router, settings, KeyChecker(settings))
+                state = ServerState(router, settings, KeyChecker(settings), policy_path=self.path)
+                state.console = await stack.enter_async_context(console_feed(state, recent))
                 if self.handle_sighup:
                     _install_sighup(state, stack)
                 app.state.gateway = state

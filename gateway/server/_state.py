@@ -15,6 +15,7 @@ from gateway._router import Router
 from gateway.errors import PolicyError
 from gateway.server._auth import Access, Denial, KeyChecker, denial
 from gateway.server._config import ServerSettings
+from gateway.server._console_feed import ConsoleFeed
 from gateway.server._openai_compat import ErrorResponse
 
 log = logging.getLogger("gateway.server")
@@ -26,6 +27,10 @@ class ServerState:
     settings: ServerSettings
     keys: KeyChecker
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    policy_path: str | None = None
+    """The policy file the router reads (the console's editor writes it)."""
+    console: ConsoleFeed | None = None
+    """The ops console's recent requests and shared worker status (`_console_feed`)."""
 
     async def reload(self, origin: str) -> bool:
         """Re-read the policy file now; PolicyError leaves the old policy serving."""

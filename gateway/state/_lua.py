@@ -14,12 +14,14 @@ breaker per turn, not one per request), only while the breaker is closed; every 
 deletes it, so each closed period is judged on its own calls.
 
 Every script answers with the breaker as it stands afterwards:
-`{state, failures, successes, open_for_ms, granted, repaired, tripped}`. open_for_ms is
+`{state, failures, successes, open_for_ms, granted, repaired, tripped, forced}`. open_for_ms is
 measured on Redis's clock for the same reason; granted is 1 only when ACQUIRE_PROBE gave this
 caller the lease; repaired names what the script overwrote because it was malformed ('' when
 nothing): `record:<fields>`, `lease` and/or `window`, joined by ';'; tripped is why this very
 call opened the breaker (consecutive, failure_rate or probe; '' when it did not), so the one
-replica whose outcome opened it reports the trip.
+replica whose outcome opened it reports the trip; forced is 1 while an operator holds the
+breaker open (FORCE_OPEN, a `forced` field in the hash: such a record never expires and is
+never moved to half-open, so no replica probes it, until RESET deletes it).
 
 Anything in Redis can be changed by hand or by another program, so a record is read only as
 `store` writes it: a state of closed, open or half_open, counts and opened_at of at most 15
@@ -98,7 +100,16 @@ local function store(key, ttl_ms, state, failures, successes, opened_at)
   end
   redis.call('HSET', key, 'state', state, 'failures', failures,
              'successes', successes, 'opened_at', opened_at)
-  redis.call('PEXPIRE', key, ttl_ms)
+  if redis.call('HGET', key, 'forced') == '1' then
+    redis.call('PERSIST', key)  -- drained by an operator: kept until reset
+  else
+    redis.call('PEXPIRE', key, ttl_ms)
+  end
+end
+
+-- Forced open by an operator (FORCE_OPEN): no probe until RESET deletes the record.
+local function forced(key)
+  return redis.call('HGET', key, 'forced') == '1'
 end
 
 -- Deletes whatever at the lease key is not a lease (see the module's docstring).
@@ -124,7 +135,9 @@ end
 local function reply(state, failures, successes, opened_at, now, granted, repaired, tripped)
   local open_for = 0
   if state ~= 'closed' then open_for = math.max(0, now - opened_at) end
-  return {state, failures, successes, open_for, granted, repaired, tripped or ''}
+  local is_forced = 0
+  if forced(KEYS[1]) then is_forced = 1 end
+  return {state, failures, successes, open_for, granted, repaired, tripped or '', is_forced}
 end
 
 local WINDOW_BUCKETS = 10
@@ -250,7 +263,7 @@ local reset_ms, lease_ms, ttl_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumbe
 local now = now_ms()
 local state, failures, successes, opened_at = read(KEYS[1], now)
 if state == nil then return redis.error_reply('MALFORMED ' .. failures) end
-if state == 'open' and now - opened_at >= reset_ms then
+if state == 'open' and not forced(KEYS[1]) and now - opened_at >= reset_ms then
   state, successes = 'half_open', 0
   redis.call('DEL', KEYS[2])
   store(KEYS[1], ttl_ms, state, failures, successes, opened_at)
@@ -288,6 +301,26 @@ return reply(state, failures, successes, opened_at, now, 0, repaired)
 """
 
 
+# ARGV: (none).  An operator drains the provider: open now, whatever the record said, with
+# no lease and no window, and kept open (no probe, no expiry) until RESET.
+_FORCE_OPEN = """
+local now = now_ms()
+local state, failures, successes, opened_at, repaired = load(KEYS[1], now)
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('HSET', KEYS[1], 'state', 'open', 'failures', failures, 'successes', 0,
+           'opened_at', now, 'forced', '1')
+redis.call('PERSIST', KEYS[1])
+return reply('open', failures, 0, now, now, 0, repaired)
+"""
+
+# ARGV: (none).  An operator closes the breaker with clean counts (lifting a forced opening).
+_RESET = """
+local now = now_ms()
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+return reply('closed', 0, 0, 0, now, 0, '')
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Script:
     name: str
@@ -305,5 +338,7 @@ SUCCESS = Script("success", _PRELUDE + _SUCCESS)
 ACQUIRE_PROBE = Script("acquire_probe", _PRELUDE + _ACQUIRE_PROBE)
 RELEASE_PROBE = Script("release_probe", _PRELUDE + _RELEASE_PROBE)
 TALLY = Script("tally", _PRELUDE + _TALLY)
+FORCE_OPEN = Script("force_open", _PRELUDE + _FORCE_OPEN)
+RESET = Script("reset", _PRELUDE + _RESET)
 
-ALL_SCRIPTS = (SNAPSHOT, FAILURE, SUCCESS, ACQUIRE_PROBE, RELEASE_PROBE, TALLY)
+ALL_SCRIPTS = (SNAPSHOT, FAILURE, SUCCESS, ACQUIRE_PROBE, RELEASE_PROBE, TALLY, FORCE_OPEN, RESET)

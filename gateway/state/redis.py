@@ -357,6 +357,10 @@ class RedisState:
             return _lua.ACQUIRE_PROBE, (reset_ms, lease_ms, self.owner, ttl_ms)
         if op.kind is OpKind.RELEASE_PROBE:
             return _lua.RELEASE_PROBE, (self.owner,)
+        if op.kind is OpKind.FORCE_OPEN:
+            return _lua.FORCE_OPEN, ()
+        if op.kind is OpKind.RESET:
+            return _lua.RESET, ()
         return _lua.SNAPSHOT, ()
 
     def _apply(self, ops: Sequence[Op], replies: Sequence[Any], *, sent_at: float) -> None:
@@ -385,7 +389,7 @@ class RedisState:
                 latest[key] = _Unusable("an answer this gateway cannot read", _MALFORMED)
                 continue
             latest[key] = snapshot
-            if op.kind in (OpKind.FAILURE, OpKind.SUCCESS):
+            if op.kind in (OpKind.FAILURE, OpKind.SUCCESS, OpKind.FORCE_OPEN, OpKind.RESET):
                 wrote.add(key)
             if op.kind is OpKind.ACQUIRE_PROBE:
                 op.breaker.acquired(granted, sent_at)
@@ -567,12 +571,12 @@ def _parse(reply: Sequence[Any]) -> tuple[Snapshot, bool, str, TripReason | None
 
     The scripts check the record; this checks their answer again, so that nothing Redis sends
     back can reach a breaker as a state it does not have (ValueError or TypeError instead)."""
-    state, failures, successes, open_for_ms, granted, repaired, tripped = reply
+    state, failures, successes, open_for_ms, granted, repaired, tripped, forced = reply
     counts = int(failures), int(successes), int(open_for_ms)
     if state not in _STATES or min(counts) < 0 or not isinstance(repaired, str):
         raise ValueError("not a breaker record")
     reason = TripReason(tripped) if tripped else None  # ValueError for a word it never writes
-    snapshot = Snapshot(str(state), counts[0], counts[1], counts[2] / 1000)
+    snapshot = Snapshot(str(state), counts[0], counts[1], counts[2] / 1000, forced=int(forced) == 1)
     return snapshot, int(granted) == 1, repaired, reason
 
 

@@ -63,6 +63,8 @@ class OpKind(Enum):
     ACQUIRE_PROBE = "acquire_probe"
     RELEASE_PROBE = "release_probe"
     TALLY = "tally"
+    FORCE_OPEN = "force_open"
+    RESET = "reset"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,7 @@ class Snapshot:
     failures: int
     successes: int
     open_for_s: float  # time since it opened, on the backend's clock; 0 when closed
+    forced: bool = False  # held open by an operator until reset
 
 
 class StateLink(Protocol):
@@ -205,7 +208,7 @@ class SharedBreaker(Breaker):
 
     def admit(self) -> Admission:
         self._link.ensure_running()
-        if self._detached or not self._link.shared:
+        if self._detached or not self._link.shared or self._forced:
             return super().admit()
         state = self._cb.current_state
         if state == pybreaker.STATE_CLOSED:
@@ -257,11 +260,26 @@ class SharedBreaker(Breaker):
         if admission is Admission.PROBE:
             self._submit(Op(OpKind.RELEASE_PROBE, self))
 
+    def force_open(self) -> None:
+        """Open now for every replica, and keep it open (no probe) until `reset()`."""
+        super().force_open()
+        if not self._detached:
+            self._submit(Op(OpKind.FORCE_OPEN, self))
+
+    def reset(self) -> None:
+        """Close now for every replica, with clean shared counts."""
+        super().reset()
+        self._unsent_ok = 0
+        self.forget_lease()
+        if not self._detached:
+            self._submit(Op(OpKind.RESET, self))
+
     # --- for the backend --------------------------------------------------------------------
 
     def apply_snapshot(self, snapshot: Snapshot) -> None:
         """Make the shared record this breaker's state (listeners hear of any change)."""
         self._detached = self._until_write = False
+        self._forced = snapshot.forced
         self._view.state = _TO_PYBREAKER[snapshot.state]
         # Reading `state` makes pybreaker notice the change and notify listeners; entering
         # closed resets its counter, so the counts are written after.
@@ -292,6 +310,10 @@ class SharedBreaker(Breaker):
             self._replay_success(Admission.CALL, closed=closed)
         elif op.kind is OpKind.ACQUIRE_PROBE:
             self._acquiring = False
+        elif op.kind is OpKind.FORCE_OPEN:
+            Breaker.force_open(self)
+        elif op.kind is OpKind.RESET:
+            Breaker.reset(self)
 
     def housekeeping(self, now: float, min_interval_s: float) -> list[Op]:
         """Lease requests and returns due now, and the successes the rate window has not had
@@ -352,7 +374,7 @@ class SharedBreaker(Breaker):
             self._window.add(calls=ok)
 
     def _wants_probe(self) -> bool:
-        if self._wants_probe_at is None:
+        if self._wants_probe_at is None or self._forced:
             return False
         if self._clock() - self._wants_probe_at > PROBE_DEMAND_WINDOW_S:
             return False
