@@ -32,11 +32,15 @@ __all__ = [
     "BaseHooks",
     "Deferred",
     "HookSet",
+    "Operation",
     "RouterHooks",
     "TripReason",
 ]
 
 log = logging.getLogger("gateway")
+
+Operation = Literal["chat", "embeddings"]
+"""What a request asks of the models, named as OpenTelemetry's `gen_ai.operation.name`."""
 
 UNRESOLVED_TASK = "(unknown)"
 """The `task` of a request that ended before its task was resolved (a name the policy does not
@@ -45,9 +49,10 @@ callers choose it freely, and each one would become a new metric series."""
 
 
 class RouterHooks(Protocol):
-    def on_request_start(self, *, task: str) -> None:
+    def on_request_start(self, *, task: str, operation: Operation = "chat") -> None:
         """A request's task is resolved and its checks passed: its walk down the chain begins.
-        Its `on_request` follows, in the same task."""
+        Its `on_request` follows, in the same task. `operation` is what it asks of the models:
+        `chat` or `embeddings`."""
 
     def on_attempt_start(self, *, task: str, provider: str, model: str) -> None:
         """A candidate is about to be called (its retries included): its `on_attempt` follows,
@@ -118,7 +123,7 @@ class RouterHooks(Protocol):
 class BaseHooks:
     """Every hook as a no-op: subclass it and override only the events you need."""
 
-    def on_request_start(self, *, task: str) -> None:
+    def on_request_start(self, *, task: str, operation: Operation = "chat") -> None:
         pass
 
     def on_attempt_start(self, *, task: str, provider: str, model: str) -> None:
@@ -238,9 +243,9 @@ class HookSet(BaseHooks):
         """Whether any hook handles `event` (a caller may skip work only that event needs)."""
         return bool(self._handlers[event])
 
-    def on_request_start(self, *, task: str) -> None:
+    def on_request_start(self, *, task: str, operation: Operation = "chat") -> None:
         if self._handlers["on_request_start"]:
-            self.emit("on_request_start", {"task": task})
+            self.emit("on_request_start", {"task": task, "operation": operation})
 
     def on_attempt_start(self, *, task: str, provider: str, model: str) -> None:
         if self._handlers["on_attempt_start"]:

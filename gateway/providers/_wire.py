@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from gateway._trace_headers import OUTGOING_TRACE_HEADERS
 from gateway.errors import ConfigurationError, ProviderError
 from gateway.providers._base import Call, LLMService
 from gateway.providers._codec import WireCodec, WireRequest
@@ -103,6 +104,9 @@ class WireService(LLMService):
         """
         body, extra_headers, extra_query = split_extras(self.codec.body(call, self.wire_model))
         path = self.codec.path(call)
+        traced = OUTGOING_TRACE_HEADERS.get()
+        if traced is not None:  # the attempt's trace context (the caller's own headers win)
+            extra_headers = {**traced, **(extra_headers or {})}
         return WireRequest(
             url=self.base_url + path,
             path=path,
