@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -22,7 +23,7 @@ DEFAULT_SERVICE_NAME = "gateway"
 def build_tracer_provider(exporters: Sequence[str], environ: Mapping[str, str]) -> TracerProvider:
     """A provider batching spans to each of `exporters`. The SDK reads the rest of `OTEL_*`
     itself (endpoint, headers, timeout, sampler, batch sizes, resource attributes)."""
-    provider = TracerProvider(resource=Resource.create(_default_resource(environ)))
+    provider = TracerProvider(resource=Resource.create(_default_resource()))
     for name in exporters:
         provider.add_span_processor(BatchSpanProcessor(_exporter(name, environ)))
     return provider
@@ -43,8 +44,9 @@ def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
     return OTLPSpanExporter()
 
 
-def _default_resource(environ: Mapping[str, str]) -> dict[str, str]:
-    named = environ.get("OTEL_SERVICE_NAME", "").strip() or "service.name=" in environ.get(
+def _default_resource() -> dict[str, str]:
+    # The SDK reads the resource from the process's environment, so it is asked here too.
+    named = os.environ.get("OTEL_SERVICE_NAME", "").strip() or "service.name=" in os.environ.get(
         "OTEL_RESOURCE_ATTRIBUTES", ""
     )
     return {} if named else {"service.name": DEFAULT_SERVICE_NAME}
