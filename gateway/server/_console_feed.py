@@ -31,7 +31,7 @@ from gateway._outcomes import AttemptOutcome, BreakerState, RequestOutcome
 from gateway._router import Router
 from gateway.hooks import BaseHooks
 from gateway.metrics import MULTIPROC_ENV
-from gateway.server._console_figures import Figures
+from gateway.server._console_figures import SAMPLE_INTERVAL_S, Figures
 from gateway.types import Usage
 
 log = logging.getLogger("gateway.server")
@@ -224,10 +224,9 @@ class ConsoleFeed:
 
     @contextlib.asynccontextmanager
     async def running(self) -> Any:
-        """Write this worker's status and apply the others' actions while the app runs."""
-        if self.directory is None:
-            yield self
-            return
+        """Sample the figures; with several workers, also write this worker's status and
+        apply the others' actions; while the app runs."""
+        self.figures.sample()
         await self.sync()  # actions taken before this worker started (a drained provider)
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="gateway-console")
         try:
@@ -235,13 +234,18 @@ class ConsoleFeed:
         finally:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-            with contextlib.suppress(OSError):
-                self._status_path(self.pid).unlink()
+            if self.directory is not None:
+                with contextlib.suppress(OSError):
+                    self._status_path(self.pid).unlink()
 
     async def _loop(self) -> None:
+        next_sample = time.monotonic() + SAMPLE_INTERVAL_S
         while True:
             await asyncio.sleep(SYNC_INTERVAL_S)
             try:
+                if time.monotonic() >= next_sample:
+                    next_sample += SAMPLE_INTERVAL_S
+                    self.figures.sample()
                 await self.sync()
             except Exception:  # the console must never take the worker down
                 log.exception("console: could not share this worker's status")

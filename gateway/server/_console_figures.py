@@ -3,9 +3,9 @@
 `gateway serve --workers N` aggregates the metrics of all workers (`gateway.metrics`), so
 reading them here gives the same figures whichever worker answers. Counters only grow, so a
 rate over the last minutes is the difference between now and a sample taken that long ago:
-each worker keeps a few minutes of samples of its own reads (taken when the console asks).
-Until it has that much, the window is as long as its oldest sample (or the whole life of the
-metrics, on the first read), and the answer says how long it is.
+each worker samples the shared totals every `SAMPLE_INTERVAL_S` (`ConsoleFeed`) and keeps
+`WINDOW_S` of samples. Until it has that much, the window is as long as its oldest sample
+(from when the worker started), and the answer says how long it is.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from gateway._outcomes import AttemptOutcome
 from gateway.metrics import exposition
 
 WINDOW_S = 300.0
+SAMPLE_INTERVAL_S = 10.0
 
 # Candidates skipped without a call: neither a call made nor the provider's failure.
 _NOT_CALLED = frozenset(
@@ -78,6 +79,11 @@ def read_totals(text: str) -> Totals:
     return totals
 
 
+def _totals_now() -> Totals:
+    body, _ = exposition()
+    return read_totals(body.decode())
+
+
 def _since(now: dict[str, float], then: dict[str, float], key: str) -> float:
     return max(0.0, now.get(key, 0.0) - then.get(key, 0.0))
 
@@ -92,18 +98,23 @@ class Figures:
     def __repr__(self) -> str:
         return f"Figures({len(self._samples)} samples, window {self.window_s:g}s)"
 
-    def read(self) -> dict[str, Any]:
-        body, _ = exposition()
+    def sample(self) -> None:
+        """Keep the totals as they are now, as the start of a later window."""
         now = time.monotonic()
-        current = read_totals(body.decode())
-        while self._samples and now - self._samples[0][0] > self.window_s:
+        self._samples.append((now, _totals_now()))
+        # The oldest kept sample is the first one at most window_s old: rates always span
+        # close to the whole window once there is that much history.
+        while len(self._samples) > 1 and now - self._samples[1][0] >= self.window_s:
             self._samples.popleft()
+
+    def read(self) -> dict[str, Any]:
+        now = time.monotonic()
+        current = _totals_now()
         if self._samples:
             start, base = self._samples[0]
-            window = now - start
+            window: float | None = now - start
         else:
             base, window = Totals(), None
-        self._samples.append((now, current))
         providers = {}
         for name in set(current.calls) | set(current.latency_count) | set(current.cost_by_provider):
             calls = _since(current.calls, base.calls, name)
