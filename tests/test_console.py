@@ -342,3 +342,15 @@ def test_recent_requests_filter_by_task_and_outcome(
     shown = [rows.nth(i).inner_text() for i in range(rows.count())]
     assert shown and all("summarize" in row and "exhausted" in row for row in shown)
     assert all("backup: server_error" in row for row in shown)
+
+
+def test_narrower_than_a_laptop_nothing_overflows_and_state_reads_as_text(
+    served: tuple[ServerProcess, Path], page: Any
+) -> None:
+    server, _ = served
+    page.set_viewport_size({"width": 640, "height": 900})
+    sign_in(page, server.url, CLIENT_KEY)
+    breaker_cell(page, "primary").filter(has_text="CLOSED").wait_for()
+    # Wide tables scroll inside their own box; the page itself never scrolls sideways.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 640
+    assert page.get_by_role("button", name="Drain primary (force its breaker open)").is_visible()

@@ -119,6 +119,25 @@ def test_workers_share_figures_recent_requests_and_drains(
         before = primary_calls(upstream)
         assert {ask(server.url, "chat") for _ in range(12)} == {"backup"}
         assert primary_calls(upstream) == before
+        httpx.post(server.url + "/console/api/breakers/primary/reset", headers=auth(ADMIN_KEY))
+
+        # A policy applied through one worker is what every worker serves next.
+        with httpx.Client(base_url=server.url, headers=auth(ADMIN_KEY)) as http:
+            loaded = http.get("/console/api/policy").json()
+            edited = loaded["text"].replace("[primary, backup]", "[backup, primary]")
+            applied = http.post(
+                "/console/api/policy/apply",
+                json={"text": edited, "loaded_sha256": loaded["sha256"]},
+            )
+            assert applied.status_code == 200, applied.text
+        new_sha = applied.json()["sha256"]
+
+        def every_worker_serves_it() -> bool:
+            return all(live(server.url)["policy_sha256"] == new_sha for _ in range(6))
+
+        eventually(every_worker_serves_it, what="the applied policy on every worker")
+        assert {ask(server.url, "chat") for _ in range(12)} == {"backup"}
+        assert primary_calls(upstream) == before
 
 
 # --- replicas sharing breakers in Redis -------------------------------------------------------

@@ -10,6 +10,7 @@ rest of the server. Every change is logged as an audit line naming the key by it
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -36,8 +37,6 @@ from gateway.server._console_policy import (
 )
 from gateway.server._errors import error_response
 from gateway.server._state import (
-    ADMIN_ERRORS,
-    CLIENT_ERRORS,
     ServerState,
     require_admin,
     require_client,
@@ -158,7 +157,8 @@ def live_view(state: ServerState) -> dict[str, Any]:
 
 
 def add_console_routes(app: FastAPI) -> None:
-    """Adds the console's page and its API to `app`."""
+    """Adds the console's page and its API to `app`. The API is the page's own, not a public
+    contract, so it stays out of the OpenAPI document."""
     client = [Depends(require_client)]
     admin = [Depends(require_admin)]
 
@@ -175,7 +175,7 @@ def add_console_routes(app: FastAPI) -> None:
             return error_response(f"no console file named {name!r}", status=404, code="not_found")
         return Response(_page_file(name), media_type=media_type, headers=PAGE_HEADERS)
 
-    @app.get("/console/api/whoami", dependencies=client, responses=CLIENT_ERRORS, tags=["console"])
+    @app.get("/console/api/whoami", dependencies=client, include_in_schema=False)
     async def whoami(request: Request) -> dict[str, Any]:
         """Whether the key may change things (the page greys nothing out on it: the server
         refuses what the key may not do)."""
@@ -185,13 +185,11 @@ def add_console_routes(app: FastAPI) -> None:
         admin = state.keys.admin(key, peer) is Access.GRANTED
         return {"admin": admin, "identity": identity(request)}
 
-    @app.get("/console/api/live", dependencies=client, responses=CLIENT_ERRORS, tags=["console"])
+    @app.get("/console/api/live", dependencies=client, include_in_schema=False)
     async def live(request: Request) -> dict[str, Any]:
         return live_view(server_state(request))
 
-    @app.get(
-        "/console/api/requests", dependencies=client, responses=CLIENT_ERRORS, tags=["console"]
-    )
+    @app.get("/console/api/requests", dependencies=client, include_in_schema=False)
     async def recent_requests(
         request: Request, task: str | None = None, outcome: str | None = None, limit: int = 100
     ) -> dict[str, Any]:
@@ -204,7 +202,7 @@ def add_console_routes(app: FastAPI) -> None:
             rows = [row for row in rows if row["outcome"] == outcome]
         return {"tasks": tasks, "outcomes": outcomes, "requests": rows[: max(1, min(limit, 500))]}
 
-    @app.get("/console/api/policy", dependencies=admin, responses=ADMIN_ERRORS, tags=["console"])
+    @app.get("/console/api/policy", dependencies=admin, include_in_schema=False)
     async def policy_file(request: Request) -> dict[str, Any]:
         """The file as written (it may hold keys, hence admin only), and its sha256."""
         path = _path(server_state(request))
@@ -215,9 +213,7 @@ def add_console_routes(app: FastAPI) -> None:
             "sha256": sha256_of(data),
         }
 
-    @app.post(
-        "/console/api/policy/check", dependencies=client, responses=CLIENT_ERRORS, tags=["console"]
-    )
+    @app.post("/console/api/policy/check", dependencies=client, include_in_schema=False)
     async def check(request: Request, draft: Draft) -> dict[str, Any]:
         state = server_state(request)
         try:
@@ -226,9 +222,7 @@ def add_console_routes(app: FastAPI) -> None:
             return {"valid": False, "problem": problem(exc)}
         return {"valid": True, "problem": None}
 
-    @app.post(
-        "/console/api/policy/diff", dependencies=client, responses=CLIENT_ERRORS, tags=["console"]
-    )
+    @app.post("/console/api/policy/diff", dependencies=client, include_in_schema=False)
     async def diff(request: Request, draft: Draft) -> Response:
         state = server_state(request)
         try:
@@ -237,16 +231,7 @@ def add_console_routes(app: FastAPI) -> None:
             return JSONResponse({"valid": False, "problem": problem(exc)}, status_code=422)
         return JSONResponse({"valid": True, "diff": policy_diff(state.router.policy, new)})
 
-    @app.post(
-        "/console/api/policy/apply",
-        dependencies=admin,
-        responses={
-            **ADMIN_ERRORS,
-            409: {"description": "The file changed on disk since the editor loaded it."},
-            422: {"description": "The draft is invalid; nothing was written."},
-        },
-        tags=["console"],
-    )
+    @app.post("/console/api/policy/apply", dependencies=admin, include_in_schema=False)
     async def apply(request: Request, draft: ApplyDraft) -> Response:
         state = server_state(request)
         path = _path(state)
@@ -255,7 +240,8 @@ def add_console_routes(app: FastAPI) -> None:
         except PolicyError as exc:
             return JSONResponse({"applied": False, "problem": problem(exc)}, status_code=422)
         try:
-            old = replace_file(path, draft.text, draft.loaded_sha256)
+            # Off the loop: the lock may wait for another worker's apply.
+            old = await asyncio.to_thread(replace_file, path, draft.text, draft.loaded_sha256)
         except Conflict as exc:
             return error_response(
                 f"the policy file changed on disk since you loaded it (you loaded sha256 "
@@ -307,8 +293,7 @@ def add_console_routes(app: FastAPI) -> None:
     @app.post(
         "/console/api/breakers/{provider}/force-open",
         dependencies=admin,
-        responses=ADMIN_ERRORS,
-        tags=["console"],
+        include_in_schema=False,
     )
     async def force_open(request: Request, provider: str) -> Response:
         return await breaker_action(request, provider, "force_open")
@@ -316,8 +301,7 @@ def add_console_routes(app: FastAPI) -> None:
     @app.post(
         "/console/api/breakers/{provider}/reset",
         dependencies=admin,
-        responses=ADMIN_ERRORS,
-        tags=["console"],
+        include_in_schema=False,
     )
     async def reset(request: Request, provider: str) -> Response:
         return await breaker_action(request, provider, "reset")
