@@ -391,3 +391,22 @@ async def test_a_stream_abandoned_to_the_garbage_collector_ends_its_spans_elsewh
     # Its context was attached in the reading task and is never detached from another.
     assert "Failed to detach context" not in caplog.text
     assert not trace.get_current_span().get_span_context().is_valid
+
+
+async def test_providers_on_their_official_sdks_send_the_traceparent_too(
+    up: FakeUpstream, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    doc = policy_doc(up.url)
+    doc["providers"]["primary"]["options"] = {"client": "sdk"}
+    doc["providers"]["backup"]["options"] = {"client": "sdk"}
+    up.fail_always(PRIMARY, Fault.server_error())
+    router = traced_router(doc, provider)
+    try:
+        await router.generate(MESSAGES, task="summarize")
+    finally:
+        await router.aclose()
+
+    _, (first, second) = tree(exporter.get_finished_spans())
+    assert [(r.model, r.headers.get("traceparent")) for r in up.requests] == [
+        (PRIMARY, traceparent_of(first))
+    ] * 3 + [(BACKUP, traceparent_of(second))]
