@@ -109,14 +109,19 @@ class KeyChecker:
         return Access.GRANTED if (is_client or is_admin) else Access.UNKNOWN
 
 
-def denial(access: Access) -> Denial:
-    """The status and the message that says how to get in."""
+BEARER_HEADER = "'Authorization: Bearer <key>'"
+API_KEY_HEADERS = "'x-api-key: <key>' (or 'Authorization: Bearer <key>')"
+"""How a client of Anthropic's Messages route may send its key (the anthropic SDK sends
+x-api-key)."""
+
+
+def denial(access: Access, *, header: str = BEARER_HEADER) -> Denial:
+    """The status and the message that says how to get in (`header`: how to send a key)."""
     if access is Access.MISSING:
         return Denial(
             401,
             "missing_api_key",
-            "no API key: send the header 'Authorization: Bearer <key>' with a key from "
-            f"{API_KEYS_ENV}",
+            f"no API key: send the header {header} with a key from {API_KEYS_ENV}",
         )
     if access is Access.UNKNOWN:
         return Denial(
@@ -147,3 +152,11 @@ def bearer_key(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not key.strip():
         return None
     return key.strip()
+
+
+def client_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    """The key of an `x-api-key` header (as Anthropic's clients send it), else of an
+    `Authorization: Bearer` header, else None."""
+    if x_api_key is not None and x_api_key.strip():
+        return x_api_key.strip()
+    return bearer_key(authorization)

@@ -1,9 +1,414 @@
-"""Anthropic's Messages API: `POST /v1/messages` and `POST /v1/messages/count_tokens`."""
+"""Anthropic's Messages API: `POST /v1/messages` and `POST /v1/messages/count_tokens`.
+
+Clients that speak Anthropic's API (its SDKs, coding agents) use the gateway as they would
+Anthropic: the request is translated into the router's OpenAI-shaped form
+(`_anthropic_request`), routed through the task's chain (any provider type may answer), and
+the answer translated back (`_anthropic_answer`), whole or as Anthropic's event stream.
+
+Every answer of these routes is in Anthropic's shape, errors included (`{"type": "error",
+"error": {"type", "message"}}`), so its SDKs raise their own exception classes: the routes use
+`AnthropicRoute`, which checks the key (`x-api-key` or `Authorization: Bearer`) and turns
+validation errors, refusals and routing failures into that shape before the app's (OpenAI-
+shaped) handlers would see them. Two answers come from the front middleware before the route
+runs and keep the OpenAI shape: 413 for a body over the limit and 408 for one too slow to
+arrive (their statuses map to the same SDK exceptions).
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import asyncio
+import json
+import logging
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Depends, FastAPI, Header, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
+
+from gateway._outcomes import Attempt, AttemptOutcome
+from gateway._router import Router
+from gateway._runtime import prompt_tokens
+from gateway._streaming import RoutedStream
+from gateway.errors import GatewayError, RoutingError
+from gateway.providers import estimate_tokens
+from gateway.providers.anthropic_shapes import (
+    MESSAGE_STOP,
+    error_body,
+    error_type,
+    event_bytes,
+    message_delta,
+    message_start,
+    new_message_id,
+    stop_reason,
+    usage_fields,
+)
+from gateway.server._anthropic_answer import (
+    AnthropicError,
+    AnthropicMessage,
+    BlockWriter,
+    TokenCount,
+    message_from,
+)
+from gateway.server._anthropic_request import (
+    CountTokensRequest,
+    MessagesRequest,
+    request_field_names,
+    union_tags,
+    unsupported_feature,
+)
+from gateway.server._auth import API_KEY_HEADERS, Access, client_key, denial
+from gateway.server._chat import (
+    SERVER_SHUTDOWN,
+    TASK_HEADER,
+    TASK_HEADER_MAX_LENGTH,
+    gateway_headers,
+    shutdown_body,
+    unless_disconnected,
+)
+from gateway.server._config import API_KEYS_ENV, MAX_MESSAGES_ENV
+from gateway.server._disconnect import SHUTDOWN, ClientGone, ServerShutdown
+from gateway.server._errors import (
+    RequestVocabulary,
+    failure_headers,
+    routing_failure,
+    validation_message,
+)
+from gateway.server._middleware import CLIENT_CLOSED, AccessRecord, BodyTooLarge, access_record
+from gateway.server._sse import EventStreamResponse, LastEvents
+from gateway.server._state import ServerState, server_state
+from gateway.types import StreamEvent, Usage
+
+log = logging.getLogger("gateway.server")
+
+MESSAGES_PATH = "/v1/messages"
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
+
+_VOCABULARY = RequestVocabulary(request_field_names(), union_tags())
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+def anthropic_error(
+    message: str,
+    *,
+    status: int,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    """An error answer in Anthropic's shape; a 4xx says a retry cannot help."""
+    body = error_body(error_type(status), message, **extra)
+    return JSONResponse(
+        body, status_code=status, headers={**(failure_headers(status) or {}), **(headers or {})}
+    )
+
+
+def _routing_error(exc: Exception, access: AccessRecord) -> tuple[int, dict[str, Any]]:
+    """(status, Anthropic error body) for a failure of the gateway's own (unknown task, every
+    provider failed, a request no candidate could take...), as the chat route's statuses."""
+    failure = routing_failure(exc)
+    if failure is None:
+        log.error("messages request for task %s failed unexpectedly", access.task, exc_info=exc)
+        return 500, error_body(
+            "api_error", "the gateway failed unexpectedly; the server log has the details"
+        )
+    status, body = failure
+    detail = body["error"]
+    access.outcome = detail.get("code")
+    extra = {"attempts": detail["attempts"]} if detail.get("attempts") is not None else {}
+    return status, error_body(error_type(status), detail["message"], **extra)
+
+
+async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+    """400 naming what is wrong: first anything the route refuses by name (a field without a
+    faithful translation), then what validation found."""
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        body = None
+    found = unsupported_feature(body)
+    if found is not None:
+        return anthropic_error(found[1], status=400)
+    content_type = request.headers.get("content-type")
+    message, _ = validation_message(exc.errors(), _VOCABULARY, content_type)
+    return anthropic_error(message, status=400)
+
+
+class AnthropicRoute(APIRoute):
+    """A route whose every answer is in Anthropic's shape: the key is checked first (from
+    `x-api-key` or `Authorization: Bearer`), then errors raised on the way to the endpoint
+    (validation) or out of it are answered here."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            state = server_state(request)
+            key = client_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
+            access = state.keys.client(key, request.client.host if request.client else None)
+            if access is not Access.GRANTED:
+                denied = denial(access, header=API_KEY_HEADERS)
+                return anthropic_error(denied.message, status=denied.status)
+            record = access_record(request.scope)
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                record.outcome = "invalid_request"
+                return await _invalid(request, exc)
+            except HTTPException as exc:  # a body that is not text
+                return anthropic_error(str(exc.detail), status=exc.status_code)
+            except BodyTooLarge:
+                limit = state.settings.max_body_bytes
+                return anthropic_error(
+                    f"the request body is over {limit} bytes; send less", status=413
+                )
+            except GatewayError as exc:
+                status, body = _routing_error(exc, record)
+                return JSONResponse(body, status_code=status, headers=failure_headers(status))
+
+        return route
+
+
+# --- the routes -------------------------------------------------------------------------------
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="A key from GATEWAY_API_KEYS (GATEWAY_ADMIN_KEYS for admin routes).",
+)
+_api_key = APIKeyHeader(
+    name="x-api-key",
+    auto_error=False,
+    description=f"A key from {API_KEYS_ENV}, as Anthropic's clients send it.",
+)
+
+
+def _documented_keys(
+    bearer: HTTPAuthorizationCredentials | None = Security(_bearer),
+    api_key: str | None = Security(_api_key),
+) -> None:
+    """Shows both ways of sending the key in the OpenAPI document; `AnthropicRoute` checks
+    it."""
+
+
+_ERROR = {"model": AnthropicError}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {
+        **_ERROR,
+        "description": "Malformed JSON, a field outside the schema, a field with "
+        "no faithful translation (named in the message).",
+    },
+    401: {**_ERROR, "description": "Missing or unknown API key."},
+    404: {**_ERROR, "description": "Unknown task and the policy has no `default` task."},
+    413: {**_ERROR, "description": "The body is over GATEWAY_MAX_BODY_BYTES."},
+}
+_ROUTED_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_RESPONSES,
+    502: {**_ERROR, "description": "Every provider failed; `error.attempts` lists them."},
+    504: {**_ERROR, "description": "The task's deadline_s ran out; `error.attempts` lists them."},
+}
+
+_SSE_EVENT = {
+    "type": "object",
+    "description": "One server-sent event: `event:` names it, `data:` is its JSON.",
+    "required": ["data"],
+    "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+}
+
+
+def _task_header(
+    value: str | None = Header(
+        None,
+        alias=TASK_HEADER,
+        max_length=TASK_HEADER_MAX_LENGTH,
+        description="Names the task to route; `model` is then ignored for routing.",
+    ),
+) -> str | None:
+    return value
 
 
 def add_messages_routes(app: FastAPI) -> None:
     """Adds the Messages routes to `app`."""
+    router = APIRouter(route_class=AnthropicRoute, dependencies=[Depends(_documented_keys)])
+
+    @router.post(
+        MESSAGES_PATH,
+        response_model=AnthropicMessage,
+        responses={
+            **_ROUTED_RESPONSES,
+            200: {
+                "description": "The message; with `stream: true`, Anthropic's Server-Sent Events "
+                "(message_start, content_block_start/delta/stop, message_delta, message_stop), "
+                "or an `error` event if the stream fails after it began.",
+                "content": {"text/event-stream": {"schema": _SSE_EVENT}},
+            },
+        },
+        tags=["anthropic"],
+    )
+    async def create_message(
+        request: Request, body: MessagesRequest, task_header: str | None = Depends(_task_header)
+    ) -> Response:
+        state: ServerState = server_state(request)
+        limit = state.settings.max_messages
+        if len(body.messages) > limit:
+            return anthropic_error(
+                f"messages has {len(body.messages)} entries; send at most {limit} (the "
+                f"server's limit is {MAX_MESSAGES_ENV})",
+                status=400,
+            )
+        return await _create(state.router, body, task_header, request)
+
+    @router.post(
+        COUNT_TOKENS_PATH,
+        response_model=TokenCount,
+        responses=_RESPONSES,
+        tags=["anthropic"],
+        description="The gateway's own estimate of the prompt's input tokens (the one it "
+        "routes on: about four characters a token), not a provider's tokenizer.",
+    )
+    async def count_tokens(
+        request: Request, body: CountTokensRequest, task_header: str | None = Depends(_task_header)
+    ) -> Response:
+        router_ = server_state(request).router
+        router_.policy.task(task_header or body.model)  # an unknown task is a 404, as above
+        messages = body.router_messages()
+        tools = [tool.model_dump(exclude_none=True) for tool in body.tools or ()]
+        tokens = prompt_tokens(messages)
+        if tools:
+            tokens += estimate_tokens(json.dumps(tools, ensure_ascii=False))
+        return JSONResponse({"input_tokens": tokens})
+
+    app.include_router(router)
+
+
+# --- answering --------------------------------------------------------------------------------
+
+
+async def _create(
+    router: Router, body: MessagesRequest, task_header: str | None, request: Request
+) -> Response:
+    access = access_record(request.scope)
+    # Resolving the task up front turns an unknown one into a 404 before any work is done.
+    task = router.policy.task(task_header or body.model).name
+    access.task = task
+    messages, params = body.router_messages(), body.router_params()
+    try:
+        if body.stream:
+            return await _stream(router.stream(messages, task=task, **params), task, request)
+        routed = await unless_disconnected(
+            request.receive, router.generate(messages, task=task, **params)
+        )
+    except ClientGone:
+        access.status, access.outcome = CLIENT_CLOSED, "client_closed"
+        return Response(status_code=CLIENT_CLOSED)
+    except ServerShutdown:
+        access.outcome = "server_shutdown"
+        return anthropic_error(
+            _shutdown_message(), status=SERVER_SHUTDOWN, headers={"connection": "close"}
+        )
+    except RoutingError as exc:
+        access.attempts = exc.attempts
+        raise
+    access.provider, access.attempts, access.cost_usd = (
+        routed.provider,
+        routed.attempts,
+        routed.cost_usd,
+    )
+    answer = message_from(routed)
+    access.outcome = "success"
+    headers = gateway_headers(
+        task=task, provider=routed.provider, attempts=routed.attempts, cost=routed.cost_usd
+    )
+    return JSONResponse(answer, headers=headers)
+
+
+def _shutdown_message() -> str:
+    message: str = shutdown_body()["error"]["message"]
+    return message
+
+
+async def _stream(stream: RoutedStream, task: str, request: Request) -> Response:
+    """Waits for the first event (so a candidate that fails before it is left for the next,
+    and the client sees nothing of it), then answers with the event stream."""
+    access = access_record(request.scope)
+    events = stream.events()
+    try:
+        first: StreamEvent | None = await unless_disconnected(request.receive, _first(events))
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await stream.aclose()
+        access.attempts = stream.attempts
+        raise
+    assert stream.provider is not None
+    shown = list(stream.attempts)
+    if first is not None:
+        shown.append(Attempt(stream.provider, stream.model or "", AttemptOutcome.STREAMING))
+    access.provider, access.attempts = stream.provider, shown
+    head = message_start(
+        new_message_id(), stream.model or stream.provider, usage_fields(Usage(), output_tokens=0)
+    )
+    headers = gateway_headers(task=task, provider=stream.provider, attempts=shown, cost=None)
+    source = _events(stream, events, first, event_bytes(head), access)
+    return EventStreamResponse(source, headers=headers)
+
+
+async def _first(events: AsyncGenerator[StreamEvent, None]) -> StreamEvent | None:
+    try:
+        return await anext(events)
+    except StopAsyncIteration:
+        return None
+
+
+async def _events(
+    stream: RoutedStream,
+    events: AsyncGenerator[StreamEvent, None],
+    first: StreamEvent | None,
+    head: bytes,
+    access: AccessRecord,
+) -> AsyncGenerator[bytes, None]:
+    """message_start with the first piece, each further piece as it comes, then the ending
+    (the last block's stop, message_delta with the stop reason and usage, message_stop), or an
+    `error` event if the stream fails after it began."""
+    blocks = BlockWriter()
+    try:
+        if first is not None:
+            yield head + blocks.piece(first)
+            head = b""
+            async for piece in events:
+                yield blocks.piece(piece)
+        end = head
+        if stream.refusal:
+            end += blocks.text(stream.refusal)
+        reason = "refusal" if stream.refusal else stop_reason(stream.finish_reason)
+        end += blocks.close()
+        end += event_bytes(message_delta(reason, usage_fields(stream.usage)))
+        end += event_bytes(MESSAGE_STOP)
+        access.outcome = "success"
+    except asyncio.CancelledError:
+        if not SHUTDOWN.expired:
+            access.status, access.outcome = CLIENT_CLOSED, "client_closed"
+            raise
+        access.status, access.outcome = SERVER_SHUTDOWN, "server_shutdown"
+        end = head + event_bytes(error_body("api_error", _shutdown_message()))
+    except Exception as exc:
+        status, payload = _routing_error(exc, access)
+        access.status, access.outcome = status, "stream_error"
+        end = head + event_bytes(payload)
+    except BaseException:
+        if SHUTDOWN.expired:
+            access.status, access.outcome = SERVER_SHUTDOWN, "server_shutdown"
+        else:
+            access.status, access.outcome = CLIENT_CLOSED, "client_closed"
+        raise
+    finally:
+        await stream.aclose()
+        await events.aclose()
+        access.provider, access.attempts, access.cost_usd = (
+            stream.provider,
+            stream.attempts,
+            stream.cost_usd,
+        )
+    yield LastEvents(end)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.providers._anthropic_shapes import (
+from gateway.providers.anthropic_shapes import (
     MESSAGE_STOP,
     PING,
     block_start,
