@@ -22,6 +22,7 @@ _EXPORTS = {
     "SyncRouter": "gateway._sync",
     "RoutedStream": "gateway._streaming",
     "RoutedCompletion": "gateway._router",
+    "RoutedEmbeddings": "gateway._router",
     "Policy": "gateway.policy",
     "load_policy": "gateway.policy",
     "Settings": "gateway.settings",
@@ -82,6 +83,7 @@ __all__ = [
     "RequestOutcome",
     "RequestRefused",
     "RoutedCompletion",
+    "RoutedEmbeddings",
     "RoutedStream",
     "Router",
     "RouterHooks",
@@ -107,7 +109,7 @@ if TYPE_CHECKING:
         PolicyOutcome,
         RequestOutcome,
     )
-    from gateway._router import RoutedCompletion, Router
+    from gateway._router import RoutedCompletion, RoutedEmbeddings, Router
     from gateway._streaming import RoutedStream
     from gateway._sync import SyncRouter
     from gateway.errors import (

@@ -23,8 +23,14 @@ from gateway._outcomes import Attempt, BreakerState, PolicyOutcome
 from gateway._resilience import Sleep, TripReason
 from gateway._runtime import Candidate, Runtime, build_runtime, close_runtime
 from gateway._streaming import RoutedStream
-from gateway._walk import CandidateFailed, Check, Walker
-from gateway.errors import ErrorKind, GatewayError, PolicyError, ProviderError
+from gateway._walk import CandidateFailed, Check, Walker, chat_operation, embed_operation
+from gateway.errors import (
+    ErrorKind,
+    GatewayError,
+    InvalidRequestError,
+    PolicyError,
+    ProviderError,
+)
 from gateway.hooks import HookSet, RouterHooks
 from gateway.policy import Policy, load_policy
 from gateway.providers import LLMFactory, parse_json_object
@@ -81,10 +87,33 @@ class RoutedCompletion:
         return message
 
 
+@dataclass(frozen=True, slots=True)
+class RoutedEmbeddings:
+    """The vectors for one routed embedding request, and how they were obtained. Every
+    vector comes from one call to one provider's `model`, in the order of the inputs."""
+
+    vectors: list[list[float]]
+    task: str
+    provider: str
+    model: str
+    usage: Usage
+    cost_usd: float
+    latency_s: float
+    attempts: list[Attempt]
+
+    @property
+    def dimensions(self) -> int:
+        """The length of every vector."""
+        return len(self.vectors[0]) if self.vectors else 0
+
+
 def _load(path: str | os.PathLike[str]) -> Policy:
     """The policy file, its `${VAR}` read from the process environment over `.env`."""
     return load_policy(
-        path, environ=policy_environ(), provider_types=LLMFactory.registered_providers()
+        path,
+        environ=policy_environ(),
+        provider_types=LLMFactory.registered_providers(),
+        chat_only_types=LLMFactory.chat_only_providers(),
     )
 
 
@@ -247,6 +276,50 @@ class Router:
             dict(params, temperature=temperature, max_tokens=max_tokens),
         )
 
+    async def embed(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        task: str = "default",
+        dimensions: int | None = None,
+        **params: Any,
+    ) -> RoutedEmbeddings:
+        """One vector per input (a string, or a list of strings) from the first candidate of
+        the embedding task's chain that answers: all of them from that one candidate, in one
+        call. `dimensions` asks for vectors that long: a model that takes the parameter
+        (OpenAI's text-embedding-3) is passed it, one whose own length is that is called as
+        it is, any other is skipped as `unsupported`. Other `params` (`user`, a vendor's own
+        fields) go to each provider, which forwards or refuses them."""
+        if dimensions is not None and (type(dimensions) is not int or dimensions < 1):
+            raise InvalidRequestError(
+                f"dimensions is {dimensions!r}; use a whole number >= 1, or None for the "
+                "model's own length"
+            )
+        async with self._walker.request(task) as walk:
+            texts, steps = walk.begin_embedding(inputs)
+            for step in walk.eligible(steps, ()):
+                fitted = walk.embedding_params(step, dimensions)
+                if fitted is None:
+                    continue
+                try:
+                    answer, _ = await walk.call(
+                        step, embed_operation, texts, {**params, **fitted}, None
+                    )
+                except CandidateFailed as failed:
+                    walk.left(step.candidate, failed)
+                    continue
+                return RoutedEmbeddings(
+                    vectors=answer.vectors,
+                    task=walk.spec.name,
+                    provider=step.candidate.name,
+                    model=answer.model or step.candidate.model,
+                    usage=answer.usage,
+                    cost_usd=walk.cost_usd,
+                    latency_s=time.perf_counter() - walk.started,
+                    attempts=walk.attempts,
+                )
+            raise walk.exhausted()
+
     async def reload(self) -> bool:
         """Re-read the policy file now. Returns True if a changed policy was applied.
 
@@ -349,7 +422,9 @@ class Router:
             checked, steps = walk.begin(messages, call_params, stream=False)
             for step in walk.eligible(steps, checked):
                 try:
-                    completion, parsed = await walk.call(step, checked, call_params, check)
+                    completion, parsed = await walk.call(
+                        step, chat_operation, checked, call_params, check
+                    )
                 except CandidateFailed as failed:
                     walk.left(step.candidate, failed)
                     continue

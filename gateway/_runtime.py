@@ -188,6 +188,8 @@ class Step:
 
     candidate: Candidate
     params: dict[str, Any]
+    dimensions: int | None = None
+    """Embedding tasks: the length of the vectors this step answers with, when known."""
 
 
 @dataclass(eq=False)
@@ -373,7 +375,7 @@ def _slow_start(order: Sequence[Step], now: float) -> Sequence[Step]:
 
 
 def _step(candidates: dict[str, Candidate], entry: ChainEntry) -> Step:
-    return Step(candidates[entry.provider], dict(entry.params))
+    return Step(candidates[entry.provider], dict(entry.params), entry.dimensions)
 
 
 def prompt_tokens(messages: Sequence[Message]) -> int:

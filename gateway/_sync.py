@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
-from gateway._router import RoutedCompletion, Router
+from gateway._router import RoutedCompletion, RoutedEmbeddings, Router
 from gateway.policy import Policy
 from gateway.types import Message, StreamEvent
 
@@ -53,6 +53,10 @@ class SyncRouter:
 
     def generate_json(self, messages: Sequence[Message], **kwargs: Any) -> Any:
         return self._run(self.router.generate_json(messages, **kwargs))
+
+    def embed(self, inputs: str | Sequence[str], **kwargs: Any) -> RoutedEmbeddings:
+        """`Router.embed`: one vector per input."""
+        return self._run(self.router.embed(inputs, **kwargs))
 
     def stream(self, messages: Sequence[Message], **kwargs: Any) -> Iterator[str]:
         stream = self.router.stream(messages, **kwargs)

@@ -1,10 +1,10 @@
 """The chain walk: for one request, try a task's candidates in order until one answers.
 
-One `Walk` is one request, whole or streamed. It owns what the request has seen (attempts,
-deadline, time upstream, cost) and the rules both modes share: which candidates are skipped
-and why, each move to the next candidate, retries on one candidate, billing, and the events
-reported to the hooks. Every call a breaker admits runs inside its `Ticket`, which settles
-the admission exactly once whatever is raised.
+One `Walk` is one request, whole or streamed, for a chat answer or for embeddings. It owns
+what the request has seen (attempts, deadline, time upstream, cost) and the rules both modes
+share: which candidates are skipped and why, each move to the next candidate, retries on one
+candidate, billing, and the events reported to the hooks. Every call a breaker admits runs
+inside its `Ticket`, which settles the admission exactly once whatever is raised.
 
 Each candidate is guarded by its breaker (skipped when open), its concurrency limit (skipped
 when saturated) and a context-size pre-check; each call is bounded by the provider's
@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import suppress
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from gateway._outcomes import REQUEST_FAULTS, Attempt, AttemptOutcome, ErrorKind, RequestOutcome
 from gateway._resilience import BreakerOpen, RetryAborted, Sleep, Ticket, call_with_retries
@@ -36,12 +36,14 @@ from gateway.errors import (
     StreamInterrupted,
 )
 from gateway.hooks import UNRESOLVED_TASK, HookSet
-from gateway.policy import TaskSpec
-from gateway.request import check_request_fields, needed_capabilities
+from gateway.policy import TaskSpec, shortens_vectors
+from gateway.providers import LLMService
+from gateway.request import check_embedding_inputs, check_request_fields, needed_capabilities
 from gateway.types import (
     ChatStream,
     Completion,
     Conversation,
+    Embeddings,
     Message,
     ToolCallDelta,
     Usage,
@@ -52,9 +54,42 @@ from gateway.types import (
 log = logging.getLogger("gateway")
 
 T = TypeVar("T")
+P = TypeVar("P")
+
+
+class Answer(Protocol):
+    """What the walk reads of a whole answer, chat or embeddings: who answered, and usage."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def usage(self) -> Usage: ...
+    @property
+    def finish_reason(self) -> str | None: ...
+
+
+A = TypeVar("A", bound=Answer)
 
 Check = Callable[[Completion, str], Any]
 """Validates a whole answer for one provider (e.g. as JSON); raises `ProviderError` to reject."""
+
+Operation = Callable[[LLMService, P, float, dict[str, Any]], Awaitable[A]]
+"""One call of a candidate's client for a whole answer: (client, what is sent, timeout_s,
+params) -> the answer. `complete` and `embed` are the two."""
+
+
+def chat_operation(
+    client: LLMService, messages: Conversation, timeout_s: float, params: dict[str, Any]
+) -> Awaitable[Completion]:
+    """The chat operation: one whole completion."""
+    return client.complete(messages, timeout_s=timeout_s, **params)
+
+
+def embed_operation(
+    client: LLMService, inputs: tuple[str, ...], timeout_s: float, params: dict[str, Any]
+) -> Awaitable[Embeddings]:
+    """The embedding operation: one vector per input, all in one call."""
+    return client.embed(inputs, timeout_s=timeout_s, **params)
 
 
 class CandidateFailed(Exception):
@@ -171,6 +206,8 @@ class Walk:
     ) -> tuple[Conversation, Sequence[Step]]:
         """Resolve the task and check the request: the conversation and the steps to try."""
         task = self.task = self.runtime.policy.task(self.task_name)
+        if task.kind != "chat":
+            raise _wrong_kind(task, "a chat completion")
         if task.deadline_s:
             self.deadline = self.started + task.deadline_s
         check_max_tokens(params.get("max_tokens"))
@@ -183,6 +220,45 @@ class Walk:
         self._conversation, self._output_tokens, self._streamed = checked, output_tokens, stream
         self.hooks.on_request_start(task=task.name)
         return checked, self.runtime.ordered(task, checked, output_tokens, stream=stream)
+
+    def begin_embedding(self, inputs: Any) -> tuple[tuple[str, ...], Sequence[Step]]:
+        """Resolve an embedding request's task and check its inputs: the texts and the
+        steps to try."""
+        task = self.task = self.runtime.policy.task(self.task_name)
+        if task.kind != "embedding":
+            raise _wrong_kind(task, "embeddings")
+        if task.deadline_s:
+            self.deadline = self.started + task.deadline_s
+        texts = check_embedding_inputs(inputs)
+        self.rules = task
+        self.hooks.on_request_start(task=task.name)
+        # `cheapest` ranks on the inputs' size; a context window bounds each input, not
+        # their sum, so the walk's own pre-check is left out (`eligible(steps, ())`).
+        sized = [{"content": text} for text in texts]
+        return texts, self.runtime.ordered(task, sized, 0)
+
+    def embedding_params(self, step: Step, dimensions: int | None) -> dict[str, Any] | None:
+        """What this step's embed call adds to the request's parameters: `dimensions` for a
+        model that takes it, and the vector length its answer must have. None when it cannot
+        answer with `dimensions` numbers: it is then recorded as `unsupported` and the walk
+        goes on."""
+        candidate = step.candidate
+        if dimensions is None:
+            return {"expected_dimensions": step.dimensions}
+        if shortens_vectors(candidate.model):
+            return {"dimensions": dimensions}
+        if step.dimensions == dimensions:
+            return {"expected_dimensions": dimensions}
+        native = f"{step.dimensions}" if step.dimensions else "a length the policy does not know"
+        self.record(
+            candidate,
+            AttemptOutcome.UNSUPPORTED,
+            None,
+            error=f"dimensions={dimensions}: model {candidate.model!r} answers vectors of "
+            f"{native} and takes no dimensions parameter",
+        )
+        self._left_behind = (candidate.name, AttemptOutcome.UNSUPPORTED)
+        return None
 
     def eligible(self, steps: Sequence[Step], messages: Sequence[Message]) -> Iterator[Step]:
         """The chain's steps worth calling, in order. Skipped candidates are recorded, each
@@ -291,16 +367,22 @@ class Walk:
     # --- one candidate, whole ----------------------------------------------------------
 
     async def call(
-        self, step: Step, messages: Conversation, params: dict[str, Any], check: Check | None
-    ) -> tuple[Completion, Any]:
-        """One candidate's answer, with retries; `CandidateFailed` when it gives none."""
+        self,
+        step: Step,
+        operation: Operation[P, A],
+        payload: P,
+        params: dict[str, Any],
+        check: Callable[[A, str], Any] | None,
+    ) -> tuple[A, Any]:
+        """One candidate's whole answer to `operation(client, payload, ...)` (`complete`
+        or `embed`), with retries; `CandidateFailed` when it gives none."""
         candidate = step.candidate
         client = candidate.client
         assert client is not None
         call_params = {**step.params, **params}
         tries = _Tries(self, candidate)
 
-        async def attempt() -> tuple[Completion, Any]:
+        async def attempt() -> tuple[A, Any]:
             timeout, deadline_binds = self.attempt_timeout(candidate)
             # The provider's timeout_s starts once a pooled connection is held: the wait for
             # one (at most pool_wait_s, then `saturated`) is ours, not the provider's.
@@ -311,9 +393,7 @@ class Walk:
             with ticket:
                 try:
                     async with asyncio.timeout(timeout + slack):
-                        completion = await client.complete(
-                            messages, timeout_s=timeout, **call_params
-                        )
+                        completion = await operation(client, payload, timeout, call_params)
                 except TimeoutError as exc:
                     if deadline_binds:
                         # The caller's deadline, not the provider's timeout_s: the call may
@@ -659,6 +739,14 @@ class _Tries:
             error=str(error) if error is not None else reason,
             status=error.status if error is not None else None,
         )
+
+
+def _wrong_kind(task: TaskSpec, asked: str) -> InvalidRequestError:
+    other = "router.embed or POST /v1/embeddings" if task.kind == "embedding" else "a chat call"
+    return InvalidRequestError(
+        f"task {task.name!r} is of kind {task.kind} and cannot serve {asked}: send it {other}, "
+        "or name a task of the right kind"
+    )
 
 
 def _failure_kind(outcome: AttemptOutcome) -> ErrorKind | None:

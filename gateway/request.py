@@ -21,7 +21,9 @@ from gateway.types import check_text
 
 __all__ = [
     "MAX_CHOICES",
+    "MAX_EMBEDDING_INPUTS",
     "OPENAI_FIELDS",
+    "check_embedding_inputs",
     "check_request_fields",
     "json_schema_format",
     "json_schema_of",
@@ -291,3 +293,39 @@ def _make_strict(node: Any) -> bool:
         elif isinstance(child, dict | list):
             fits = _make_strict(child) and fits
     return fits
+
+
+MAX_EMBEDDING_INPUTS = 2048
+"""The most texts one embedding request may carry (OpenAI's own limit per request)."""
+
+
+def check_embedding_inputs(inputs: Any) -> tuple[str, ...]:
+    """The texts to embed, from one string or a list of strings; `InvalidRequestError`
+    naming the fix for anything else. Token-id arrays are refused: providers other than
+    OpenAI take text only, and a chain must be able to fall through."""
+    if isinstance(inputs, str):
+        inputs = (inputs,)
+    elif not isinstance(inputs, Sequence) or isinstance(inputs, bytes | bytearray):
+        raise InvalidRequestError(
+            f"input is {type(inputs).__name__}: send a string or a list of strings"
+        )
+    if not inputs:
+        raise InvalidRequestError("input is an empty list: send at least one string")
+    if len(inputs) > MAX_EMBEDDING_INPUTS:
+        raise InvalidRequestError(
+            f"input has {len(inputs)} items; at most {MAX_EMBEDDING_INPUTS} fit one request: "
+            "split it"
+        )
+    for index, text in enumerate(inputs):
+        if not isinstance(text, str):
+            what = "token ids" if isinstance(text, int | list) else type(text).__name__
+            raise InvalidRequestError(
+                f"input[{index}] is {what}: this gateway embeds text only (token-id arrays "
+                "cannot fall through to providers that take text); send strings"
+            )
+        if not text:
+            raise InvalidRequestError(
+                f"input[{index}] is an empty string: every input needs some text"
+            )
+        _check_unicode(text, f"input[{index}]")
+    return tuple(inputs)

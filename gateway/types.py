@@ -17,6 +17,7 @@ __all__ = [
     "Choice",
     "Completion",
     "Conversation",
+    "Embeddings",
     "Message",
     "StreamEnd",
     "StreamEvent",
@@ -417,3 +418,18 @@ def content_text(content: Any) -> str:
     return "".join(
         str(part.get("text", "")) for part in content if part.get("type") in {"text", "input_text"}
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    """One provider's whole answer to an embedding call: a vector per input, in input order,
+    every one from `model`."""
+
+    vectors: list[list[float]]
+    model: str
+    usage: Usage
+
+    @property
+    def finish_reason(self) -> None:
+        """An embedding has no finish reason (the hooks' `on_response` reports None)."""
+        return None

@@ -678,9 +678,9 @@ async def test_keep_alive_serves_many_requests_on_one_connection(
 async def test_unknown_path_bad_json_and_models_list(
     up: FakeUpstream, http: httpx.AsyncClient
 ) -> None:
-    missing = await http.post("/v1/embeddings", json={})
+    missing = await http.post("/v1/audio/speech", json={})
     assert missing.status_code == 404
-    assert missing.json()["error"]["message"] == "Invalid URL (POST /v1/embeddings)"
+    assert missing.json()["error"]["message"] == "Invalid URL (POST /v1/audio/speech)"
     bad = await http.post(
         "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
     )

@@ -9,6 +9,7 @@ Everything callers use is importable from here. One module per step:
 - `_env`: `${VAR}` substitution.
 - `_messages`: pydantic's errors turned into ones naming the key, the value and the fix.
 - `_resolve`: defaults merged, chains spliced, names cross-checked.
+- `_embedding`: the vector lengths of well-known embedding models.
 - `_cli` (run as `python -m gateway.policy`): check files, or print the JSON Schema.
 
 A policy is shown with its secrets hidden by `gateway._secrets`, the rules logs and errors share.
@@ -19,6 +20,7 @@ from __future__ import annotations
 # main lives in _cli rather than __main__: importing __main__ here would make runpy warn on
 # `python -m gateway.policy`.
 from gateway.policy._cli import main
+from gateway.policy._embedding import KNOWN_DIMENSIONS, known_dimensions, shortens_vectors
 from gateway.policy._yaml import KeyPath, format_path, read_policy_yaml
 from gateway.policy.document import (
     BreakerOverrides,
@@ -44,6 +46,7 @@ from gateway.policy.models import (
     Seconds,
     StateSpec,
     Strategy,
+    TaskKind,
     TaskSpec,
 )
 
@@ -51,6 +54,7 @@ __all__ = [
     "DEFAULT_RETRY_ON",
     "DEFAULT_TASK",
     "DEFAULT_TRIP_ON",
+    "KNOWN_DIMENSIONS",
     "BreakerOverrides",
     "BreakerPolicy",
     "Capability",
@@ -69,11 +73,14 @@ __all__ = [
     "StateSpec",
     "Strategy",
     "TaskEntry",
+    "TaskKind",
     "TaskSpec",
     "format_path",
+    "known_dimensions",
     "load_policy",
     "main",
     "parse_policy",
     "policy_json_schema",
     "read_policy_yaml",
+    "shortens_vectors",
 ]

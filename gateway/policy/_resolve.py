@@ -9,6 +9,7 @@ from typing import Any, TypeVar, get_args
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from gateway.errors import PolicyError
+from gateway.policy._embedding import known_dimensions
 from gateway.policy._env import unavailable_reason
 from gateway.policy._messages import combined, did_you_mean, translate
 from gateway.policy._yaml import KeyPath, format_path, line_of
@@ -33,8 +34,11 @@ class Resolver:
         source: str,
         unset_by_provider: Mapping[str, Sequence[str]],
         provider_types: Collection[str] | None,
+        *,
+        chat_only_types: Collection[str] = (),
     ) -> None:
         self.provider_types = provider_types
+        self.chat_only_types = frozenset(chat_only_types)
         self.document = document
         self.lines = lines
         self.source = source
@@ -91,6 +95,7 @@ class Resolver:
             max_concurrency=entry.max_concurrency,
             max_input_tokens=entry.max_input_tokens,
             lacks=frozenset(entry.lacks),
+            dimensions=entry.dimensions or known_dimensions(entry.model),
             timeout_s=entry.timeout_s if entry.timeout_s is not None else defaults.timeout_s,
             max_response_bytes=entry.max_response_bytes,
             retry=self._merge(RetryPolicy, defaults.retry, entry.retry, (*path, "retry")),
@@ -145,6 +150,15 @@ class Resolver:
                     if where == "tasks"
                     else ("defaults", "redirect", kind.value, "task")
                 )
+                if target in tasks and tasks[target].kind != tasks[name].kind:
+                    self._problems.append(
+                        self.fail(
+                            f"redirect to task {target!r}, of kind {tasks[target].kind}, from "
+                            f"task {name!r}, of kind {tasks[name].kind}: a request can only go "
+                            "to a task of its own kind",
+                            path,
+                        )
+                    )
                 if target not in tasks:
                     defined = list(tasks)
                     self._problems.append(
@@ -175,6 +189,9 @@ class Resolver:
         if len(self._problems) > gathered:
             return None
         self._reject_duplicates(name, chain)
+        entries = tuple(link.entry for link in chain)
+        if entry.kind == "embedding":
+            entries = self._embedding_chain(name, entry, chain, providers)
         if entry.strategy == "weighted" and all(
             providers[link.entry.provider].weight == 0 for link in chain
         ):
@@ -191,7 +208,9 @@ class Resolver:
             extra["latency_half_life_s"] = entry.latency_half_life_s
         return TaskSpec(
             name=name,
-            chain=tuple(link.entry for link in chain),
+            chain=entries,
+            kind=entry.kind,
+            mixed_dimensions=entry.mixed_dimensions,
             strategy=entry.strategy,
             deadline_s=entry.deadline_s,
             first_token_timeout_s=entry.first_token_timeout_s,
@@ -200,6 +219,57 @@ class Resolver:
             redirect=tuple(sorted((kind, to.task) for kind, to in redirect.items())),
             **extra,
         )
+
+    def _embedding_chain(
+        self,
+        name: str,
+        entry: TaskEntry,
+        chain: Sequence[_Link],
+        providers: Mapping[str, ProviderSpec],
+    ) -> tuple[ChainEntry, ...]:
+        """An embedding task's chain, each entry with the vector length it answers with.
+        Refuses a provider whose type cannot embed, and (unless the task allows mixed
+        dimensions) a chain whose lengths differ or are not all known."""
+        entries: list[ChainEntry] = []
+        for link in chain:
+            spec = providers[link.entry.provider]
+            if spec.type in self.chat_only_types:
+                raise self.fail(
+                    f"provider {spec.name!r} (type {spec.type}) cannot embed, and task {name!r} "
+                    "is of kind embedding: use a provider of a type that embeds (openai, "
+                    "azure_openai, ollama, litellm)",
+                    link.entered_at,
+                )
+            asked = link.entry.params.get("dimensions")
+            if asked is not None and (type(asked) is not int or asked < 1):
+                raise self.fail(
+                    f"params.dimensions is {asked!r}; use a whole number >= 1",
+                    (*link.origin, "params", "dimensions"),
+                )
+            dimensions = asked or spec.dimensions
+            entries.append(link.entry.model_copy(update={"dimensions": dimensions}))
+        if entry.mixed_dimensions or len(entries) < 2:
+            return tuple(entries)
+        shown = ", ".join(
+            f"{e.provider} ({e.dimensions if e.dimensions else 'undeclared'})" for e in entries
+        )
+        unknown = [e.provider for e in entries if e.dimensions is None]
+        if unknown:
+            raise self.fail(
+                f"task {name!r} (kind embedding) chains providers whose vector lengths must "
+                f"match, but {', '.join(repr(p) for p in unknown)} declare none: {shown}. "
+                "Add `dimensions: N` to those providers, or `mixed_dimensions: true` to the task",
+                ("tasks", name, "chain"),
+            )
+        if len({e.dimensions for e in entries}) > 1:
+            raise self.fail(
+                f"task {name!r} (kind embedding) would mix vector lengths: {shown}. Vectors of "
+                "different lengths cannot share an index: chain providers of one length (or "
+                "set params.dimensions on models that take it), or add "
+                "`mixed_dimensions: true` to the task if its callers handle each length",
+                ("tasks", name, "chain"),
+            )
+        return tuple(entries)
 
     def _chain(
         self,

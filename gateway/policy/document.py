@@ -22,6 +22,7 @@ from gateway.policy.models import (
     Seconds,
     StateSpec,
     Strategy,
+    TaskKind,
 )
 
 
@@ -93,6 +94,12 @@ class ProviderEntry(BaseModel):
         default_factory=list,
         description="What the model cannot do (tools, json_schema, images): requests that need "
         "it skip this provider as unsupported.",
+    )
+    dimensions: int | None = Field(
+        default=None,
+        ge=1,
+        description="Embedding models: the length of the vectors the model returns (known "
+        "OpenAI and Ollama embedding models need none).",
     )
     timeout_s: Seconds | None = Field(
         default=None, description="One attempt; default defaults.timeout_s."
@@ -166,6 +173,16 @@ class TaskEntry(BaseModel):
 
     chain: list[ChainItem] = Field(
         min_length=1, description="Providers to try, in order (or as the strategy ranks them)."
+    )
+    kind: TaskKind = Field(
+        default="chat",
+        description="What the task serves: chat completions, or text embeddings "
+        "(POST /v1/embeddings, router.embed).",
+    )
+    mixed_dimensions: bool = Field(
+        default=False,
+        description="kind embedding: let the chain's providers return vectors of different "
+        "lengths (by default such a chain is refused: one index cannot hold both).",
     )
     strategy: Strategy = Field(
         default="ordered", description="How the chain is ordered per request."

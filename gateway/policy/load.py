@@ -44,12 +44,15 @@ def parse_policy(
     source: str = "<string>",
     environ: Mapping[str, str] | None = None,
     provider_types: Collection[str] | None = None,
+    chat_only_types: Collection[str] = (),
 ) -> Policy:
     """Read a policy from YAML text; every problem is a `PolicyError` naming path and line.
 
     `provider_types` are the provider types that exist (`LLMFactory.registered_providers()`);
     with them, an unknown `type:` is refused here, naming the close ones. Without them the
     type is checked when a router builds the provider, which then is skipped as unavailable.
+    `chat_only_types` (`LLMFactory.chat_only_providers()`) are the types that cannot embed:
+    a provider of one in an embedding task's chain is refused.
     """
     raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
     if isinstance(text, bytes):
@@ -81,7 +84,7 @@ def parse_policy(
     substituter = Substituter(os.environ if environ is None else environ, lines, source)
     tree = substituter.walk(tree, ())
     try:
-        policy = _build(tree, raw, lines, source, substituter, provider_types)
+        policy = _build(tree, raw, lines, source, substituter, provider_types, chat_only_types)
     except PolicyError as exc:
         raise substituter.scrubbed(exc) from None
     policy.remember_revealed(substituter.revealed)
@@ -95,13 +98,21 @@ def _build(
     source: str,
     substituter: Substituter,
     provider_types: Collection[str] | None,
+    chat_only_types: Collection[str] = (),
 ) -> Policy:
     """The `Policy` from a substituted tree: validation, then resolution."""
     try:
         document = PolicyDocument.model_validate(tree)
     except ValidationError as exc:
         raise translate(exc, lines, source) from None
-    resolver = Resolver(document, lines, source, substituter.unset_by_provider, provider_types)
+    resolver = Resolver(
+        document,
+        lines,
+        source,
+        substituter.unset_by_provider,
+        provider_types,
+        chat_only_types=chat_only_types,
+    )
     providers = resolver.providers()
     return Policy(
         version=document.version,
@@ -121,6 +132,7 @@ def load_policy(
     *,
     environ: Mapping[str, str] | None = None,
     provider_types: Collection[str] | None = None,
+    chat_only_types: Collection[str] = (),
 ) -> Policy:
     """Read a policy file (see `parse_policy`); a missing or unreadable file is a
     `PolicyError` too."""
@@ -132,4 +144,10 @@ def load_policy(
             f"cannot read the policy file ({exc.strerror or exc}): check the path",
             source=source,
         ) from None
-    return parse_policy(data, source=source, environ=environ, provider_types=provider_types)
+    return parse_policy(
+        data,
+        source=source,
+        environ=environ,
+        provider_types=provider_types,
+        chat_only_types=chat_only_types,
+    )

@@ -14,9 +14,11 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
+    SerializerFunctionWrapHandler,
     ValidationInfo,
     field_serializer,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -35,6 +37,8 @@ DEFAULT_RETRY_ON = frozenset(
 )
 DEFAULT_TRIP_ON = DEFAULT_RETRY_ON | {ErrorKind.AUTH}
 Strategy = Literal["ordered", "cheapest", "fastest", "weighted", "least_busy"]
+TaskKind = Literal["chat", "embedding"]
+"""What a task's requests are: chat completions (the default) or text embeddings."""
 
 MODEL_CONFIG = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 """Shared by the file-form models too: immutable, unknown keys rejected, no NaN or infinity."""
@@ -210,6 +214,17 @@ class ChainEntry(BaseModel):
 
     provider: str
     params: dict[str, Any] = Field(default_factory=dict)
+    dimensions: int | None = None
+    """Embedding tasks: the length of the vectors this entry answers with (its `dimensions`
+    param, else the provider's), when known."""
+
+    @model_serializer(mode="wrap")
+    def _without_unknown_dimensions(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # A chat task's entries have no length: shown as they were before embeddings existed.
+        data = handler(self)
+        if isinstance(data, dict) and data.get("dimensions") is None:
+            data.pop("dimensions", None)
+        return data
 
 
 class TaskSpec(BaseModel):
@@ -217,6 +232,9 @@ class TaskSpec(BaseModel):
 
     name: str
     chain: tuple[ChainEntry, ...] = Field(min_length=1)
+    kind: TaskKind = "chat"
+    mixed_dimensions: bool = False
+    """Embedding tasks: whether the chain may answer with vectors of different lengths."""
     strategy: Strategy = "ordered"
     deadline_s: Seconds | None = None
     first_token_timeout_s: Seconds | None = None
@@ -257,6 +275,9 @@ class ProviderSpec(BaseModel):
     max_input_tokens: int | None = Field(default=None, ge=1)
     lacks: frozenset[Capability] = frozenset()
     """What this model cannot do: a request that needs it skips the provider (`unsupported`)."""
+    dimensions: int | None = Field(default=None, ge=1)
+    """Embedding models: the length of the vectors it returns (declared, or known from
+    `KNOWN_DIMENSIONS`); None: not known."""
     timeout_s: Seconds = 30.0
     # None: the type's own bound (16 MiB for the built-in types), and nothing passed to the
     # factory, so a plugin type that knows no such keyword still loads.

@@ -3,8 +3,11 @@
 `complete` and `stream` are template methods: they validate the messages (free for a
 `Conversation` the router already checked), check the call's timeout, and run the provider's
 `_send` / `_open_stream` under one error mapping that turns upstream failures into
-`ProviderError` with the key and the prompt's texts redacted. A provider writes only what is
-its own: how to send one call, and (by overriding `_error`) what its failures mean.
+`ProviderError` with the key and the prompt's texts redacted. `embed` is the same skeleton
+around `_embed`, for the providers whose upstream embeds text (`embeds`), and it checks the
+answer's shape (a vector per input, each of the expected length) before anyone sees it.
+A provider writes only what is its own: how to send one call, and (by overriding `_error`)
+what its failures mean.
 A provider may instead override `complete` and `stream` themselves (as a test double does).
 """
 
@@ -16,15 +19,16 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from gateway.errors import ErrorKind, GatewayError, ProviderError
+from gateway.errors import ErrorKind, GatewayError, InvalidRequestError, ProviderError
 from gateway.providers import _errors
 from gateway.providers._errors import Redactor
 from gateway.providers._http import call_timeout, check_limits, require_time
-from gateway.request import check_request_fields, json_schema_of
+from gateway.request import check_embedding_inputs, check_request_fields, json_schema_of
 from gateway.types import (
     ChatStream,
     Completion,
     Conversation,
+    Embeddings,
     Message,
     StreamEnd,
     ToolCallDelta,
@@ -63,6 +67,25 @@ class Call:
         return json_schema_of(self.params)
 
 
+@dataclass(frozen=True, slots=True)
+class EmbedCall:
+    """One embedding call to one provider, as checked by the skeleton."""
+
+    provider: str
+    model: str
+    inputs: tuple[str, ...]
+    dimensions: int | None
+    """The vector length asked of the model (OpenAI's `dimensions`); None: its own."""
+    expected_dimensions: int | None
+    """The vector length the answer must have (asked, or known from the policy); None: any,
+    as long as every vector has the same."""
+    params: dict[str, Any]
+    """Every other request field the caller set (`user`, a vendor's own); each codec forwards
+    or refuses them."""
+    timeout_s: float
+    redact: Redactor = field(repr=False)
+
+
 class LLMService:
     """A client for one model on one upstream, with one connection pool of its own.
 
@@ -72,6 +95,9 @@ class LLMService:
     """
 
     type_name: ClassVar[str] = ""
+    embeds: ClassVar[bool] = False
+    """Whether this provider implements `_embed`: only such a type may serve an embedding
+    task (the policy refuses any other at load)."""
 
     @property
     def pool_wait_s(self) -> float:
@@ -133,7 +159,60 @@ class LLMService:
         call = self._call(messages, temperature, max_tokens, json_mode, timeout_s, params, True)
         return ChatStream(self._mapped_stream(call, self._open_stream(call)), model=self.model)
 
+    async def embed(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        dimensions: int | None = None,
+        expected_dimensions: int | None = None,
+        timeout_s: float | None = None,
+        **params: Any,
+    ) -> Embeddings:
+        """One vector per input, all from one model in one call. Failures raise
+        `ProviderError`; an answer with the wrong count of vectors, or vectors of another
+        length than `dimensions` (or `expected_dimensions`), or of mixed lengths, is an
+        `invalid_response`."""
+        texts = check_embedding_inputs(inputs)
+        call = EmbedCall(
+            provider=self.name,
+            model=self.model,
+            inputs=texts,
+            dimensions=dimensions,
+            expected_dimensions=dimensions or expected_dimensions,
+            params=params,
+            timeout_s=call_timeout(timeout_s, self.timeout_s),
+            redact=Redactor(self._secrets(), [{"content": text} for text in texts]),
+        )
+        if not self.embeds:
+            raise InvalidRequestError(
+                f"{self.name}: provider type {self.type_name or type(self).__name__!r} "
+                "cannot embed text"
+            )
+        require_time(call.timeout_s, self.name)
+        # The error mapping reads a call's provider and redactor, which an embedding call
+        # carries too.
+        context = Call(
+            self.name,
+            call.model,
+            Conversation(),
+            None,
+            None,
+            False,
+            {},
+            call.timeout_s,
+            False,
+            call.redact,
+        )
+        with _errors.mapped_by(lambda exc: self._mapped(exc, context)):
+            answer = await self._embed(call)
+        check_vectors(answer.vectors, len(texts), call.expected_dimensions, self.name)
+        return answer
+
     # --- what a provider implements ----------------------------------------------------------
+
+    async def _embed(self, call: EmbedCall) -> Embeddings:
+        """Send one embedding call and return its vectors (for a type that `embeds`)."""
+        raise NotImplementedError(f"{type(self).__name__} sets embeds but implements no _embed")
 
     async def _send(self, call: Call) -> Completion:
         """Send one call and return its whole answer."""
@@ -272,3 +351,26 @@ def parse_json_object(text: str, *, provider: str = "") -> dict[str, Any]:
             provider=provider,
         )
     return value
+
+
+def check_vectors(
+    vectors: Sequence[Sequence[float]], count: int, dimensions: int | None, provider: str
+) -> None:
+    """An embedding answer is usable only whole and uniform: `count` vectors, each of
+    `dimensions` numbers (or, with None, all of one length). Anything else is the provider's
+    `invalid_response`: vectors of different lengths must never reach one caller."""
+    if len(vectors) != count:
+        raise ProviderError(
+            f"answered {len(vectors)} vectors for {count} inputs",
+            kind=ErrorKind.INVALID_RESPONSE,
+            provider=provider,
+        )
+    want = dimensions if dimensions is not None else (len(vectors[0]) if vectors else 0)
+    for index, vector in enumerate(vectors):
+        if len(vector) != want:
+            expected = f"{dimensions} (as asked or declared)" if dimensions else f"{want}"
+            raise ProviderError(
+                f"vector {index} has {len(vector)} dimensions, expected {expected}",
+                kind=ErrorKind.INVALID_RESPONSE,
+                provider=provider,
+            )

@@ -1,4 +1,5 @@
-"""Any model LiteLLM can reach (`model="<provider>/<name>"`), through `litellm.acompletion`.
+"""Any model LiteLLM can reach (`model="<provider>/<name>"`), through `litellm.acompletion`
+(and `litellm.aembedding` for embedding models).
 
 LiteLLM keeps its own HTTP clients, so `max_connections` bounds the calls in flight from this
 provider instead of a pool: a call that finds them all busy waits at most `pool_wait_s` for
@@ -18,7 +19,7 @@ from pydantic import SecretStr
 
 from gateway.errors import ConfigurationError, ErrorKind, MissingDependencyError, ProviderError
 from gateway.providers import _codec_openai, _errors
-from gateway.providers._base import Call, LLMService
+from gateway.providers._base import Call, EmbedCall, LLMService
 from gateway.providers._http import (
     DEFAULT_POOL_WAIT_S,
     ConnectionSlots,
@@ -27,7 +28,7 @@ from gateway.providers._http import (
     saturated,
 )
 from gateway.request import OPENAI_FIELDS
-from gateway.types import Completion, StreamEnd, ToolCallDelta
+from gateway.types import Completion, Embeddings, StreamEnd, ToolCallDelta, Usage
 
 # Without this LiteLLM downloads its price map from GitHub at import time.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -58,6 +59,7 @@ class LiteLLMService(LLMService):
     """One LiteLLM model string, e.g. `openai/gpt-4o-mini` or `bedrock/anthropic.claude-3`."""
 
     type_name = "litellm"
+    embeds = True
 
     def __init__(
         self,
@@ -103,6 +105,28 @@ class LiteLLMService(LLMService):
             self._slots.release()
         return _codec_openai.completion(response, provider=self.name, model=self.model)
 
+    async def _embed(self, call: EmbedCall) -> Embeddings:
+        request: dict[str, Any] = {
+            "model": self.model,
+            "input": list(call.inputs),
+            "timeout": call.timeout_s,
+            "num_retries": 0,
+            "max_retries": 0,
+            **self._connection(),
+            **call.params,
+        }
+        if call.dimensions is not None:
+            request["dimensions"] = call.dimensions
+        try:
+            await self._slots.acquire()
+        except PoolExhausted as exc:
+            raise saturated(self.name, exc) from exc
+        try:
+            response = await litellm.aembedding(**request)
+        finally:
+            self._slots.release()
+        return _embeddings_of(response, call)
+
     def _open_stream(self, call: Call) -> AsyncIterator[str | ToolCallDelta | StreamEnd]:
         request = self._request(call)
         request["stream_options"] = {"include_usage": True}
@@ -135,13 +159,8 @@ class LiteLLMService(LLMService):
             "num_retries": 0,
             "max_retries": 0,
             **call.params,
+            **self._connection(),
         }
-        if self._api_key is not None:
-            request["api_key"] = self._api_key.get_secret_value()
-        if self.base_url:
-            request["api_base"] = self.base_url
-        if self.api_version:
-            request["api_version"] = self.api_version
         request.update(
             _codec_openai.sampling_fields(
                 call.temperature, call.max_tokens, json_mode=call.json_mode, params=call.params
@@ -149,11 +168,53 @@ class LiteLLMService(LLMService):
         )
         return request
 
+    def _connection(self) -> dict[str, Any]:
+        """Where and as whom LiteLLM calls: the key, base URL and API version given."""
+        connection: dict[str, Any] = {}
+        if self._api_key is not None:
+            connection["api_key"] = self._api_key.get_secret_value()
+        if self.base_url:
+            connection["api_base"] = self.base_url
+        if self.api_version:
+            connection["api_version"] = self.api_version
+        return connection
+
     def _error(self, exc: Exception, call: Call) -> ProviderError | None:
         return litellm_error(exc, provider=self.name, redact=call.redact)
 
     def _secrets(self) -> Iterable[str | None]:
         return (self._api_key.get_secret_value(),) if self._api_key else ()
+
+
+def _embeddings_of(response: Any, call: EmbedCall) -> Embeddings:
+    """LiteLLM's `EmbeddingResponse` (OpenAI's shape) as `Embeddings`."""
+    data = response.model_dump() if hasattr(response, "model_dump") else response
+    items = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise ProviderError(
+            "malformed embedding answer: no 'data' list",
+            kind=ErrorKind.INVALID_RESPONSE,
+            provider=call.provider,
+        )
+    ordered = sorted(items, key=lambda item: item.get("index", 0) if isinstance(item, dict) else 0)
+    vectors = []
+    for item in ordered:
+        vector = item.get("embedding") if isinstance(item, dict) else None
+        if not isinstance(vector, list) or not all(type(x) in (int, float) for x in vector):
+            raise ProviderError(
+                "malformed embedding answer: an embedding is not a list of numbers",
+                kind=ErrorKind.INVALID_RESPONSE,
+                provider=call.provider,
+            )
+        vectors.append([float(x) for x in vector])
+    usage = data.get("usage") or {}
+    tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    model = data.get("model")
+    return Embeddings(
+        vectors=vectors,
+        model=model if isinstance(model, str) and model else call.model,
+        usage=Usage(input_tokens=tokens if isinstance(tokens, int) and tokens >= 0 else 0),
+    )
 
 
 def litellm_error(

@@ -4,13 +4,13 @@ transport. Ollama has no official SDK on this path."""
 from __future__ import annotations
 
 from gateway.providers._codec_ollama import OllamaCodec
+from gateway.providers._embeddings import OllamaEmbeddingCodec, WireEmbedder
 from gateway.providers._transport import Transport
-from gateway.providers._wire import WireService
 from gateway.settings import get_settings
 
 
-class OllamaService(WireService):
-    """A model served by Ollama (or anything speaking its /api/chat).
+class OllamaService(WireEmbedder):
+    """A model served by Ollama (or anything speaking its /api/chat and /api/embed).
 
     Ollama needs no key; one is sent as a bearer token only for a server behind an
     authenticating proxy.
@@ -34,6 +34,7 @@ class OllamaService(WireService):
     ) -> None:
         settings = get_settings()
         self.keep_alive = keep_alive
+        self.embedding_codec = OllamaEmbeddingCodec(keep_alive=keep_alive)
         super().__init__(
             codec=OllamaCodec(keep_alive=keep_alive),
             base_url=base_url or settings.OLLAMA_BASE_URL,

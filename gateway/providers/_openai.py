@@ -1,6 +1,6 @@
 """The OpenAI chat protocol's providers: `openai` (any compatible `base_url`) and
-`azure_openai`. Both speak `OpenAIChatCodec`, over the default transport or, with
-`client="sdk"`, through the `openai` SDK's own client."""
+`azure_openai`. Both speak `OpenAIChatCodec` (and `OpenAIEmbeddingCodec` for embeddings), over
+the default transport or, with `client="sdk"`, through the `openai` SDK's own client."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ from typing import ClassVar
 
 from gateway.errors import ConfigurationError
 from gateway.providers._codec_openai import OpenAIChatCodec
+from gateway.providers._embeddings import OpenAIEmbeddingCodec, WireEmbedder
 from gateway.providers._transport import Transport
-from gateway.providers._wire import WireService, configured_key, wants_sdk
+from gateway.providers._wire import configured_key, wants_sdk
 from gateway.settings import get_settings, require_key
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 
-class OpenAIService(WireService):
+class OpenAIService(WireEmbedder):
     """/chat/completions on OpenAI or any compatible server.
 
     A vendor that speaks OpenAI's protocol is a subclass that sets `type_name`,
@@ -31,6 +32,7 @@ class OpenAIService(WireService):
     """Where the key comes from when `api_key` is not passed."""
     label: ClassVar[str] = "OpenAI"
     """The upstream's name in error messages."""
+    embedding_codec = OpenAIEmbeddingCodec()
 
     def __init__(
         self,
@@ -85,7 +87,7 @@ class OpenAIService(WireService):
             )
 
 
-class AzureOpenAIService(WireService):
+class AzureOpenAIService(WireEmbedder):
     """A deployment on an Azure OpenAI resource. The deployment name plays the model's role.
 
     The key goes in Azure's `api-key` header; Azure AD token auth is the SDK's
@@ -93,6 +95,7 @@ class AzureOpenAIService(WireService):
     """
 
     type_name = "azure_openai"
+    embedding_codec = OpenAIEmbeddingCodec()
 
     def __init__(
         self,

@@ -25,6 +25,7 @@ class _Lazy:
     target: str  # "module:Class"
     requires: str | None  # the import name the type needs, or None for none beyond the core
     extra: str | None = None  # the `gateway[...]` extra that installs it, if it is not core
+    embeds: bool | None = None  # the class's `embeds`, known without importing it; None: unknown
 
     def load(self) -> type[LLMService]:
         if self.requires and importlib.util.find_spec(self.requires) is None:
@@ -45,15 +46,17 @@ class _Lazy:
 # The types whose default transport is aiohttp need only the core; `client: sdk` imports the
 # SDK when a provider asks for it (and names its extra when it is missing).
 _BUILTINS: dict[str, _Lazy] = {
-    "openai": _Lazy("gateway.providers._openai:OpenAIService", "aiohttp"),
+    "openai": _Lazy("gateway.providers._openai:OpenAIService", "aiohttp", embeds=True),
     # OpenAI's protocol on the default transport: the `openai` type's default, under the name
     # policies written for it use.
-    "openai_http": _Lazy("gateway.providers._openai:OpenAIService", "aiohttp"),
-    "azure_openai": _Lazy("gateway.providers._openai:AzureOpenAIService", "aiohttp"),
-    "anthropic": _Lazy("gateway.providers._anthropic:AnthropicService", "aiohttp"),
-    "ollama": _Lazy("gateway.providers._ollama:OllamaService", "aiohttp"),
-    "local": _Lazy("gateway.providers._ollama:OllamaService", "aiohttp"),
-    "litellm": _Lazy("gateway.providers._litellm:LiteLLMService", "litellm", "litellm"),
+    "openai_http": _Lazy("gateway.providers._openai:OpenAIService", "aiohttp", embeds=True),
+    "azure_openai": _Lazy("gateway.providers._openai:AzureOpenAIService", "aiohttp", embeds=True),
+    "anthropic": _Lazy("gateway.providers._anthropic:AnthropicService", "aiohttp", embeds=False),
+    "ollama": _Lazy("gateway.providers._ollama:OllamaService", "aiohttp", embeds=True),
+    "local": _Lazy("gateway.providers._ollama:OllamaService", "aiohttp", embeds=True),
+    "litellm": _Lazy(
+        "gateway.providers._litellm:LiteLLMService", "litellm", "litellm", embeds=True
+    ),
 }
 
 
@@ -122,6 +125,18 @@ class LLMFactory:
     def registered_providers(cls) -> list[str]:
         cls._load_entry_points()
         return list(cls._registry)
+
+    @classmethod
+    def chat_only_providers(cls) -> list[str]:
+        """Registered names whose class cannot embed (`LLMService.embeds` is false): a policy
+        refuses them in an embedding task. A plugin type not imported yet is not listed (its
+        class is asked when it is built, and a request skips it if it cannot embed)."""
+        cls._load_entry_points()
+        return [
+            name
+            for name, entry in cls._registry.items()
+            if (entry.embeds is False if isinstance(entry, _Lazy) else not entry.embeds)
+        ]
 
     @classmethod
     def _load_entry_points(cls) -> None:

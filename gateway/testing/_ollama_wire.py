@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from gateway.testing._openai_tools import ollama_format, ollama_history, ollama_tools
 from gateway.testing._protocols import (
@@ -147,3 +149,16 @@ class OllamaWire(Wire):
     def malformed_event(self, call: Call, answer: Answer) -> bytes:
         whole = self.stream_delta(call, answer, answer.pieces[0] if answer.pieces else "")
         return half(whole.removesuffix(b"\n")) + b"\n"
+
+
+def ollama_embeddings(
+    model: str, vectors: Sequence[Sequence[float]], prompt_tokens: int
+) -> dict[str, Any]:
+    """`POST /api/embed`'s answer."""
+    return {
+        "model": model,
+        "embeddings": [list(vector) for vector in vectors],
+        "total_duration": 1_000_000,
+        "load_duration": 100_000,
+        "prompt_eval_count": prompt_tokens,
+    }

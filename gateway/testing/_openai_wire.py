@@ -1,8 +1,13 @@
-"""OpenAI's chat completions wire format, and Azure OpenAI's variant of it."""
+"""OpenAI's chat completions wire format, and Azure OpenAI's variant of it; and the
+embeddings answer both share."""
 
 from __future__ import annotations
 
+import base64
+import struct
+from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 from gateway.testing._openai_tools import (
     openai_history,
@@ -310,3 +315,28 @@ class AzureOpenAIWire(OpenAIWire):
             }
         )
         return [prompt_filter, *super().stream_open(call, answer)]
+
+
+def openai_embeddings(
+    model: str, vectors: Sequence[Sequence[float]], prompt_tokens: int, *, encoding: str
+) -> dict[str, Any]:
+    """`POST /v1/embeddings`'s answer: each vector as floats, or with `encoding="base64"`
+    as its little-endian float32 bytes in base64 (as OpenAI sends them)."""
+    data = [
+        {
+            "object": "embedding",
+            "index": index,
+            "embedding": (
+                base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+                if encoding == "base64"
+                else list(vector)
+            ),
+        }
+        for index, vector in enumerate(vectors)
+    ]
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }

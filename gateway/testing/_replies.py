@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -143,3 +144,27 @@ def fake_usage(messages: Sequence[Message], text: str, cached_input_tokens: int 
         output_tokens=len(split_words(text)),
         cached_input_tokens=min(cached_input_tokens, input_tokens),
     )
+
+
+DEFAULT_EMBEDDING_DIMENSIONS = 16
+"""The vector length of an embedding model FakeUpstream was told nothing of, and whose name
+`gateway.policy.KNOWN_DIMENSIONS` does not list."""
+
+
+def fake_vector(model: str, text: str, dimensions: int) -> list[float]:
+    """The vector FakeUpstream answers for `text` embedded by `model`: deterministic, and
+    every number a multiple of 1/128 in [-1, 1), exact as a float32 (so a base64 answer
+    decodes to exactly these numbers)."""
+    numbers: list[float] = []
+    block = 0
+    while len(numbers) < dimensions:
+        digest = hashlib.sha256(f"{model}\0{text}\0{block}".encode()).digest()
+        numbers.extend((byte - 128) / 128 for byte in digest)
+        block += 1
+    return numbers[:dimensions]
+
+
+def embedding_tokens(texts: Sequence[str]) -> int:
+    """The fake input token count of an embedding request: about four characters a token,
+    at least one an input."""
+    return sum(max(1, len(text) // 4) for text in texts)

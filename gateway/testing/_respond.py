@@ -76,6 +76,42 @@ async def respond(
         await conn.send(200, wire.encode(wire.completion(call, answer)), headers=headers)
 
 
+async def respond_embedding(
+    conn: HttpConnection, wire: Wire, model: str, fault: Fault | None, answer: bytes
+) -> None:
+    """An embedding request's answer (`answer`, the healthy body), or its fault: an error
+    status, a reset, a hang or slow start, a malformed, too deep or cut body. Faults that
+    only mean something to chat (content filter, streams, oversized text) answer healthily."""
+    kind = fault.kind if fault is not None else "ok"
+    if fault is not None and fault.code is not None:
+        await send_error(
+            conn,
+            wire,
+            wire.error_status(fault),
+            fault_kind=kind,
+            message=fault.message,
+            model=model,
+            retry_after=fault.retry_after,
+        )
+        return
+    if kind == "reset":
+        conn.reset()
+        return
+    if kind in {"hang", "slow_first_byte", "stall"}:
+        assert fault is not None
+        if await conn.wait_for_disconnect(fault.seconds):
+            return
+    headers = response_headers(wire)
+    if kind == "malformed_json":
+        await conn.send(200, answer[: len(answer) // 2], headers=headers)
+    elif kind == "deep_json":
+        await conn.send(200, DEEP_JSON, headers=headers)
+    elif kind == "cut_stream":
+        await conn.send_truncated(200, answer, headers=headers)
+    else:
+        await conn.send(200, answer, headers=headers)
+
+
 async def _stream(
     conn: HttpConnection,
     wire: Wire,

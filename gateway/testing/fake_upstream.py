@@ -1,6 +1,11 @@
 """FakeUpstream: a real HTTP server on 127.0.0.1 that answers like OpenAI, Azure OpenAI,
 Anthropic and Ollama, and misbehaves on request.
 
+Besides chat it answers embeddings on OpenAI's wire (`POST /v1/embeddings`, Azure's
+deployment path too) and Ollama's (`POST /api/embed`): `fake_vector(model, text, n)` for each
+input, `n` being the request's `dimensions`, else what `embedding_model()` set, else the
+model's known length (`gateway.policy.KNOWN_DIMENSIONS`), else 16. The same faults apply.
+
     async with FakeUpstream() as up:
         up.script("gpt-4o", Fault.rate_limit(retry_after=1), Fault.ok())
         client = openai.AsyncOpenAI(base_url=up.openai_base_url, api_key="test")
@@ -31,6 +36,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from gateway._secrets import is_secret_name
+from gateway.policy import known_dimensions, shortens_vectors
 from gateway.testing._anthropic_tools import check_fields
 from gateway.testing._anthropic_wire import AnthropicWire
 from gateway.testing._chaos import Chaos
@@ -38,11 +44,17 @@ from gateway.testing._client import UpstreamURLs
 from gateway.testing._control import handle_control
 from gateway.testing._faults import Fault
 from gateway.testing._http import BadHttpRequest, HttpConnection, HttpRequest, HttpServer
-from gateway.testing._ollama_wire import OllamaWire
-from gateway.testing._openai_wire import AzureOpenAIWire, OpenAIWire
+from gateway.testing._ollama_wire import OllamaWire, ollama_embeddings
+from gateway.testing._openai_wire import AzureOpenAIWire, OpenAIWire, openai_embeddings
 from gateway.testing._protocols import Call, RequestRejected, Wire
-from gateway.testing._replies import ReplySpec, scripted_calls
-from gateway.testing._respond import respond, send_error
+from gateway.testing._replies import (
+    DEFAULT_EMBEDDING_DIMENSIONS,
+    ReplySpec,
+    embedding_tokens,
+    fake_vector,
+    scripted_calls,
+)
+from gateway.testing._respond import respond, respond_embedding, send_error
 from gateway.types import Usage
 
 if TYPE_CHECKING:
@@ -64,11 +76,23 @@ WIRES: dict[str, Wire] = {
 }
 
 _AZURE_PATH = re.compile(r"^/openai/deployments/([^/]+)/chat/completions$")
+_AZURE_EMBEDDINGS_PATH = re.compile(r"^/openai/deployments/([^/]+)/embeddings$")
 _ROUTES = {
     "/v1/chat/completions": "openai",
     "/v1/messages": "anthropic",
     "/api/chat": "ollama",
 }
+_EMBEDDING_ROUTES = {"/v1/embeddings": "openai", "/api/embed": "ollama"}
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingModel:
+    """How FakeUpstream's embeddings for one model look."""
+
+    dimensions: int
+    takes_dimensions: bool
+    """Whether a request's `dimensions` is honoured; if not, it is refused with a 400, as
+    OpenAI refuses it for text-embedding-ada-002."""
 
 
 @dataclass(slots=True)
@@ -140,6 +164,7 @@ class FakeUpstream(UpstreamURLs):
         self._next: deque[Fault] = deque()
         self._always: dict[str, Fault] = {}
         self._chaos: Chaos | None = None
+        self._embedding_models: dict[str, EmbeddingModel] = {}
         self._counts: Counter[tuple[str, str]] = Counter()
         self.requests: list[ReceivedRequest] = []
         self.rejected: list[ReceivedRequest] = []
@@ -231,6 +256,28 @@ class FakeUpstream(UpstreamURLs):
             refusal,
         )
 
+    def embedding_model(
+        self, model: str, *, dimensions: int, takes_dimensions: bool | None = None
+    ) -> None:
+        """Embeddings from `model` are `dimensions` long. `takes_dimensions`: whether a
+        request may ask for another length (None: as OpenAI's models, only the
+        text-embedding-3 ones and models `KNOWN_DIMENSIONS` does not list)."""
+        if takes_dimensions is None:
+            takes_dimensions = shortens_vectors(model) or known_dimensions(model) is None
+        self._embedding_models[model] = EmbeddingModel(dimensions, takes_dimensions)
+
+    def embedding_for(self, model: str, text: str, dimensions: int | None = None) -> list[float]:
+        """The vector this server answers for `text` from `model` (of its own length, or
+        `dimensions`)."""
+        return fake_vector(model, text, dimensions or self._embedding_spec(model).dimensions)
+
+    def _embedding_spec(self, model: str) -> EmbeddingModel:
+        found = self._embedding_models.get(model)
+        if found is not None:
+            return found
+        length = known_dimensions(model) or DEFAULT_EMBEDDING_DIMENSIONS
+        return EmbeddingModel(length, shortens_vectors(model) or known_dimensions(model) is None)
+
     def script(self, model: str, *faults: Fault) -> None:
         """The next len(faults) requests for `model` get these faults in order."""
         self._scripts.setdefault(model, deque()).extend(_faults(faults))
@@ -310,6 +357,13 @@ class FakeUpstream(UpstreamURLs):
         if path.startswith("/_fake/"):
             await handle_control(self, request, conn)
             return
+        embedding_protocol = _EMBEDDING_ROUTES.get(path)
+        embedding_deployment: str | None = None
+        if embedding_protocol is None and (match := _AZURE_EMBEDDINGS_PATH.match(path)):
+            embedding_protocol, embedding_deployment = "azure", match.group(1)
+        if embedding_protocol is not None and request.method == "POST":
+            await self._handle_embedding(request, conn, embedding_protocol, embedding_deployment)
+            return
         protocol = _ROUTES.get(path)
         deployment: str | None = None
         if protocol is None and (match := _AZURE_PATH.match(path)):
@@ -342,6 +396,71 @@ class FakeUpstream(UpstreamURLs):
             self.injected[fault.kind] += 1
         spec = self._replies.get(call.model) or self._replies.get(None) or _DEFAULT_REPLY
         await respond(conn, wire, call, fault, spec)
+
+    async def _handle_embedding(
+        self,
+        request: HttpRequest,
+        conn: HttpConnection,
+        protocol: str,
+        deployment: str | None,
+    ) -> None:
+        wire = WIRES[protocol]
+        try:
+            body = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict):
+            await send_error(conn, wire, 400, message="The request body must be a JSON object.")
+            return
+        model = deployment if deployment is not None else body.get("model")
+        texts = _embedding_texts(body.get("input"))
+        problem: str | None = None
+        param: str | None = None
+        asked: Any = None
+        encoding: Any = "float"
+        spec = _NO_EMBEDDING_MODEL
+        if not isinstance(model, str) or not model:
+            problem, param = "you must provide a model parameter", "model"
+        elif texts is None:
+            problem, param = "'input' must be a string or an array of strings", "input"
+        if problem is None:
+            assert isinstance(model, str) and texts is not None
+            spec = self._embedding_spec(model)
+            asked = body.get("dimensions")
+            if asked is not None and not spec.takes_dimensions:
+                problem, param = "This model does not support specifying dimensions.", "dimensions"
+            elif asked is not None and (type(asked) is not int or asked < 1):
+                problem, param = f"Invalid value for 'dimensions': {asked!r}", "dimensions"
+            encoding = body.get("encoding_format", "float")
+            if encoding not in ("float", "base64"):
+                problem, param = (
+                    f"Invalid value for 'encoding_format': {encoding!r}",
+                    "encoding_format",
+                )
+        if problem is not None:
+            shown = model if isinstance(model, str) else ""
+            self._record_rejected(request, protocol, deployment, {**body, "model": shown}, problem)
+            await send_error(conn, wire, 400, message=problem, param=param)
+            return
+        assert isinstance(model, str) and texts is not None
+        call = Call(
+            protocol, model, stream=False, json_mode=False, include_usage=False, messages=[]
+        )
+        self._record(request, call, body)
+        fault = self._pick_fault(model)
+        if fault is not None and fault.kind != "ok":
+            self.injected[fault.kind] += 1
+        length = asked or spec.dimensions
+        vectors = [fake_vector(model, text, length) for text in texts]
+        tokens = embedding_tokens(texts)
+        if protocol == "ollama":
+            answer = ollama_embeddings(model, vectors, tokens)
+        else:
+            answer = openai_embeddings(model, vectors, tokens, encoding=encoding)
+        reply = self._replies.get(model) or self._replies.get(None)
+        if reply is not None and reply.latency_s:
+            await asyncio.sleep(reply.latency_s)
+        await respond_embedding(conn, wire, model, fault, wire.encode(answer))
 
     async def _handle_other(self, request: HttpRequest, conn: HttpConnection) -> None:
         if request.method == "GET" and request.path == "/v1/models":
@@ -436,6 +555,27 @@ class FakeUpstream(UpstreamURLs):
 
 
 _DEFAULT_REPLY = ReplySpec()
+_NO_EMBEDDING_MODEL = EmbeddingModel(DEFAULT_EMBEDDING_DIMENSIONS, True)
+
+
+def _embedding_texts(value: Any) -> list[str] | None:
+    """An embedding request's inputs as texts (token-id arrays as their digits); None for
+    anything OpenAI would refuse."""
+    if isinstance(value, str):
+        return [value] if value else None
+    if not isinstance(value, list) or not value:
+        return None
+    if all(type(token) is int for token in value):
+        return [" ".join(map(str, value))]
+    texts = []
+    for item in value:
+        if isinstance(item, str) and item:
+            texts.append(item)
+        elif isinstance(item, list) and item and all(type(t) is int for t in item):
+            texts.append(" ".join(map(str, item)))
+        else:
+            return None
+    return texts
 
 
 def _faults(faults: Iterable[Fault | Mapping[str, Any]]) -> list[Fault]:
