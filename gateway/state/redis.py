@@ -374,6 +374,10 @@ class RedisState:
         for op, reply in zip(ops, replies, strict=True):
             key = op.breaker.key
             providers[key] = op.breaker.name
+            if op.kind in (OpKind.FORCE_OPEN, OpKind.RESET) and not isinstance(
+                reply, ResponseError
+            ):
+                op.breaker.operator_op_answered()  # a refused one is answered locally below
             if isinstance(reply, ResponseError):
                 # Redis refused this op (a key of the wrong type, a record the scripts will not
                 # read): it did not happen there, so it is applied to the local breaker.

@@ -203,6 +203,9 @@ class SharedBreaker(Breaker):
         self._wants_probe_at: float | None = None
         self._detached = False  # see detach()
         self._until_write = False
+        # Operator changes (FORCE_OPEN, RESET) sent but not yet answered: a record read before
+        # one of them reached Redis must not undo it in this replica's view meanwhile.
+        self._operator_pending = 0
 
     # --- the Breaker interface the router drives --------------------------------------------
 
@@ -263,21 +266,30 @@ class SharedBreaker(Breaker):
     def force_open(self) -> None:
         """Open now for every replica, and keep it open (no probe) until `reset()`."""
         super().force_open()
-        if not self._detached:
-            self._submit(Op(OpKind.FORCE_OPEN, self))
+        self._send_operator_op(OpKind.FORCE_OPEN)
 
     def reset(self) -> None:
         """Close now for every replica, with clean shared counts."""
         super().reset()
         self._unsent_ok = 0
         self.forget_lease()
-        if not self._detached:
-            self._submit(Op(OpKind.RESET, self))
+        self._send_operator_op(OpKind.RESET)
+
+    def _send_operator_op(self, kind: OpKind) -> None:
+        # Applied to the local view already; a detached record gets it with the next write.
+        if not self._detached and self._link.submit(Op(kind, self)):
+            self._operator_pending += 1
+
+    def operator_op_answered(self) -> None:
+        """The backend answered a FORCE_OPEN or RESET of this breaker."""
+        self._operator_pending = max(0, self._operator_pending - 1)
 
     # --- for the backend --------------------------------------------------------------------
 
     def apply_snapshot(self, snapshot: Snapshot) -> None:
         """Make the shared record this breaker's state (listeners hear of any change)."""
+        if self._operator_pending:
+            return  # read before the operator's change reached the backend: it is stale
         self._detached = self._until_write = False
         self._forced = snapshot.forced
         self._view.state = _TO_PYBREAKER[snapshot.state]
@@ -311,8 +323,10 @@ class SharedBreaker(Breaker):
         elif op.kind is OpKind.ACQUIRE_PROBE:
             self._acquiring = False
         elif op.kind is OpKind.FORCE_OPEN:
+            self.operator_op_answered()
             Breaker.force_open(self)
         elif op.kind is OpKind.RESET:
+            self.operator_op_answered()
             Breaker.reset(self)
 
     def housekeeping(self, now: float, min_interval_s: float) -> list[Op]:
