@@ -13,6 +13,7 @@ is ended wherever its last event arrives.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from gateway import __version__
 from gateway._outcomes import AttemptOutcome, BreakerState, ErrorKind, RequestOutcome
 from gateway._trace_headers import OUTGOING_TRACE_HEADERS
 from gateway.hooks import BaseHooks, Operation
@@ -107,7 +109,9 @@ class TracingHooks(BaseHooks):
         tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self._router = router
-        self._tracer = trace.get_tracer(INSTRUMENTATION_NAME, tracer_provider=tracer_provider)
+        self._tracer = trace.get_tracer(
+            INSTRUMENTATION_NAME, __version__, tracer_provider=tracer_provider
+        )
         self._providers: WeakKeyDictionary[Any, _Provider] = WeakKeyDictionary()
         self._breakers: dict[str, BreakerState] = {}
         self._open: dict[_Request, None] = {}
@@ -136,7 +140,10 @@ class TracingHooks(BaseHooks):
             # Refused before its walk began (an unknown task, malformed messages): one span
             # says so, with no attempt under it.
             span = self._tracer.start_span(
-                f"chat {task}", kind=SpanKind.INTERNAL, attributes={"gateway.task": task}
+                f"chat {task}",
+                kind=SpanKind.INTERNAL,
+                attributes={"gateway.task": task},
+                start_time=time.time_ns() - int(duration_s * 1e9),
             )
             request = _Request(span, task, "chat", _current.get())
         else:
