@@ -37,6 +37,8 @@ DOOMED = "doomed-model"
 """The model of the only provider of the `doomed` task (always fails)."""
 FLAKY = "flaky-model"
 """The model of the only provider of the `flaky` task (scripted to fail mid-stream)."""
+SLOW = "slow-model"
+"""The model of the only provider of the `slow` task (scripted to hang past its deadline)."""
 
 USER_ASKS = "What is the weather in Paris?"
 TOOL_RESULT = "sunny and 21 degrees"
@@ -75,11 +77,13 @@ providers:
   first:  {{type: openai, model: {FIRST_FAILS}, base_url: "{fake_url}/v1", api_key: k}}
   doomed: {{type: openai, model: {DOOMED}, base_url: "{fake_url}/v1", api_key: k}}
   flaky:  {{type: openai, model: {FLAKY}, base_url: "{fake_url}/v1", api_key: k}}
+  slow:   {{type: openai, model: {SLOW}, base_url: "{fake_url}/v1", api_key: k}}
 prices:
   {UPSTREAM_MODELS["ollama"]}: {{input: 0, output: 0}}
   {FIRST_FAILS}: {{input: 0, output: 0}}
   {DOOMED}: {{input: 0, output: 0}}
   {FLAKY}: {{input: 0, output: 0}}
+  {SLOW}: {{input: 0, output: 0}}
 tasks:
   openai:      {{chain: [gpt]}}
   anthropic:   {{chain: [claude]}}
@@ -87,6 +91,7 @@ tasks:
   fallthrough: {{chain: [first, claude]}}
   doomed:      {{chain: [doomed]}}
   flaky:       {{chain: [flaky]}}
+  slow:        {{chain: [slow], deadline_s: 0.3}}
 """
 
 
@@ -526,6 +531,20 @@ def test_tool_choice_none_reaches_upstream(client: Messages, fake: ThreadedFakeU
     assert body["tool_choice"] == "none"
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_refusal_is_stop_reason_refusal(
+    client: Messages, fake: ThreadedFakeUpstream, streamed: bool
+) -> None:
+    model = UPSTREAM_MODELS["openai"]
+    fake.call(lambda: fake.fake.reply(model, refusal="I can't help with that."))
+    try:
+        message = client.final(**ask("openai"))[0] if streamed else client.create(**ask("openai"))
+    finally:
+        fake.call(lambda: fake.fake.reply(model))
+    assert message.stop_reason == "refusal"
+    assert [b.text for b in message.content if b.type == "text"] == ["I can't help with that."]
+
+
 # --- count_tokens -----------------------------------------------------------------------------
 
 
@@ -580,6 +599,17 @@ def test_every_provider_failing_is_an_sdk_status_error(
     with pytest.raises(anthropic.InternalServerError) as streamed:
         client.final(**ask("doomed"))
     assert streamed.value.status_code == 502
+
+
+def test_a_deadline_running_out_is_a_gateway_timeout(
+    client: Messages, fake: ThreadedFakeUpstream
+) -> None:
+    fake.call(lambda: fake.fake.fail_always(SLOW, Fault.hang()))
+    with pytest.raises(anthropic.GatewayTimeoutError) as late:
+        client.create(**ask("slow"))
+    body = late.value.body
+    assert isinstance(body, dict) and body["error"]["type"] == "api_error"
+    assert "deadline_s" in body["error"]["message"]
 
 
 def test_unknown_task_is_not_found(client: Messages) -> None:
@@ -665,6 +695,15 @@ def test_a_missing_key_is_an_authentication_error(gateway: str) -> None:
     error = response.json()["error"]
     assert error["type"] == "authentication_error"
     assert "x-api-key" in error["message"]  # says how Anthropic's clients send a key
+
+
+def test_x_api_key_is_harmless_on_other_routes(gateway: str) -> None:
+    response = httpx.get(
+        gateway + "/v1/models",
+        headers={"authorization": f"Bearer {CLIENT_KEY}", "x-api-key": "something-else"},
+    )
+    assert response.status_code == 200
+    assert "openai" in [card["id"] for card in response.json()["data"]]
 
 
 def test_a_bearer_key_works_too(gateway: str, fake: ThreadedFakeUpstream) -> None:

@@ -138,8 +138,8 @@ class CountTokensRequest(BaseModel):
     model: str = Field(
         min_length=1,
         max_length=256,
-        description="The task to route (a task name from the policy; unknown names go to the "
-        "`default` task when the policy has one). The `x-gateway-task` header overrides it.",
+        description="Names the gateway task that answers, as on the chat route (`default` "
+        "takes unknown names when the policy has it; `x-gateway-task` wins over it).",
     )
     messages: list[MessageParam] = Field(min_length=1)
     system: str | list[TextBlock] | None = None

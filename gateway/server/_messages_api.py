@@ -34,7 +34,7 @@ from gateway._outcomes import Attempt, AttemptOutcome
 from gateway._router import Router
 from gateway._runtime import prompt_tokens
 from gateway._streaming import RoutedStream
-from gateway.errors import GatewayError, RoutingError
+from gateway.errors import GatewayError, ProviderError, RoutingError
 from gateway.providers import estimate_tokens
 from gateway.providers.anthropic_shapes import (
     MESSAGE_STOP,
@@ -317,7 +317,11 @@ async def _create(
         routed.attempts,
         routed.cost_usd,
     )
-    answer = message_from(routed)
+    try:
+        answer = message_from(routed)
+    except ProviderError as exc:  # an answer Anthropic's shape cannot carry
+        access.outcome = "invalid_response"
+        return anthropic_error(str(exc), status=502)
     access.outcome = "success"
     headers = gateway_headers(
         task=task, provider=routed.provider, attempts=routed.attempts, cost=routed.cost_usd
