@@ -6,15 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
+import httpx
 import pytest
 from import_blocker import run_without
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from gateway.errors import ConfigurationError
 from gateway.testing import FakeUpstream
 from gateway.tracing import (
     ENDPOINT_ENVS,
     configured,
+    continue_incoming_traces,
     exporters,
     hooks_from_env,
     tracer_provider_from_env,
@@ -152,3 +161,46 @@ def test_asking_for_tracing_without_the_extra_names_it() -> None:
     for name in ("hooks", "env", "serve"):
         assert "pip install 'gateway[otel]'" in answer[name], name
         assert "OpenTelemetry" in answer[name], name
+
+
+def _app_reporting_its_trace_context() -> Starlette:
+    async def current(request: Request) -> JSONResponse:
+        context = trace.get_current_span().get_span_context()
+        return JSONResponse(
+            {"trace": f"{context.trace_id:032x}", "span": f"{context.span_id:016x}"}
+        )
+
+    app = Starlette(routes=[Route("/", current)])
+    continue_incoming_traces(app, {"OTEL_TRACES_EXPORTER": "console"})
+    return app
+
+
+async def test_a_callers_traceparent_is_the_current_context_while_it_is_served() -> None:
+    app = _app_reporting_its_trace_context()
+    header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+        continued = (await c.get("/", headers={"traceparent": header})).json()
+        fresh = (await c.get("/")).json()
+
+    assert continued == {"trace": "4bf92f3577b34da6a3ce929d0e0e4736", "span": "00f067aa0ba902b7"}
+    assert fresh == {"trace": "0" * 32, "span": "0" * 16}
+    assert not trace.get_current_span().get_span_context().is_valid
+
+
+async def test_a_request_already_under_a_server_span_keeps_it() -> None:
+    inner = _app_reporting_its_trace_context()
+    provider = TracerProvider()
+
+    async def server_span(scope: Any, receive: Any, send: Any) -> None:
+        # What an outer instrumentation (FastAPI's own, an ASGI middleware) does.
+        with provider.get_tracer("outer").start_as_current_span("POST /"):
+            await inner(scope, receive, send)
+
+    header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    transport = httpx.ASGITransport(server_span)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        seen = (await client.get("/", headers={"traceparent": header})).json()
+
+    assert seen["span"] != "00f067aa0ba902b7"  # the outer span, not the caller's
+    assert seen["span"] != "0" * 16
