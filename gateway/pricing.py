@@ -5,7 +5,8 @@ The bundled map is one of two files, chosen once, on the first lookup, with no n
 - the snapshot shipped inside this package (`gateway/pricing_data/model_prices.json`), so
   prices are known without litellm installed. It is LiteLLM's price map trimmed to the
   providers this gateway speaks to directly (LiteLLM's `openai`, `azure`, `anthropic` and
-  `ollama` entries whose mode generates text: chat, completion, responses) and to the fields
+  `ollama` entries whose mode generates text or embeds it: chat, completion, responses,
+  embedding; an embedding model's price is per input token) and to the fields
   read here (input, output and cached-input cost per token, `max_input_tokens`,
   `litellm_provider`), and it records the litellm version it was taken from;
 - LiteLLM's own map, the JSON file inside the installed litellm package, read without
@@ -69,9 +70,9 @@ SNAPSHOT_PATH = Path(__file__).parent / "pricing_data" / SNAPSHOT_FILE
 
 # What the snapshot keeps of LiteLLM's map: entries of the LiteLLM providers that this
 # gateway's provider types call (openai and openai_http -> openai, azure_openai -> azure,
-# anthropic, ollama), for modes that generate text, with only the fields read below.
+# anthropic, ollama), for modes that generate or embed text, with only the fields read below.
 SNAPSHOT_PROVIDERS = frozenset({"openai", "azure", "anthropic", "ollama"})
-SNAPSHOT_MODES = frozenset({"chat", "completion", "responses"})
+SNAPSHOT_MODES = frozenset({"chat", "completion", "responses", "embedding"})
 SNAPSHOT_FIELDS = (
     "input_cost_per_token",
     "output_cost_per_token",

@@ -386,3 +386,18 @@ def test_fake_vectors_are_exact_as_float32() -> None:
     packed = base64.b64encode(struct.pack("<40f", *vector))
     assert list(struct.unpack("<40f", base64.b64decode(packed))) == vector
     assert fake_vector("m", "t", 40) == vector != fake_vector("m", "u", 40)
+
+
+def test_the_shipped_price_snapshot_prices_openais_embedding_models() -> None:
+    import json
+
+    from gateway.pricing import SNAPSHOT_PATH
+
+    models = json.loads(SNAPSHOT_PATH.read_text())["models"]
+    for model, per_million in (
+        ("text-embedding-3-small", 0.02),
+        ("text-embedding-3-large", 0.13),
+        ("text-embedding-ada-002", 0.10),
+    ):
+        assert models[model]["input_cost_per_token"] * 1e6 == pytest.approx(per_million)
+        assert models[model]["output_cost_per_token"] == 0

@@ -42,7 +42,7 @@ SNAPSHOT_VERSION: str = SNAPSHOT["litellm_version"]
 # What the snapshot promises to keep of LiteLLM's map, written out here rather than imported,
 # so that a change to the trimming has to be made on purpose in both places.
 KEPT_PROVIDERS = {"openai", "azure", "anthropic", "ollama"}
-KEPT_MODES = {"chat", "completion", "responses"}
+KEPT_MODES = {"chat", "completion", "responses", "embedding"}
 KEPT_FIELDS = {
     "input_cost_per_token",
     "output_cost_per_token",
@@ -373,10 +373,10 @@ def test_refresh_from_the_snapshots_litellm_version_reproduces_the_shipped_file(
         for name, entry in SNAPSHOT["models"].items()
     }
     litellm_map["sample_spec"] = {"input_cost_per_token": 0.0, "litellm_provider": "one of ..."}
-    litellm_map["text-embedding-9"] = {
+    litellm_map["tts-9"] = {
         "input_cost_per_token": 1e-8,
         "litellm_provider": "openai",
-        "mode": "embedding",
+        "mode": "audio_speech",
     }
     litellm_map["groq/some-llama"] = {
         "input_cost_per_token": 1e-7,
