@@ -373,6 +373,24 @@ def test_images_base64_and_url_reach_upstream(
         assert first == {"type": "image", "source": {"type": "url", "url": url}}
 
 
+def test_a_prefill_is_continued_by_anthropic_and_refused_where_it_would_not_be(
+    client: Messages, task: str, fake: ThreadedFakeUpstream
+) -> None:
+    history = [
+        {"role": "user", "content": USER_ASKS},
+        {"role": "assistant", "content": "The weather in Paris is"},
+    ]
+    if task != "anthropic":
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            client.create(**ask(task, messages=history))
+        assert "assistant turn" in refused.value.message
+        assert sent(fake, task) == []
+        return
+    client.create(**ask(task, messages=history))
+    (body,) = sent(fake, task)
+    assert body["messages"][-1] == {"role": "assistant", "content": "The weather in Paris is"}
+
+
 # --- streams ----------------------------------------------------------------------------------
 
 

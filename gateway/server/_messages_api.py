@@ -34,7 +34,8 @@ from gateway._outcomes import Attempt, AttemptOutcome
 from gateway._router import Router
 from gateway._runtime import prompt_tokens
 from gateway._streaming import RoutedStream
-from gateway.errors import GatewayError, ProviderError, RoutingError
+from gateway.errors import GatewayError, InvalidRequestError, ProviderError, RoutingError
+from gateway.policy import Policy, TaskSpec
 from gateway.providers import estimate_tokens
 from gateway.providers.anthropic_shapes import (
     MESSAGE_STOP,
@@ -292,8 +293,10 @@ async def _create(
 ) -> Response:
     access = access_record(request.scope)
     # Resolving the task up front turns an unknown one into a 404 before any work is done.
-    task = router.policy.task(task_header or body.model).name
-    access.task = task
+    spec = router.policy.task(task_header or body.model)
+    task = access.task = spec.name
+    if body.messages[-1].role == "assistant":
+        _check_prefill(router.policy, spec)
     messages, params = body.router_messages(), body.router_params()
     try:
         if body.stream:
@@ -327,6 +330,26 @@ async def _create(
         task=task, provider=routed.provider, attempts=routed.attempts, cost=routed.cost_usd
     )
     return JSONResponse(answer, headers=headers)
+
+
+def _check_prefill(policy: Policy, task: TaskSpec) -> None:
+    """A conversation that ends with an assistant turn asks Anthropic to continue that text;
+    any other provider type would take it as history and answer anew. Refused unless every
+    provider of the task's chain speaks Anthropic's protocol."""
+    others = sorted(
+        {
+            f"{entry.provider} ({policy.providers[entry.provider].type})"
+            for entry in task.chain
+            if policy.providers[entry.provider].type != "anthropic"
+        }
+    )
+    if others:
+        raise InvalidRequestError(
+            "messages ends with an assistant turn (a prefill for the answer to continue): "
+            f"only Anthropic providers continue it, and task {task.name!r} may be answered by "
+            f"{', '.join(others)}, which would answer anew; end with a user turn, or send it "
+            "to a task whose chain holds only anthropic providers"
+        )
 
 
 def _shutdown_message() -> str:
