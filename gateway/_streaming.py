@@ -73,13 +73,16 @@ class RoutedStream(Streamed):
     async def events(self) -> AsyncGenerator[StreamEvent, None]:
         """Text and tool-call pieces, typed, as they arrive. Leaving early (or
         closing this iterator) closes the stream."""
+        # Straight over the source, not through `_next_event`: one coroutine less per piece.
+        if self._source is None:
+            self._source = self._run()
         try:
-            while True:
-                try:
-                    event = await self._next_event()
-                except StopAsyncIteration:
-                    return
-                yield TextDelta(event) if type(event) is str else event  # type: ignore[misc]
+            async for event in self._source:
+                if isinstance(event, str):
+                    yield TextDelta(event)
+                else:
+                    self._tools.add(event)
+                    yield event
         finally:
             await self.aclose()
 

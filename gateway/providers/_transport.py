@@ -222,9 +222,11 @@ class HTTPResponse(Protocol):
         """The whole body; past `limit` bytes, `ResponseTooLargeError` without holding more."""
         ...
 
-    def lines(self, max_line: int) -> AsyncIterator[bytes]:
-        """The body line by line, each with its line ending; a line longer than `max_line`
-        raises `ResponseTooLargeError` before more of it is held."""
+    def line_batches(self, max_line: int) -> AsyncIterator[list[bytes]]:
+        """The body's lines, without their LF, as lists: each the complete lines one read
+        brought (a stream's events come many to a read; one list each saves a hop through
+        the generators per line). A line longer than `max_line` raises
+        `ResponseTooLargeError` before more of it is held."""
         ...
 
 
@@ -264,16 +266,19 @@ class HTTPTransport(Transport):
             if response.status >= 400:
                 raise await _status_error(response)
             decoder = SSEDecoder(limit) if request.framing == "sse" else NDJSONDecoder()
+            feed = decoder.feed
             total = 0
-            async for line in response.lines(limit):
-                total += len(line)
+            async for batch in response.line_batches(limit):
+                # The bytes of the lines and of the line ends the split took off.
+                total += sum(map(len, batch)) + len(batch)
                 if total > total_limit:
                     raise ResponseTooLargeError(total_limit, "stream")
-                event = decoder.feed(line)
-                if event is not None:
-                    yield event
-                elif decoder.done:
-                    return
+                for line in batch:
+                    event = feed(line)
+                    if event is not None:
+                        yield event
+                    elif decoder.done:
+                        return
 
     def error(self, exc: Exception, call: Call) -> ProviderError | None:
         if isinstance(exc, ResponseTooLargeError):
@@ -312,7 +317,7 @@ class SSEDecoder:
         self.done = False
 
     def feed(self, raw: bytes) -> WireEvent | None:
-        """The event `raw` completes, if it completes one."""
+        """The event `raw` (one line, with or without its line end) completes, if any."""
         line = raw.rstrip(b"\r\n")
         if not line:
             return self._dispatch()
@@ -336,7 +341,9 @@ class SSEDecoder:
         if payload == b"[DONE]":
             self.done = True
             return None
-        return WireEvent(event, _errors.parse_untrusted_json(payload))
+        # Decoded here: SSE is UTF-8 by definition, and json.loads would otherwise sniff the
+        # encoding of every event. Bad UTF-8 raises UnicodeDecodeError, a ValueError.
+        return WireEvent(event, _errors.parse_untrusted_json(payload.decode()))
 
 
 class NDJSONDecoder:
@@ -515,37 +522,33 @@ class _AiohttpExchange:
             pieces.append(chunk)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-    async def lines(self, max_line: int) -> AsyncIterator[bytes]:
+    async def line_batches(self, max_line: int) -> AsyncIterator[list[bytes]]:
         # Split here rather than with aiohttp's line iterator: its longest line differs by
         # version (512 KiB in 3.14) and is no bound of ours, and past it aiohttp raises its own
         # LineTooLong, which no error mapping knows. Here an over-long line stops at once.
         content = self._sent.content
         pending: list[bytes] = []
         held = 0
-        while True:
-            chunk = await content.readany()
-            if not chunk:
-                break
-            start = 0
-            end = chunk.find(b"\n")
-            while end >= 0:
-                piece = chunk[start : end + 1]
-                if pending:
-                    pending.append(piece)
-                    piece, pending, held = b"".join(pending), [], 0
-                if len(piece) > max_line:
-                    raise ResponseTooLargeError(max_line, "stream line")
-                yield piece
-                start = end + 1
-                end = chunk.find(b"\n", start)
-            if start < len(chunk):
-                rest = chunk[start:] if start else chunk
+        while chunk := await content.readany():
+            lines = chunk.split(b"\n")
+            rest = lines.pop()  # after the last LF: the start of a line still to come
+            if lines and pending:
+                pending.append(lines[0])
+                lines[0] = b"".join(pending)
+                pending = []
+            # No line can be too long unless what is held and this read together are.
+            if held + len(chunk) > max_line and any(len(line) > max_line for line in lines):
+                raise ResponseTooLargeError(max_line, "stream line")
+            if lines:
+                held = 0
+                yield lines
+            if rest:
                 held += len(rest)
                 if held > max_line:
                     raise ResponseTooLargeError(max_line, "stream line")
                 pending.append(rest)
         if pending:
-            yield b"".join(pending)
+            yield [b"".join(pending)]
 
 
 # --- in memory, for tests ---------------------------------------------------------------------
@@ -634,8 +637,8 @@ class _MockHTTPResponse:
             raise ResponseTooLargeError(limit)
         return self._body
 
-    async def lines(self, max_line: int) -> AsyncIterator[bytes]:
-        for line in self._body.splitlines(keepends=True):
-            if len(line) > max_line:
-                raise ResponseTooLargeError(max_line, "stream line")
-            yield line
+    async def line_batches(self, max_line: int) -> AsyncIterator[list[bytes]]:
+        lines = self._body.splitlines()
+        if any(len(line) > max_line for line in lines):
+            raise ResponseTooLargeError(max_line, "stream line")
+        yield lines

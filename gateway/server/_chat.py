@@ -48,7 +48,14 @@ from gateway.server._openai_compat import (
     new_completion_id,
     response_id_for,
 )
-from gateway.server._sse import DONE, EventStreamResponse, LastEvents, event, json_bytes
+from gateway.server._sse import (
+    DONE,
+    EventStreamResponse,
+    EventTemplate,
+    LastEvents,
+    event,
+    json_bytes,
+)
 from gateway.types import Attempt, StreamEvent, TextDelta, ToolCallDelta
 
 log = logging.getLogger("gateway.server")
@@ -323,9 +330,9 @@ async def _first_event(events: AsyncIterator[StreamEvent]) -> StreamEvent | None
         return None
 
 
-def _chunk(writer: ChunkWriter, piece: StreamEvent) -> bytes:
+def _chunk(writer: ChunkWriter, content: EventTemplate, piece: StreamEvent) -> bytes:
     if type(piece) is TextDelta:
-        return event(writer.content(piece.text))
+        return content(piece.text)
     assert isinstance(piece, ToolCallDelta)
     return event(writer.tool_call(piece))
 
@@ -343,12 +350,13 @@ async def _sse(
     its attempts recorded. Events that are ready together are sent together: one write, one
     packet, one wake-up of the client."""
     head = event(writer.role())
+    content = EventTemplate(writer.content)
     try:
         if first is not None:
-            yield head + _chunk(writer, first)
+            yield head + _chunk(writer, content, first)
             head = b""
             async for piece in events:
-                yield _chunk(writer, piece)
+                yield _chunk(writer, content, piece)
         if stream.refusal:
             head += event(writer.refusal(stream.refusal))
         end = head + event(writer.finish(stream.finish_reason))

@@ -15,7 +15,7 @@ sent as any ending is.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -45,6 +45,43 @@ def json_bytes(payload: Mapping[str, Any]) -> bytes:
 
 def event(payload: Mapping[str, Any]) -> bytes:
     return b"data: " + json_bytes(payload) + b"\n\n"
+
+
+def json_string(text: str) -> bytes:
+    """`text` as a JSON string, escaped as `json_bytes` escapes it inside an object."""
+    try:
+        return to_json(text)
+    except PydanticSerializationError:
+        return json.dumps(text).encode()
+
+
+class EventTemplate:
+    """Events that differ in one string alone, encoded once: each event is the bytes of the
+    template around that string's JSON. A stream's content chunks repeat their id, model,
+    timestamp and field names, and differ only in the text; encoding them whole would
+    serialise the same dozen fields again for every chunk.
+
+    `payload(text)` builds the event's payload. It is called once with a marker no real field
+    holds; should the marker come out anywhere but once (a field echoing it), every event is
+    built and encoded whole instead.
+    """
+
+    _MARK = "\x00gateway-template-slot\x00"
+
+    __slots__ = ("_after", "_before", "_payload")
+
+    def __init__(self, payload: Callable[[str], Mapping[str, Any]]) -> None:
+        self._payload = payload
+        whole = event(payload(self._MARK))
+        slot = json_string(self._MARK)
+        before, found, after = whole.partition(slot)
+        self._before: bytes | None = before if found and slot not in after else None
+        self._after = after
+
+    def __call__(self, text: str) -> bytes:
+        if self._before is None:
+            return event(self._payload(text))
+        return self._before + json_string(text) + self._after
 
 
 class LastEvents(bytes):
