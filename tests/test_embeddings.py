@@ -401,3 +401,35 @@ def test_the_shipped_price_snapshot_prices_openais_embedding_models() -> None:
     ):
         assert models[model]["input_cost_per_token"] * 1e6 == pytest.approx(per_million)
         assert models[model]["output_cost_per_token"] == 0
+
+
+async def test_azure_openai_and_litellm_providers_embed(up: FakeUpstream) -> None:
+    doc = policy_doc(up.url)
+    doc["providers"]["azure"] = {
+        "type": "azure_openai",
+        "model": SMALL,
+        "base_url": up.azure_endpoint,
+        "api_key": "k",
+        "options": {"deployment": "embedder", "api_version": "2024-10-21"},
+    }
+    doc["providers"]["lite"] = {
+        "type": "litellm",
+        "model": f"openai/{SMALL}",
+        "base_url": f"{up.url}/v1",
+        "api_key": "k",
+    }
+    doc["tasks"]["azure"] = {"kind": "embedding", "chain": ["azure"]}
+    doc["tasks"]["lite"] = {"kind": "embedding", "chain": ["lite"]}
+    up.embedding_model("embedder", dimensions=1536)
+    router = build(doc)
+    try:
+        azure = await router.embed(TEXTS, task="azure")
+        lite = await router.embed(TEXTS, task="lite", dimensions=32)
+    finally:
+        await router.aclose()
+    assert azure.vectors == [up.embedding_for("embedder", t) for t in TEXTS]
+    assert lite.vectors == [up.embedding_for(SMALL, t, 32) for t in TEXTS]
+    first, second = up.requests
+    assert (first.protocol, first.path) == ("azure", "/openai/deployments/embedder/embeddings")
+    assert first.query == {"api-version": "2024-10-21"}
+    assert second.body["dimensions"] == 32 and second.body["input"] == TEXTS
