@@ -713,6 +713,7 @@ def test_a_missing_key_is_an_authentication_error(gateway: str) -> None:
     error = response.json()["error"]
     assert error["type"] == "authentication_error"
     assert "x-api-key" in error["message"]  # says how Anthropic's clients send a key
+    assert response.headers["www-authenticate"] == "Bearer"
 
 
 def test_x_api_key_is_harmless_on_other_routes(gateway: str) -> None:

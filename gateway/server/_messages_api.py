@@ -34,7 +34,7 @@ from gateway._outcomes import Attempt, AttemptOutcome
 from gateway._router import Router
 from gateway._runtime import prompt_tokens
 from gateway._streaming import RoutedStream
-from gateway.errors import GatewayError, InvalidRequestError, ProviderError, RoutingError
+from gateway.errors import InvalidRequestError, ProviderError, RoutingError
 from gateway.policy import Policy, TaskSpec
 from gateway.providers import estimate_tokens
 from gateway.providers.anthropic_shapes import (
@@ -113,7 +113,8 @@ def _routing_error(exc: Exception, access: AccessRecord) -> tuple[int, dict[str,
     provider failed, a request no candidate could take...), as the chat route's statuses."""
     failure = routing_failure(exc)
     if failure is None:
-        log.error("messages request for task %s failed unexpectedly", access.task, exc_info=exc)
+        # %r: the task may be the client's own text, and repr() escapes line breaks.
+        log.error("messages request for task %r failed unexpectedly", access.task, exc_info=exc)
         return 500, error_body(
             "api_error", "the gateway failed unexpectedly; the server log has the details"
         )
@@ -153,7 +154,8 @@ class AnthropicRoute(APIRoute):
             access = state.keys.client(key, request.client.host if request.client else None)
             if access is not Access.GRANTED:
                 denied = denial(access, header=API_KEY_HEADERS)
-                return anthropic_error(denied.message, status=denied.status)
+                headers = {"www-authenticate": "Bearer"} if denied.status == 401 else None
+                return anthropic_error(denied.message, status=denied.status, headers=headers)
             record = access_record(request.scope)
             try:
                 return await handler(request)
@@ -167,7 +169,7 @@ class AnthropicRoute(APIRoute):
                 return anthropic_error(
                     f"the request body is over {limit} bytes; send less", status=413
                 )
-            except GatewayError as exc:
+            except Exception as exc:  # a GatewayError of the router's, or a bug
                 status, body = _routing_error(exc, record)
                 return JSONResponse(body, status_code=status, headers=failure_headers(status))
 
