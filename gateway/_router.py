@@ -23,7 +23,7 @@ from gateway._outcomes import Attempt, BreakerState, PolicyOutcome
 from gateway._resilience import Sleep, TripReason
 from gateway._runtime import Candidate, Runtime, build_runtime, close_runtime
 from gateway._streaming import RoutedStream
-from gateway._walk import CandidateFailed, Check, Walker, chat_operation, embed_operation
+from gateway._walk import Check, Walker, chat_operation, embed_operation
 from gateway.errors import (
     ErrorKind,
     GatewayError,
@@ -297,28 +297,25 @@ class Router:
             )
         async with self._walker.request(task) as walk:
             texts, steps = walk.begin_embedding(inputs)
-            for step in walk.eligible(steps, ()):
-                fitted = walk.embedding_params(step, dimensions)
-                if fitted is None:
-                    continue
-                try:
-                    answer, _ = await walk.call(
-                        step, embed_operation, texts, {**params, **fitted}, None
-                    )
-                except CandidateFailed as failed:
-                    walk.left(step.candidate, failed)
-                    continue
-                return RoutedEmbeddings(
-                    vectors=answer.vectors,
-                    task=walk.spec.name,
-                    provider=step.candidate.name,
-                    model=answer.model or step.candidate.model,
-                    usage=answer.usage,
-                    cost_usd=walk.cost_usd,
-                    latency_s=time.perf_counter() - walk.started,
-                    attempts=walk.attempts,
-                )
-            raise walk.exhausted()
+            step, answer, _ = await walk.first_answer(
+                steps,
+                (),
+                embed_operation,
+                texts,
+                params,
+                None,
+                fit=lambda step: walk.embedding_params(step, dimensions),
+            )
+            return RoutedEmbeddings(
+                vectors=answer.vectors,
+                task=walk.spec.name,
+                provider=step.candidate.name,
+                model=answer.model or step.candidate.model,
+                usage=answer.usage,
+                cost_usd=walk.cost_usd,
+                latency_s=time.perf_counter() - walk.started,
+                attempts=walk.attempts,
+            )
 
     async def reload(self) -> bool:
         """Re-read the policy file now. Returns True if a changed policy was applied.
@@ -420,32 +417,26 @@ class Router:
         async with self._walker.request(task_name) as walk:
             call_params = {k: v for k, v in params.items() if v is not None}
             checked, steps = walk.begin(messages, call_params, stream=False)
-            for step in walk.eligible(steps, checked):
-                try:
-                    completion, parsed = await walk.call(
-                        step, chat_operation, checked, call_params, check
-                    )
-                except CandidateFailed as failed:
-                    walk.left(step.candidate, failed)
-                    continue
-                return RoutedCompletion(
-                    text=completion.text,
-                    task=walk.spec.name,
-                    provider=step.candidate.name,
-                    model=completion.model or step.candidate.model,
-                    usage=completion.usage,
-                    cost_usd=walk.cost_usd,
-                    latency_s=time.perf_counter() - walk.started,
-                    attempts=walk.attempts,
-                    finish_reason=completion.finish_reason,
-                    response_id=completion.response_id,
-                    parsed=parsed,
-                    tool_calls=completion.tool_calls,
-                    refusal=completion.refusal,
-                    extra=completion.extra,
-                    other_choices=completion.other_choices,
-                )
-            raise walk.exhausted()
+            step, completion, parsed = await walk.first_answer(
+                steps, checked, chat_operation, checked, call_params, check
+            )
+            return RoutedCompletion(
+                text=completion.text,
+                task=walk.spec.name,
+                provider=step.candidate.name,
+                model=completion.model or step.candidate.model,
+                usage=completion.usage,
+                cost_usd=walk.cost_usd,
+                latency_s=time.perf_counter() - walk.started,
+                attempts=walk.attempts,
+                finish_reason=completion.finish_reason,
+                response_id=completion.response_id,
+                parsed=parsed,
+                tool_calls=completion.tool_calls,
+                refusal=completion.refusal,
+                extra=completion.extra,
+                other_choices=completion.other_choices,
+            )
 
     def _current_runtime(self) -> Runtime:
         return self._runtime

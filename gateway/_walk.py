@@ -364,6 +364,35 @@ class Walk:
             return max(left, 0.0), True
         return timeout, False
 
+    async def first_answer(
+        self,
+        steps: Sequence[Step],
+        sized: Sequence[Message],
+        operation: Operation[P, A],
+        payload: P,
+        params: dict[str, Any],
+        check: Callable[[A, str], Any] | None,
+        fit: Callable[[Step], dict[str, Any] | None] | None = None,
+    ) -> tuple[Step, A, Any]:
+        """The chain's first whole answer: each eligible step (`eligible(steps, sized)`) is
+        called in turn until one answers, as (step, answer, what `check` made of it). `fit`
+        adds a step's own parameters, or skips it (None, having recorded why). When none
+        answers, the walk's error is raised."""
+        for step in self.eligible(steps, sized):
+            call_params = params
+            if fit is not None:
+                fitted = fit(step)
+                if fitted is None:
+                    continue
+                call_params = {**params, **fitted}
+            try:
+                answer, parsed = await self.call(step, operation, payload, call_params, check)
+            except CandidateFailed as failed:
+                self.left(step.candidate, failed)
+                continue
+            return step, answer, parsed
+        raise self.exhausted()
+
     # --- one candidate, whole ----------------------------------------------------------
 
     async def call(

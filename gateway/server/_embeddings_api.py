@@ -132,13 +132,15 @@ def add_embeddings_routes(app: FastAPI) -> None:
         # Resolving the task up front turns an unknown one into a 404 before any work.
         task = router.policy.task(x_gateway_task or body.model).name
         access.task = task
+        # Token-id arrays pass the schema (OpenAI's); the router refuses them by name.
+        inputs: Any = body.input
         params: dict[str, Any] = {}
         if body.user is not None:
             params["user"] = body.user
         try:
             routed = await unless_disconnected(
                 request.receive,
-                router.embed(body.input, task=task, dimensions=body.dimensions, **params),
+                router.embed(inputs, task=task, dimensions=body.dimensions, **params),
             )
         except RoutingError as exc:
             access.attempts = exc.attempts

@@ -32,19 +32,7 @@ async def respond(
     conn: HttpConnection, wire: Wire, call: Call, fault: Fault | None, spec: ReplySpec
 ) -> None:
     kind = fault.kind if fault is not None else "ok"
-    if fault is not None and fault.code is not None:
-        await send_error(
-            conn,
-            wire,
-            wire.error_status(fault),
-            fault_kind=kind,
-            message=fault.message,
-            model=call.model,
-            retry_after=fault.retry_after,
-        )
-        return
-    if kind == "reset":
-        conn.reset()
+    if await _failed_at_once(conn, wire, fault, call.model):
         return
     hold_first = kind in {"hang", "slow_first_byte"} or (kind == "stall" and not call.stream)
     if hold_first:
@@ -76,6 +64,30 @@ async def respond(
         await conn.send(200, wire.encode(wire.completion(call, answer)), headers=headers)
 
 
+async def _failed_at_once(
+    conn: HttpConnection, wire: Wire, fault: Fault | None, model: str
+) -> bool:
+    """Apply a fault that answers before any content (an error status, a reset): whether
+    it did."""
+    if fault is None:
+        return False
+    if fault.code is not None:
+        await send_error(
+            conn,
+            wire,
+            wire.error_status(fault),
+            fault_kind=fault.kind,
+            message=fault.message,
+            model=model,
+            retry_after=fault.retry_after,
+        )
+        return True
+    if fault.kind == "reset":
+        conn.reset()
+        return True
+    return False
+
+
 async def respond_embedding(
     conn: HttpConnection, wire: Wire, model: str, fault: Fault | None, answer: bytes
 ) -> None:
@@ -83,19 +95,7 @@ async def respond_embedding(
     status, a reset, a hang or slow start, a malformed, too deep or cut body. Faults that
     only mean something to chat (content filter, streams, oversized text) answer healthily."""
     kind = fault.kind if fault is not None else "ok"
-    if fault is not None and fault.code is not None:
-        await send_error(
-            conn,
-            wire,
-            wire.error_status(fault),
-            fault_kind=kind,
-            message=fault.message,
-            model=model,
-            retry_after=fault.retry_after,
-        )
-        return
-    if kind == "reset":
-        conn.reset()
+    if await _failed_at_once(conn, wire, fault, model):
         return
     if kind in {"hang", "slow_first_byte", "stall"}:
         assert fault is not None
