@@ -308,6 +308,11 @@ def test_keyboard_drives_the_main_actions(served: tuple[ServerProcess, Path], pa
     page.locator("#notice").filter(has_text="drained until reset").wait_for()
     assert live(server.url)["providers"]["primary"]["forced"] is True
     breaker_cell(page, "primary").filter(has_text="OPEN (drained)").wait_for()
+    # Polls update the table in place: the button keeps the keyboard's focus through them.
+    polls = int(page.evaluate("document.body.dataset.polls"))
+    eventually(lambda: int(page.evaluate("document.body.dataset.polls")) >= polls + 2)
+    focused = page.evaluate("document.activeElement.getAttribute('aria-label')")
+    assert focused == "Drain primary (force its breaker open)"
     # Focus stays on the button that was used, so the next Tab goes on from there.
     tab_to("Reset the breaker of primary")
     page.keyboard.press(" ")

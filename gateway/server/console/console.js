@@ -64,28 +64,38 @@ function renderLive(live) {
   document.getElementById("live-summary").textContent =
     "Policy sha256 " + live.policy_sha256.slice(0, 12) + " · " + live.workers.length +
     " worker(s) · error rate and latency " + windowText + " · cost so far " + usd(live.cost_usd_total);
+  // Rows are updated in place, never rebuilt: a focused Drain or Reset button keeps its focus
+  // through every poll.
   const body = document.querySelector("#providers tbody");
-  body.replaceChildren();
+  const names = Object.keys(live.providers);
+  for (const row of Array.from(body.rows)) {
+    if (!names.includes(row.dataset.provider)) row.remove();
+  }
   for (const [name, p] of Object.entries(live.providers)) {
     let probe = "—";
     if (p.forced) probe = "none until reset";
     else if (p.breaker === "open") probe = "in " + seconds(p.seconds_until_probe);
     else if (p.breaker === "half_open") probe = "probing";
     const limit = p.max_concurrency === null ? "no limit" : p.max_concurrency + (p.workers > 1 ? " per worker" : "");
-    const drain = el("button", { type: "button", "data-provider": name, "data-action": "force-open",
-      "aria-label": "Drain " + name + " (force its breaker open)", onclick: breakerAction }, "Drain");
-    const reset = el("button", { type: "button", "data-provider": name, "data-action": "reset",
-      "aria-label": "Reset the breaker of " + name, onclick: breakerAction }, "Reset");
-    body.append(el("tr", { "data-provider": name },
-      el("th", { scope: "row" }, name),
-      el("td", { class: "breaker" }, badge(p.breaker, p.forced), " ", p.failure_count + " failures"),
-      el("td", {}, probe),
-      el("td", {}, p.in_flight + " / " + limit),
-      el("td", {}, p.calls),
-      el("td", {}, percent(p.error_rate)),
-      el("td", {}, seconds(p.latency_avg_s)),
-      el("td", {}, usd(p.cost_usd_total)),
-      el("td", {}, drain, " ", reset)));
+    let row = Array.from(body.rows).find((r) => r.dataset.provider === name);
+    if (!row) {
+      const drain = el("button", { type: "button", "data-provider": name, "data-action": "force-open",
+        "aria-label": "Drain " + name + " (force its breaker open)", onclick: breakerAction }, "Drain");
+      const reset = el("button", { type: "button", "data-provider": name, "data-action": "reset",
+        "aria-label": "Reset the breaker of " + name, onclick: breakerAction }, "Reset");
+      row = el("tr", { "data-provider": name }, el("th", { scope: "row" }, name),
+        el("td", { class: "breaker" }), el("td", {}), el("td", {}), el("td", {}), el("td", {}),
+        el("td", {}), el("td", {}), el("td", {}, drain, " ", reset));
+      body.append(row);
+    }
+    const cells = row.cells;
+    cells[1].replaceChildren(badge(p.breaker, p.forced), " " + p.failure_count + " failures");
+    cells[2].textContent = probe;
+    cells[3].textContent = p.in_flight + " / " + limit;
+    cells[4].textContent = p.calls;
+    cells[5].textContent = percent(p.error_rate);
+    cells[6].textContent = seconds(p.latency_avg_s);
+    cells[7].textContent = usd(p.cost_usd_total);
   }
   const tasks = document.getElementById("tasks");
   tasks.replaceChildren();
@@ -103,6 +113,8 @@ function renderLive(live) {
 }
 
 function fillSelect(select, values, label) {
+  const shown = Array.from(select.options).slice(1).map((o) => o.value);
+  if (shown.join("\n") === values.join("\n")) return;  // unchanged: leave a focused list be
   const chosen = select.value;
   select.replaceChildren(el("option", { value: "" }, label));
   for (const value of values) select.append(el("option", { value }, value));
@@ -138,6 +150,7 @@ async function refresh() {
   if (outcome) params.set("outcome", outcome);
   const recent = await api("/console/api/requests?" + params);
   if (recent.ok) renderRequests(recent.body);
+  document.body.dataset.polls = String(Number(document.body.dataset.polls || 0) + 1);
 }
 
 async function breakerAction(event) {
