@@ -78,7 +78,7 @@ class AnthropicError(BaseModel):
     error: AnthropicErrorDetail
 
 
-class TokenCount(BaseModel):
+class InputTokens(BaseModel):
     input_tokens: int = Field(
         description="The gateway's estimate (about four characters a token), not the "
         "provider's tokenizer."

@@ -52,7 +52,7 @@ from gateway.server._anthropic_answer import (
     AnthropicError,
     AnthropicMessage,
     BlockWriter,
-    TokenCount,
+    InputTokens,
     message_from,
 )
 from gateway.server._anthropic_request import (
@@ -79,9 +79,9 @@ from gateway.server._errors import (
     routing_failure,
     validation_message,
 )
-from gateway.server._middleware import CLIENT_CLOSED, AccessRecord, BodyTooLarge, access_record
+from gateway.server._middleware import CLIENT_CLOSED, AccessRecord, access_record
 from gateway.server._sse import EventStreamResponse, LastEvents
-from gateway.server._state import ServerState, server_state
+from gateway.server._state import ERROR, ServerState, server_state
 from gateway.types import StreamEvent, Usage
 
 log = logging.getLogger("gateway.server")
@@ -164,11 +164,6 @@ class AnthropicRoute(APIRoute):
                 return await _invalid(request, exc)
             except HTTPException as exc:  # a body that is not text
                 return anthropic_error(str(exc.detail), status=exc.status_code)
-            except BodyTooLarge:
-                limit = state.settings.max_body_bytes
-                return anthropic_error(
-                    f"the request body is over {limit} bytes; send less", status=413
-                )
             except Exception as exc:  # a GatewayError of the router's, or a bug
                 status, body = _routing_error(exc, record)
                 return JSONResponse(body, status_code=status, headers=failure_headers(status))
@@ -206,7 +201,11 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     401: {**_ERROR, "description": "Missing or unknown API key."},
     404: {**_ERROR, "description": "Unknown task and the policy has no `default` task."},
-    413: {**_ERROR, "description": "The body is over GATEWAY_MAX_BODY_BYTES."},
+    413: {
+        **ERROR,
+        "description": "The body is over GATEWAY_MAX_BODY_BYTES (answered before the route "
+        "runs, in the chat route's error shape).",
+    },
 }
 _ROUTED_RESPONSES: dict[int | str, dict[str, Any]] = {
     **_RESPONSES,
@@ -266,7 +265,7 @@ def add_messages_routes(app: FastAPI) -> None:
 
     @router.post(
         COUNT_TOKENS_PATH,
-        response_model=TokenCount,
+        response_model=InputTokens,
         responses=_RESPONSES,
         tags=["anthropic"],
         description="The gateway's own estimate of the prompt's input tokens (the one it "
