@@ -231,7 +231,7 @@ class Walk:
             self.deadline = self.started + task.deadline_s
         texts = check_embedding_inputs(inputs)
         self.rules = task
-        self.hooks.on_request_start(task=task.name)
+        self.hooks.on_request_start(task=task.name, operation="embeddings")
         # `cheapest` ranks on the inputs' size; a context window bounds each input, not
         # their sum, so the walk's own pre-check is left out (`eligible(steps, ())`).
         sized = [{"content": text} for text in texts]

@@ -410,3 +410,30 @@ async def test_providers_on_their_official_sdks_send_the_traceparent_too(
     assert [(r.model, r.headers.get("traceparent")) for r in up.requests] == [
         (PRIMARY, traceparent_of(first))
     ] * 3 + [(BACKUP, traceparent_of(second))]
+
+
+async def test_an_embedding_request_is_traced_as_embeddings(
+    up: FakeUpstream, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    doc = policy_doc(up.url)
+    doc["providers"]["embedder"] = {
+        "type": "openai",
+        "model": "text-embedding-3-small",
+        "base_url": f"{up.url}/v1",
+        "api_key": "k",
+    }
+    doc["tasks"]["search"] = {"kind": "embedding", "chain": ["embedder"]}
+    router = traced_router(doc, provider)
+    try:
+        answer = await router.embed(["routers route", "breakers break"], task="search")
+    finally:
+        await router.aclose()
+
+    request, (attempt,) = tree(exporter.get_finished_spans())
+    assert request.name == "embeddings search"
+    assert attempt.name == "embeddings text-embedding-3-small"
+    assert attempt.attributes is not None
+    assert attempt.attributes["gen_ai.operation.name"] == "embeddings"
+    assert attempt.attributes["gen_ai.provider.name"] == "openai"
+    assert attempt.attributes["gen_ai.usage.input_tokens"] == answer.usage.input_tokens > 0
+    assert "routers" not in every_value(exporter.get_finished_spans())
