@@ -80,7 +80,7 @@ from gateway.server._errors import (
     validation_message,
 )
 from gateway.server._middleware import CLIENT_CLOSED, AccessRecord, access_record
-from gateway.server._sse import EventStreamResponse, LastEvents
+from gateway.server._sse import EventStreamResponse, LastEvents, json_bytes
 from gateway.server._state import ERROR, ServerState, server_state
 from gateway.types import StreamEvent, Usage
 
@@ -330,7 +330,7 @@ async def _create(
     headers = gateway_headers(
         task=task, provider=routed.provider, attempts=routed.attempts, cost=routed.cost_usd
     )
-    return JSONResponse(answer, headers=headers)
+    return Response(json_bytes(answer), headers=headers, media_type="application/json")
 
 
 def _check_prefill(policy: Policy, task: TaskSpec) -> None:
