@@ -391,6 +391,22 @@ def test_a_prefill_is_continued_by_anthropic_and_refused_where_it_would_not_be(
     assert body["messages"][-1] == {"role": "assistant", "content": "The weather in Paris is"}
 
 
+def test_top_k_reaches_anthropic_and_ollama_and_is_refused_elsewhere(
+    client: Messages, task: str, fake: ThreadedFakeUpstream
+) -> None:
+    # This SDK version has no top_k parameter: sent as the body's own.
+    request = ask(task, extra_body={"top_k": 5})
+    if task == "openai":
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            client.create(**request)
+        assert "top_k" in refused.value.message and "gpt (openai)" in refused.value.message
+        assert sent(fake, task) == []
+        return
+    client.create(**request)
+    (body,) = sent(fake, task)
+    assert (body["options"] if task == "ollama" else body)["top_k"] == 5
+
+
 # --- streams ----------------------------------------------------------------------------------
 
 
@@ -643,7 +659,6 @@ def test_unknown_task_is_not_found(client: Messages) -> None:
 @pytest.mark.parametrize(
     ("extra", "named"),
     [
-        ({"extra_body": {"top_k": 5}}, "top_k"),
         ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "thinking"),
         ({"cache_control": {"type": "ephemeral"}}, "cache_control"),
         ({"speed": "fast"}, "speed"),

@@ -162,6 +162,12 @@ class MessagesRequest(CountTokensRequest):
     max_tokens: TokenCount = Field(description="Required, as Anthropic requires it.")
     temperature: float | None = Field(None, ge=0, le=1)
     top_p: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(
+        None,
+        ge=0,
+        description="Only for a task whose chain holds only anthropic and ollama providers "
+        "(others have no top_k: 400).",
+    )
     stop_sequences: list[str] | None = None
     stream: bool = False
     metadata: Metadata | None = None
@@ -173,6 +179,10 @@ class MessagesRequest(CountTokensRequest):
             params["temperature"] = self.temperature
         if self.top_p is not None:
             params["top_p"] = self.top_p
+        if self.top_k is not None:
+            # Not an OpenAI field: a provider extra, which Anthropic's codec sends as top_k
+            # and Ollama's as options.top_k (the route lets no other type get it).
+            params["top_k"] = self.top_k
         if self.stop_sequences:
             params["stop"] = list(self.stop_sequences)
         if self.metadata is not None and self.metadata.user_id:
@@ -223,7 +233,6 @@ def union_tags() -> frozenset[str]:
 _ANY_PROVIDER = "a task's chain may hold OpenAI- and Ollama-protocol providers, "
 
 UNSUPPORTED_FIELDS: Mapping[str, str] = {
-    "top_k": _ANY_PROVIDER + "and OpenAI's API has no top_k; use top_p or temperature",
     "thinking": "the gateway's answers carry no thinking blocks, and "
     + _ANY_PROVIDER
     + "which take no thinking budget; leave it out",

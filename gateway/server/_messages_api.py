@@ -296,8 +296,7 @@ async def _create(
     # Resolving the task up front turns an unknown one into a 404 before any work is done.
     spec = router.policy.task(task_header or body.model)
     task = access.task = spec.name
-    if body.messages[-1].role == "assistant":
-        _check_prefill(router.policy, spec)
+    _check_chain(router.policy, body, spec)
     messages, params = body.router_messages(), body.router_params()
     try:
         if body.stream:
@@ -333,24 +332,45 @@ async def _create(
     return Response(json_bytes(answer), headers=headers, media_type="application/json")
 
 
-def _check_prefill(policy: Policy, task: TaskSpec) -> None:
-    """A conversation that ends with an assistant turn asks Anthropic to continue that text;
-    any other provider type would take it as history and answer anew. Refused unless every
-    provider of the task's chain speaks Anthropic's protocol."""
-    others = sorted(
-        {
-            f"{entry.provider} ({policy.providers[entry.provider].type})"
-            for entry in task.chain
-            if policy.providers[entry.provider].type != "anthropic"
-        }
-    )
-    if others:
-        raise InvalidRequestError(
-            "messages ends with an assistant turn (a prefill for the answer to continue): "
-            f"only Anthropic providers continue it, and task {task.name!r} may be answered by "
-            f"{', '.join(others)}, which would answer anew; end with a user turn, or send it "
-            "to a task whose chain holds only anthropic providers"
+PREFILL_TYPES = frozenset({"anthropic"})
+"""Provider types that continue a conversation's last assistant turn (a prefill)."""
+TOP_K_TYPES = frozenset({"anthropic", "ollama"})
+"""Provider types that take `top_k` (Anthropic's field; Ollama's option of that name)."""
+
+
+def _check_chain(policy: Policy, body: MessagesRequest, task: TaskSpec) -> None:
+    """Refuse what only some provider types honour, when the task's chain holds another:
+    a prefill (only Anthropic continues it; others would answer anew) and `top_k`."""
+    if body.messages[-1].role == "assistant":
+        others = _providers_outside(policy, task, PREFILL_TYPES)
+        if others:
+            raise InvalidRequestError(
+                "messages ends with an assistant turn (a prefill for the answer to continue): "
+                f"only anthropic providers continue it, and task {task.name!r} may be answered "
+                f"by {others}, which would answer anew; end with a user turn, or send it to a "
+                "task whose chain holds only anthropic providers"
+            )
+    if body.top_k is not None:
+        others = _providers_outside(policy, task, TOP_K_TYPES)
+        if others:
+            raise InvalidRequestError(
+                f"top_k={body.top_k}: only anthropic and ollama providers take it, and task "
+                f"{task.name!r} may be answered by {others}; leave top_k out (use top_p or "
+                "temperature), or send it to a task whose chain holds only those types"
+            )
+
+
+def _providers_outside(policy: Policy, task: TaskSpec, types: frozenset[str]) -> str:
+    """The task's providers whose type is not one of `types`, as `name (type)`; '' if none."""
+    return ", ".join(
+        sorted(
+            {
+                f"{entry.provider} ({policy.providers[entry.provider].type})"
+                for entry in task.chain
+                if policy.providers[entry.provider].type not in types
+            }
         )
+    )
 
 
 def _shutdown_message() -> str:
