@@ -4,7 +4,10 @@ FakeUpstream providers; and its API over HTTP with client and admin keys."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,8 @@ from console_harness import (
 )
 from server_harness import GATEWAY_SERVE, ServerProcess
 
+from gateway.policy import parse_policy
+from gateway.server._console_policy import policy_diff
 from gateway.testing import Fault, SpawnedFakeUpstream
 
 pytest.importorskip("playwright")
@@ -151,6 +156,56 @@ def test_recent_requests_never_hold_the_prompt_and_record_attempts(
     everything = json.dumps(recent(server.url))
     assert SECRET_PROMPT not in everything
     assert "launch code" not in everything
+
+
+def test_check_reports_what_gateway_check_reports(
+    served: tuple[ServerProcess, Path], tmp_path: Path
+) -> None:
+    server, policy = served
+    # Two problems: both are listed, the first one leads with its line and key path.
+    draft = policy.read_text().replace("fail_max: 2", "fail_max: two")
+    draft = draft.replace("max_concurrency: 8", "max_concurrency: many")
+    checked = httpx.post(
+        server.url + "/console/api/policy/check", json={"text": draft}, headers=auth(CLIENT_KEY)
+    ).json()
+    assert checked["valid"] is False
+    problem = checked["problem"]
+    assert (problem["line"], problem["path"]) == (4, "defaults.breaker.fail_max")
+
+    # The same text in a file of the same name, checked by the command line.
+    (tmp_path / policy.name).write_text(draft)
+    cli = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "check", policy.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **KEYS_ENV},
+    )
+    assert cli.returncode == 1
+    printed = cli.stderr.strip().removeprefix("invalid: ").removeprefix(policy.name)
+    assert problem["message"].removeprefix(str(policy)) == printed
+    assert "max_concurrency" in printed
+
+
+def test_diff_names_providers_added_removed_and_changed_and_the_tasks_they_touch(
+    upstream: SpawnedFakeUpstream,
+) -> None:
+    old = parse_policy(policy_text(upstream.url))
+    text = policy_text(upstream.url).replace(
+        "  chat: {chain: [primary, backup]}", "  chat: {chain: [primary, spare]}"
+    )
+    text = text.replace("  summarize: {chain: [backup]}\n", "")
+    text = re.sub(r"  backup: \{.*?\}\n", "", text, flags=re.S)
+    text = text.replace("providers:\n", "providers:\n  spare: {type: ollama, model: m}\n")
+    text = text.replace('api_key: "sk-a"', 'api_key: "sk-secret-new"')
+    diff = policy_diff(old, parse_policy(text))
+    assert diff["providers_added"] == ["spare"]
+    assert diff["providers_removed"] == ["backup"]
+    assert diff["providers_changed"] == {"primary": ["api_key: changed (values hidden)"]}
+    assert diff["tasks_removed"] == ["summarize"]
+    assert diff["tasks_changed"] == {"chat": ["chain changed: primary, backup -> primary, spare"]}
+    assert diff["affected_tasks"] == ["chat", "summarize"]
+    assert "sk-secret-new" not in json.dumps(diff)
 
 
 # --- in the page ----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import PolicyError
-from gateway.policy import Policy, parse_policy
+from gateway.policy import Policy, ProviderSpec, parse_policy
 from gateway.providers import LLMFactory
 from gateway.settings import policy_environ
 
@@ -57,6 +57,10 @@ def _changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list
     return found
 
 
+def _key(spec: ProviderSpec) -> str | None:
+    return spec.api_key.get_secret_value() if spec.api_key is not None else None
+
+
 def _chain(task: dict[str, Any]) -> list[str]:
     return [entry["provider"] for entry in task.get("chain", [])]
 
@@ -66,11 +70,14 @@ def policy_diff(old: Policy, new: Policy) -> dict[str, Any]:
     compared and shown masked, as `GET /api/v1/policy` shows them."""
     before, after = old.masked(), new.masked()
     old_providers, new_providers = before["providers"], after["providers"]
-    providers_changed = {
-        name: _changes(old_providers[name], new_providers[name])
-        for name in old_providers.keys() & new_providers.keys()
-        if old_providers[name] != new_providers[name]
-    }
+    providers_changed: dict[str, list[str]] = {}
+    for name in sorted(old_providers.keys() & new_providers.keys()):
+        notes = _changes(old_providers[name], new_providers[name])
+        if _key(old.providers[name]) != _key(new.providers[name]):
+            notes.append("api_key: changed (values hidden)")  # masked alike, so found here
+        notes = [n for n in notes if not n.startswith("api_key: ") or "hidden" in n]
+        if notes:
+            providers_changed[name] = notes
     old_tasks, new_tasks = before["tasks"], after["tasks"]
     tasks_changed: dict[str, list[str]] = {}
     for name in sorted(old_tasks.keys() & new_tasks.keys()):
