@@ -433,3 +433,46 @@ async def test_azure_openai_and_litellm_providers_embed(up: FakeUpstream) -> Non
     assert (first.protocol, first.path) == ("azure", "/openai/deployments/embedder/embeddings")
     assert first.query == {"api-version": "2024-10-21"}
     assert second.body["dimensions"] == 32 and second.body["input"] == TEXTS
+
+
+def test_a_dimensions_param_on_a_model_that_takes_none_is_refused() -> None:
+    doc = policy_doc("http://127.0.0.1:1")
+    doc["tasks"]["local"]["chain"] = [{"provider": "nomic", "params": {"dimensions": 512}}]
+    with pytest.raises(PolicyError) as caught:
+        build(doc)
+    assert "model 'nomic-embed-text' of provider 'nomic' takes no dimensions" in str(caught.value)
+    assert caught.value.path == "tasks.local.chain[0].params.dimensions"
+
+
+async def test_the_openai_sdk_client_embeds_too(up: FakeUpstream) -> None:
+    doc = policy_doc(up.url)
+    doc["providers"]["small"]["options"] = {"client": "sdk"}
+    router = build(doc)
+    try:
+        routed = await router.embed(TEXTS, task="embed", dimensions=48)
+    finally:
+        await router.aclose()
+    assert routed.vectors == [up.embedding_for(SMALL, t, 48) for t in TEXTS]
+    assert up.requests[0].body["dimensions"] == 48
+
+
+def test_the_control_api_sets_an_embedding_models_length() -> None:
+    from gateway.testing import FakeUpstreamClient
+
+    with FakeUpstream.spawn() as spawned:
+        control = FakeUpstreamClient(spawned.url)
+        control.embedding_model("tiny", dimensions=5, takes_dimensions=False)
+        answer = httpx.post(
+            f"{spawned.url}/v1/embeddings", json={"model": "tiny", "input": ["a", "b"]}
+        ).json()
+        assert [len(d["embedding"]) for d in answer["data"]] == [5, 5]
+        refused = httpx.post(
+            f"{spawned.url}/v1/embeddings", json={"model": "tiny", "input": "a", "dimensions": 3}
+        )
+        assert refused.status_code == 400
+        assert refused.json()["error"]["param"] == "dimensions"
+        assert control.count("tiny") == 1
+        [recorded] = control.requests()
+        assert recorded["path"] == "/v1/embeddings" and recorded["body"]["input"] == ["a", "b"]
+        with pytest.raises(Exception, match="dimensions must be a whole number"):
+            control.embedding_model("tiny", dimensions=0)

@@ -9,7 +9,7 @@ from typing import Any, TypeVar, get_args
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from gateway.errors import PolicyError
-from gateway.policy._embedding import known_dimensions
+from gateway.policy._embedding import known_dimensions, shortens_vectors
 from gateway.policy._env import unavailable_reason
 from gateway.policy._messages import combined, did_you_mean, translate
 from gateway.policy._yaml import KeyPath, format_path, line_of
@@ -244,6 +244,13 @@ class Resolver:
             if asked is not None and (type(asked) is not int or asked < 1):
                 raise self.fail(
                     f"params.dimensions is {asked!r}; use a whole number >= 1",
+                    (*link.origin, "params", "dimensions"),
+                )
+            if asked is not None and not shortens_vectors(spec.model):
+                raise self.fail(
+                    f"params.dimensions={asked}: model {spec.model!r} of provider "
+                    f"{spec.name!r} takes no dimensions parameter (OpenAI's text-embedding-3 "
+                    "models do); declare its own length as the provider's `dimensions:` instead",
                     (*link.origin, "params", "dimensions"),
                 )
             dimensions = asked or spec.dimensions

@@ -143,6 +143,19 @@ class FakeUpstreamClient:
             )
         )
 
+    @staticmethod
+    def _embedding_model_op(
+        model: str, dimensions: int, takes_dimensions: bool | None
+    ) -> tuple[str, str, Any, Any]:
+        body = {"model": model, "dimensions": dimensions, "takes_dimensions": takes_dimensions}
+        return "POST", "embedding_model", body, None
+
+    def embedding_model(
+        self, model: str, *, dimensions: int, takes_dimensions: bool | None = None
+    ) -> None:
+        """As `FakeUpstream.embedding_model`."""
+        self._call(self._embedding_model_op(model, dimensions, takes_dimensions))
+
     def script(self, model: str, *faults: Fault | Mapping[str, Any]) -> None:
         self._call(("POST", "script", {"model": model, "faults": _fault_dicts(faults)}, None))
 
@@ -205,6 +218,11 @@ class FakeUpstreamClient:
                 model, text, cached_input_tokens, latency_s, chunk_delay_s, tool_calls, refusal
             )
         )
+
+    async def aembedding_model(
+        self, model: str, *, dimensions: int, takes_dimensions: bool | None = None
+    ) -> None:
+        await self._acall(self._embedding_model_op(model, dimensions, takes_dimensions))
 
     async def ascript(self, model: str, *faults: Fault | Mapping[str, Any]) -> None:
         await self._acall(

@@ -51,6 +51,10 @@ class Scriptable(Protocol):
         refusal: str | None = None,
     ) -> None: ...
 
+    def embedding_model(
+        self, model: str, *, dimensions: int, takes_dimensions: bool | None = None
+    ) -> None: ...
+
     def script(self, model: str, *faults: Fault) -> None: ...
 
     def script_next(self, *faults: Fault) -> None: ...
@@ -180,6 +184,24 @@ def _reply(up: Scriptable, body: dict[str, Any], query: dict[str, str]) -> Any:
     return {"ok": True}
 
 
+def _embedding_model(up: Scriptable, body: dict[str, Any], query: dict[str, str]) -> Any:
+    _only(body, {"model", "dimensions", "takes_dimensions"}, "embedding_model")
+    model = _model(body, "embedding_model", required=True)
+    assert model is not None
+    dimensions = body.get("dimensions")
+    if type(dimensions) is not int or dimensions < 1:
+        raise ControlError(
+            f"/_fake/embedding_model: dimensions must be a whole number >= 1, got {dimensions!r}"
+        )
+    takes = body.get("takes_dimensions")
+    if takes is not None and not isinstance(takes, bool):
+        raise ControlError(
+            f"/_fake/embedding_model: takes_dimensions must be true, false or null, got {takes!r}"
+        )
+    up.embedding_model(model, dimensions=dimensions, takes_dimensions=takes)
+    return {"ok": True}
+
+
 def _script(up: Scriptable, body: dict[str, Any], query: dict[str, str]) -> Any:
     _only(body, {"model", "faults"}, "script")
     model = _model(body, "script", required=True)
@@ -260,6 +282,7 @@ _Route = Callable[[Scriptable, dict[str, Any], dict[str, str]], Any]
 _ROUTES: dict[tuple[str, str], _Route] = {
     ("GET", "health"): _health,
     ("POST", "reply"): _reply,
+    ("POST", "embedding_model"): _embedding_model,
     ("POST", "script"): _script,
     ("POST", "script_next"): _script_next,
     ("POST", "fail_always"): _fail_always,
