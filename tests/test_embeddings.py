@@ -476,3 +476,58 @@ def test_the_control_api_sets_an_embedding_models_length() -> None:
         assert recorded["path"] == "/v1/embeddings" and recorded["body"]["input"] == ["a", "b"]
         with pytest.raises(Exception, match="dimensions must be a whole number"):
             control.embedding_model("tiny", dimensions=0)
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        ({"data": [{"index": 0, "embedding": [0.1, 0.2]}]}, "answered 1 vectors for 2 inputs"),
+        (
+            {"data": [{"index": 0, "embedding": [0.1]}, {"index": 1, "embedding": [0.1, 0.2]}]},
+            "vector 1 has 2 dimensions, expected 1",
+        ),
+        ({"data": [{"index": 0, "embedding": [0.1]}, {"index": 0, "embedding": [0.2]}]}, "index"),
+        ({"data": [{"index": 0, "embedding": ["x"]}, {"index": 1, "embedding": [1]}]}, "holds"),
+        ({"object": "list"}, "no 'data' list"),
+    ],
+)
+async def test_an_answer_that_is_not_one_vector_per_input_is_invalid(
+    answer: dict[str, Any], problem: str
+) -> None:
+    from gateway.errors import ErrorKind, ProviderError
+    from gateway.providers import MockResponse, MockTransport
+
+    transport = MockTransport(lambda request: MockResponse(json=answer))
+    llm = LLMFactory.create("openai", model=SMALL, api_key="k", transport=transport)
+    try:
+        with pytest.raises(ProviderError, match=problem) as caught:
+            await llm.embed(["a", "b"])
+    finally:
+        await llm.aclose()
+    assert caught.value.kind is ErrorKind.INVALID_RESPONSE
+
+
+async def test_a_malformed_body_falls_through(up: FakeUpstream, router: Router) -> None:
+    up.script_next(Fault.malformed_json())
+    routed = await router.embed(TEXTS, task="embed")
+    first, _ = routed.attempts
+    assert first.outcome is AttemptOutcome.INVALID_RESPONSE
+    assert routed.provider == "small_too"
+
+
+async def test_an_upstream_error_is_redacted_of_the_inputs_and_key() -> None:
+    from gateway.errors import ProviderError
+    from gateway.providers import MockResponse, MockTransport
+
+    secret = "my very private document text"
+    error = {"error": {"message": f"bad input '{secret}' with key sk-live-123456789abcdef"}}
+    transport = MockTransport(lambda request: MockResponse(status=400, json=error))
+    llm = LLMFactory.create(
+        "openai", model=SMALL, api_key="sk-live-123456789abcdef", transport=transport
+    )
+    try:
+        with pytest.raises(ProviderError) as caught:
+            await llm.embed([secret])
+    finally:
+        await llm.aclose()
+    assert secret not in str(caught.value) and "sk-live-123456789abcdef" not in str(caught.value)

@@ -13,6 +13,7 @@ import pytest
 from client_harness import ThreadedFakeUpstream, loopback_only
 from server_harness import GATEWAY_SERVE, ServerProcess
 
+from gateway.server._embeddings_api import EmbeddingList
 from gateway.testing import Fault
 
 KEY = "embeddings-client-key-3f1a"
@@ -187,5 +188,6 @@ def test_the_task_header_and_the_document(gateway: str) -> None:
     )
     assert answer.status_code == 200 and answer.headers["x-gateway-provider"] == "nomic"
     assert len(answer.json()["data"][0]["embedding"]) == 768
+    EmbeddingList.model_validate(answer.json())  # the documented shape
     document = httpx.get(f"{base}/openapi.json").json()
     assert "post" in document["paths"]["/v1/embeddings"]
