@@ -531,3 +531,10 @@ async def test_an_upstream_error_is_redacted_of_the_inputs_and_key() -> None:
     finally:
         await llm.aclose()
     assert secret not in str(caught.value) and "sk-live-123456789abcdef" not in str(caught.value)
+
+
+def test_mixed_dimensions_on_a_chat_task_is_refused() -> None:
+    doc = policy_doc("http://127.0.0.1:1")
+    doc["tasks"]["default"]["mixed_dimensions"] = True
+    with pytest.raises(PolicyError, match="mixed_dimensions applies to embedding tasks"):
+        build(doc)

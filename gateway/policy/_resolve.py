@@ -192,6 +192,12 @@ class Resolver:
         entries = tuple(link.entry for link in chain)
         if entry.kind == "embedding":
             entries = self._embedding_chain(name, entry, chain, providers)
+        elif entry.mixed_dimensions:
+            raise self.fail(
+                f"mixed_dimensions applies to embedding tasks; task {name!r} is of kind "
+                f"{entry.kind}: remove it, or add `kind: embedding`",
+                ("tasks", name, "mixed_dimensions"),
+            )
         if entry.strategy == "weighted" and all(
             providers[link.entry.provider].weight == 0 for link in chain
         ):
