@@ -191,3 +191,13 @@ def test_the_task_header_and_the_document(gateway: str) -> None:
     EmbeddingList.model_validate(answer.json())  # the documented shape
     document = httpx.get(f"{base}/openapi.json").json()
     assert "post" in document["paths"]["/v1/embeddings"]
+
+
+def test_the_body_limit_applies(fake: ThreadedFakeUpstream, gateway: str) -> None:
+    too_big = {"model": "search", "input": ["x" * 1000] * 1100}  # over the 1 MiB default
+    answer = httpx.post(
+        f"{gateway}/embeddings", json=too_big, headers={"authorization": f"Bearer {KEY}"}
+    )
+    assert answer.status_code == 413
+    assert answer.json()["error"]["type"]
+    assert fake.requests() == []
