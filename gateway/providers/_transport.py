@@ -279,6 +279,9 @@ class HTTPTransport(Transport):
                         yield event
                     elif decoder.done:
                         return
+                # Keep nothing of this read while the next is awaited: a stream held open by a
+                # quiet upstream would otherwise keep its last lines and event alive.
+                del batch, line, event
 
     def error(self, exc: Exception, call: Call) -> ProviderError | None:
         if isinstance(exc, ResponseTooLargeError):
@@ -547,6 +550,7 @@ class _AiohttpExchange:
                 if held > max_line:
                     raise ResponseTooLargeError(max_line, "stream line")
                 pending.append(rest)
+            del chunk, lines, rest  # nothing of this read held while the next is awaited
         if pending:
             yield [b"".join(pending)]
 
@@ -641,4 +645,5 @@ class _MockHTTPResponse:
         lines = self._body.splitlines()
         if any(len(line) > max_line for line in lines):
             raise ResponseTooLargeError(max_line, "stream line")
-        yield lines
+        if lines:
+            yield lines

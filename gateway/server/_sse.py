@@ -109,6 +109,7 @@ class EventStreamResponse(Response):
                         last = chunk
                         break
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    del chunk  # not held while the next event is awaited
             await send({"type": "http.response.body", "body": bytes(last), "more_body": False})
         except (ClientGone, ServerShutdown):
             # The source has recorded it as it was cancelled. A shutdown lands here only if it
