@@ -56,7 +56,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy gateway
 
+# wrk drives the HTTP servers' rows (Debian package, installed where missing). The peers
+# (TensorZero, LiteLLM's proxy, Portkey) install themselves under bench/.peers/ on first run.
 bench: $(STAMP)
+	@command -v wrk >/dev/null || { \
+	  echo "installing Debian package: wrk"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; \
+	}
 	$(PY) -m bench
 
 # Seeded fault traces replayed with the old and the new resilience defaults (docs/reliability.md).

@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     progress = Progress()
     run(plan, results, progress)
-    report.write(results, args.out)
-    if args.json is not None:
+    if args.json is not None:  # first: the raw numbers survive a report that fails
         write_json(results, args.json)
+    report.write(results, args.out)
     print(report.generated(results))
     progress(f"report written to {args.out}")
     return 0

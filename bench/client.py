@@ -9,6 +9,8 @@ back:
     {"op": "sequential", "n": 500}                  -> {"latencies": [seconds, ...]}
     {"op": "concurrent", "n": 1250, "in_flight": 50} -> {"wall_s": s, "latencies": [...]}
     {"op": "streams", "n": 100}                      -> {"ttft": [seconds, ...]}
+    {"op": "long_streams", "n": 20}                  -> {"ttft": [seconds, ...]}
+    {"op": "stream_load", "n": 200, "in_flight": 50} -> {"wall_s": s, "chunks": k, "cpu_s": s}
     {"op": "rss"}                                    -> {"peak_rss_kb": kb}
     {"op": "quit"}                                   -> {"bye": true}, then exit
 
@@ -27,6 +29,7 @@ import sys
 import time
 from typing import Any, TextIO
 
+from bench.proc import cpu_seconds
 from bench.scenarios import SCENARIOS, Scenario
 
 
@@ -63,6 +66,32 @@ async def streams(scenario: Scenario, n: int) -> list[float]:
     return [await scenario.first_token() for _ in range(n)]
 
 
+async def long_streams(scenario: Scenario, n: int) -> list[float]:
+    return [(await scenario.long_stream())[0] for _ in range(n)]
+
+
+async def stream_load(scenario: Scenario, n: int, in_flight: int) -> dict[str, float]:
+    """`n` long streams, `in_flight` at a time: wall time, deltas, and this process's CPU
+    seconds (the in-process gateway's own, plus the little it takes to drain the deltas)."""
+    chunks = 0
+    remaining = n
+
+    async def worker() -> None:
+        nonlocal chunks, remaining
+        while remaining > 0:
+            remaining -= 1
+            _, got = await scenario.long_stream()
+            chunks += got  # after the await: `chunks += await ...` would read it before
+
+    cpu_before = cpu_seconds(os.getpid())
+    began = time.perf_counter()
+    async with asyncio.TaskGroup() as group:
+        for _ in range(min(in_flight, n)):
+            group.create_task(worker())
+    wall = time.perf_counter() - began
+    return {"wall_s": wall, "chunks": chunks, "cpu_s": cpu_seconds(os.getpid()) - cpu_before}
+
+
 def peak_rss_kb() -> int:
     # Linux reports ru_maxrss in kilobytes.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -85,6 +114,10 @@ async def handle(scenario: Scenario, command: dict[str, Any]) -> dict[str, Any]:
         return {"wall_s": wall, "latencies": latencies}
     if op == "streams":
         return {"ttft": await streams(scenario, int(command["n"]))}
+    if op == "long_streams":
+        return {"ttft": await long_streams(scenario, int(command["n"]))}
+    if op == "stream_load":
+        return await stream_load(scenario, int(command["n"]), int(command["in_flight"]))
     if op == "rss":
         return {"peak_rss_kb": peak_rss_kb()}
     raise ValueError(f"unknown op {op!r}; use sequential, concurrent, streams, rss or quit")

@@ -28,6 +28,20 @@ class Plan:
     layer_repeats: int
     layer_http_requests: int
     """Requests per variant when the layers are added one at a time over HTTP."""
+    wrk_warmup_s: int = 2
+    """wrk's warm-up run per server, before its measured runs (seconds)."""
+    wrk_latency_s: int = 5
+    """wrk with one connection: p50 one request at a time (seconds)."""
+    wrk_throughput_s: int = 10
+    """wrk with `in_flight` connections: throughput (seconds)."""
+    long_streams: int = 30
+    """Long streams (500 chunks) one after another per server, for time to first token."""
+    stream_load: int = 150
+    """Long streams per server with `in_flight` at once, for chunks a second and CPU."""
+    held_streams: int = 1000
+    """Streams held open at once for the memory measurement."""
+    peers: bool = True
+    """Install and measure the peers (TensorZero, LiteLLM's proxy, Portkey)."""
     quick: bool = False
     overlap_imports: bool = False
     """Time imports while the clients start, rather than alone: shorter, but the clients'
@@ -64,6 +78,13 @@ QUICK = Plan(
     layer_iterations=200,
     layer_repeats=2,
     layer_http_requests=50,
+    wrk_warmup_s=1,
+    wrk_latency_s=1,
+    wrk_throughput_s=1,
+    long_streams=2,
+    stream_load=10,
+    held_streams=20,
+    peers=False,
     quick=True,
     overlap_imports=True,
 )

@@ -1,6 +1,8 @@
 """Where `gateway serve` spends a request, by package: the server process under cProfile.
 
-    python -m bench.profile_serve [--requests N] [--stream]
+    python -m bench.profile_serve [--requests N] [--stream] [--long]
+
+`--long` streams the bench's 500-chunk answer (the `long` task): the per-chunk path.
 
 Starts a FakeUpstream, runs `python -m cProfile -m gateway.server` on bench/routing.yaml,
 sends N requests with the OpenAI SDK, stops the server (SIGINT, so cProfile writes its stats)
@@ -23,7 +25,15 @@ from pathlib import Path
 import httpx
 
 from bench.runner import REPO, child_environment, free_port
-from bench.scenarios import LEAN_TASK, REPLY_TEXT, SDK_MESSAGES, TASK
+from bench.scenarios import (
+    LEAN_TASK,
+    LONG_MODEL,
+    LONG_TASK,
+    LONG_TEXT,
+    REPLY_TEXT,
+    SDK_MESSAGES,
+    TASK,
+)
 from gateway.testing import FakeUpstream
 
 READY_TIMEOUT_S = 60.0
@@ -130,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--lean", action="store_true", help="the task on the openai_http provider (no SDK)"
     )
+    parser.add_argument(
+        "--long", action="store_true", help="stream the 500-chunk answer (implies --stream)"
+    )
     args = parser.parse_args(argv)
     if args.requests < 1:
         parser.error("--requests must be at least 1")
@@ -137,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         stats_path = Path(folder) / "serve.prof"
         with FakeUpstream.spawn() as upstream:
             upstream.client.reply(None, REPLY_TEXT)
+            upstream.client.reply(LONG_MODEL, LONG_TEXT)
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             command = [sys.executable, "-m", "cProfile", "-o", str(stats_path)]
@@ -151,9 +165,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             try:
                 _wait_ready(url, server)
-                task = LEAN_TASK if args.lean else TASK
-                drive(url, min(100, args.requests), stream=args.stream, task=task)  # warm-up
-                per_request = drive(url, args.requests, stream=args.stream, task=task)
+                task = LONG_TASK if args.long else LEAN_TASK if args.lean else TASK
+                stream = args.stream or args.long
+                drive(url, min(100, args.requests), stream=stream, task=task)  # warm-up
+                per_request = drive(url, args.requests, stream=stream, task=task)
             finally:
                 server.send_signal(signal.SIGINT)
                 server.wait(60)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import report_peers
 from bench.imports import CORE_DEPENDENCIES
 from bench.runner import MAIN_SCENARIOS, Results, ScenarioResult
 from bench.scenarios import REPLY_TEXT
@@ -511,6 +512,7 @@ def generated(results: Results) -> str:
     lines = [
         *header(results),
         *targets_table(results),
+        *report_peers.section(results),
         *scenario_table(results),
         *imports_table(results),
         *failover_table(results),

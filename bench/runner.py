@@ -25,16 +25,23 @@ from typing import IO, Any
 
 import httpx
 
-from bench import imports
+from bench import http_load, imports, peer_run, peers
 from bench.machine import Machine, load_average
+from bench.peer_run import Endpoint, PeerResults, StreamRow
 from bench.plan import Plan
+from bench.proc import raise_open_files_limit
 from bench.scenarios import (
     BACKUP_MODEL,
     DEAD_MODEL,
+    IDLE_MODEL,
+    LONG_BACKUP_MODEL,
+    LONG_MODEL,
+    LONG_TEXT,
     MODEL,
     POLICY_PATH,
     REPLY_TEXT,
     SCENARIOS,
+    TENSORZERO_CONFIG_ENV,
     UPSTREAM_ENV,
 )
 from bench.stats import percentile
@@ -60,6 +67,11 @@ FLOOR_SCENARIO = "serve_floor"
 """The client of `bench.floor_server`, the bare forwarder measured beside `gateway serve`."""
 FAILOVER_SCENARIOS = ("failover_open", "failover_without")
 """Measured for sequential latency only, against each other."""
+PEER_SCENARIO = "tensorzero"
+"""TensorZero's embedded gateway: a client process on its own venv's Python, measured in the
+same rounds as the main scenarios when it could be installed."""
+IN_PROCESS_STREAMERS = ("router", PEER_SCENARIO)
+"""The in-process clients whose long streams are measured by their own client process."""
 
 READY_TIMEOUT_S = 180.0  # LiteLLM's import alone takes 5-10 s on a busy 2-core machine
 COMMAND_TIMEOUT_S = 600.0
@@ -135,6 +147,7 @@ class Results:
     shared_state: str | None = None
     """Markdown from bench/shared_state.py, when that module exists."""
     shared_state_note: str = ""
+    peers: PeerResults = field(default_factory=PeerResults)
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -188,10 +201,14 @@ class ClientProcess:
         server_url: str | None,
         plan: Plan,
         log_dir: Path,
+        python: Path | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> ClientProcess:
+        """`python`: the interpreter (a peer's venv); bench.client itself needs only the
+        standard library and the library it measures."""
         log = log_dir / f"client-{name}.log"
         command = [
-            sys.executable,
+            str(python or sys.executable),
             "-m",
             "bench.client",
             "--scenario",
@@ -213,7 +230,7 @@ class ClientProcess:
                 stderr=stderr,
                 text=True,
                 cwd=REPO,
-                env=child_environment(upstream_url),
+                env={**child_environment(upstream_url), **(extra_env or {})},
             )
         return cls(name, process, log)
 
@@ -284,14 +301,22 @@ class ServerProcess:
         self.name = name
 
     @classmethod
-    def start(cls, upstream_url: str, log_dir: Path, *, floor: bool = False) -> ServerProcess:
+    def start(
+        cls,
+        upstream_url: str,
+        log_dir: Path,
+        *,
+        floor: bool = False,
+        extra_env: dict[str, str] | None = None,
+        log_name: str = "server.log",
+    ) -> ServerProcess:
         """Start and wait until /healthz answers; `RuntimeError` with the reason otherwise."""
         port = free_port()
         if floor:
             name, log = "the floor server", log_dir / "floor_server.log"
             arguments = ["bench.floor_server", "--port", str(port)]
         else:
-            name, log = "gateway serve", log_dir / "server.log"
+            name, log = "gateway serve", log_dir / log_name
             arguments = ["gateway.server", "--policy", str(POLICY_PATH), "--port", str(port)]
         command = [sys.executable, "-m", *arguments]
         with log.open("w") as output:
@@ -300,7 +325,7 @@ class ServerProcess:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
-                env=child_environment(upstream_url),
+                env={**child_environment(upstream_url), **(extra_env or {})},
             )
         server = cls(process, f"http://127.0.0.1:{port}", log, name)
         deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
@@ -346,6 +371,9 @@ class Run:
         self.results = results
         self.progress = progress
         self.clients: dict[str, ClientProcess] = {}
+        self.pythons: dict[str, Path] = {}
+        """A client's interpreter when it is not this one (a peer's venv)."""
+        self.client_env: dict[str, dict[str, str]] = {}
 
     def _drop(self, name: str, reason: str) -> None:
         self.results.scenarios[name].not_run = reason
@@ -370,6 +398,8 @@ class Run:
                     server_url=server_urls.get(name),
                     plan=self.plan,
                     log_dir=log_dir,
+                    python=self.pythons.get(name),
+                    extra_env=self.client_env.get(name),
                 )
         # They import and warm up in parallel; nothing is measured until all are ready.
         for name in list(self.clients):
@@ -401,6 +431,27 @@ class Run:
                     result.concurrent_walls.append(answer["wall_s"])
                 elif op == "streams":
                     result.ttft += answer["ttft"]
+
+    def measure_long_streams(self, names: Sequence[str]) -> None:
+        """Each in-process client's long streams: time to first token one at a time, then
+        chunks a second and its own CPU with `in_flight` at once."""
+        for name in names:
+            client = self.clients.get(name)
+            if client is None:
+                continue
+            row = StreamRow(name, self.results.scenarios[name].label)
+            row.cpu_of = "the client process (the gateway runs in it)"
+            try:
+                row.ttft = client.ask(op="long_streams", n=self.plan.long_streams)["ttft"]
+                loaded = client.ask(
+                    op="stream_load", n=self.plan.stream_load, in_flight=self.plan.in_flight
+                )
+            except ClientFailed as exc:
+                row.skipped = f"failed: {str(exc).splitlines()[0]}"
+                self.results.peers.streams[name] = row
+                continue
+            row.chunks, row.wall_s, row.cpu_s = loaded["chunks"], loaded["wall_s"], loaded["cpu_s"]
+            self.results.peers.streams[name] = row
 
     def collect_rss(self) -> None:
         for name, client in list(self.clients.items()):
@@ -495,10 +546,13 @@ def _take_imports(outcome: imports.ImportTimes | str, results: Results) -> None:
 
 def run(plan: Plan, results: Results, progress: Callable[[str], None]) -> Results:
     began = time.perf_counter()
+    raise_open_files_limit()  # for the held streams; every process started here inherits it
     results.load_before = load_average()
     for name in (*MAIN_SCENARIOS, *FAILOVER_SCENARIOS):
         results.scenarios[name] = ScenarioResult(name, SCENARIOS[name].label)
+    installed = peer_run.install(plan, results.peers, progress)
     bench_run = Run(plan, results, progress)
+    measured: tuple[str, ...] = MAIN_SCENARIOS
     pending_imports: Future[imports.ImportTimes | str] | None = None
     with ExitStack() as stack:
         if plan.overlap_imports:
@@ -510,6 +564,22 @@ def run(plan: Plan, results: Results, progress: Callable[[str], None]) -> Result
         upstream = stack.enter_context(FakeUpstream.spawn())
         upstream.client.reply(None, REPLY_TEXT)
         upstream.client.fail_always(DEAD_MODEL, Fault.server_error())
+        for model in (LONG_MODEL, LONG_BACKUP_MODEL):
+            upstream.client.reply(model, LONG_TEXT)
+        # The held streams: one chunk, then silence until the client goes.
+        upstream.client.reply(IDLE_MODEL, LONG_TEXT)
+        upstream.client.fail_always(IDLE_MODEL, Fault.stall(after_chunks=1))
+        if installed.tensorzero is not None:
+            config = peers.tensorzero_config(upstream.url, log_dir)
+            results.scenarios[PEER_SCENARIO] = ScenarioResult(
+                PEER_SCENARIO, SCENARIOS[PEER_SCENARIO].label
+            )
+            bench_run.pythons[PEER_SCENARIO] = installed.tensorzero
+            bench_run.client_env[PEER_SCENARIO] = {
+                TENSORZERO_CONFIG_ENV: str(config),
+                **peers.tensorzero_environment(),
+            }
+            measured = (*MAIN_SCENARIOS, PEER_SCENARIO)
         server_urls: dict[str, str] = {}
         server: ServerProcess | None = None
         for floor, names in ((False, SERVE_SCENARIOS), (True, (FLOOR_SCENARIO,))):
@@ -528,14 +598,21 @@ def run(plan: Plan, results: Results, progress: Callable[[str], None]) -> Result
         stack.callback(bench_run.close_clients)
         progress("starting the clients (imports and warm-up)")
         bench_run.start_clients(
-            (*MAIN_SCENARIOS, *FAILOVER_SCENARIOS), upstream.url, server_urls, log_dir
+            (*measured, *FAILOVER_SCENARIOS), upstream.url, server_urls, log_dir
         )
+        if PEER_SCENARIO in results.scenarios and results.scenarios[PEER_SCENARIO].not_run:
+            results.peers.skipped[PEER_SCENARIO] = results.scenarios[PEER_SCENARIO].not_run or ""
         progress(f"sequential: {plan.sequential} requests each, {plan.rounds} rounds")
-        bench_run.measure(MAIN_SCENARIOS, "sequential", plan.sequential)
+        bench_run.measure(measured, "sequential", plan.sequential)
         progress(f"concurrent: {plan.concurrent} requests each, {plan.in_flight} in flight")
-        bench_run.measure(MAIN_SCENARIOS, "concurrent", plan.concurrent, in_flight=plan.in_flight)
+        bench_run.measure(measured, "concurrent", plan.concurrent, in_flight=plan.in_flight)
         progress(f"streams: {plan.streams} each, time to first token")
-        bench_run.measure(MAIN_SCENARIOS, "streams", plan.streams)
+        bench_run.measure(measured, "streams", plan.streams)
+        progress(
+            f"long streams in-process: {plan.long_streams} one at a time, "
+            f"{plan.stream_load} with {plan.in_flight} at once"
+        )
+        bench_run.measure_long_streams(IN_PROCESS_STREAMERS)
         progress(f"failover: {plan.failover} requests per chain")
         dead_before = upstream.client.count(DEAD_MODEL)
         bench_run.measure(FAILOVER_SCENARIOS, "sequential", plan.failover)
@@ -545,6 +622,7 @@ def run(plan: Plan, results: Results, progress: Callable[[str], None]) -> Result
         if server is not None:
             results.scenarios["serve"].server_peak_rss_kb = server.peak_rss_kb()
         bench_run.close_clients()
+        _measure_servers(plan, results, installed, server, upstream.url, log_dir, progress)
         progress(f"hot-path layers over HTTP: {plan.layer_http_requests} requests per variant")
         _run_layers_http(plan, results, upstream.url)
         results.upstream_counts = {
@@ -562,6 +640,102 @@ def run(plan: Plan, results: Results, progress: Callable[[str], None]) -> Result
     results.load_after = load_average()
     results.duration_s = time.perf_counter() - began
     return results
+
+
+def _start_peer_servers(
+    installed: peer_run.Installed,
+    results: Results,
+    upstream_url: str,
+    log_dir: Path,
+    stack: ExitStack,
+) -> list[Endpoint]:
+    """LiteLLM's proxy and Portkey, started where installed; a failure is a skip."""
+    endpoints = []
+    env = child_environment(upstream_url)
+    if installed.litellm is not None:
+        config = peers.litellm_proxy_config(upstream_url, log_dir)
+        try:
+            server = peers.start_litellm_proxy(
+                installed.litellm, config, free_port(), log_dir / "litellm_proxy.log", env
+            )
+        except peers.PeerUnavailable as exc:
+            results.peers.skipped["litellm_proxy"] = str(exc)
+        else:
+            stack.callback(server.close)
+            endpoints.append(peer_run.litellm_endpoint(server))
+    if installed.portkey is not None:
+        try:
+            server = peers.start_portkey(
+                installed.portkey, free_port(), log_dir / "portkey.log", env
+            )
+        except peers.PeerUnavailable as exc:
+            results.peers.skipped["portkey"] = str(exc)
+        else:
+            stack.callback(server.close)
+            endpoints.append(peer_run.portkey_endpoint(server, upstream_url))
+    return endpoints
+
+
+def _measure_servers(
+    plan: Plan,
+    results: Results,
+    installed: peer_run.Installed,
+    server: ServerProcess | None,
+    upstream_url: str,
+    log_dir: Path,
+    progress: Callable[[str], None],
+) -> None:
+    """`gateway serve` and the peers' servers over HTTP: wrk, long streams, open streams."""
+    unavailable = http_load.available()
+    with ExitStack() as stack:
+        endpoints = []
+        if server is not None:
+            endpoints.append(
+                peer_run.serve_endpoint(
+                    "serve", "gateway serve (one worker)", server.url, server.process.pid
+                )
+            )
+        progress("starting the peers' servers")
+        endpoints += _start_peer_servers(installed, results, upstream_url, log_dir, stack)
+        env = child_environment(upstream_url)
+        for endpoint in endpoints:
+            if unavailable:
+                results.peers.http[endpoint.name] = peer_run.HTTPRow(
+                    endpoint.name, endpoint.label, skipped=unavailable
+                )
+            else:
+                progress(f"wrk: {endpoint.label}")
+                results.peers.http[endpoint.name] = peer_run.measure_http(endpoint, plan)
+            progress(f"long streams: {endpoint.label}")
+            results.peers.streams[endpoint.name] = peer_run.measure_streams(
+                endpoint, plan, env, REPO
+            )
+        progress(f"memory: {plan.held_streams} open streams per server")
+        try:
+            # Its own process, started for this: an RSS not grown by the runs above, and room
+            # for the held streams over the default connection limit.
+            held = ServerProcess.start(
+                upstream_url,
+                log_dir,
+                extra_env={"GATEWAY_MAX_CONNECTIONS": str(plan.held_streams + 200)},
+                log_name="server-memory.log",
+            )
+        except (RuntimeError, OSError) as exc:
+            results.peers.memory["serve"] = peer_run.MemoryRow(
+                "serve", "gateway serve", skipped=f"could not start: {exc}"
+            )
+        else:
+            stack.callback(held.close)
+            fresh = peer_run.serve_endpoint(
+                "serve", "gateway serve (one worker)", held.url, held.process.pid
+            )
+            peer_run.warm_streams(fresh, env, REPO)
+            endpoints = [fresh, *endpoints[1:]] if server is not None else [fresh, *endpoints]
+        for endpoint in endpoints:
+            progress(f"memory: {endpoint.label}")
+            results.peers.memory[endpoint.name] = peer_run.measure_memory(
+                endpoint, plan.held_streams, env, REPO
+            )
 
 
 def write_json(results: Results, path: Path) -> None:

@@ -35,6 +35,20 @@ UPSTREAM_ENV = "BENCH_UPSTREAM_URL"
 SERVE_KEEPALIVE_S = 2.0
 """How long the serve client keeps an idle connection (below the server's 5 s keep-alive)."""
 POLICY_PATH = Path(__file__).with_name("routing.yaml")
+LONG_TASK = "long"
+"""The streaming measurements' chain: [long_primary, long_backup], answering LONG_TEXT."""
+IDLE_TASK = "idle"
+"""The open-stream memory measurement's chain, whose upstream sends one chunk and holds."""
+LONG_MODEL = "long-model"
+LONG_BACKUP_MODEL = "long-backup"
+IDLE_MODEL = "idle-model"
+LONG_CHUNKS = 500
+LONG_TEXT = " ".join(f"tok{i}" for i in range(LONG_CHUNKS))
+"""The streaming measurements' answer: the upstream streams it as one chunk a word."""
+TENSORZERO_CONFIG_ENV = "BENCH_TENSORZERO_CONFIG"
+TENSORZERO_MODEL = "bench"
+"""TensorZero's model of two providers, [primary, backup], in the config the runner writes."""
+TENSORZERO_LONG_MODEL = "bench_long"
 
 MESSAGES: list[dict[str, Any]] = [
     {"role": "system", "content": "You are a terse assistant."},
@@ -94,6 +108,23 @@ class Scenario(ABC):
 
     async def _deltas(self) -> AsyncIterator[str]:
         raise NotImplementedError(f"{self.name} does not stream")
+        yield ""  # pragma: no cover - makes this an async generator
+
+    async def long_stream(self) -> tuple[float, int]:
+        """Seconds to the first delta of LONG_TEXT streamed, and its deltas (checked)."""
+        began = time.perf_counter()
+        first: float | None = None
+        chunks = 0
+        async for _ in self._long_deltas():
+            chunks += 1
+            if first is None:
+                first = time.perf_counter() - began
+        if first is None or chunks != LONG_CHUNKS:
+            raise WrongAnswer(f"{self.name}: the long stream gave {chunks} deltas")
+        return first, chunks
+
+    async def _long_deltas(self) -> AsyncIterator[str]:
+        raise NotImplementedError(f"{self.name} does not stream the long answer")
         yield ""  # pragma: no cover - makes this an async generator
 
     async def aclose(self) -> None:
@@ -205,6 +236,11 @@ class GatewayRouter(_GatewayScenario):
         if stream.provider != "primary":
             raise WrongAnswer(f"{self.name}: streamed by {stream.provider}, expected primary")
 
+    async def _long_deltas(self) -> AsyncIterator[str]:
+        async with self._router.stream(MESSAGES, task=LONG_TASK) as stream:
+            async for delta in stream:
+                yield delta
+
 
 class GatewayRouterHTTP(_GatewayScenario):
     """`gateway.Router` as in (b), its chain on the `openai_http` provider instead."""
@@ -308,6 +344,41 @@ class LiteLLMRouter(Scenario):
         async for chunk in stream:
             if text := _chunk_text(chunk):
                 yield text
+
+
+class TensorZeroEmbedded(Scenario):
+    """TensorZero's Rust gateway embedded in-process (its Python client's `build_embedded`),
+    on a model of two providers [primary, backup] at the same upstream: the Router's chain."""
+
+    name = "tensorzero"
+    label = "TensorZero embedded gateway (Rust, in-process)"
+
+    async def start(self) -> None:
+        from tensorzero import AsyncTensorZeroGateway
+
+        built = AsyncTensorZeroGateway.build_embedded(
+            config_file=os.environ[TENSORZERO_CONFIG_ENV], async_setup=True
+        )
+        self._gateway = await built  # type: ignore[misc]
+        system, user = MESSAGES[0]["content"], MESSAGES[1]["content"]
+        self._input = {"system": system, "messages": [{"role": "user", "content": user}]}
+
+    async def call(self) -> None:
+        reply = await self._gateway.inference(model_name=TENSORZERO_MODEL, input=self._input)
+        check_text(self.name, "".join(getattr(block, "text", "") for block in reply.content))
+
+    async def _stream(self, model: str) -> AsyncIterator[str]:
+        stream = await self._gateway.inference(model_name=model, input=self._input, stream=True)
+        async for chunk in stream:
+            for block in chunk.content:
+                if text := getattr(block, "text", None):
+                    yield text
+
+    def _deltas(self) -> AsyncIterator[str]:
+        return self._stream(TENSORZERO_MODEL)
+
+    def _long_deltas(self) -> AsyncIterator[str]:
+        return self._stream(TENSORZERO_LONG_MODEL)
 
 
 class GatewayServe(DirectSDK):
@@ -429,5 +500,6 @@ SCENARIOS: dict[str, type[Scenario]] = {
         RawHTTP,
         FailoverOpenBreaker,
         FailoverWithout,
+        TensorZeroEmbedded,
     )
 }

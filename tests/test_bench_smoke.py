@@ -8,6 +8,7 @@ hand-written analysis of docs/performance.md survives a re-run.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict
@@ -19,12 +20,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # bench/ is a top-level folder of the repo, not an installed package
     sys.path.insert(0, str(REPO))
 
-from bench import report  # noqa: E402
+from bench import report, report_peers  # noqa: E402
 from bench.layers import Layer  # noqa: E402
 from bench.machine import Machine  # noqa: E402
+from bench.peer_run import HTTPRow, MemoryRow, StreamRow  # noqa: E402
 from bench.plan import QUICK  # noqa: E402
 from bench.runner import FAILOVER_SCENARIOS, MAIN_SCENARIOS, Results, ScenarioResult  # noqa: E402
-from bench.scenarios import SCENARIOS  # noqa: E402
+from bench.scenarios import LONG_CHUNKS, SCENARIOS  # noqa: E402
 from bench.stats import Summary, percentile  # noqa: E402
 
 HAND_WRITTEN = "## Analysis\n\nWritten by hand; must survive the run.\n"
@@ -81,6 +83,29 @@ def test_quick_run_writes_every_row_and_keeps_the_analysis(tmp_path: Path) -> No
         )
     assert data["dead_calls_while_measured"] == 0
     assert data["upstream_counts"]["gpt-4o"] == 0, "no request should have fallen back"
+
+    # The peers are never installed by a quick run (so never by `make test`): each is skipped
+    # with its reason, while `gateway serve` and the Router are measured by the same harness.
+    assert "## Against the strongest peers" in text
+    for target in report_peers.PEER_TARGETS:
+        assert f"| {target.label} |" in text
+    peers = data["peers"]
+    assert set(peers["skipped"]) == {"tensorzero", "litellm_proxy", "portkey"}
+    assert all("--quick" in reason for reason in peers["skipped"].values())
+    assert text.count("skipped in --quick runs") >= 3
+    served = peers["http"]["serve"]
+    if shutil.which("wrk") is None:  # `make bench` installs it; `make test` does not
+        assert "wrk is not installed" in served["skipped"]
+    else:
+        assert served["skipped"] is None and served["rate"] > 0
+    for name in ("serve", "router"):
+        streamed = peers["streams"][name]
+        assert streamed["skipped"] is None, streamed["skipped"]
+        assert streamed["chunks"] == QUICK.stream_load * LONG_CHUNKS
+        assert len(streamed["ttft"]) == QUICK.long_streams
+    held = peers["memory"]["serve"]
+    assert held["skipped"] is None and held["streams"] == held["opened"] == QUICK.held_streams
+    assert held["held_rss_kb"] > 0 and held["idle_rss_kb"] > 0
 
 
 def _result(name: str, p50_s: float, throughput: float) -> ScenarioResult:
@@ -142,3 +167,52 @@ def test_percentile_is_nearest_rank_and_refuses_nonsense() -> None:
         percentile([], 0.5)
     with pytest.raises(ValueError, match="between 0 and 1"):
         percentile([1.0], 1.5)
+
+
+def test_peer_targets_compare_figures_of_one_run_and_name_what_is_missing(
+    tmp_path: Path,
+) -> None:
+    results = Results(QUICK, Machine(), "2030-01-01 00:00 UTC", "python -m bench")
+    results.scenarios = {
+        "router": _result("router", 0.000400, 4800.0),
+        "tensorzero": _result("tensorzero", 0.000500, 3500.0),  # 1.37x: met; p50 0.8: met
+    }
+    results.peers.http = {
+        "serve": HTTPRow("serve", "gateway serve", p50_s=0.001, p99_s=0.002, rate=2000.0),
+        "portkey": HTTPRow("portkey", "Portkey", p50_s=0.001, p99_s=0.002, rate=1000.0),
+        "litellm_proxy": HTTPRow("litellm_proxy", "LiteLLM proxy", skipped="failed: 500"),
+    }
+    results.peers.streams = {
+        "serve": StreamRow("serve", "gateway serve", ttft=[0.01], chunks=1000, wall_s=1, cpu_s=1)
+    }
+    results.peers.memory = {
+        "serve": MemoryRow(
+            "serve",
+            "gateway serve",
+            streams=1000,
+            opened=1000,
+            idle_rss_kb=80_000,
+            held_rss_kb=140_000,
+        )  # 60 KB a stream: not met
+    }
+    results.peers.skipped["portkey"] = "its streams fail"
+    text = "\n".join(report_peers.section(results))
+
+    rows = {
+        target.label: next(
+            line for line in text.splitlines() if line.startswith(f"| {target.label}")
+        )
+        for target in report_peers.PEER_TARGETS
+    }
+    labels = [target.label for target in report_peers.PEER_TARGETS]
+    assert "| 1.37 |" in rows[labels[0]] and "**met**" in rows[labels[0]]
+    assert "| 0.80 |" in rows[labels[1]] and "**met**" in rows[labels[1]]
+    assert (
+        "| 2.00 |" in rows[labels[2]]
+        and "**not met** (20% short: 1.25x more needed)" in rows[labels[2]]
+    )
+    assert "no figure: LiteLLM proxy: failed: 500" in rows[labels[3]]
+    assert "no figure: Portkey gateway skipped: its streams fail" in rows[labels[4]]
+    assert "| 60.0 KB |" in rows[labels[5]] and "**not met**" in rows[labels[5]]
+    assert "- **Portkey gateway skipped**: its streams fail" in text
+    assert "| gateway serve | 1,000 | 78.1 MB | 136.7 MB | 60.0 KB |" in text
