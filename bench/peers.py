@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.proc import stop
 from bench.scenarios import (
     BACKUP_MODEL,
     BENCH_KEY,
@@ -219,13 +220,7 @@ class PeerServer:
         return self.process.pid
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop(self.process)
 
 
 def start_server(

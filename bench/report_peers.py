@@ -3,13 +3,16 @@ over HTTP (wrk), long streams, and memory per open stream."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from bench.peer_run import HOLD_WITHIN_S, PEER_LABELS, HTTPRow, MemoryRow, StreamRow
 from bench.runner import PEER_SCENARIO, Results
 from bench.scenarios import LONG_CHUNKS
 from bench.stats import Summary, percentile
+
+Row = HTTPRow | StreamRow | MemoryRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,21 +203,62 @@ def verdict_rows(results: Results) -> list[str]:
     return lines
 
 
-def _http_rows(rows: dict[str, HTTPRow]) -> list[str]:
-    lines = [
-        "| server | p50, 1 connection | p99, 1 connection | throughput, 50 connections "
-        "| p99, 50 connections |",
-        "|---|---|---|---|---|",
-    ]
-    for row in rows.values():
-        if row.skipped:
-            lines.append(f"| {row.label} | skipped: {row.skipped} | | | |")
-            continue
-        lines.append(
-            f"| {row.label} | {_ms(row.p50_s)} | {_ms(row.p99_s)} | {_rate(row.rate)} "
-            f"| {_ms(row.loaded_p99_s)} |"
-        )
+def _table(columns: list[str], rows: Iterable[Row], cells: Callable[[Any], list[str]]) -> list[str]:
+    """A markdown table: one line a row, its label first; a skipped row says why."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        shown = [f"skipped: {row.skipped}"] + [""] * (len(columns) - 2)
+        lines.append("| " + " | ".join([row.label, *(shown if row.skipped else cells(row))]) + " |")
     return lines
+
+
+def _http_cells(row: HTTPRow) -> list[str]:
+    return [_ms(row.p50_s), _ms(row.p99_s), _rate(row.rate), _ms(row.loaded_p99_s)]
+
+
+def _stream_cells(row: StreamRow) -> list[str]:
+    ttft = percentile(row.ttft, 0.5) if row.ttft else None
+    per_1000, per_cpu = row.cpu_s_per_1000, row.chunks_per_cpu_s
+    return [
+        _ms(ttft),
+        _rate(row.chunks_per_s),
+        "—" if per_1000 is None else f"{per_1000:.3f}",
+        "—" if per_cpu is None else f"{per_cpu:,.0f}",
+        row.cpu_of,
+    ]
+
+
+def _memory_cells(row: MemoryRow) -> list[str]:
+    per = row.per_stream_kb
+    held = (
+        f"{row.streams:,}"
+        if row.opened == row.streams
+        else f"{row.opened:,} of {row.streams:,} opened within {HOLD_WITHIN_S:g} s"
+    )
+    return [
+        held,
+        _mb(row.idle_rss_kb),
+        _mb(row.held_rss_kb),
+        "—" if per is None else f"{per:.1f} KB",
+    ]
+
+
+HTTP_COLUMNS = [
+    "server",
+    "p50, 1 connection",
+    "p99, 1 connection",
+    "throughput, 50 connections",
+    "p99, 50 connections",
+]
+STREAM_COLUMNS = [
+    "client",
+    "TTFT p50",
+    "chunks/s, 50 streams",
+    "CPU s per 1,000 chunks",
+    "chunks per CPU-second",
+    "CPU of",
+]
+MEMORY_COLUMNS = ["server", "streams held", "RSS idle", "RSS holding them", "per open stream"]
 
 
 def _in_process_rows(results: Results) -> list[str]:
@@ -228,49 +272,6 @@ def _in_process_rows(results: Results) -> list[str]:
             continue
         p50 = Summary.of(result.sequential).p50
         lines.append(f"| {result.label} | {_ms(p50)} | {_rate(result.throughput)} |")
-    return lines
-
-
-def _stream_rows(rows: dict[str, StreamRow]) -> list[str]:
-    lines = [
-        "| client | TTFT p50 | chunks/s, 50 streams | CPU s per 1,000 chunks "
-        "| chunks per CPU-second | CPU of |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in rows.values():
-        if row.skipped:
-            lines.append(f"| {row.label} | skipped: {row.skipped} | | | | |")
-            continue
-        ttft = percentile(row.ttft, 0.5) if row.ttft else None
-        per_1000 = row.cpu_s_per_1000
-        per_cpu = row.chunks_per_cpu_s
-        lines.append(
-            f"| {row.label} | {_ms(ttft)} | {_rate(row.chunks_per_s)} "
-            f"| {'—' if per_1000 is None else f'{per_1000:.3f}'} "
-            f"| {'—' if per_cpu is None else f'{per_cpu:,.0f}'} | {row.cpu_of} |"
-        )
-    return lines
-
-
-def _memory_rows(rows: dict[str, MemoryRow]) -> list[str]:
-    lines = [
-        "| server | streams held | RSS idle | RSS holding them | per open stream |",
-        "|---|---|---|---|---|",
-    ]
-    for row in rows.values():
-        if row.skipped:
-            lines.append(f"| {row.label} | skipped: {row.skipped} | | | |")
-            continue
-        per = row.per_stream_kb
-        held = (
-            f"{row.streams:,}"
-            if row.opened == row.streams
-            else (f"{row.opened:,} of {row.streams:,} opened within {HOLD_WITHIN_S:g} s")
-        )
-        lines.append(
-            f"| {row.label} | {held} | {_mb(row.idle_rss_kb)} | {_mb(row.held_rss_kb)} "
-            f"| {'—' if per is None else f'{per:.1f} KB'} |"
-        )
     return lines
 
 
@@ -311,7 +312,7 @@ def section(results: Results) -> list[str]:
         f"connections for {plan.wrk_throughput_s} s (throughput), after a {plan.wrk_warmup_s} s "
         "warm-up. Every server's answer is checked once before.",
         "",
-        *_http_rows(peers.http),
+        *_table(HTTP_COLUMNS, peers.http.values(), _http_cells),
         "",
         "### Long streams",
         "",
@@ -323,7 +324,7 @@ def section(results: Results) -> list[str]:
         "(`bench/stream_client.py`), the same for each; in-process gateways by their client "
         "process, whose CPU then includes draining the deltas.",
         "",
-        *_stream_rows(peers.streams),
+        *_table(STREAM_COLUMNS, peers.streams.values(), _stream_cells),
         "",
         "### Memory per open stream",
         "",
@@ -332,7 +333,7 @@ def section(results: Results) -> list[str]:
         "stream. `gateway serve` is a fresh process for this (warmed with a few streams), with "
         "its connection limit raised above the streams held.",
         "",
-        *_memory_rows(peers.memory),
+        *_table(MEMORY_COLUMNS, peers.memory.values(), _memory_cells),
         "",
     ]
     return lines

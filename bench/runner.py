@@ -29,7 +29,7 @@ from bench import http_load, imports, peer_run, peers
 from bench.machine import Machine, load_average
 from bench.peer_run import Endpoint, PeerResults, StreamRow
 from bench.plan import Plan
-from bench.proc import raise_open_files_limit
+from bench.proc import raise_open_files_limit, stop
 from bench.scenarios import (
     BACKUP_MODEL,
     DEAD_MODEL,
@@ -348,13 +348,7 @@ class ServerProcess:
         return peak_rss_of(self.process.pid)
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop(self.process)
 
 
 def rotated(names: Sequence[str], turn: int) -> list[str]:
