@@ -26,10 +26,12 @@ from bench.proc import stop
 from bench.scenarios import (
     BACKUP_MODEL,
     BENCH_KEY,
+    DEAD_MODEL,
     IDLE_MODEL,
     LONG_BACKUP_MODEL,
     LONG_MODEL,
     MODEL,
+    TENSORZERO_FAILOVER_MODEL,
     TENSORZERO_LONG_MODEL,
     TENSORZERO_MODEL,
 )
@@ -134,6 +136,7 @@ def tensorzero_config(upstream_url: str, folder: Path) -> Path:
     for model, (first, second) in {
         TENSORZERO_MODEL: (MODEL, BACKUP_MODEL),
         TENSORZERO_LONG_MODEL: (LONG_MODEL, LONG_BACKUP_MODEL),
+        TENSORZERO_FAILOVER_MODEL: (DEAD_MODEL, MODEL),
     }.items():
         lines += [f"[models.{model}]", 'routing = ["primary", "backup"]', ""]
         for name, upstream_model in (("primary", first), ("backup", second)):

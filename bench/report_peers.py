@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.peer_run import HOLD_WITHIN_S, PEER_LABELS, HTTPRow, MemoryRow, StreamRow
-from bench.runner import PEER_SCENARIO, Results
+from bench.runner import PEER_FAILOVER_SCENARIO, PEER_SCENARIO, Results
 from bench.scenarios import LONG_CHUNKS
 from bench.stats import Summary, percentile
 
@@ -263,7 +263,7 @@ MEMORY_COLUMNS = ["server", "streams held", "RSS idle", "RSS holding them", "per
 
 def _in_process_rows(results: Results) -> list[str]:
     lines = ["| client | p50 | throughput, 50 in flight |", "|---|---|---|"]
-    for name in ("router", PEER_SCENARIO):
+    for name in ("router", PEER_SCENARIO, "failover_open", PEER_FAILOVER_SCENARIO):
         result = results.scenarios.get(name)
         if result is None:
             continue
@@ -301,7 +301,10 @@ def section(results: Results) -> list[str]:
         "### In-process: the Router against TensorZero's embedded gateway",
         "",
         "Both in their own client process in the same alternating rounds as the table of "
-        "clients above (TensorZero's on its own venv's Python).",
+        "clients above (TensorZero's on its own venv's Python). The last two rows have a "
+        "first provider the upstream fails with 500 on every request: the Router's breaker "
+        "has opened and skips it; TensorZero, which has no breaker, tries it every time "
+        "(sequential requests only, measured after the Router's failover rows).",
         "",
         *_in_process_rows(results),
         "",

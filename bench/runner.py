@@ -68,6 +68,9 @@ FLOOR_SCENARIO = "serve_floor"
 FAILOVER_SCENARIOS = ("failover_open", "failover_without")
 """Measured for sequential latency only, against each other."""
 PEER_SCENARIO = "tensorzero"
+PEER_FAILOVER_SCENARIO = "tensorzero_failover"
+"""TensorZero with a first provider failing every request: measured like the failover chain,
+after it (its calls to the failing model would otherwise count in that chain's check)."""
 """TensorZero's embedded gateway: a client process on its own venv's Python, measured in the
 same rounds as the main scenarios when it could be installed."""
 IN_PROCESS_STREAMERS = ("router", PEER_SCENARIO)
@@ -547,6 +550,7 @@ def run(plan: Plan, results: Results, progress: Callable[[str], None]) -> Result
     installed = peer_run.install(plan, results.peers, progress)
     bench_run = Run(plan, results, progress)
     measured: tuple[str, ...] = MAIN_SCENARIOS
+    peer_failover: tuple[str, ...] = ()
     pending_imports: Future[imports.ImportTimes | str] | None = None
     with ExitStack() as stack:
         if plan.overlap_imports:
@@ -574,6 +578,12 @@ def run(plan: Plan, results: Results, progress: Callable[[str], None]) -> Result
                 **peers.tensorzero_environment(),
             }
             measured = (*MAIN_SCENARIOS, PEER_SCENARIO)
+            results.scenarios[PEER_FAILOVER_SCENARIO] = ScenarioResult(
+                PEER_FAILOVER_SCENARIO, SCENARIOS[PEER_FAILOVER_SCENARIO].label
+            )
+            bench_run.pythons[PEER_FAILOVER_SCENARIO] = installed.tensorzero
+            bench_run.client_env[PEER_FAILOVER_SCENARIO] = bench_run.client_env[PEER_SCENARIO]
+            peer_failover = (PEER_FAILOVER_SCENARIO,)
         server_urls: dict[str, str] = {}
         server: ServerProcess | None = None
         for floor, names in ((False, SERVE_SCENARIOS), (True, (FLOOR_SCENARIO,))):
@@ -592,7 +602,7 @@ def run(plan: Plan, results: Results, progress: Callable[[str], None]) -> Result
         stack.callback(bench_run.close_clients)
         progress("starting the clients (imports and warm-up)")
         bench_run.start_clients(
-            (*measured, *FAILOVER_SCENARIOS), upstream.url, server_urls, log_dir
+            (*measured, *FAILOVER_SCENARIOS, *peer_failover), upstream.url, server_urls, log_dir
         )
         if PEER_SCENARIO in results.scenarios and results.scenarios[PEER_SCENARIO].not_run:
             results.peers.skipped[PEER_SCENARIO] = results.scenarios[PEER_SCENARIO].not_run or ""
@@ -611,6 +621,7 @@ def run(plan: Plan, results: Results, progress: Callable[[str], None]) -> Result
         dead_before = upstream.client.count(DEAD_MODEL)
         bench_run.measure(FAILOVER_SCENARIOS, "sequential", plan.failover)
         results.dead_calls_while_measured = upstream.client.count(DEAD_MODEL) - dead_before
+        bench_run.measure(peer_failover, "sequential", plan.failover)
         progress("peak RSS, then stopping the clients")
         bench_run.collect_rss()
         if server is not None:

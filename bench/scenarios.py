@@ -49,6 +49,8 @@ TENSORZERO_CONFIG_ENV = "BENCH_TENSORZERO_CONFIG"
 TENSORZERO_MODEL = "bench"
 """TensorZero's model of two providers, [primary, backup], in the config the runner writes."""
 TENSORZERO_LONG_MODEL = "bench_long"
+TENSORZERO_FAILOVER_MODEL = "bench_failover"
+"""TensorZero's model [dead, primary]: the first provider answers 500 every time."""
 
 MESSAGES: list[dict[str, Any]] = [
     {"role": "system", "content": "You are a terse assistant."},
@@ -381,6 +383,21 @@ class TensorZeroEmbedded(Scenario):
         return self._stream(TENSORZERO_LONG_MODEL)
 
 
+class TensorZeroFailover(TensorZeroEmbedded):
+    """TensorZero with a first provider the upstream fails (500) on every request, then the
+    one that answers: it has no breaker, so every request tries the failing one first."""
+
+    name = "tensorzero_failover"
+    label = "TensorZero embedded, chain [dead (500 every time), primary]"
+    streams = False
+
+    async def call(self) -> None:
+        reply = await self._gateway.inference(
+            model_name=TENSORZERO_FAILOVER_MODEL, input=self._input
+        )
+        check_text(self.name, "".join(getattr(block, "text", "") for block in reply.content))
+
+
 class GatewayServe(DirectSDK):
     """(d) `gateway serve` in its own process, reached by the OpenAI SDK over HTTP."""
 
@@ -501,5 +518,6 @@ SCENARIOS: dict[str, type[Scenario]] = {
         FailoverOpenBreaker,
         FailoverWithout,
         TensorZeroEmbedded,
+        TensorZeroFailover,
     )
 }
