@@ -35,6 +35,7 @@ EXTRAS = {
     "litellm": {"litellm"},
     "server": {"fastapi", "uvicorn", "uvloop", "httptools"},
     "redis": {"redis"},
+    "otel": {"opentelemetry-api", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http"},
 }
 # What a lean install must do without, by import name: each extra's packages, what they alone
 # bring (starlette, the SDKs' httpx2), and httpx, which only the tests use.
@@ -46,6 +47,7 @@ OPTIONAL_IMPORTS = {
     "starlette",
     "uvicorn",
     "redis",
+    "opentelemetry",
     "httpx2",
     "httpx",
 }
