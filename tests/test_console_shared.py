@@ -101,10 +101,12 @@ def test_workers_share_figures_recent_requests_and_drains(
             listed = recent(server.url, task="chat")["requests"]
             return len(view["workers"]) == 2 and calls == requests == len(listed) == sent
 
-        # Whichever worker answers (a status file is at most SYNC_INTERVAL_S old), it counts
-        # every worker's calls and requests, and lists both workers and all their requests.
-        eventually(merged, what=f"{sent} calls over 2 workers")
-        assert all(merged() for _ in range(6))
+        # Once every status file is fresh (at most SYNC_INTERVAL_S old), whichever worker
+        # answers counts every worker's calls and requests and lists all their requests.
+        def merged_everywhere() -> bool:
+            return all(merged() for _ in range(6))
+
+        eventually(merged_everywhere, what=f"{sent} calls over 2 workers, on every worker")
         assert SECRET_PROMPT not in (tmp_path / "workers.log").read_text()
 
         drained = httpx.post(
