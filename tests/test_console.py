@@ -104,7 +104,7 @@ def sign_in(page: Any, url: str, key: str) -> None:
     page.goto(url + "/console")
     page.get_by_label("API key").fill(key)
     page.get_by_role("button", name="Use key").click()
-    page.locator("#who").filter(has_text="Signed in").wait_for()
+    page.locator("#who").filter(has_text=re.compile("^Signed in as ")).wait_for()
 
 
 def breaker_cell(page: Any, provider: str) -> Any:
@@ -135,6 +135,10 @@ def test_a_client_key_reads_but_cannot_apply_or_change_a_breaker(
             ]
             assert [r.status_code for r in refused] == [expected] * 4
             assert refused[0].json()["error"]["code"] in {"admin_key_required", "missing_api_key"}
+        # Without a key, a body is never read: 401 whatever it holds.
+        for route in ("check", "diff", "apply"):
+            malformed = http.post(f"/console/api/policy/{route}", content=b"{not json")
+            assert malformed.status_code == 401, (route, malformed.text)
     assert policy.read_bytes() == before
     assert live(server.url)["providers"]["primary"]["breaker"] == "closed"
 

@@ -239,12 +239,17 @@ async function applyPolicy() {
   await refresh();
 }
 
+// An earlier sign-in answered late (the page's own, at load) must not overwrite a later one.
+let signIns = 0;
+
 async function useKey(event) {
   if (event) event.preventDefault();
   const input = document.getElementById("api-key");
   if (input.value) sessionStorage.setItem(KEY_ITEM, input.value);
   input.value = "";
+  const attempt = ++signIns;
   const who = await api("/console/api/whoami");
+  if (attempt !== signIns) return;
   document.getElementById("who").textContent = who.ok
     ? "Signed in as " + who.body.identity + (who.body.admin ? " · admin: may change the policy and breakers" : " · read only: changes need an admin key")
     : "Not signed in: " + errorText(who);
