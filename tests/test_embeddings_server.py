@@ -201,3 +201,17 @@ def test_the_body_limit_applies(fake: ThreadedFakeUpstream, gateway: str) -> Non
     assert answer.status_code == 413
     assert answer.json()["error"]["type"]
     assert fake.requests() == []
+
+
+@pytest.mark.parametrize(
+    "body", [b"{not json", b'{"model": "search"}', b'{"model": "search", "input": "hi"}']
+)
+def test_a_request_without_a_valid_key_is_401_whatever_its_body(gateway: str, body: bytes) -> None:
+    for headers in ({}, {"authorization": "Bearer not-a-key"}):
+        response = httpx.post(
+            gateway + "/embeddings",
+            content=body,
+            headers={**headers, "content-type": "application/json"},
+        )
+        assert response.status_code == 401, response.text
+        assert response.headers["www-authenticate"] == "Bearer"

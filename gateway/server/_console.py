@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse, Response
 
@@ -37,6 +37,7 @@ from gateway.server._console_policy import (
 )
 from gateway.server._errors import error_response
 from gateway.server._state import (
+    KeyFirstRoute,
     ServerState,
     require_admin,
     require_client,
@@ -161,6 +162,7 @@ def add_console_routes(app: FastAPI) -> None:
     contract, so it stays out of the OpenAPI document."""
     client = [Depends(require_client)]
     admin = [Depends(require_admin)]
+    api = APIRouter(route_class=KeyFirstRoute)
 
     @app.get("/console", include_in_schema=False)
     async def page() -> Response:
@@ -175,7 +177,7 @@ def add_console_routes(app: FastAPI) -> None:
             return error_response(f"no console file named {name!r}", status=404, code="not_found")
         return Response(_page_file(name), media_type=media_type, headers=PAGE_HEADERS)
 
-    @app.get("/console/api/whoami", dependencies=client, include_in_schema=False)
+    @api.get("/console/api/whoami", dependencies=client, include_in_schema=False)
     async def whoami(request: Request) -> dict[str, Any]:
         """Whether the key may change things (the page greys nothing out on it: the server
         refuses what the key may not do)."""
@@ -185,11 +187,11 @@ def add_console_routes(app: FastAPI) -> None:
         admin = state.keys.admin(key, peer) is Access.GRANTED
         return {"admin": admin, "identity": identity(request)}
 
-    @app.get("/console/api/live", dependencies=client, include_in_schema=False)
+    @api.get("/console/api/live", dependencies=client, include_in_schema=False)
     async def live(request: Request) -> dict[str, Any]:
         return live_view(server_state(request))
 
-    @app.get("/console/api/requests", dependencies=client, include_in_schema=False)
+    @api.get("/console/api/requests", dependencies=client, include_in_schema=False)
     async def recent_requests(
         request: Request, task: str | None = None, outcome: str | None = None, limit: int = 100
     ) -> dict[str, Any]:
@@ -202,7 +204,7 @@ def add_console_routes(app: FastAPI) -> None:
             rows = [row for row in rows if row["outcome"] == outcome]
         return {"tasks": tasks, "outcomes": outcomes, "requests": rows[: max(1, min(limit, 500))]}
 
-    @app.get("/console/api/policy", dependencies=admin, include_in_schema=False)
+    @api.get("/console/api/policy", dependencies=admin, include_in_schema=False)
     async def policy_file(request: Request) -> dict[str, Any]:
         """The file as written (it may hold keys, hence admin only), and its sha256."""
         path = _path(server_state(request))
@@ -213,7 +215,7 @@ def add_console_routes(app: FastAPI) -> None:
             "sha256": sha256_of(data),
         }
 
-    @app.post("/console/api/policy/check", dependencies=client, include_in_schema=False)
+    @api.post("/console/api/policy/check", dependencies=client, include_in_schema=False)
     async def check(request: Request, draft: Draft) -> dict[str, Any]:
         state = server_state(request)
         try:
@@ -222,7 +224,7 @@ def add_console_routes(app: FastAPI) -> None:
             return {"valid": False, "problem": problem(exc)}
         return {"valid": True, "problem": None}
 
-    @app.post("/console/api/policy/diff", dependencies=client, include_in_schema=False)
+    @api.post("/console/api/policy/diff", dependencies=client, include_in_schema=False)
     async def diff(request: Request, draft: Draft) -> Response:
         state = server_state(request)
         try:
@@ -231,7 +233,7 @@ def add_console_routes(app: FastAPI) -> None:
             return JSONResponse({"valid": False, "problem": problem(exc)}, status_code=422)
         return JSONResponse({"valid": True, "diff": policy_diff(state.router.policy, new)})
 
-    @app.post("/console/api/policy/apply", dependencies=admin, include_in_schema=False)
+    @api.post("/console/api/policy/apply", dependencies=admin, include_in_schema=False)
     async def apply(request: Request, draft: ApplyDraft) -> Response:
         state = server_state(request)
         path = _path(state)
@@ -290,7 +292,7 @@ def add_console_routes(app: FastAPI) -> None:
             {"provider": provider, "breaker": breaker.state, "forced": breaker.forced}
         )
 
-    @app.post(
+    @api.post(
         "/console/api/breakers/{provider}/force-open",
         dependencies=admin,
         include_in_schema=False,
@@ -298,10 +300,12 @@ def add_console_routes(app: FastAPI) -> None:
     async def force_open(request: Request, provider: str) -> Response:
         return await breaker_action(request, provider, "force_open")
 
-    @app.post(
+    @api.post(
         "/console/api/breakers/{provider}/reset",
         dependencies=admin,
         include_in_schema=False,
     )
     async def reset(request: Request, provider: str) -> Response:
         return await breaker_action(request, provider, "reset")
+
+    app.include_router(api)

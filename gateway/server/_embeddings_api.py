@@ -11,7 +11,7 @@ import base64
 import struct
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
@@ -25,7 +25,7 @@ from gateway.server._chat import (
 from gateway.server._middleware import access_record
 from gateway.server._openai_compat import ErrorResponse
 from gateway.server._sse import json_bytes
-from gateway.server._state import CLIENT_ERRORS, require_client, server_state
+from gateway.server._state import CLIENT_ERRORS, KeyFirstRoute, require_client, server_state
 
 EMBEDDINGS_PATH = "/v1/embeddings"
 
@@ -113,7 +113,9 @@ def encoded(vector: list[float], encoding_format: str) -> list[float] | str:
 def add_embeddings_routes(app: FastAPI) -> None:
     """Adds the embeddings route to `app`."""
 
-    @app.post(
+    routes = APIRouter(route_class=KeyFirstRoute)
+
+    @routes.post(
         EMBEDDINGS_PATH,
         response_model=EmbeddingList,
         responses=_RESPONSES,
@@ -164,3 +166,5 @@ def add_embeddings_routes(app: FastAPI) -> None:
             task=task, provider=routed.provider, attempts=routed.attempts, cost=routed.cost_usd
         )
         return Response(json_bytes(payload), headers=headers, media_type="application/json")
+
+    app.include_router(routes)

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import Request, Security
+from fastapi import Request, Response, Security
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway._router import Router
 from gateway.errors import PolicyError
-from gateway.server._auth import Access, Denial, KeyChecker, denial
+from gateway.server._auth import Access, Denial, KeyChecker, bearer_key, denial
 from gateway.server._config import ServerSettings
 from gateway.server._console_feed import ConsoleFeed
 from gateway.server._openai_compat import ErrorResponse
@@ -102,3 +104,21 @@ def require_admin(
     access = server_state(request).keys.admin(_key(credentials), _peer(request))
     if access is not Access.GRANTED:
         raise AccessDenied(denial(access))
+
+
+class KeyFirstRoute(APIRoute):
+    """A route that checks the client key before FastAPI reads the body (it reads a body
+    before it runs a route's dependencies), so a client without a valid key gets 401 and
+    learns nothing about its body. An admin route's own dependency still applies after."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            key = bearer_key(request.headers.get("authorization"))
+            access = server_state(request).keys.client(key, _peer(request))
+            if access is not Access.GRANTED:
+                raise AccessDenied(denial(access))
+            return await handler(request)
+
+        return route
