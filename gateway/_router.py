@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from gateway._outcomes import Attempt, BreakerState, PolicyOutcome
+from gateway._policy_files import read_policy_file
 from gateway._resilience import Sleep, TripReason
 from gateway._runtime import Candidate, Runtime, build_runtime, close_runtime
 from gateway._streaming import RoutedStream
@@ -32,10 +33,9 @@ from gateway.errors import (
     ProviderError,
 )
 from gateway.hooks import HookSet, RouterHooks
-from gateway.policy import Policy, load_policy
-from gateway.providers import LLMFactory, parse_json_object
+from gateway.policy import Policy
+from gateway.providers import parse_json_object
 from gateway.request import json_schema_format
-from gateway.settings import policy_environ
 from gateway.state import StateBackend, open_state_backend
 from gateway.types import Choice, Completion, Message, ToolCall, Usage
 
@@ -107,16 +107,6 @@ class RoutedEmbeddings:
         return len(self.vectors[0]) if self.vectors else 0
 
 
-def _load(path: str | os.PathLike[str]) -> Policy:
-    """The policy file, its `${VAR}` read from the process environment over `.env`."""
-    return load_policy(
-        path,
-        environ=policy_environ(),
-        provider_types=LLMFactory.registered_providers(),
-        chat_only_types=LLMFactory.chat_only_providers(),
-    )
-
-
 class Router:
     """Routes requests for named tasks through the policy's fallback chains.
 
@@ -174,7 +164,7 @@ class Router:
     ) -> Router:
         """Load a policy file; with `watch`, poll it and apply valid changes while running."""
         seen = _fingerprint(Path(path))  # before reading: a write during the read is then new
-        policy = _load(path)
+        policy = read_policy_file(path)
         router = cls(
             policy,
             policy_path=path,
@@ -325,7 +315,7 @@ class Router:
         if self._policy_path is None:
             raise GatewayError("this router was not built from a file: use apply_policy()")
         try:
-            policy = await asyncio.to_thread(_load, self._policy_path)
+            policy = await asyncio.to_thread(read_policy_file, self._policy_path)
         except PolicyError:
             current = self._runtime.policy
             self._hooks.on_policy(

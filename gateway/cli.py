@@ -16,15 +16,11 @@ from gateway.errors import GatewayError, PolicyError
 
 
 def _check(args: argparse.Namespace) -> int:
+    from gateway._policy_files import read_policy_file
     from gateway._runtime import build_runtime
-    from gateway.policy import load_policy
-    from gateway.providers import LLMFactory
-    from gateway.settings import policy_environ
 
     try:
-        policy = load_policy(
-            args.file, environ=policy_environ(), provider_types=LLMFactory.registered_providers()
-        )
+        policy = read_policy_file(args.file)
     except PolicyError as exc:
         print(f"invalid: {exc}", file=sys.stderr)
         return 1

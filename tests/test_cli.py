@@ -123,3 +123,18 @@ def test_explain_and_check_show_the_fall_through_rules(tmp_path: Path) -> None:
     )
     plain = gateway("explain", "long", "--policy", str(path))
     assert "on a failure: falls through to the next" in plain.stdout
+
+
+def test_check_refuses_a_provider_that_cannot_embed_in_an_embedding_task(tmp_path: Path) -> None:
+    # As the router and `gateway serve` load it: the same file, the same refusal.
+    policy = tmp_path / "routing.yaml"
+    policy.write_text(
+        "version: 1\nproviders:\n"
+        "  small: {type: openai, model: text-embedding-3-small, api_key: k}\n"
+        "  claude: {type: anthropic, model: claude-sonnet-4-5, api_key: k}\n"
+        "tasks:\n  search: {kind: embedding, chain: [small, claude]}\n"
+    )
+    result = gateway("check", str(policy))
+    assert result.returncode == 1, result.stdout
+    assert "provider 'claude' (type anthropic) cannot embed" in result.stderr
+    assert "tasks.search.chain[1]" in result.stderr

@@ -13,10 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from gateway._policy_files import parse_policy_text
 from gateway.errors import PolicyError
-from gateway.policy import Policy, ProviderSpec, parse_policy
-from gateway.providers import LLMFactory
-from gateway.settings import policy_environ
+from gateway.policy import Policy, ProviderSpec
 
 
 def sha256_of(data: bytes) -> str:
@@ -26,12 +25,7 @@ def sha256_of(data: bytes) -> str:
 def parse_draft(text: str, source: str) -> Policy:
     """The draft as the server would load it; a `PolicyError` (key path, line, every problem)
     exactly as `gateway check` reports it, since both go through the same loader."""
-    return parse_policy(
-        text.encode(),
-        source=source,
-        environ=policy_environ(),
-        provider_types=LLMFactory.registered_providers(),
-    )
+    return parse_policy_text(text.encode(), source)
 
 
 def problem(exc: PolicyError) -> dict[str, Any]:

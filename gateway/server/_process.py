@@ -24,16 +24,14 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.supervisors.multiprocess import Multiprocess
 
+from gateway._policy_files import read_policy_file
 from gateway.errors import ConfigurationError, PolicyError
 from gateway.metrics import MULTIPROC_ENV, mark_process_dead
-from gateway.policy import load_policy
-from gateway.providers import LLMFactory
 from gateway.server._app import POLICY_ENV, SIGHUP_ENV
 from gateway.server._auth import is_loopback
 from gateway.server._config import API_KEYS_ENV, ServerSettings
 from gateway.server._connections import ServeConfig, connection_class
 from gateway.server._disconnect import SHUTDOWN
-from gateway.settings import policy_environ
 
 log = logging.getLogger("gateway.server")
 
@@ -95,11 +93,7 @@ def serve(
         return _refuse(f"--workers is {workers}; use 1 or more")
     with ExitStack() as stack:
         try:
-            policy = load_policy(
-                policy_path,
-                environ=policy_environ(),
-                provider_types=LLMFactory.registered_providers(),
-            )
+            policy = read_policy_file(policy_path)
         except PolicyError as exc:
             return _refuse(f"the policy cannot be served: {exc}")
         except OSError as exc:
