@@ -437,3 +437,5 @@ async def test_an_embedding_request_is_traced_as_embeddings(
     assert attempt.attributes["gen_ai.provider.name"] == "openai"
     assert attempt.attributes["gen_ai.usage.input_tokens"] == answer.usage.input_tokens > 0
     assert "routers" not in every_value(exporter.get_finished_spans())
+    # The upstream embedding call carries its attempt's trace context, as a chat call does.
+    assert [r.headers.get("traceparent") for r in up.requests] == [traceparent_of(attempt)]

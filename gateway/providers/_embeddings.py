@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from gateway.errors import ErrorKind, InvalidRequestError, ProviderError
 from gateway.providers._base import EmbedCall
 from gateway.providers._codec import WireRequest, refuse_unhonoured
-from gateway.providers._http import PoolExhausted, saturated, split_extras
+from gateway.providers._http import PoolExhausted, saturated
 from gateway.providers._wire import WireService
 from gateway.types import Embeddings, Usage
 
@@ -130,18 +130,7 @@ class WireEmbedder(WireService):
     def embedding_request(self, call: EmbedCall) -> WireRequest:
         """The request `call` sends (the SDK methods' `extra_*` keywords as in chat)."""
         codec = self.embedding_codec
-        body, extra_headers, extra_query = split_extras(codec.body(call, self.wire_model))
-        path = codec.path()
-        return WireRequest(
-            url=self.base_url + path,
-            path=path,
-            body=body,
-            headers={**self._headers, **extra_headers} if extra_headers else self._headers,
-            extra_headers=extra_headers,
-            query={**(self._query or {}), **extra_query} if extra_query else self._query,
-            timeout_s=call.timeout_s,
-            framing=self.codec.framing,
-        )
+        return self.wire_request(codec.body(call, self.wire_model), codec.path(), call.timeout_s)
 
     async def _embed(self, call: EmbedCall) -> Embeddings:
         request = self.embedding_request(call)

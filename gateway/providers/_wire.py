@@ -102,8 +102,14 @@ class WireService(LLMService):
         The typed SDK methods' `extra_headers`/`extra_query`/`extra_body` keywords mean here
         what they mean there (`split_extras`).
         """
-        body, extra_headers, extra_query = split_extras(self.codec.body(call, self.wire_model))
-        path = self.codec.path(call)
+        return self.wire_request(
+            self.codec.body(call, self.wire_model), self.codec.path(call), call.timeout_s
+        )
+
+    def wire_request(self, body: dict[str, Any], path: str, timeout_s: float) -> WireRequest:
+        """The request that sends `body` to `path` on this provider: its headers and query,
+        the attempt's trace context, and the `extra_*` keywords in `body` (`split_extras`)."""
+        body, extra_headers, extra_query = split_extras(body)
         traced = OUTGOING_TRACE_HEADERS.get()
         if traced is not None:  # the attempt's trace context (the caller's own headers win)
             extra_headers = {**traced, **(extra_headers or {})}
@@ -114,7 +120,7 @@ class WireService(LLMService):
             headers={**self._headers, **extra_headers} if extra_headers else self._headers,
             extra_headers=extra_headers,
             query={**(self._query or {}), **extra_query} if extra_query else self._query,
-            timeout_s=call.timeout_s,
+            timeout_s=timeout_s,
             framing=self.codec.framing,
         )
 
