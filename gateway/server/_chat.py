@@ -15,10 +15,10 @@ import dataclasses
 import email.message
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 
 import anyio
 from fastapi.exceptions import RequestValidationError
@@ -299,6 +299,47 @@ async def _stream(
     router: Router, body: ChatCompletionRequest, task: str, receive: Receive, access: AccessRecord
 ) -> Response:
     stream = router.stream(body.wire_messages(), task=task, **body.call_params())
+
+    def encoding(stream: RoutedStream) -> ChunkEncoding:
+        writer = ChunkWriter(
+            response_id=new_completion_id(),
+            model=stream.model or stream.provider or "",
+            include_usage=body.include_usage,
+        )
+        return ChunkEncoding(writer, access)
+
+    return await event_stream_answer(stream, task, receive, access, encoding)
+
+
+class StreamEncoding(Protocol):
+    """How one API writes a routed stream as server-sent events (`event_stream_answer`)."""
+
+    def opening(self) -> bytes:
+        """What comes before the first piece, or before the ending when none came."""
+
+    def piece(self, piece: StreamEvent) -> bytes:
+        """One piece of the answer: text, or part of a tool call."""
+
+    def ending(self, stream: RoutedStream) -> bytes:
+        """The end of a complete answer (refusal, finish reason, usage...)."""
+
+    def failure(self, exc: Exception) -> tuple[int, bytes]:
+        """The status and the error event that end a stream failing after it began."""
+
+    def shutdown(self) -> bytes:
+        """The error event that ends a stream the shutdown grace cut short."""
+
+
+async def event_stream_answer(
+    stream: RoutedStream,
+    task: str,
+    receive: Receive,
+    access: AccessRecord,
+    encoding: Callable[[RoutedStream], StreamEncoding],
+) -> Response:
+    """Waits for the stream's first piece (so a candidate that fails before it is left for the
+    next, and the client sees nothing of it), then answers with the event stream that
+    `encoding` (made once the answering provider is known) writes."""
     events = stream.events()
     try:
         first = await unless_disconnected(receive, _first_event(events))
@@ -314,13 +355,9 @@ async def _stream(
     if first is not None:
         shown.append(Attempt(stream.provider, stream.model or "", AttemptOutcome.STREAMING))
     access.provider, access.attempts = stream.provider, shown
-    writer = ChunkWriter(
-        response_id=new_completion_id(),
-        model=stream.model or stream.provider,
-        include_usage=body.include_usage,
-    )
     headers = gateway_headers(task=task, provider=stream.provider, attempts=shown, cost=None)
-    return EventStreamResponse(_sse(stream, events, first, writer, access), headers=headers)
+    source = _sse(stream, events, first, encoding(stream), access)
+    return EventStreamResponse(source, headers=headers)
 
 
 async def _first_event(events: AsyncIterator[StreamEvent]) -> StreamEvent | None:
@@ -330,40 +367,65 @@ async def _first_event(events: AsyncIterator[StreamEvent]) -> StreamEvent | None
         return None
 
 
-def _chunk(writer: ChunkWriter, content: EventTemplate, piece: StreamEvent) -> bytes:
-    if type(piece) is TextDelta:
-        return content(piece.text)
-    assert isinstance(piece, ToolCallDelta)
-    return event(writer.tool_call(piece))
+class ChunkEncoding:
+    """The chat route's stream: OpenAI's `chat.completion.chunk` events, then `[DONE]`."""
+
+    __slots__ = ("_access", "_content", "_writer")
+
+    def __init__(self, writer: ChunkWriter, access: AccessRecord) -> None:
+        self._writer = writer
+        self._content = EventTemplate(writer.content)
+        self._access = access
+
+    def opening(self) -> bytes:
+        return event(self._writer.role())
+
+    def piece(self, piece: StreamEvent) -> bytes:
+        if type(piece) is TextDelta:
+            return self._content(piece.text)
+        assert isinstance(piece, ToolCallDelta)
+        return event(self._writer.tool_call(piece))
+
+    def ending(self, stream: RoutedStream) -> bytes:
+        end = event(self._writer.refusal(stream.refusal)) if stream.refusal else b""
+        end += event(self._writer.finish(stream.finish_reason))
+        usage = self._writer.usage(stream.usage)
+        if usage is not None:
+            end += event(usage)
+        return end + DONE
+
+    def failure(self, exc: Exception) -> tuple[int, bytes]:
+        failure = routing_failure(exc)
+        if failure is None:
+            log.error("stream for task %s failed unexpectedly", self._access.task, exc_info=exc)
+            return 500, event(internal_error_body())
+        status, payload = failure
+        return status, event(payload)
+
+    def shutdown(self) -> bytes:
+        return event(shutdown_body())
 
 
 async def _sse(
     stream: RoutedStream,
     events: AsyncGenerator[StreamEvent, None],
     first: StreamEvent | None,
-    writer: ChunkWriter,
+    encoding: StreamEncoding,
     access: AccessRecord,
 ) -> AsyncGenerator[bytes, None]:
-    """The answer's events: the role chunk and the first piece together, each further piece
-    (text, or part of a tool call) as it comes, and the ending (a refusal, the finish reason,
-    usage, `[DONE]`; or the error event) as one `LastEvents`, once the stream is closed and
-    its attempts recorded. Events that are ready together are sent together: one write, one
-    packet, one wake-up of the client."""
-    head = event(writer.role())
-    content = EventTemplate(writer.content)
+    """The answer's events: the opening and the first piece together, each further piece as
+    it comes, and the ending (or the error event) as one `LastEvents`, once the stream is
+    closed and its attempts recorded. Events that are ready together are sent together: one
+    write, one packet, one wake-up of the client."""
+    head = encoding.opening()
+    piece = encoding.piece
     try:
         if first is not None:
-            yield head + _chunk(writer, content, first)
+            yield head + piece(first)
             head = b""
-            async for piece in events:
-                yield _chunk(writer, content, piece)
-        if stream.refusal:
-            head += event(writer.refusal(stream.refusal))
-        end = head + event(writer.finish(stream.finish_reason))
-        usage = writer.usage(stream.usage)
-        if usage is not None:
-            end += event(usage)
-        end += DONE
+            async for next_piece in events:
+                yield piece(next_piece)
+        end = head + encoding.ending(stream)
         access.outcome = "success"
     except asyncio.CancelledError:
         if not SHUTDOWN.expired:
@@ -372,16 +434,11 @@ async def _sse(
         # The shutdown grace ran out (the cancellation is the response's own, taken back as
         # the block that asked for it ends): the stream ends with an error event saying so.
         access.status, access.outcome = SERVER_SHUTDOWN, "server_shutdown"
-        end = head + event(shutdown_body())
+        end = head + encoding.shutdown()
     except Exception as exc:
-        failure = routing_failure(exc)
-        if failure is None:
-            log.error("stream for task %s failed unexpectedly", access.task, exc_info=exc)
-            status, payload = 500, internal_error_body()
-        else:
-            status, payload = failure
+        status, payload = encoding.failure(exc)
         access.status, access.outcome = status, "stream_error"
-        end = head + event(payload)
+        end = head + payload
     except BaseException:
         if SHUTDOWN.expired:  # ended while its response was being sent
             access.status, access.outcome = SERVER_SHUTDOWN, "server_shutdown"

@@ -16,13 +16,11 @@ arrive (their statuses map to the same SDK exceptions).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Depends, FastAPI, Header, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -30,7 +28,6 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
-from gateway._outcomes import Attempt, AttemptOutcome
 from gateway._router import Router
 from gateway._runtime import prompt_tokens
 from gateway._streaming import RoutedStream
@@ -67,12 +64,13 @@ from gateway.server._chat import (
     SERVER_SHUTDOWN,
     TASK_HEADER,
     TASK_HEADER_MAX_LENGTH,
+    event_stream_answer,
     gateway_headers,
     shutdown_body,
     unless_disconnected,
 )
 from gateway.server._config import API_KEYS_ENV, MAX_MESSAGES_ENV
-from gateway.server._disconnect import SHUTDOWN, ClientGone, ServerShutdown
+from gateway.server._disconnect import ClientGone, ServerShutdown
 from gateway.server._errors import (
     RequestVocabulary,
     failure_headers,
@@ -80,7 +78,7 @@ from gateway.server._errors import (
     validation_message,
 )
 from gateway.server._middleware import CLIENT_CLOSED, AccessRecord, access_record
-from gateway.server._sse import EventStreamResponse, LastEvents, json_bytes
+from gateway.server._sse import json_bytes
 from gateway.server._state import ERROR, ServerState, server_state
 from gateway.types import StreamEvent, Usage
 
@@ -300,7 +298,10 @@ async def _create(
     messages, params = body.router_messages(), body.router_params()
     try:
         if body.stream:
-            return await _stream(router.stream(messages, task=task, **params), task, request)
+            stream = router.stream(messages, task=task, **params)
+            return await event_stream_answer(
+                stream, task, request.receive, access, lambda s: MessageEncoding(s, access)
+            )
         routed = await unless_disconnected(
             request.receive, router.generate(messages, task=task, **params)
         )
@@ -378,85 +379,38 @@ def _shutdown_message() -> str:
     return message
 
 
-async def _stream(stream: RoutedStream, task: str, request: Request) -> Response:
-    """Waits for the first event (so a candidate that fails before it is left for the next,
-    and the client sees nothing of it), then answers with the event stream."""
-    access = access_record(request.scope)
-    events = stream.events()
-    try:
-        first: StreamEvent | None = await unless_disconnected(request.receive, _first(events))
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await stream.aclose()
-        access.attempts = stream.attempts
-        raise
-    assert stream.provider is not None
-    shown = list(stream.attempts)
-    if first is not None:
-        shown.append(Attempt(stream.provider, stream.model or "", AttemptOutcome.STREAMING))
-    access.provider, access.attempts = stream.provider, shown
-    head = message_start(
-        new_message_id(), stream.model or stream.provider, usage_fields(Usage(), output_tokens=0)
-    )
-    headers = gateway_headers(task=task, provider=stream.provider, attempts=shown, cost=None)
-    source = _events(stream, events, first, event_bytes(head), access)
-    return EventStreamResponse(source, headers=headers)
+class MessageEncoding:
+    """This route's stream: Anthropic's event sequence, from `message_start` (sent with the
+    first piece) to `message_stop`, or an `error` event if the stream fails after it began."""
 
+    __slots__ = ("_access", "_blocks", "_opening")
 
-async def _first(events: AsyncGenerator[StreamEvent, None]) -> StreamEvent | None:
-    try:
-        return await anext(events)
-    except StopAsyncIteration:
-        return None
-
-
-async def _events(
-    stream: RoutedStream,
-    events: AsyncGenerator[StreamEvent, None],
-    first: StreamEvent | None,
-    head: bytes,
-    access: AccessRecord,
-) -> AsyncGenerator[bytes, None]:
-    """message_start with the first piece, each further piece as it comes, then the ending
-    (the last block's stop, message_delta with the stop reason and usage, message_stop), or an
-    `error` event if the stream fails after it began."""
-    blocks = BlockWriter()
-    try:
-        if first is not None:
-            yield head + blocks.piece(first)
-            head = b""
-            async for piece in events:
-                yield blocks.piece(piece)
-        end = head
-        if stream.refusal:
-            end += blocks.text(stream.refusal)
-        reason = "refusal" if stream.refusal else stop_reason(stream.finish_reason)
-        end += blocks.close()
-        end += event_bytes(message_delta(reason, usage_fields(stream.usage)))
-        end += event_bytes(MESSAGE_STOP)
-        access.outcome = "success"
-    except asyncio.CancelledError:
-        if not SHUTDOWN.expired:
-            access.status, access.outcome = CLIENT_CLOSED, "client_closed"
-            raise
-        access.status, access.outcome = SERVER_SHUTDOWN, "server_shutdown"
-        end = head + event_bytes(error_body("api_error", _shutdown_message()))
-    except Exception as exc:
-        status, payload = _routing_error(exc, access)
-        access.status, access.outcome = status, "stream_error"
-        end = head + event_bytes(payload)
-    except BaseException:
-        if SHUTDOWN.expired:
-            access.status, access.outcome = SERVER_SHUTDOWN, "server_shutdown"
-        else:
-            access.status, access.outcome = CLIENT_CLOSED, "client_closed"
-        raise
-    finally:
-        await stream.aclose()
-        await events.aclose()
-        access.provider, access.attempts, access.cost_usd = (
-            stream.provider,
-            stream.attempts,
-            stream.cost_usd,
+    def __init__(self, stream: RoutedStream, access: AccessRecord) -> None:
+        start = message_start(
+            new_message_id(),
+            stream.model or stream.provider or "",
+            usage_fields(Usage(), output_tokens=0),
         )
-    yield LastEvents(end)
+        self._opening = event_bytes(start)
+        self._blocks = BlockWriter()
+        self._access = access
+
+    def opening(self) -> bytes:
+        return self._opening
+
+    def piece(self, piece: StreamEvent) -> bytes:
+        return self._blocks.piece(piece)
+
+    def ending(self, stream: RoutedStream) -> bytes:
+        end = self._blocks.text(stream.refusal) if stream.refusal else b""
+        reason = "refusal" if stream.refusal else stop_reason(stream.finish_reason)
+        end += self._blocks.close()
+        end += event_bytes(message_delta(reason, usage_fields(stream.usage)))
+        return end + event_bytes(MESSAGE_STOP)
+
+    def failure(self, exc: Exception) -> tuple[int, bytes]:
+        status, payload = _routing_error(exc, self._access)
+        return status, event_bytes(payload)
+
+    def shutdown(self) -> bytes:
+        return event_bytes(error_body("api_error", _shutdown_message()))
