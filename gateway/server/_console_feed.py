@@ -158,15 +158,17 @@ _SEVERITY = {str(BreakerState.CLOSED): 0, str(BreakerState.HALF_OPEN): 1, str(Br
 def merge_providers(views: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Every live worker's provider views as one: in-flight counts summed, the worst breaker
     state (as the `gateway_circuit_state` gauge aggregates), the soonest probe among the
-    workers that show it open."""
+    workers that show it open, and how many workers hold it drained (`forced_workers`: a
+    drain reaches each worker within a sync interval, not all at once)."""
     merged: dict[str, dict[str, Any]] = {}
     for view in views:
         for name, row in view.items():
             seen = merged.get(name)
             if seen is None:
-                merged[name] = {**row, "workers": 1}
+                merged[name] = {**row, "workers": 1, "forced_workers": int(row["forced"])}
                 continue
             seen["workers"] += 1
+            seen["forced_workers"] += int(row["forced"])
             seen["in_flight"] += row["in_flight"]
             seen["forced"] = seen["forced"] or row["forced"]
             seen["failure_count"] = max(seen["failure_count"], row["failure_count"])

@@ -44,8 +44,9 @@ function notice(text, ok) {
   box.textContent = text;
 }
 
-function badge(breaker, forced) {
-  const label = forced ? "OPEN (drained)" : breaker.replace("_", "-").toUpperCase();
+function badge(breaker, forced, partly) {
+  // A drain reaches each worker within half a second: until then, say how far it got.
+  const label = forced ? "OPEN (drained" + (partly ? " on " + partly + ")" : ")") : breaker.replace("_", "-").toUpperCase();
   return el("span", { class: "badge state-" + breaker }, label);
 }
 
@@ -89,7 +90,7 @@ function renderLive(live) {
       body.append(row);
     }
     const cells = row.cells;
-    cells[1].replaceChildren(badge(p.breaker, p.forced), " " + p.failure_count + " failures");
+    cells[1].replaceChildren(badge(p.breaker, p.forced, p.forced_workers < p.workers ? p.forced_workers + " of " + p.workers + " workers" : ""), " " + p.failure_count + " failures");
     cells[2].textContent = probe;
     cells[3].textContent = p.in_flight + " / " + limit;
     cells[4].textContent = p.calls;
