@@ -508,6 +508,22 @@ def shared_state(results: Results) -> list[str]:
     return []
 
 
+def tracing_cost(results: Results) -> list[str]:
+    lines = [
+        "## Tracing (OpenTelemetry)",
+        "",
+        "The router in process against the FakeUpstream, one attempt per request, with tracing "
+        "off (no `OTEL_*` variable: no hook is added) and on (`TracingHooks`, spans kept in "
+        "memory, or batched to an exporter that drops them): `python -m bench.tracing_cost`. "
+        "Off costs nothing by construction; the rows on show what a traced request adds. "
+        "[observability.md](observability.md#what-it-costs) says what a trace holds.",
+        "",
+    ]
+    if results.tracing_cost:
+        return [*lines, results.tracing_cost, ""]
+    return [*lines, results.tracing_cost_note or "not run", ""]
+
+
 def generated(results: Results) -> str:
     lines = [
         *header(results),
@@ -519,6 +535,7 @@ def generated(results: Results) -> str:
         *layers_table(results),
         *sanity(results),
         *shared_state(results),
+        *tracing_cost(results),
     ]
     return "\n".join(lines)
 

@@ -150,6 +150,9 @@ class Results:
     shared_state: str | None = None
     """Markdown from bench/shared_state.py, when that module exists."""
     shared_state_note: str = ""
+    tracing_cost: str | None = None
+    """Markdown table from bench/tracing_cost.py: the router with tracing off and on."""
+    tracing_cost_note: str = ""
     peers: PeerResults = field(default_factory=PeerResults)
 
 
@@ -526,6 +529,22 @@ def _run_shared_state(plan: Plan, results: Results) -> None:
     results.shared_state = done.stdout.strip()
 
 
+def _run_tracing_cost(plan: Plan, results: Results) -> None:
+    """The router with tracing off (no hook) and on, in its own process."""
+    requests = "20" if plan.quick else "500"
+    command = [sys.executable, "-m", "bench.tracing_cost", "--requests", requests]
+    done = subprocess.run(
+        command, capture_output=True, text=True, cwd=REPO, env=child_environment(""), check=False
+    )
+    if done.returncode != 0:
+        results.tracing_cost_note = (
+            f"not run: `python -m bench.tracing_cost` exited with code {done.returncode}: "
+            f"{done.stderr.strip()[-400:]}"
+        )
+        return
+    results.tracing_cost = done.stdout.strip()
+
+
 def _measure_imports(repeats: int) -> imports.ImportTimes | str:
     """The import times, or why they could not be measured."""
     try:
@@ -642,6 +661,8 @@ def run(plan: Plan, results: Results, progress: Callable[[str], None]) -> Result
     _run_layers(plan, results)
     progress("shared breaker state (bench/shared_state.py)")
     _run_shared_state(plan, results)
+    progress("tracing off and on (bench/tracing_cost.py)")
+    _run_tracing_cost(plan, results)
     results.load_after = load_average()
     results.duration_s = time.perf_counter() - began
     return results

@@ -66,6 +66,7 @@ def test_quick_run_writes_every_row_and_keeps_the_analysis(tmp_path: Path) -> No
     assert "**added by the open breaker**" in text
     assert "| Router.generate, hooks=[] |" in text and "| Router.generate, metrics on |" in text
     assert "| + retry wrapper (tenacity) |" in text, "the over-HTTP layer table is missing"
+    assert "## Tracing (OpenTelemetry)" in text and "| off (no hook) |" in text
     assert "not run" not in text, "a scenario did not run: see its reason in the report"
     assert "Not measured" not in text and "not measured" not in text
 
