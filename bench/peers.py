@@ -98,6 +98,11 @@ def python_peer(folder: str, requirement: str, distribution: str) -> tuple[Path,
 
 
 PORTKEY_PACKAGE = "@portkey-ai/gateway"
+# Portkey's gateway appends headers to the response it streams. From @hono/node-server 1.14
+# on, that response can share the upstream fetch response's immutable headers, and every
+# stream then fails with 500 "Something went wrong" (TypeError: immutable; Portkey-AI/gateway
+# #1389, open). 1.13.8, within Portkey's declared range, copies them instead.
+PORTKEY_HONO_PIN = {"@hono/node-server": "1.13.8"}
 
 
 def portkey() -> tuple[Path, str]:
@@ -105,18 +110,25 @@ def portkey() -> tuple[Path, str]:
     folder = PEERS_DIR / "portkey"
     package = folder / "node_modules" / "@portkey-ai" / "gateway"
     script = package / "build" / "start-server.js"
-    if not script.exists():
+    manifest = {"dependencies": {PORTKEY_PACKAGE: "latest"}, "overrides": PORTKEY_HONO_PIN}
+    manifest_path = folder / "package.json"
+    wanted = json.dumps(manifest, indent=2) + "\n"
+    if not script.exists() or not manifest_path.exists() or manifest_path.read_text() != wanted:
         folder.mkdir(parents=True, exist_ok=True)
+        manifest_path.write_text(wanted)
+        (folder / "package-lock.json").unlink(missing_ok=True)
         command = ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(folder)]
         try:
-            _run([*command, PORTKEY_PACKAGE], f"npm install {PORTKEY_PACKAGE}")
+            _run(command, f"npm install {PORTKEY_PACKAGE}")
         except PeerUnavailable:
             # npm sometimes fails once on a cold cache; a second try is usually enough.
-            _run([*command, PORTKEY_PACKAGE], f"npm install {PORTKEY_PACKAGE}")
+            _run(command, f"npm install {PORTKEY_PACKAGE}")
     if not script.exists():
         raise PeerUnavailable(f"npm installed {PORTKEY_PACKAGE} without {script}")
     version = json.loads((package / "package.json").read_text())["version"]
-    return script, str(version)
+    hono = folder / "node_modules" / "@hono" / "node-server" / "package.json"
+    hono_version = json.loads(hono.read_text())["version"] if hono.exists() else "?"
+    return script, f"{version} (@hono/node-server {hono_version})"
 
 
 def node_version() -> str:
