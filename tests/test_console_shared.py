@@ -83,6 +83,9 @@ def test_workers_share_figures_recent_requests_and_drains(
     )
     with server:
         server.wait_ready()
+        # Each worker's figures count from its first sample, taken as it starts (before its
+        # first status file): with both files there, both count every request sent from now.
+        eventually(lambda: len(live(server.url)["workers"]) == 2, what="both workers started")
         sent = 0
 
         def both_workers_answered() -> bool:
@@ -94,11 +97,14 @@ def test_workers_share_figures_recent_requests_and_drains(
 
         eventually(both_workers_answered, timeout_s=30, what="requests on both workers")
 
+        seen: list[tuple[int, int, int, int]] = []
+
         def merged() -> bool:
             view = live(server.url)
             calls = view["providers"]["primary"]["calls"]
             requests = view["tasks"][0]["requests_total"]
             listed = recent(server.url, task="chat")["requests"]
+            seen.append((len(view["workers"]), calls, requests, len(listed)))
             return len(view["workers"]) == 2 and calls == requests == len(listed) == sent
 
         # Once every status file is fresh (at most SYNC_INTERVAL_S old), whichever worker
@@ -106,7 +112,10 @@ def test_workers_share_figures_recent_requests_and_drains(
         def merged_everywhere() -> bool:
             return all(merged() for _ in range(6))
 
-        eventually(merged_everywhere, what=f"{sent} calls over 2 workers, on every worker")
+        try:
+            eventually(merged_everywhere, what=f"{sent} calls over 2 workers, on every worker")
+        except AssertionError as exc:  # (workers, calls, requests, listed), last polls
+            raise AssertionError(f"{exc}; last seen {seen[-6:]}") from None
         assert SECRET_PROMPT not in (tmp_path / "workers.log").read_text()
 
         drained = httpx.post(
