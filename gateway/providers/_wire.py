@@ -141,7 +141,11 @@ class WireService(LLMService):
         async with contextlib.aclosing(self.transport.events(request)) as events:  # type: ignore[type-var]
             try:
                 async for event in events:
-                    for delta in reader.read(event):
+                    deltas = reader.read(event)
+                    # Not held while the next event is awaited: a quiet upstream may take
+                    # minutes, and an open stream should hold nothing of its last event.
+                    del event
+                    for delta in deltas:
                         yield delta
                     if reader.done:
                         break

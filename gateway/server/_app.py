@@ -358,6 +358,8 @@ class ChatCompletions:
             response = await chat_completion(
                 state.router, body, task_header=headers.task, receive=receive, access=record
             )
+        # A stream may stay open for minutes: it holds what it routes, not the request as sent.
+        del raw, body
         await response(scope, receive, send)
 
 

@@ -101,7 +101,9 @@ class EventStreamResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            headers, self.raw_headers = self.raw_headers, []  # not held for the stream's life
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            del headers
             last = b""
             with CancelOnDisconnect(receive):
                 async for chunk in self._events:
