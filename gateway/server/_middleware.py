@@ -15,8 +15,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Match
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.server._config import BODY_TIMEOUT_ENV, MAX_BODY_BYTES_ENV
@@ -24,6 +25,9 @@ from gateway.server._errors import error_body
 from gateway.types import Attempt
 
 access_log = logging.getLogger("gateway.access")
+
+TELEMETRY_SCOPE_KEY = "fastapi.telemetry"
+"""Where FastAPI keeps a request's telemetry when its native OpenTelemetry is on."""
 
 ACCESS_KEY = "gateway.access"
 """The scope key under which handlers leave what the access line should say."""
@@ -62,7 +66,10 @@ class Front:
 
     A declared Content-Length is checked up front. Then a body is read (at most `max_bytes` +
     one chunk) and replayed to the app, except on `reads_own_body`: that route reads its body
-    itself, once, and raises `BodyTooLarge` as soon as it is over the limit.
+    itself, once, and raises `BodyTooLarge` as soon as it is over the limit. It is also
+    served from here, with the app's exception handlers but without the layers between (the
+    router, FastAPI's exit stack): a stream may stay open for minutes, and each layer's frame
+    would stay with it.
 
     A body that has not all arrived `body_timeout_s` after the read began gets 408 (the chat
     route bounds its own read the same way).
@@ -73,12 +80,13 @@ class Front:
         app: ASGIApp,
         *,
         max_bytes: int,
-        reads_own_body: BaseRoute | None = None,
+        reads_own_body: Route | None = None,
         body_timeout_s: float | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.reads_own_body = reads_own_body
+        self._own: ASGIApp | None = None
         self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -102,9 +110,18 @@ class Front:
             await too_large_response(self.max_bytes)(scope, receive, send)
             return
         own = self.reads_own_body
-        if own is not None and own.matches(scope)[0] is Match.FULL:
-            await self.app(scope, receive, send)
-            return
+        if own is not None:
+            match, child_scope = own.matches(scope)
+            if match is Match.FULL:
+                if TELEMETRY_SCOPE_KEY in scope:
+                    # FastAPI's own OpenTelemetry names a request's span after the route its
+                    # router selects: with it on, the request goes the router's way.
+                    await self.app(scope, receive, send)
+                    return
+                scope["route"] = own
+                scope.update(child_scope)
+                await self._own_app(scope)(scope, receive, send)
+                return
         try:
             async with asyncio.timeout(self.body_timeout_s):
                 body, more = await self._read(receive)
@@ -128,6 +145,21 @@ class Front:
             await self.app(scope, _first(more, receive), send)
             return
         await self.app(scope, replay, send)
+
+    def _own_app(self, scope: Scope) -> ASGIApp:
+        """`reads_own_body`'s endpoint, its errors answered by the app's exception handlers
+        (built once the app's handlers are all registered, at its first request)."""
+        if self._own is None:
+            assert self.reads_own_body is not None
+            # As Starlette's own stack does: a handler for 500 or Exception belongs to the
+            # outermost error middleware, which still wraps this one.
+            handlers = {
+                key: handler
+                for key, handler in scope["app"].exception_handlers.items()
+                if key not in (500, Exception)
+            }
+            self._own = ExceptionMiddleware(self.reads_own_body.app, handlers=handlers)
+        return self._own
 
     async def _read(self, receive: Receive) -> tuple[bytes, Message | None]:
         chunks: list[bytes] = []
