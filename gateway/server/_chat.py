@@ -278,11 +278,7 @@ async def _complete(
         # put around JSON even in JSON mode.
         text = json.dumps(routed.parsed, ensure_ascii=False)
         choices = (dataclasses.replace(choices[0], text=text), *choices[1:])
-    access.provider, access.attempts, access.cost_usd = (
-        routed.provider,
-        routed.attempts,
-        routed.cost_usd,
-    )
+    access.answered(routed)
     payload = completion_body(
         response_id=response_id_for(routed.response_id),
         model=routed.model or routed.provider,
@@ -449,9 +445,5 @@ async def _sse(
         await stream.aclose()
         await events.aclose()
         # After the close, so a candidate cancelled mid-stream is listed too.
-        access.provider, access.attempts, access.cost_usd = (
-            stream.provider,
-            stream.attempts,
-            stream.cost_usd,
-        )
+        access.answered(stream)
     yield LastEvents(end)

@@ -147,11 +147,7 @@ def add_embeddings_routes(app: FastAPI) -> None:
         except RoutingError as exc:
             access.attempts = exc.attempts
             raise
-        access.provider, access.attempts, access.cost_usd = (
-            routed.provider,
-            routed.attempts,
-            routed.cost_usd,
-        )
+        access.answered(routed)
         tokens = routed.usage.input_tokens
         payload = {
             "object": "list",

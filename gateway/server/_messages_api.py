@@ -316,11 +316,7 @@ async def _create(
     except RoutingError as exc:
         access.attempts = exc.attempts
         raise
-    access.provider, access.attempts, access.cost_usd = (
-        routed.provider,
-        routed.attempts,
-        routed.cost_usd,
-    )
+    access.answered(routed)
     try:
         answer = message_from(routed)
     except ProviderError as exc:  # an answer Anthropic's shape cannot carry

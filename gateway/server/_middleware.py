@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.responses import JSONResponse, Response
@@ -45,6 +46,25 @@ class AccessRecord:
     outcome: str | None = None
     status: int | None = None
     """Overrides the HTTP status in the log, e.g. a stream that ended with an error event."""
+
+    def answered(self, routed: Routed) -> None:
+        """Notes who answered a routed request, after which attempts, at what cost."""
+        self.provider, self.attempts, self.cost_usd = (
+            routed.provider,
+            routed.attempts,
+            routed.cost_usd,
+        )
+
+
+class Routed(Protocol):
+    """A routed answer, whole or streamed, as the access line reads it."""
+
+    @property
+    def provider(self) -> str | None: ...
+    @property
+    def attempts(self) -> Sequence[Attempt]: ...
+    @property
+    def cost_usd(self) -> float | None: ...
 
 
 def attempts_detail(attempts: Sequence[Attempt]) -> str:
