@@ -511,38 +511,35 @@ def _run_layers_http(plan: Plan, results: Results, upstream_url: str) -> None:
         results.layers_http_error = str(exc)
 
 
+def _markdown_of(module: str, *arguments: str) -> tuple[str | None, str]:
+    """(what `python -m module arguments` printed, "") or (None, why it did not run)."""
+    command = [sys.executable, "-m", module, *arguments]
+    done = subprocess.run(
+        command, capture_output=True, text=True, cwd=REPO, env=child_environment(""), check=False
+    )
+    if done.returncode != 0:
+        return None, (
+            f"not run: `python -m {module}` exited with code {done.returncode}: "
+            f"{done.stderr.strip()[-400:]}"
+        )
+    return done.stdout.strip(), ""
+
+
 def _run_shared_state(plan: Plan, results: Results) -> None:
     """bench/shared_state.py is another engineer's; run it when it exists."""
     if not (REPO / "bench" / "shared_state.py").exists():
         results.shared_state_note = "not run: bench/shared_state.py does not exist"
         return
-    command = [sys.executable, "-m", "bench.shared_state", *(["--quick"] if plan.quick else [])]
-    done = subprocess.run(
-        command, capture_output=True, text=True, cwd=REPO, env=child_environment(""), check=False
-    )
-    if done.returncode != 0:
-        results.shared_state_note = (
-            f"not run: `python -m bench.shared_state` exited with code {done.returncode}: "
-            f"{done.stderr.strip()[-400:]}"
-        )
-        return
-    results.shared_state = done.stdout.strip()
+    arguments = ["--quick"] if plan.quick else []
+    results.shared_state, results.shared_state_note = _markdown_of("bench.shared_state", *arguments)
 
 
 def _run_tracing_cost(plan: Plan, results: Results) -> None:
     """The router with tracing off (no hook) and on, in its own process."""
     requests = "20" if plan.quick else "500"
-    command = [sys.executable, "-m", "bench.tracing_cost", "--requests", requests]
-    done = subprocess.run(
-        command, capture_output=True, text=True, cwd=REPO, env=child_environment(""), check=False
+    results.tracing_cost, results.tracing_cost_note = _markdown_of(
+        "bench.tracing_cost", "--requests", requests
     )
-    if done.returncode != 0:
-        results.tracing_cost_note = (
-            f"not run: `python -m bench.tracing_cost` exited with code {done.returncode}: "
-            f"{done.stderr.strip()[-400:]}"
-        )
-        return
-    results.tracing_cost = done.stdout.strip()
 
 
 def _measure_imports(repeats: int) -> imports.ImportTimes | str:
