@@ -22,7 +22,7 @@ from gateway.errors import GatewayError, PolicyError, UnknownTaskError
 from gateway.hooks import Deferred
 from gateway.metrics import default_metrics, exposition
 from gateway.server import _monitoring as monitoring
-from gateway.server._auth import Access, KeyChecker, bearer_key, denial
+from gateway.server._auth import KeyChecker, bearer_key
 from gateway.server._chat import (
     TASK_HEADER,
     TASK_HEADER_MAX_LENGTH,
@@ -69,6 +69,7 @@ from gateway.server._state import (
     ERROR,
     AccessDenied,
     ServerState,
+    check_client,
     require_admin,
     require_client,
     server_state,
@@ -328,9 +329,7 @@ class ChatCompletions:
         state: ServerState = scope["app"].state.gateway
         headers = request_headers(scope)
         client = scope.get("client")
-        access = state.keys.client(bearer_key(headers.authorization), client[0] if client else None)
-        if access is not Access.GRANTED:
-            raise AccessDenied(denial(access))
+        check_client(state, bearer_key(headers.authorization), client[0] if client else None)
         record = access_record(scope)
         try:
             raw = await read_body(

@@ -25,7 +25,12 @@ from gateway.server._chat import (
 from gateway.server._middleware import access_record
 from gateway.server._openai_compat import ErrorResponse
 from gateway.server._sse import json_bytes
-from gateway.server._state import CLIENT_ERRORS, KeyFirstRoute, require_client, server_state
+from gateway.server._state import (
+    CLIENT_ERRORS,
+    KeyFirstRoute,
+    documented_client_key,
+    server_state,
+)
 
 EMBEDDINGS_PATH = "/v1/embeddings"
 
@@ -119,7 +124,7 @@ def add_embeddings_routes(app: FastAPI) -> None:
         EMBEDDINGS_PATH,
         response_model=EmbeddingList,
         responses=_RESPONSES,
-        dependencies=[Depends(require_client)],
+        dependencies=[Depends(documented_client_key)],
         tags=["openai"],
     )
     async def create_embeddings(

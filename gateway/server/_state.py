@@ -90,12 +90,23 @@ def _key(credentials: HTTPAuthorizationCredentials | None) -> str | None:
     return credentials.credentials if credentials is not None else None
 
 
+def check_client(state: ServerState, key: str | None, peer: str | None) -> None:
+    """Raise `AccessDenied` unless `key`, from `peer`, may use the client routes."""
+    access = state.keys.client(key, peer)
+    if access is not Access.GRANTED:
+        raise AccessDenied(denial(access))
+
+
 def require_client(
     request: Request, credentials: HTTPAuthorizationCredentials | None = Security(_bearer)
 ) -> None:
-    access = server_state(request).keys.client(_key(credentials), _peer(request))
-    if access is not Access.GRANTED:
-        raise AccessDenied(denial(access))
+    check_client(server_state(request), _key(credentials), _peer(request))
+
+
+def documented_client_key(
+    credentials: HTTPAuthorizationCredentials | None = Security(_bearer),
+) -> None:
+    """Shows a `KeyFirstRoute`'s key in the OpenAPI document; the route has checked it."""
 
 
 def require_admin(
@@ -109,16 +120,15 @@ def require_admin(
 class KeyFirstRoute(APIRoute):
     """A route that checks the client key before FastAPI reads the body (it reads a body
     before it runs a route's dependencies), so a client without a valid key gets 401 and
-    learns nothing about its body. An admin route's own dependency still applies after."""
+    learns nothing about its body. An admin route's own dependency still applies after; a
+    client route needs none (`documented_client_key` shows the key in the OpenAPI document)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def route(request: Request) -> Response:
             key = bearer_key(request.headers.get("authorization"))
-            access = server_state(request).keys.client(key, _peer(request))
-            if access is not Access.GRANTED:
-                raise AccessDenied(denial(access))
+            check_client(server_state(request), key, _peer(request))
             return await handler(request)
 
         return route
