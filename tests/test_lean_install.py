@@ -28,6 +28,7 @@ CORE = {
     "pybreaker",
     "prometheus-client",
     "aiohttp",
+    "msgspec",
 }
 EXTRAS = {
     "openai": {"openai"},
