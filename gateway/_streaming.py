@@ -9,7 +9,7 @@ continue from the partial text (sent as an assistant prefix) and the caller's it
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -19,10 +19,10 @@ from gateway.errors import DeadlineExceeded, StreamInterrupted
 from gateway.types import (
     Message,
     StreamEvent,
+    StreamPiece,
     TextDelta,
     ToolCall,
     ToolCallAssembler,
-    ToolCallDelta,
     Usage,
 )
 
@@ -44,7 +44,9 @@ class RoutedStream(Streamed):
         self._messages = messages
         self._task = task
         self._params = {k: v for k, v in params.items() if v is not None}
-        self._source: AsyncGenerator[str | ToolCallDelta, None] | None = None
+        self._source: AsyncGenerator[list[StreamPiece], None] | None = None
+        self._unread: list[StreamPiece] | None = None
+        """What `__anext__` has still to give of the last group, last piece first."""
         self._tools = ToolCallAssembler()
         self.provider: str | None = None
         self.model: str | None = None
@@ -66,33 +68,43 @@ class RoutedStream(Streamed):
 
     async def __anext__(self) -> str:
         while True:
-            event = await self._next_event()
-            if type(event) is str:
-                return event
+            unread = self._unread
+            if not unread:
+                unread = self._unread = (await self._next_group())[::-1]
+            piece = unread.pop()
+            if not unread:
+                self._unread = None
+            if type(piece) is str:
+                return piece
 
     async def events(self) -> AsyncGenerator[StreamEvent, None]:
         """Text and tool-call pieces, typed, as they arrive. Leaving early (or
         closing this iterator) closes the stream."""
-        # Straight over the source, not through `_next_event`: one coroutine less per piece.
-        if self._source is None:
-            self._source = self._run()
+        async with aclosing(self.piece_groups()) as groups:
+            async for group in groups:
+                for piece in group:
+                    yield TextDelta(piece) if type(piece) is str else piece  # type: ignore[misc]
+
+    async def piece_groups(self) -> AsyncGenerator[list[StreamPiece], None]:
+        """Text deltas (`str`) and tool-call pieces in the groups they arrived in (what one
+        read of the upstream brought), for a consumer that passes them on: one write per
+        group instead of one per piece. Leaving early (or closing this iterator) closes the
+        stream."""
         try:
-            async for event in self._source:
-                if isinstance(event, str):
-                    yield TextDelta(event)
-                else:
-                    self._tools.add(event)
-                    yield event
+            while True:
+                try:
+                    group = await self._next_group()
+                except StopAsyncIteration:
+                    return
+                yield group
+                del group  # nothing of it held while the next is awaited
         finally:
             await self.aclose()
 
-    async def _next_event(self) -> str | ToolCallDelta:
+    def _next_group(self) -> Awaitable[list[StreamPiece]]:
         if self._source is None:
             self._source = self._run()
-        event = await self._source.__anext__()
-        if type(event) is not str:
-            self._tools.add(event)  # type: ignore[arg-type]
-        return event
+        return self._source.__anext__()
 
     async def aclose(self) -> None:
         """Stop early: the upstream call is cancelled and its connection closed."""
@@ -105,7 +117,7 @@ class RoutedStream(Streamed):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _run(self) -> AsyncGenerator[str | ToolCallDelta, None]:
+    async def _run(self) -> AsyncGenerator[list[StreamPiece], None]:
         sent: list[str] = []
         tool_sent = False
         async with self._walker.request(self._task) as walk:
@@ -120,13 +132,17 @@ class RoutedStream(Streamed):
                     try:
                         async with aclosing(
                             walk.stream(step, conversation, self._params, self)
-                        ) as events:
-                            async for event in events:
-                                if type(event) is str:
-                                    sent.append(event)
-                                else:
+                        ) as groups:
+                            async for group in groups:
+                                texts = [piece for piece in group if type(piece) is str]
+                                sent += texts
+                                if len(texts) < len(group):
                                     tool_sent = True
-                                yield event
+                                    for piece in group:
+                                        if type(piece) is not str:
+                                            self._tools.add(piece)  # type: ignore[arg-type]
+                                yield group
+                                del group
                     except CandidateFailed as failed:
                         # Text can be continued by another model; a half-sent tool call cannot.
                         continuable = resume and not tool_sent

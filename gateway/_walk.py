@@ -45,7 +45,7 @@ from gateway.types import (
     Conversation,
     Embeddings,
     Message,
-    ToolCallDelta,
+    StreamPiece,
     Usage,
     check_max_tokens,
     validate_messages,
@@ -482,10 +482,10 @@ class Walk:
 
     async def stream(
         self, step: Step, messages: list[dict[str, Any]], params: dict[str, Any], into: Streamed
-    ) -> AsyncGenerator[str | ToolCallDelta, None]:
-        """One candidate's events: text deltas and tool-call pieces. Retries happen only
-        before its first event reaches the caller; after it, a failure raises
-        `CandidateFailed` as any other."""
+    ) -> AsyncGenerator[list[StreamPiece], None]:
+        """One candidate's events: text deltas and tool-call pieces, in the groups they
+        arrived in. Retries happen only before its first group reaches the caller; after it,
+        a failure raises `CandidateFailed` as any other."""
         candidate = step.candidate
         client = candidate.client
         assert client is not None
@@ -493,7 +493,7 @@ class Walk:
         task = self.spec
         tries = _Tries(self, candidate)
 
-        async def open_stream() -> tuple[ChatStream, str | ToolCallDelta | None, Ticket, float]:
+        async def open_stream() -> tuple[ChatStream, list[StreamPiece] | None, Ticket, float]:
             timeout, deadline_binds = self.attempt_timeout(candidate)
             first_bound = timeout
             if task.first_token_timeout_s is not None and task.first_token_timeout_s < timeout:
@@ -510,7 +510,7 @@ class Walk:
                 slack = 0.0 if deadline_binds else client.pool_wait_s
                 try:
                     async with asyncio.timeout(first_bound + slack):
-                        first: str | ToolCallDelta | None = await stream.next_event()
+                        first: list[StreamPiece] | None = await stream.next_group()
                 except StopAsyncIteration:
                     first = None
                 except BaseException as exc:
@@ -548,10 +548,11 @@ class Walk:
             with ticket:
                 if first is not None:
                     yield first
+                    first = None  # not held for the stream's life
                     while True:
                         timeout, deadline_binds = self.attempt_timeout(candidate)
                         try:
-                            delta = await idle.next_within(stream, timeout)
+                            group = await idle.next_within(stream, timeout)
                         except StopAsyncIteration:
                             break
                         except BaseException as exc:
@@ -565,7 +566,8 @@ class Walk:
                                 ticket.fail(failure.kind)
                                 outcome = AttemptOutcome.failed(failure.kind)
                             raise CandidateFailed(outcome, failure) from exc
-                        yield delta
+                        yield group
+                        del group  # not held while the next is awaited
                 ticket.succeed()
                 outcome = AttemptOutcome.SUCCESS
         finally:
@@ -837,7 +839,7 @@ def summary(task: str, attempts: Sequence[Attempt], *, header: bool = True) -> s
 
 
 class _GapTimer:
-    """Bounds each wait for a stream's next delta, without a new timer per delta.
+    """Bounds each wait for a stream's next group of deltas, without a new timer per wait.
 
     `asyncio.timeout()` around every `__anext__` pushes a timer on the loop's heap and cancels
     it again for every chunk. Here one timer stays armed for the whole stream: a wait only
@@ -856,8 +858,8 @@ class _GapTimer:
         self._until: float | None = None
         self._fired = False
 
-    async def next_within(self, stream: ChatStream, timeout_s: float) -> str | ToolCallDelta:
-        """`stream`'s next event, or `TimeoutError` after `timeout_s` without one."""
+    async def next_within(self, stream: ChatStream, timeout_s: float) -> list[StreamPiece]:
+        """`stream`'s next group of pieces, or `TimeoutError` after `timeout_s` without one."""
         task = asyncio.current_task()
         assert task is not None
         until = self._loop.time() + timeout_s
@@ -868,7 +870,7 @@ class _GapTimer:
         cancelling = task.cancelling()
         self._waiter, self._until = task, until
         try:
-            return await stream.next_event()
+            return await stream.next_group()
         except asyncio.CancelledError:
             if self._fired:
                 self._fired = False

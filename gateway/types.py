@@ -21,6 +21,8 @@ __all__ = [
     "Message",
     "StreamEnd",
     "StreamEvent",
+    "StreamPiece",
+    "StreamSourceItem",
     "TextDelta",
     "ToolCall",
     "ToolCallDelta",
@@ -152,6 +154,15 @@ class StreamEnd:
     refusal: str | None = None
 
 
+StreamPiece = str | ToolCallDelta
+"""A piece of a provider's stream: a text delta, or a piece of a tool call."""
+
+StreamSourceItem = StreamPiece | list[StreamPiece] | StreamEnd
+"""What a provider's stream source yields: a piece; or the pieces one read of the upstream
+brought, as a list, so that they travel on together (to the client as one write); and, last,
+one `StreamEnd`."""
+
+
 class ToolCallAssembler:
     """Joins a stream's `ToolCallDelta`s into whole `ToolCall`s."""
 
@@ -186,14 +197,13 @@ class ChatStream:
 
     `async for delta in stream` gives the text alone (tool calls are gathered into
     `tool_calls`); `stream.events()` gives `TextDelta` and `ToolCallDelta` events as they come.
-    Providers build one from an async generator that yields `str` deltas and `ToolCallDelta`s
-    and ends with one `StreamEnd`. Nothing is sent upstream until the first event is awaited,
-    so the caller can bound the wait for the first token around that call.
+    Providers build one from an async generator of `StreamSourceItem`s: `str` deltas and
+    `ToolCallDelta`s, alone or in lists of those that arrived together, and one `StreamEnd`
+    last. Nothing is sent upstream until the first event is awaited, so the caller can bound
+    the wait for the first token around that call.
     """
 
-    def __init__(
-        self, source: AsyncIterator[str | ToolCallDelta | StreamEnd], *, model: str
-    ) -> None:
+    def __init__(self, source: AsyncIterator[StreamSourceItem], *, model: str) -> None:
         self._source = source
         self.model = model
         self.usage: Usage | None = None
@@ -202,6 +212,8 @@ class ChatStream:
         self.refusal: str | None = None
         self.done = False
         self._tools = ToolCallAssembler()
+        self._unread: list[StreamPiece] | None = None
+        """What `next_event` has still to give of the last group, last piece first."""
 
     @property
     def tool_calls(self) -> tuple[ToolCall, ...]:
@@ -217,26 +229,54 @@ class ChatStream:
             if type(event) is str:
                 return event
 
-    async def next_event(self) -> str | ToolCallDelta:
+    async def next_event(self) -> StreamPiece:
         """The next text delta (a `str`) or tool-call piece; `StopAsyncIteration` at the end."""
+        unread = self._unread
+        if not unread:
+            unread = self._unread = (await self.next_group())[::-1]
+        piece = unread.pop()
+        if not unread:
+            self._unread = None
+        return piece
+
+    async def next_group(self) -> list[StreamPiece]:
+        """The next pieces that arrived together (one read of the upstream, never empty);
+        `StopAsyncIteration` at the end. A consumer that passes pieces on writes a group at
+        once; the rest reads `next_event`."""
+        if self._unread:
+            unread, self._unread = self._unread, None
+            return unread[::-1]
         while True:
             try:
-                event = await self._source.__anext__()
+                item = await self._source.__anext__()
             except StopAsyncIteration:
                 self.done = True
                 raise
-            if type(event) is str:
-                if event:
-                    return event
-            elif isinstance(event, ToolCallDelta):
-                self._tools.add(event)
-                return event
-            elif isinstance(event, StreamEnd):
-                self.usage = event.usage or self.usage
-                self.finish_reason = event.finish_reason or self.finish_reason
-                self.model = event.model or self.model
-                self.response_id = event.response_id or self.response_id
-                self.refusal = event.refusal or self.refusal
+            if type(item) is list:
+                # Text (most pieces) is kept unless empty, without a call for each.
+                group = [
+                    piece for piece in item if (piece if type(piece) is str else self._kept(piece))
+                ]
+                if group:
+                    return group
+            elif self._kept(item):  # type: ignore[arg-type]
+                return [item]  # type: ignore[list-item]
+
+    def _kept(self, item: StreamPiece | StreamEnd) -> bool:
+        """Whether `item` is a piece to pass on: a text delta that is not empty, or a piece
+        of a tool call (noted for `tool_calls`). A `StreamEnd` is noted instead."""
+        if type(item) is str:
+            return bool(item)
+        if isinstance(item, ToolCallDelta):
+            self._tools.add(item)
+            return True
+        if isinstance(item, StreamEnd):
+            self.usage = item.usage or self.usage
+            self.finish_reason = item.finish_reason or self.finish_reason
+            self.model = item.model or self.model
+            self.response_id = item.response_id or self.response_id
+            self.refusal = item.refusal or self.refusal
+        return False
 
     async def events(self) -> AsyncGenerator[StreamEvent, None]:
         """Text and tool-call pieces, typed, as they arrive. Leaving early (or

@@ -21,6 +21,7 @@ from gateway.providers import (
     OpenAIService,
     WireEvent,
 )
+from gateway.providers._errors import parse_untrusted_json
 from gateway.providers._transport import SSEDecoder
 from gateway.testing import FakeUpstream
 from gateway.types import Usage
@@ -112,6 +113,32 @@ async def test_an_async_handler_serves_an_openai_stream() -> None:
         "stop",
         "c1",
     )
+
+
+@pytest.mark.parametrize(
+    "bad_event",
+    ["data: {not json\n\n", "data: " + json.dumps({"error": {"message": "overloaded"}}) + "\n\n"],
+    ids=["malformed", "in-stream-error"],
+)
+async def test_a_bad_event_in_a_read_comes_after_the_pieces_before_it(bad_event: str) -> None:
+    """Events of one read travel as a group; one that fails (bad JSON, an in-stream error)
+    must not take the pieces before it down with it: they reach the caller, then the error."""
+    chunks = [
+        {"id": "c1", "model": "gpt-mock", "choices": [{"index": 0, "delta": {"content": "Hi"}}]},
+        {"choices": [{"index": 0, "delta": {"content": " there"}}]},
+    ]
+    sse = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + bad_event
+    sse += "data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": "!"}}]}) + "\n\n"
+    llm = OpenAIService(
+        api_key=KEY,
+        model="gpt-mock",
+        transport=MockTransport(lambda request: MockResponse(content=sse)),
+    )
+    received: list[str] = []
+    with pytest.raises(ProviderError):
+        async for delta in llm.stream(MESSAGES):
+            received.append(delta)
+    assert received == ["Hi", " there"]
 
 
 async def test_sse_event_names_multi_line_data_comments_and_crlf() -> None:
@@ -269,18 +296,62 @@ async def test_the_readmes_openai_compatible_vendor_works_as_written(
 def test_the_sse_decoder_dispatches_on_blank_lines_only() -> None:
     decoder = SSEDecoder()
     fed = [
-        decoder.feed(line)
-        for line in [b": comment\n", b"event: ping\n", b'data: {"a":\n', b"data: 1}\r\n", b"\n"]
+        decoder.feed([line])
+        for line in [b": comment", b"event: ping", b'data: {"a":', b"data: 1}\r", b""]
     ]
-    assert fed == [None, None, None, None, WireEvent("ping", {"a": 1})]
+    assert fed == [([], None)] * 4 + [([WireEvent("ping", {"a": 1})], None)]
     # A blank line with no data dispatches nothing; an event cut before its blank line neither.
-    assert decoder.feed(b"\n") is None
-    assert decoder.feed(b'data: {"cut": true}\n') is None
+    assert decoder.feed([b""]) == ([], None)
+    assert decoder.feed([b'data: {"cut": true}']) == ([], None)
     assert not decoder.done
     # OpenAI's end marker ends the stream, whatever follows it.
-    assert decoder.feed(b"\n") == WireEvent(None, {"cut": True})
-    assert (decoder.feed(b"data: [DONE]\n"), decoder.feed(b"\n"), decoder.done) == (
-        None,
-        None,
-        True,
-    )
+    assert decoder.feed([b"\r"]) == ([WireEvent(None, {"cut": True})], None)
+    assert decoder.feed([b"data: [DONE]", b"", b"data: 1", b""]) == ([], None)
+    assert decoder.done
+
+
+def test_the_sse_decoder_reads_the_lines_of_one_read_together() -> None:
+    """Lines as one read brings them (without their LF): every event they complete, in order,
+    an event split across two reads once its blank line comes, nothing past the end marker."""
+    decoder = SSEDecoder()
+    first, _ = decoder.feed([b"data: 1", b"", b"event: named", b"data: 2\r", b"\r", b"data: [3,"])
+    assert first == [WireEvent(None, 1), WireEvent("named", 2)]
+    rest, _ = decoder.feed([b"data: 4]", b"", b"data: [DONE]", b"", b"data: 5", b""])
+    assert (rest, decoder.done) == ([WireEvent(None, [3, 4])], True)
+
+
+def test_the_sse_decoder_gives_the_events_before_one_it_cannot_read() -> None:
+    events, failure = SSEDecoder().feed([b"data: 1", b"", b"data: {bad", b"", b"data: 2", b""])
+    assert events == [WireEvent(None, 1)]
+    assert isinstance(failure, ValueError)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"usage": {"prompt_tokens": 1000000000000000000000000000000}}',
+        "-9223372036854775809",
+        "123456789012345678901234567890.5",
+        '{"a": 1, "a": 2}',
+        "NaN",
+        "[Infinity, -Infinity, 1e400]",
+        '"\\ud83d"',
+        '"\\ud83d\\ude00 \u00e9"',
+        "-0.0",
+        " [1] ",
+    ],
+)
+def test_untrusted_json_reads_as_the_standard_library_reads_it(text: str) -> None:
+    """The fast parser first, the standard library for what it refuses: the same values
+    either way (an integer past 64 bits stays an integer, NaN and a lone surrogate pass)."""
+    expected = json.loads(text)
+    for data in (text, text.encode()):
+        parsed = parse_untrusted_json(data)
+        assert repr(parsed) == repr(expected)
+        assert type(parsed) is type(expected)
+
+
+@pytest.mark.parametrize("text", ["[1,]", "'a'", '"a\tb"', "[1] x", "[" * 5000 + "]" * 5000, ""])
+def test_untrusted_json_refuses_with_a_value_error(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_untrusted_json(text)

@@ -30,8 +30,7 @@ from gateway.types import (
     Conversation,
     Embeddings,
     Message,
-    StreamEnd,
-    ToolCallDelta,
+    StreamSourceItem,
     validate_messages,
 )
 
@@ -218,8 +217,9 @@ class LLMService:
         """Send one call and return its whole answer."""
         raise NotImplementedError(f"{type(self).__name__} implements neither complete nor _send")
 
-    def _open_stream(self, call: Call) -> AsyncIterator[str | ToolCallDelta | StreamEnd]:
-        """The call's events: text deltas and tool-call pieces, then one `StreamEnd`. Called
+    def _open_stream(self, call: Call) -> AsyncIterator[StreamSourceItem]:
+        """The call's events: text deltas and tool-call pieces (alone, or in lists of those one
+        read of the upstream brought), then one `StreamEnd`. Called
         by `stream` itself, so the request can be built (and refused) at once; nothing may be
         sent before the first event is awaited."""
         raise NotImplementedError(
@@ -274,8 +274,8 @@ class LLMService:
         return self._error(exc, call)
 
     async def _mapped_stream(
-        self, call: Call, source: AsyncIterator[str | ToolCallDelta | StreamEnd]
-    ) -> AsyncIterator[str | ToolCallDelta | StreamEnd]:
+        self, call: Call, source: AsyncIterator[StreamSourceItem]
+    ) -> AsyncIterator[StreamSourceItem]:
         # `aclosing`: closing this stream early must close the provider's too (its connection).
         async with contextlib.aclosing(source):  # type: ignore[type-var]
             require_time(call.timeout_s, self.name)

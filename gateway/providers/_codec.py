@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from gateway.errors import InvalidRequestError, ProviderError
 from gateway.providers._base import Call
-from gateway.types import Completion, StreamEnd, ToolCallDelta
+from gateway.types import Completion, StreamEnd, StreamPiece
 
 Framing = Literal["sse", "ndjson"]
 
@@ -40,7 +40,7 @@ class WireRequest:
     framing: Framing
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per stream event, and frozen costs twice as much
 class WireEvent:
     """One stream event: its SSE event name (None for none, or NDJSON) and its parsed data."""
 
@@ -56,9 +56,24 @@ class StreamReader(ABC):
     """Set once the protocol said the stream is complete: nothing after it is read."""
 
     @abstractmethod
-    def read(self, event: WireEvent) -> Iterator[str | ToolCallDelta]:
+    def read(self, event: WireEvent) -> Iterable[StreamPiece]:
         """The event's text deltas and tool-call pieces. An in-stream error raises its
         `ProviderError`."""
+
+    def read_group(self, events: Iterable[WireEvent]) -> tuple[list[StreamPiece], Exception | None]:
+        """The pieces of events that arrived together, in order, none from an event after
+        the one that completed the stream; and the error of an event that could not be read
+        (an in-stream error, a malformed event), if one could not: it ends the group, and the
+        pieces before it are the caller's to pass on before it raises it."""
+        pieces: list[StreamPiece] = []
+        try:
+            for event in events:
+                pieces.extend(self.read(event))
+                if self.done:
+                    break
+        except Exception as exc:
+            return pieces, exc
+        return pieces, None
 
     @abstractmethod
     def end(self) -> StreamEnd:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from gateway.errors import ErrorKind, ProviderError
@@ -22,6 +22,7 @@ from gateway.types import (
     Choice,
     Completion,
     StreamEnd,
+    StreamPiece,
     ToolCall,
     ToolCallDelta,
     Usage,
@@ -100,6 +101,24 @@ def _get(obj: Any, key: str) -> Any:
     if isinstance(obj, dict):
         return obj.get(key)
     return getattr(obj, key, None)
+
+
+class _Attributes:
+    """A model's attributes read as a JSON dict's fields are (`_fields`)."""
+
+    __slots__ = ("_obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self._obj = obj
+
+    def get(self, key: str) -> Any:
+        return getattr(self._obj, key, None)
+
+
+def _fields(obj: Any) -> dict[str, Any] | _Attributes:
+    """A wire object whose fields `.get` reads: a JSON dict as it is, anything else (a
+    LiteLLM model) through its attributes, as `_get` reads them."""
+    return obj if isinstance(obj, dict) else _Attributes(obj)
 
 
 def _count(obj: Any, key: str) -> int:
@@ -277,40 +296,47 @@ class ChunkReader(StreamReader):
         self._refusal: list[str] = []
         self._tool_ids: set[int] = set()
 
-    def read(self, event: WireEvent) -> Iterator[str | ToolCallDelta]:
+    def read(self, event: WireEvent) -> list[StreamPiece]:
         chunk = event.data
         if isinstance(chunk, dict) and chunk.get("error"):
             raise in_stream_error(chunk["error"], self._provider, self._redact)
         return self.read_chunk(chunk)
 
-    def read_chunk(self, chunk: Any) -> Iterator[str | ToolCallDelta]:
+    def read_chunk(self, chunk: Any) -> list[StreamPiece]:
         """The chunk's text deltas and tool-call pieces, noting its id, model, usage, refusal
         and finish reason."""
         if not isinstance(chunk, dict) and not hasattr(chunk, "choices"):
             raise _malformed(self._provider, f"a stream chunk that is a {type(chunk).__name__}")
-        self._response_id = self._response_id or _get(chunk, "id")
-        self._model = _get(chunk, "model") or self._model
-        chunk_usage = _get(chunk, "usage")
+        # Read once per object rather than through `_get` per field: this runs for every
+        # event of every stream.
+        fields = _fields(chunk)
+        pieces: list[StreamPiece] = []
+        self._response_id = self._response_id or fields.get("id")
+        self._model = fields.get("model") or self._model
+        chunk_usage = fields.get("usage")
         if chunk_usage is not None:
             self._usage = usage(chunk_usage, provider=self._provider)
-        for choice in _get(chunk, "choices") or ():
-            if self._first_choice_only and _get(choice, "index") not in (0, None):
+        for choice in fields.get("choices") or ():
+            choice = _fields(choice)
+            if self._first_choice_only and choice.get("index") not in (0, None):
                 continue
-            delta = _get(choice, "delta")
+            delta = choice.get("delta")
             if delta is not None:
-                content = _get(delta, "content")
+                delta = _fields(delta)
+                content = delta.get("content")
                 if content:
                     if not isinstance(content, str):
                         raise _malformed(self._provider, "a delta whose content is not a string")
-                    yield content
-                for call in _get(delta, "tool_calls") or ():
-                    yield self._tool_piece(call)
-                refusal = _get(delta, "refusal")
+                    pieces.append(content)
+                for call in delta.get("tool_calls") or ():
+                    pieces.append(self._tool_piece(call))
+                refusal = delta.get("refusal")
                 if isinstance(refusal, str) and refusal:
                     self._refusal.append(refusal)
-            reason = _get(choice, "finish_reason")
+            reason = choice.get("finish_reason")
             if reason:
                 self._finish = reason
+        return pieces
 
     def _tool_piece(self, call: Any) -> ToolCallDelta:
         index = _get(call, "index")

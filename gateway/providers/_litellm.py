@@ -28,7 +28,7 @@ from gateway.providers._http import (
     saturated,
 )
 from gateway.request import OPENAI_FIELDS
-from gateway.types import Completion, Embeddings, StreamEnd, ToolCallDelta, Usage
+from gateway.types import Completion, Embeddings, StreamSourceItem, Usage
 
 # Without this LiteLLM downloads its price map from GitHub at import time.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -127,14 +127,12 @@ class LiteLLMService(LLMService):
             self._slots.release()
         return _embeddings_of(response, call)
 
-    def _open_stream(self, call: Call) -> AsyncIterator[str | ToolCallDelta | StreamEnd]:
+    def _open_stream(self, call: Call) -> AsyncIterator[StreamSourceItem]:
         request = self._request(call)
         request["stream_options"] = {"include_usage": True}
         return self._events(request)
 
-    async def _events(
-        self, request: dict[str, Any]
-    ) -> AsyncIterator[str | ToolCallDelta | StreamEnd]:
+    async def _events(self, request: dict[str, Any]) -> AsyncIterator[StreamSourceItem]:
         # Every choice's text passes, as LiteLLM's own streams do; the codec keeps choice 0.
         reader = _codec_openai.ChunkReader(provider=self.name, first_choice_only=False)
         try:
@@ -145,8 +143,9 @@ class LiteLLMService(LLMService):
             stream = await litellm.acompletion(**request, stream=True)
             async with stream:
                 async for chunk in stream:
-                    for delta in reader.read_chunk(chunk):
-                        yield delta
+                    pieces = reader.read_chunk(chunk)
+                    if pieces:
+                        yield pieces
         finally:
             self._slots.release()
         yield reader.end()

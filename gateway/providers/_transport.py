@@ -27,7 +27,7 @@ import json
 import ssl
 import urllib.request
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
@@ -102,9 +102,11 @@ class Transport(ABC):
         `UpstreamStatusError` (or the transport's own error, which `error` maps)."""
 
     @abstractmethod
-    def events(self, request: WireRequest) -> AsyncIterator[WireEvent]:
-        """The stream's events, framed as `request.framing` says; nothing is sent before the
-        first is awaited. Closing the iterator closes the exchange."""
+    def events(self, request: WireRequest) -> AsyncIterator[list[WireEvent]]:
+        """The stream's events, framed as `request.framing` says, in the groups one read of
+        the upstream brought (none empty): under load many events come in one read, and a
+        group travels to the client as one write. Nothing is sent before the first group is
+        awaited. Closing the iterator closes the exchange."""
 
     def error(self, exc: Exception, call: Call) -> ProviderError | None:
         """The `ProviderError` one of this transport's own failures means; None for others."""
@@ -112,6 +114,12 @@ class Transport(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional: not every transport holds a pool
         """Close the connection pool."""
+
+
+GROUP_LINES = 64
+"""The most lines of one read that make one group of events (about 30 events of a chat
+stream): enough that a group's trip to the client costs little per event, few enough that
+a read holding a whole answer does not hold back its first token for long."""
 
 
 class SDKErrorMap(Protocol):
@@ -165,7 +173,7 @@ class SDKTransport(Transport):
                     raise
                 raise dry from exc
 
-    async def events(self, request: WireRequest) -> AsyncIterator[WireEvent]:
+    async def events(self, request: WireRequest) -> AsyncIterator[list[WireEvent]]:
         async with self.slots or _NO_SLOTS:
             try:
                 stream = await sdk_post(
@@ -183,8 +191,8 @@ class SDKTransport(Transport):
                     raise
                 raise dry from exc
             async with stream:
-                async for event in stream:
-                    yield WireEvent(None, event)
+                async for event in stream:  # the SDK's stream gives its events one by one
+                    yield [WireEvent(None, event)]
 
     def _pool_ran_dry(self, exc: Exception, request: WireRequest) -> PoolExhausted | None:
         """`PoolExhausted` for the SDK's own pool timeout (httpx2's `PoolTimeout`, which the
@@ -259,7 +267,7 @@ class HTTPTransport(Transport):
                 raise ResponseTooLargeError(limit)
             return _errors.parse_untrusted_json(await response.body(limit))
 
-    async def events(self, request: WireRequest) -> AsyncIterator[WireEvent]:
+    async def events(self, request: WireRequest) -> AsyncIterator[list[WireEvent]]:
         limit = self.max_response_bytes
         total_limit = limit * STREAM_BYTES_FACTOR
         async with self.slots or _NO_SLOTS, self.open(request, stream=True) as response:
@@ -273,15 +281,19 @@ class HTTPTransport(Transport):
                 total += sum(map(len, batch)) + len(batch)
                 if total > total_limit:
                     raise ResponseTooLargeError(total_limit, "stream")
-                for line in batch:
-                    event = feed(line)
-                    if event is not None:
-                        yield event
-                    elif decoder.done:
+                # A read may bring a whole answer: cut into groups, so that its first events
+                # are on their way before the last are decoded.
+                for start in range(0, len(batch), GROUP_LINES):
+                    events, failure = feed(batch[start : start + GROUP_LINES])
+                    if events:
+                        yield events
+                    if failure is not None:
+                        raise failure
+                    if decoder.done:
                         return
                 # Keep nothing of this read while the next is awaited: a stream held open by a
-                # quiet upstream would otherwise keep its last lines and event alive.
-                del batch, line, event
+                # quiet upstream would otherwise keep its last lines and events alive.
+                del batch, events
 
     def error(self, exc: Exception, call: Call) -> ProviderError | None:
         if isinstance(exc, ResponseTooLargeError):
@@ -300,7 +312,7 @@ async def _status_error(response: HTTPResponse) -> UpstreamStatusError:
 
 
 class SSEDecoder:
-    """Server-sent events as the SSE spec frames them, fed one line at a time.
+    """Server-sent events as the SSE spec frames them, fed the lines as they are read.
 
     `event:` names the event, `data:` lines (joined with newlines) carry it, a blank line
     dispatches it, a line starting with `:` is a comment, and an event the stream cut before
@@ -319,34 +331,46 @@ class SSEDecoder:
         self._max_event = max_event
         self.done = False
 
-    def feed(self, raw: bytes) -> WireEvent | None:
-        """The event `raw` (one line, with or without its line end) completes, if any."""
-        line = raw.rstrip(b"\r\n")
-        if not line:
-            return self._dispatch()
-        if line.startswith(b"data:"):
-            value = line[5:]
-            # Each line is bounded by the transport; many `data:` lines make one event too.
-            self._size += len(value)
-            if self._size > self._max_event:
-                raise ResponseTooLargeError(self._max_event, "stream event")
-            self._data.append(value[1:] if value.startswith(b" ") else value)
-        elif line.startswith(b"event:"):
-            self._event = line[6:].strip().decode("utf-8")
-        return None
+    def feed(self, lines: Iterable[bytes]) -> tuple[list[WireEvent], Exception | None]:
+        """The events `lines` complete, in order, none after the end marker; and the error of
+        an event that could not be read (bad JSON or UTF-8, too large), which ends them: the
+        events before it are the caller's to pass on before it raises it. Each line comes
+        without its LF (a CR before it may remain), as `HTTPResponse.line_batches` gives it.
+        """
+        found: list[WireEvent] = []
+        try:
+            self._feed(lines, found)
+        except (ValueError, ResponseTooLargeError) as exc:
+            return found, exc
+        return found, None
 
-    def _dispatch(self) -> WireEvent | None:
-        data, event = self._data, self._event
-        self._data, self._event, self._size = [], None, 0
-        if not data:
-            return None
-        payload = data[0] if len(data) == 1 else b"\n".join(data)
-        if payload == b"[DONE]":
-            self.done = True
-            return None
-        # Decoded here: SSE is UTF-8 by definition, and json.loads would otherwise sniff the
-        # encoding of every event. Bad UTF-8 raises UnicodeDecodeError, a ValueError.
-        return WireEvent(event, _errors.parse_untrusted_json(payload.decode()))
+    def _feed(self, lines: Iterable[bytes], found: list[WireEvent]) -> None:
+        data = self._data
+        for raw in lines:
+            # Most lines are `data: {...}` or the blank line after it: those two first.
+            if raw.startswith(b"data:"):
+                value = raw[5:].rstrip(b"\r")
+                if value.startswith(b" "):
+                    value = value[1:]
+                # Each line is bounded by the transport; many `data:` lines make one event too.
+                self._size += len(value)
+                if self._size > self._max_event:
+                    raise ResponseTooLargeError(self._max_event, "stream event")
+                data.append(value)
+            elif not raw or raw == b"\r":
+                if not data:
+                    continue
+                payload = data[0] if len(data) == 1 else b"\n".join(data)
+                name, self._event, self._size = self._event, None, 0
+                data.clear()
+                if payload == b"[DONE]":
+                    self.done = True
+                    return
+                # Decoded here: SSE is UTF-8 by definition, and json.loads would otherwise
+                # sniff the encoding. Bad UTF-8 raises UnicodeDecodeError, a ValueError.
+                found.append(WireEvent(name, _errors.parse_untrusted_json(payload.decode())))
+            elif raw.startswith(b"event:"):
+                self._event = raw[6:].strip().decode("utf-8")
 
 
 class NDJSONDecoder:
@@ -357,8 +381,17 @@ class NDJSONDecoder:
     def __init__(self) -> None:
         self.done = False
 
-    def feed(self, raw: bytes) -> WireEvent | None:
-        return WireEvent(None, _errors.parse_untrusted_json(raw)) if raw.strip() else None
+    def feed(self, lines: Iterable[bytes]) -> tuple[list[WireEvent], ValueError | None]:
+        """The events of `lines`, one each that is not blank; and, as `SSEDecoder.feed`, the
+        error of a line that is not JSON, which ends them."""
+        found: list[WireEvent] = []
+        try:
+            for line in lines:
+                if line.strip():
+                    found.append(WireEvent(None, _errors.parse_untrusted_json(line)))
+        except ValueError as exc:
+            return found, exc
+        return found, None
 
 
 # --- aiohttp: the default ---------------------------------------------------------------------

@@ -27,7 +27,7 @@ from gateway.providers._transport import (
     Transport,
     UpstreamStatusError,
 )
-from gateway.types import Completion, StreamEnd, ToolCallDelta
+from gateway.types import Completion, StreamSourceItem
 
 
 class WireService(LLMService):
@@ -131,22 +131,23 @@ class WireService(LLMService):
             raise saturated(self.name, exc) from exc
         return self.codec.completion(data, call)
 
-    def _open_stream(self, call: Call) -> AsyncIterator[str | ToolCallDelta | StreamEnd]:
+    def _open_stream(self, call: Call) -> AsyncIterator[StreamSourceItem]:
         return self._events(self.request(call), call)
 
-    async def _events(
-        self, request: WireRequest, call: Call
-    ) -> AsyncIterator[str | ToolCallDelta | StreamEnd]:
+    async def _events(self, request: WireRequest, call: Call) -> AsyncIterator[StreamSourceItem]:
         reader = self.codec.reader(call)
-        async with contextlib.aclosing(self.transport.events(request)) as events:  # type: ignore[type-var]
+        async with contextlib.aclosing(self.transport.events(request)) as groups:  # type: ignore[type-var]
             try:
-                async for event in events:
-                    deltas = reader.read(event)
-                    # Not held while the next event is awaited: a quiet upstream may take
-                    # minutes, and an open stream should hold nothing of its last event.
-                    del event
-                    for delta in deltas:
-                        yield delta
+                async for group in groups:
+                    pieces, failure = reader.read_group(group)
+                    # Not held while the next read is awaited: a quiet upstream may take
+                    # minutes, and an open stream should hold nothing of its last events.
+                    del group
+                    if pieces:
+                        yield pieces
+                        del pieces
+                    if failure is not None:
+                        raise failure
                     if reader.done:
                         break
             except PoolExhausted as exc:  # before anything was sent: no event came yet

@@ -30,7 +30,7 @@ from gateway.providers.anthropic_shapes import (
     tool_use_block,
     usage_fields,
 )
-from gateway.types import StreamEvent, TextDelta, ToolCall, ToolCallDelta
+from gateway.types import StreamPiece, ToolCall, ToolCallDelta
 
 # --- what the OpenAPI document shows ----------------------------------------------------------
 
@@ -144,13 +144,14 @@ class BlockWriter:
         self._tool_blocks: dict[int, int] = {}
         """The block of each tool call, by the router's tool-call index."""
 
-    def piece(self, event: StreamEvent) -> bytes:
+    def piece(self, event: StreamPiece) -> bytes:
+        """One piece of the answer: text (a `str`) or a piece of a tool call."""
         events: list[JsonObject] = []
-        if type(event) is TextDelta:
+        if type(event) is str:
             if self._open is None or not self._open_is_text:
                 events += self._start(text_block(""), is_text=True)
             assert self._open is not None
-            events.append(text_delta(self._open, event.text))
+            events.append(text_delta(self._open, event))
         else:
             assert isinstance(event, ToolCallDelta)
             block = self._tool_blocks.get(event.index)
@@ -165,7 +166,7 @@ class BlockWriter:
 
     def text(self, text: str) -> bytes:
         """Text outside the stream's events (a refusal), as its own text block."""
-        return self.piece(TextDelta(text)) if text else b""
+        return self.piece(text) if text else b""
 
     def close(self) -> bytes:
         return _encoded(self._stop())

@@ -56,7 +56,7 @@ from gateway.server._sse import (
     event,
     json_bytes,
 )
-from gateway.types import Attempt, StreamEvent, TextDelta, ToolCallDelta
+from gateway.types import Attempt, StreamPiece, ToolCallDelta
 
 log = logging.getLogger("gateway.server")
 
@@ -313,8 +313,8 @@ class StreamEncoding(Protocol):
     def opening(self) -> bytes:
         """What comes before the first piece, or before the ending when none came."""
 
-    def piece(self, piece: StreamEvent) -> bytes:
-        """One piece of the answer: text, or part of a tool call."""
+    def piece(self, piece: StreamPiece) -> bytes:
+        """One piece of the answer: text (a `str`), or part of a tool call."""
 
     def ending(self, stream: RoutedStream) -> bytes:
         """The end of a complete answer (refusal, finish reason, usage...)."""
@@ -336,9 +336,9 @@ async def event_stream_answer(
     """Waits for the stream's first piece (so a candidate that fails before it is left for the
     next, and the client sees nothing of it), then answers with the event stream that
     `encoding` (made once the answering provider is known) writes."""
-    events = stream.events()
+    groups = stream.piece_groups()
     try:
-        first = await unless_disconnected(receive, _first_event(events))
+        first = await unless_disconnected(receive, _first_group(groups))
     except BaseException:
         with anyio.CancelScope(shield=True):
             await stream.aclose()
@@ -352,13 +352,13 @@ async def event_stream_answer(
         shown.append(Attempt(stream.provider, stream.model or "", AttemptOutcome.STREAMING))
     access.provider, access.attempts = stream.provider, shown
     headers = gateway_headers(task=task, provider=stream.provider, attempts=shown, cost=None)
-    source = _sse(stream, events, first, encoding(stream), access)
+    source = _sse(stream, groups, first, encoding(stream), access)
     return EventStreamResponse(source, headers=headers)
 
 
-async def _first_event(events: AsyncIterator[StreamEvent]) -> StreamEvent | None:
+async def _first_group(groups: AsyncIterator[list[StreamPiece]]) -> list[StreamPiece] | None:
     try:
-        return await anext(events)
+        return await anext(groups)
     except StopAsyncIteration:
         return None
 
@@ -376,9 +376,9 @@ class ChunkEncoding:
     def opening(self) -> bytes:
         return event(self._writer.role())
 
-    def piece(self, piece: StreamEvent) -> bytes:
-        if type(piece) is TextDelta:
-            return self._content(piece.text)
+    def piece(self, piece: StreamPiece) -> bytes:
+        if type(piece) is str:
+            return self._content(piece)
         assert isinstance(piece, ToolCallDelta)
         return event(self._writer.tool_call(piece))
 
@@ -404,23 +404,25 @@ class ChunkEncoding:
 
 async def _sse(
     stream: RoutedStream,
-    events: AsyncGenerator[StreamEvent, None],
-    first: StreamEvent | None,
+    groups: AsyncGenerator[list[StreamPiece], None],
+    first: list[StreamPiece] | None,
     encoding: StreamEncoding,
     access: AccessRecord,
 ) -> AsyncGenerator[bytes, None]:
-    """The answer's events: the opening and the first piece together, each further piece as
-    it comes, and the ending (or the error event) as one `LastEvents`, once the stream is
-    closed and its attempts recorded. Events that are ready together are sent together: one
-    write, one packet, one wake-up of the client."""
+    """The answer's events: the opening and the first group of pieces together, each further
+    group as it comes, and the ending (or the error event) as one `LastEvents`, once the
+    stream is closed and its attempts recorded. Events that are ready together are sent
+    together (a group is what one read of the upstream brought): one write, one packet, one
+    wake-up of the client."""
     head = encoding.opening()
     piece = encoding.piece
     try:
         if first is not None:
-            yield head + piece(first)
-            head = b""
-            async for next_piece in events:
-                yield piece(next_piece)
+            yield head + b"".join(map(piece, first))
+            head, first = b"", None  # the first group is not held for the stream's life
+            async for group in groups:
+                yield b"".join(map(piece, group))
+                del group  # not held while the next is awaited
         end = head + encoding.ending(stream)
         access.outcome = "success"
     except asyncio.CancelledError:
@@ -443,7 +445,7 @@ async def _sse(
         raise
     finally:
         await stream.aclose()
-        await events.aclose()
+        await groups.aclose()
         # After the close, so a candidate cancelled mid-stream is listed too.
         access.answered(stream)
     yield LastEvents(end)

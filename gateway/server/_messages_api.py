@@ -80,7 +80,7 @@ from gateway.server._errors import (
 from gateway.server._middleware import CLIENT_CLOSED, AccessRecord, access_record
 from gateway.server._sse import json_bytes
 from gateway.server._state import ERROR, ServerState, server_state
-from gateway.types import StreamEvent, Usage
+from gateway.types import StreamPiece, Usage
 
 log = logging.getLogger("gateway.server")
 
@@ -394,7 +394,7 @@ class MessageEncoding:
     def opening(self) -> bytes:
         return self._opening
 
-    def piece(self, piece: StreamEvent) -> bytes:
+    def piece(self, piece: StreamPiece) -> bytes:
         return self._blocks.piece(piece)
 
     def ending(self, stream: RoutedStream) -> bytes:
