@@ -36,6 +36,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from gateway.server._collector import collect_as_a_server
 from gateway.server._config import MAX_CONNECTIONS_ENV, ServerSettings
 from gateway.server._disconnect import SHUTDOWN
 from gateway.server._errors import error_body
@@ -69,6 +70,11 @@ class ServeConfig(uvicorn.Config):
     def __init__(self, app: Any, *, settings: ServerSettings, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.settings = settings
+
+    def load(self) -> None:
+        """Loads the app (in each worker process), then sets the collector for serving."""
+        super().load()
+        collect_as_a_server()
 
 
 class RefusalLog:
