@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from functools import partial
 from typing import Any, Literal, Protocol, get_args
 
 from gateway._outcomes import (
@@ -359,6 +358,9 @@ class Deferred(HookSet):
 
     def __init__(self, *hooks: object) -> None:
         super().__init__(hooks)
+        self._pending: list[tuple[Event, dict[str, Any]]] = []
+        self._delivery: asyncio.AbstractEventLoop | None = None
+        """The loop a delivery of `_pending` is scheduled on, if one is."""
 
     def __repr__(self) -> str:
         return f"Deferred({', '.join(map(repr, self.hooks))})"
@@ -369,4 +371,15 @@ class Deferred(HookSet):
         except RuntimeError:
             super().emit(event, kwargs)
             return
-        loop.call_soon(partial(super().emit, event, kwargs))
+        # One delivery for all the events of a turn (a request emits several), not one
+        # callback each. A delivery scheduled on a loop that has since closed never ran: its
+        # events go with the next.
+        self._pending.append((event, kwargs))
+        if self._delivery is not loop:
+            self._delivery = loop
+            loop.call_soon(self._deliver)
+
+    def _deliver(self) -> None:
+        pending, self._pending, self._delivery = self._pending, [], None
+        for event, kwargs in pending:
+            super().emit(event, kwargs)

@@ -320,6 +320,35 @@ def test_deferred_hooks_pass_events_on_at_once_outside_an_event_loop() -> None:
     assert recorder.events == [("request", "success")]
 
 
+def test_deferred_events_whose_loop_closed_first_come_with_the_next_loops() -> None:
+    """Events of one turn are delivered together; a loop that closes before its turn ends
+    does not lose them: they reach the hooks with the next loop's, in order."""
+    recorder = Recorder()
+    deferred = Deferred(recorder)
+
+    def emit(outcome: str) -> None:
+        deferred.on_request(task="t", outcome=outcome, duration_s=1.0, overhead_s=0.0)
+
+    async def emit_and_stop(loop: asyncio.AbstractEventLoop) -> None:
+        emit("first")
+        loop.stop()  # the loop ends with this turn, before the delivery's
+
+    async def emit_and_turn() -> None:
+        emit("second")
+        await asyncio.sleep(0)
+
+    loop = asyncio.new_event_loop()
+    try:
+        emitted = loop.create_task(emit_and_stop(loop))
+        loop.run_forever()
+        assert emitted.done()
+    finally:
+        loop.close()
+    assert recorder.events == []
+    asyncio.run(emit_and_turn())
+    assert recorder.events == [("request", "first"), ("request", "second")]
+
+
 # A process running the real router on FakeUpstream, its metrics served for Prometheus.
 ROUTER_PROCESS = textwrap.dedent(
     """
