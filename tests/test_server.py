@@ -32,7 +32,7 @@ from gateway.errors import ConfigurationError
 from gateway.server import ServerSettings
 from gateway.server._auth import Access, KeyChecker, denial, is_loopback
 from gateway.server._chat import unless_disconnected
-from gateway.server._disconnect import ClientGone
+from gateway.server._disconnect import CONNECTION_LOSS, ClientGone, LossNotice
 from gateway.server._openai_compat import ChatCompletion, ChunkWriter, completion_body
 from gateway.server._sse import event
 from gateway.testing import FakeUpstream, Fault, fake_usage
@@ -1187,6 +1187,42 @@ async def test_a_disconnect_cancels_the_work_and_nothing_else() -> None:
     outside.cancel()
     with pytest.raises(asyncio.CancelledError):
         await outside
+
+
+async def test_under_a_connection_loss_notice_a_disconnect_cancels_the_work_with_no_task() -> None:
+    """What `gateway serve`'s connections give each request: the connection's own loss ends
+    the work (no watcher task per request), and a connection lost before the work began ends
+    it at its first wait."""
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("with a loss notice, nothing waits on receive")
+
+    async def work(seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return "done"
+
+    notice = LossNotice()
+    token = CONNECTION_LOSS.set(notice)
+    try:
+        tasks = len(asyncio.all_tasks())
+
+        async def counted() -> str:
+            assert len(asyncio.all_tasks()) == tasks, "no task made for the request"
+            return await work(0)
+
+        assert await unless_disconnected(receive, counted()) == "done"
+        assert notice.waiter is None, "the block took its waiter away"
+        asyncio.get_running_loop().call_later(0.05, notice.lost)
+        started = time.monotonic()
+        with pytest.raises(ClientGone):
+            await unless_disconnected(receive, work(10))
+        assert time.monotonic() - started < 5
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+        # Lost already: the next block ends at its first wait.
+        with pytest.raises(ClientGone):
+            await unless_disconnected(receive, work(10))
+    finally:
+        CONNECTION_LOSS.reset(token)
 
 
 async def test_key_checker_decisions() -> None:

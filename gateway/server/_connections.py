@@ -38,7 +38,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway.server._collector import collect_as_a_server
 from gateway.server._config import MAX_CONNECTIONS_ENV, ServerSettings
-from gateway.server._disconnect import SHUTDOWN
+from gateway.server._disconnect import CONNECTION_LOSS, SHUTDOWN, LossNotice
 from gateway.server._errors import error_body
 
 try:
@@ -108,6 +108,7 @@ class ConnectionGuard:
         "head_bytes",
         "in_flight",
         "loop",
+        "loss",
         "refused",
         "settings",
         "timer",
@@ -125,6 +126,7 @@ class ConnectionGuard:
         self.in_flight = 0
         self.head_bytes = 0
         self.refused = False
+        self.loss = LossNotice()
 
     def opened(self, transport: asyncio.BaseTransport, open_connections: int) -> None:
         """`open_connections`: how many are open, this one included."""
@@ -166,6 +168,7 @@ class ConnectionGuard:
     def closed(self) -> None:
         self.disarm()
         self.transport = None
+        self.loss.lost()  # the request in flight, if any, ends in ClientGone
 
     def shutting_down(self) -> None:
         SHUTDOWN.begin(self.settings.shutdown_grace_s)
@@ -177,6 +180,8 @@ class ConnectionGuard:
             await refusal(self.settings.max_connections)(scope, receive, send)
             return
         self.in_flight += 1
+        # Set in the request's own task: its CancelOnDisconnect blocks find this connection.
+        CONNECTION_LOSS.set(self.loss)
         try:
             await self.app(scope, receive, send)
         finally:

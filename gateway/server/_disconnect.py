@@ -1,12 +1,16 @@
-"""Cancel a request's work when its client disconnects, for the price of one small task.
+"""Cancel a request's work when its client disconnects, for no more than one small task.
 
 A task group per request (a cancel scope, a spawned watcher, cancellation delivered through the
 scope) costs several times more, on every request, for a rare event. Here the request's own task
-does the work; one watcher task waits for the client's `http.disconnect` and, when it comes,
-cancels the request's task, which takes that cancellation back (`Task.uncancel`) and raises
-`ClientGone` instead. The work sees a plain `CancelledError` at whatever it was awaiting (the
-upstream call, a stream's next delta), exactly as a cancelled task group would deliver it; a
-cancellation from elsewhere still propagates as itself.
+does the work, and is cancelled when the client goes; it takes that cancellation back
+(`Task.uncancel`) and raises `ClientGone` instead. The work sees a plain `CancelledError` at
+whatever it was awaiting (the upstream call, a stream's next delta), exactly as a cancelled
+task group would deliver it; a cancellation from elsewhere still propagates as itself.
+
+Under `gateway serve` the connection itself says when it is lost (`CONNECTION_LOSS`, set by its
+`ConnectionGuard` for each request): nothing more is made per request. An app run by another
+server has no such notice: one watcher task per request then waits for the client's
+`http.disconnect`.
 
 The same block ends its work when the server's shutdown grace runs out (`SHUTDOWN`): the task
 is cancelled the same way and the block raises `ServerShutdown`, so that the request can say so
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from contextvars import ContextVar
 from types import TracebackType
 
 from starlette.types import Receive
@@ -86,6 +91,28 @@ class ShutdownClock:
 SHUTDOWN = ShutdownClock()
 
 
+class LossNotice:
+    """One connection's loss, told to the request waiting on it (one at a time: HTTP/1.1
+    serves a connection's requests one after another), or, once it is lost, to any that
+    starts waiting later."""
+
+    __slots__ = ("is_lost", "waiter")
+
+    def __init__(self) -> None:
+        self.waiter: Callable[[], None] | None = None
+        self.is_lost = False
+
+    def lost(self) -> None:
+        self.is_lost = True
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None:
+            waiter()
+
+
+CONNECTION_LOSS: ContextVar[LossNotice | None] = ContextVar("gateway_connection_loss", default=None)
+"""The notice of the connection the current request came on, where the server gives one."""
+
+
 class CancelOnDisconnect:
     """`with CancelOnDisconnect(receive): ...` runs the block in the current task; if the
     client disconnects meanwhile, the task is cancelled and the block ends in `ClientGone`; if
@@ -97,7 +124,7 @@ class CancelOnDisconnect:
     servers report a disconnect).
     """
 
-    __slots__ = ("_done", "_gone", "_receive", "_shut", "_task", "_watcher")
+    __slots__ = ("_done", "_gone", "_notice", "_receive", "_shut", "_task", "_watcher")
 
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
@@ -107,8 +134,15 @@ class CancelOnDisconnect:
         task = asyncio.current_task()
         assert task is not None, "CancelOnDisconnect needs a running task"
         self._task = task
-        self._watcher = asyncio.ensure_future(_disconnect(self._receive))
-        self._watcher.add_done_callback(self._on_disconnect)
+        self._notice = CONNECTION_LOSS.get()
+        self._watcher: asyncio.Future[None] | None = None
+        if self._notice is not None:
+            self._notice.waiter = self._on_lost
+            if self._notice.is_lost:  # gone already: end at the block's first wait
+                self._notice.lost()
+        else:
+            self._watcher = asyncio.ensure_future(_disconnect(self._receive))
+            self._watcher.add_done_callback(self._on_disconnect)
         SHUTDOWN.watch(self._on_shutdown)
         if SHUTDOWN.expired:  # no grace left: end at the block's first wait
             self._on_shutdown()
@@ -121,7 +155,12 @@ class CancelOnDisconnect:
         self._task.cancel()
 
     def _on_disconnect(self, watcher: asyncio.Future[None]) -> None:
-        if self._done or watcher.cancelled() or watcher.exception() is not None:
+        if watcher.cancelled() or watcher.exception() is not None:
+            return
+        self._on_lost()
+
+    def _on_lost(self) -> None:
+        if self._done or self._gone:
             return
         self._gone = True
         self._task.cancel()
@@ -133,7 +172,10 @@ class CancelOnDisconnect:
         traceback: TracebackType | None,
     ) -> None:
         self._done = True
-        self._watcher.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
+        elif self._notice is not None and self._notice.waiter == self._on_lost:
+            self._notice.waiter = None
         SHUTDOWN.unwatch(self._on_shutdown)
         if self._gone:  # our own cancellation (delivered, or left unused by finished work)
             self._task.uncancel()
