@@ -23,7 +23,6 @@ from gateway.types import (
     TextDelta,
     ToolCall,
     ToolCallAssembler,
-    Usage,
 )
 
 
@@ -37,6 +36,21 @@ class RoutedStream(Streamed):
     `TextDelta` and `ToolCallDelta` (use one way or the other on one stream).
     """
 
+    # Slots: one is held for every open stream.
+    __slots__ = (
+        "_messages",
+        "_params",
+        "_source",
+        "_task",
+        "_tools",
+        "_unread",
+        "_walker",
+        "attempts",
+        "cost_usd",
+        "latency_s",
+        "text",
+    )
+
     def __init__(
         self, walker: Walker, messages: Sequence[Message], task: str, params: dict[str, Any]
     ) -> None:
@@ -48,14 +62,10 @@ class RoutedStream(Streamed):
         self._unread: list[StreamPiece] | None = None
         """What `__anext__` has still to give of the last group, last piece first."""
         self._tools = ToolCallAssembler()
-        self.provider: str | None = None
-        self.model: str | None = None
-        self.usage = Usage()
+        super().__init__()  # provider, model, usage, finish_reason and refusal
         self.cost_usd = 0.0
         self.attempts: list[Attempt] = []
         self.latency_s: float | None = None
-        self.finish_reason: str | None = None
-        self.refusal: str | None = None
         self.text = ""
 
     @property

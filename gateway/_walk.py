@@ -151,6 +151,31 @@ class Walk:
     ended.
     """
 
+    # Slots: one is held for every request in flight, and every open stream.
+    __slots__ = (
+        "_conversation",
+        "_left_behind",
+        "_output_tokens",
+        "_redirected",
+        "_streamed",
+        "attempts",
+        "billed",
+        "cost_usd",
+        "deadline",
+        "hooks",
+        "needs",
+        "outcome",
+        "redirects",
+        "rules",
+        "runtime",
+        "started",
+        "task",
+        "task_name",
+        "upstream_s",
+        "waited_s",
+        "walker",
+    )
+
     def __init__(self, walker: Walker, runtime: Runtime, task_name: str) -> None:
         self.walker = walker
         self.hooks = walker.hooks
@@ -684,11 +709,17 @@ class Streamed:
     """What a streamed walk tells its reader as it goes: the candidate answering, and once
     the stream has ended, its usage, finish reason and refusal."""
 
-    provider: str | None = None
-    model: str | None = None
-    usage: Usage = Usage()
-    finish_reason: str | None = None
-    refusal: str | None = None
+    __slots__ = ("finish_reason", "model", "provider", "refusal", "usage")
+
+    provider: str | None
+    model: str | None
+    usage: Usage
+    finish_reason: str | None
+    refusal: str | None
+
+    def __init__(self) -> None:
+        self.provider = self.model = self.finish_reason = self.refusal = None
+        self.usage = Usage()
 
 
 class _Tries:

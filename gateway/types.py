@@ -203,6 +203,19 @@ class ChatStream:
     the wait for the first token around that call.
     """
 
+    # Slots: one is held for every open stream.
+    __slots__ = (
+        "_source",
+        "_tools",
+        "_unread",
+        "done",
+        "finish_reason",
+        "model",
+        "refusal",
+        "response_id",
+        "usage",
+    )
+
     def __init__(self, source: AsyncIterator[StreamSourceItem], *, model: str) -> None:
         self._source = source
         self.model = model
