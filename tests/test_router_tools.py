@@ -315,6 +315,29 @@ async def test_streamed_tool_call_events_join_to_the_arguments(router: Router, k
 
 
 @pytest.mark.parametrize("kind", TYPES)
+async def test_piece_groups_give_every_piece_in_the_groups_they_came_in(
+    router: Router, kind: str
+) -> None:
+    """`piece_groups()` (what a server writes on, one group a write) holds every piece of
+    the answer, in order, text as `str`, and the stream gathers them as with `events()`."""
+    stream = router.stream(QUESTION, task=kind, tools=[WEATHER])
+    groups = [group async for group in stream.piece_groups()]
+    assert groups and all(groups), "no group is empty"
+    pieces = [piece for group in groups for piece in group]
+    assert pieces and all(isinstance(p, ToolCallDelta) for p in pieces)
+    (call,) = stream.tool_calls
+    assert "".join(p.arguments for p in pieces if isinstance(p, ToolCallDelta)) == call.arguments
+    assert stream.finish_reason == "tool_calls"
+
+    first = await router.generate(QUESTION, task=kind, tools=[WEATHER])
+    history = [*QUESTION, first.message, tool_message(first.tool_calls[0], "18C and sunny")]
+    stream = router.stream(history, task=kind, tools=[WEATHER])
+    texts = [piece async for group in stream.piece_groups() for piece in group]
+    assert texts and all(isinstance(t, str) for t in texts)
+    assert "".join(texts) == stream.text and "18C and sunny" in stream.text
+
+
+@pytest.mark.parametrize("kind", TYPES)
 async def test_a_streamed_text_answer_after_a_tool_result_is_text_deltas(
     router: Router, kind: str
 ) -> None:
