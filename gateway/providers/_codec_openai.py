@@ -121,8 +121,8 @@ def _fields(obj: Any) -> dict[str, Any] | _Attributes:
     return obj if isinstance(obj, dict) else _Attributes(obj)
 
 
-def _count(obj: Any, key: str) -> int:
-    value = _get(obj, key)
+def _count(fields: dict[str, Any] | _Attributes, key: str) -> int:
+    value = fields.get(key)
     if isinstance(value, bool) or not isinstance(value, int):
         return 0
     return value
@@ -132,11 +132,12 @@ def usage(raw: Any, *, provider: str) -> Usage | None:
     """A response's or chunk's `usage` object, as it may be billed; None when it has none."""
     if raw is None:
         return None
-    details = _get(raw, "prompt_tokens_details")
+    fields = _fields(raw)
+    details = fields.get("prompt_tokens_details")
     counted = Usage(
-        input_tokens=_count(raw, "prompt_tokens"),
-        output_tokens=_count(raw, "completion_tokens"),
-        cached_input_tokens=_count(details, "cached_tokens") if details is not None else 0,
+        input_tokens=_count(fields, "prompt_tokens"),
+        output_tokens=_count(fields, "completion_tokens"),
+        cached_input_tokens=_count(_fields(details), "cached_tokens") if details is not None else 0,
     )
     return _errors.checked_usage(counted, provider=provider)
 
@@ -157,7 +158,8 @@ def completion(response: Any, *, provider: str, model: str) -> Completion:
     """
     if not isinstance(response, dict) and not hasattr(response, "choices"):
         raise _malformed(provider, f"a {type(response).__name__}, not an object")
-    choices = _get(response, "choices")
+    fields = _fields(response)
+    choices = fields.get("choices")
     if not choices:
         raise ProviderError(
             "reply has no choices", kind=ErrorKind.INVALID_RESPONSE, provider=provider
@@ -167,13 +169,13 @@ def completion(response: Any, *, provider: str, model: str) -> Completion:
     first, *others = (_choice(choice, i, provider) for i, choice in enumerate(choices))
     if first.finish_reason == "content_filter":
         raise _errors.content_filter_error(provider=provider, reason=first.finish_reason)
-    answered_by = _get(response, "model")
-    response_id = _get(response, "id")
+    answered_by = fields.get("model")
+    response_id = fields.get("id")
     return Completion(
         text=first.text,
         model=answered_by if isinstance(answered_by, str) and answered_by else model,
         finish_reason=_errors.finish_reason(first.finish_reason),
-        usage=usage(_get(response, "usage"), provider=provider) or Usage(),
+        usage=usage(fields.get("usage"), provider=provider) or Usage(),
         response_id=response_id if isinstance(response_id, str) else None,
         tool_calls=first.tool_calls,
         refusal=first.refusal,
@@ -199,31 +201,34 @@ tool calls."""
 
 def _choice(choice: Any, position: int, provider: str) -> Choice:
     """One choice as read (finish reason still the upstream's word)."""
-    message = _get(choice, "message")
-    text = _get(message, "content") if message is not None else None
+    choice = _fields(choice)
+    raw_message = choice.get("message")
+    # A choice without a message reads as one with no fields.
+    message = _fields(raw_message) if raw_message is not None else _NO_FIELDS
+    text = message.get("content")
     if text is not None and not isinstance(text, str):
         raise _malformed(provider, "message content is not a string")
-    refusal = _get(message, "refusal") if message is not None else None
-    index = _get(choice, "index")
-    reason = _get(choice, "finish_reason")
+    refusal = message.get("refusal")
+    index = choice.get("index")
+    reason = choice.get("finish_reason")
     extra = {
-        key: _plain(value)
-        for key in MESSAGE_EXTRAS
-        if message is not None and (value := _get(message, key)) is not None
+        key: _plain(value) for key in MESSAGE_EXTRAS if (value := message.get(key)) is not None
     }
-    logprobs = _get(choice, "logprobs")
+    logprobs = choice.get("logprobs")
     if logprobs is not None:
         extra["logprobs"] = _plain(logprobs)
+    calls = message.get("tool_calls")
     return Choice(
         index=index if isinstance(index, int) and not isinstance(index, bool) else position,
         text=text or "",
         finish_reason=reason if isinstance(reason, str) else None,
-        tool_calls=tuple(_tool_call(call, provider) for call in (_get(message, "tool_calls") or ()))
-        if message is not None
-        else (),
+        tool_calls=tuple(_tool_call(call, provider) for call in calls) if calls else (),
         refusal=refusal if isinstance(refusal, str) else None,
         extra=extra or None,
     )
+
+
+_NO_FIELDS: dict[str, Any] = {}
 
 
 def _tool_call(call: Any, provider: str) -> ToolCall:
