@@ -36,12 +36,16 @@ class Recorder:
     def __init__(self) -> None:
         self.backend_errors = 0
         self.transitions: list[tuple[str, str]] = []
+        self.trips: list[tuple[str, str]] = []
 
     def on_state_backend_error(self, *, backend: str) -> None:
         self.backend_errors += 1
 
     def on_breaker_state(self, *, provider: str, state: str) -> None:
         self.transitions.append((provider, state))
+
+    def on_breaker_trip(self, *, provider: str, reason: str) -> None:
+        self.trips.append((provider, str(reason)))
 
 
 class Summary:
@@ -109,6 +113,7 @@ def status(router: Router, recorder: Recorder, state: RedisState) -> dict[str, A
         "shared": state.shared,
         "backend_errors": recorder.backend_errors,
         "transitions": recorder.transitions,
+        "trips": recorder.trips,
     }
 
 

@@ -848,7 +848,9 @@ async def test_killing_redis_during_a_brownout_loses_no_request(
             assert traffic["failed"] == {}
             assert sum(traffic["served"].values()) > 20
         statuses = [await g.command("status") for g in (a, b)]
-        assert any(s["breakers"]["primary"]["last_trip"] == "failure_rate" for s in statuses)
+        # Every trip, not the last: a breaker cycling open and half-open for 3 s may have last
+        # opened on a failed probe.
+        assert any(["primary", "failure_rate"] in s["trips"] for s in statuses)
         assert all(s["backend_errors"] >= 1 for s in statuses)
         deadline = time.monotonic() + 10
         while not all([(await g.command("status"))["shared"] for g in (a, b)]):
