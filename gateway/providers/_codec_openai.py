@@ -96,13 +96,6 @@ def sampling_fields(
     return fields
 
 
-def _get(obj: Any, key: str) -> Any:
-    """One field of a wire object: a JSON dict (the openai provider) or a model (LiteLLM's)."""
-    if isinstance(obj, dict):
-        return obj.get(key)
-    return getattr(obj, key, None)
-
-
 class _Attributes:
     """A model's attributes read as a JSON dict's fields are (`_fields`)."""
 
@@ -116,9 +109,18 @@ class _Attributes:
 
 
 def _fields(obj: Any) -> dict[str, Any] | _Attributes:
-    """A wire object whose fields `.get` reads: a JSON dict as it is, anything else (a
-    LiteLLM model) through its attributes, as `_get` reads them."""
+    """A wire object whose fields `.get` reads: a JSON dict (the openai provider) as it is,
+    anything else (a LiteLLM model) through its attributes. Taken once per object where
+    several of its fields are read."""
     return obj if isinstance(obj, dict) else _Attributes(obj)
+
+
+"""What an absent object reads as: no field."""
+
+
+def _get(obj: Any, key: str) -> Any:
+    """One field of a wire object (`_fields`)."""
+    return _fields(obj).get(key)
 
 
 def _count(fields: dict[str, Any] | _Attributes, key: str) -> int:
