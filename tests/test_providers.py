@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -17,6 +18,7 @@ from gateway.providers import LLMService
 from gateway.providers._errors import retry_after_seconds
 from gateway.providers._http import httpx2_client
 from gateway.providers._messages import JSON_INSTRUCTION
+from gateway.providers._transport import request_body
 from gateway.testing import FakeUpstream, Fault, fake_usage
 from gateway.testing._replies import split_words
 
@@ -807,3 +809,47 @@ async def test_litellm_failures_map_by_what_really_happened(
         assert caught.value.retry_after_s == (4.0 if status == 429 else None)
         assert KEY not in str(caught.value)
     assert upstream.count() == 2
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_a_request_body_reaches_the_upstream_with_every_value_it_was_given(
+    upstream: FakeUpstream, isolated_settings: object, provider: str
+) -> None:
+    # The default transport encodes with msgspec; what the caller sent must mean the same on
+    # the wire as json.dumps has it: text beyond ASCII, integers past 64 bits, and NaN, which
+    # msgspec alone would turn into null.
+    sent = {"label": "café 東京 🚀", "big": 2**70, "weights": [0.5, float("nan")]}
+    async with make(provider, upstream) as llm:
+        await llm.complete(
+            [{"role": "user", "content": "naïve question, 質問"}],
+            extra_body={"metadata_echo": sent},
+        )
+    received = upstream.requests[-1].body
+    echoed = received["metadata_echo"]
+    assert (echoed["label"], echoed["big"], echoed["weights"][0]) == (sent["label"], 2**70, 0.5)
+    assert math.isnan(echoed["weights"][1])
+    assert "naïve question, 質問" in json.dumps(received, ensure_ascii=False)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"text": "plain", "n": 1, "nested": [{"a": True, "b": 1.25}]},
+        {"text": "é 東京 🚀 \u2028", "n": -(2**80)},
+        {"t": float("nan")},
+        {"t": float("-inf"), "x": None},
+        {"said": "null is a word too"},
+        {1: "int keys become strings, as json.dumps makes them"},
+    ],
+)
+def test_the_request_encoder_means_what_json_dumps_means(body: dict[Any, Any]) -> None:
+    encoded = request_body(body)
+    as_json = json.dumps(body)
+    assert json.loads(encoded) == json.loads(as_json) or "NaN" in as_json
+    if "NaN" in as_json or "Infinity" in as_json:
+        assert encoded == as_json.encode()  # non-finite numbers stay as the caller sent them
+
+
+def test_the_request_encoder_refuses_what_json_dumps_refuses() -> None:
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        request_body({"when": object()})

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
+import msgspec
+
 from gateway.errors import ProviderError
 from gateway.providers import _errors
 from gateway.providers._base import Call
@@ -63,6 +65,30 @@ STREAM_BYTES_FACTOR = 8
 Each stream event repeats its framing (id, model, created, ~150-250 bytes) for a few
 characters of text, so a stream's bytes run to ~50 times its text; nothing of them is held,
 only the text, so the bound on the whole stream can be looser than on one answer."""
+
+
+KEPT_TIMEOUTS = 16
+"""How many of aiohttp's timeout objects a transport keeps for reuse, per kind."""
+
+_encode_json = msgspec.json.Encoder().encode
+
+
+def request_body(body: dict[str, Any]) -> bytes:
+    """`body` as the JSON bytes of a request, meaning the same as `json.dumps(body)`.
+
+    msgspec encodes (~0.2 µs a request against ~2.2); it writes UTF-8 where json.dumps
+    writes `\\u` escapes, which every JSON parser reads the same. It writes NaN and Infinity
+    as null, though, which would change a value the caller sent: an answer holding null is
+    encoded again by `json.dumps`, as is anything msgspec refuses, so those requests go (or
+    fail) exactly as the standard library has them.
+    """
+    try:
+        encoded = _encode_json(body)
+    except (TypeError, ValueError, OverflowError, RecursionError, msgspec.MsgspecError):
+        encoded = b"null"
+    if b"null" in encoded:
+        return json.dumps(body).encode()
+    return encoded
 
 
 class ResponseTooLargeError(Exception):
@@ -461,6 +487,10 @@ class AiohttpTransport(HTTPTransport):
         # Made on first use: an aiohttp session belongs to the event loop it was made in.
         self._session: aiohttp.ClientSession | None = None
         self._proxies = EnvironmentProxies()
+        # aiohttp's timeouts are immutable: one per timeout_s is made once, not per request.
+        # A request under a deadline has a timeout of its own, so few are kept.
+        self._whole_timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._stream_timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     def open(self, request: WireRequest, *, stream: bool) -> _AiohttpExchange:
         import aiohttp
@@ -471,17 +501,17 @@ class AiohttpTransport(HTTPTransport):
                     limit=self.max_connections, ssl=self._tls or default_tls()
                 ),
             )
-        if stream:
-            timeout = aiohttp.ClientTimeout(
-                sock_connect=request.timeout_s, sock_read=request.timeout_s
-            )
-        else:
-            timeout = aiohttp.ClientTimeout(total=request.timeout_s)
+        timeouts = self._stream_timeouts if stream else self._whole_timeouts
+        timeout = timeouts.get(request.timeout_s)
+        if timeout is None:
+            if len(timeouts) >= KEPT_TIMEOUTS:
+                timeouts.clear()
+            timeout = timeouts[request.timeout_s] = _aiohttp_timeout(request.timeout_s, stream)
         return _AiohttpExchange(
             self._session.post(
                 request.url,
-                data=json.dumps(request.body).encode(),
-                headers=dict(request.headers),
+                data=request_body(request.body),
+                headers=request.headers,
                 params=dict(request.query) if request.query else None,
                 timeout=timeout,
                 allow_redirects=False,
@@ -498,6 +528,15 @@ class AiohttpTransport(HTTPTransport):
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _aiohttp_timeout(timeout_s: float, stream: bool) -> aiohttp.ClientTimeout:
+    """`timeout_s` bounds a whole answer; a stream, its connection and each wait for data."""
+    import aiohttp
+
+    if stream:
+        return aiohttp.ClientTimeout(sock_connect=timeout_s, sock_read=timeout_s)
+    return aiohttp.ClientTimeout(total=timeout_s)
 
 
 class _AiohttpExchange:
