@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 from typing import Any, Protocol, TypeVar
 
 from gateway._outcomes import REQUEST_FAULTS, Attempt, AttemptOutcome, ErrorKind, RequestOutcome
@@ -52,6 +52,8 @@ from gateway.types import (
 )
 
 log = logging.getLogger("gateway")
+
+_NO_TIMER = nullcontext()
 
 T = TypeVar("T")
 P = TypeVar("P")
@@ -435,6 +437,7 @@ class Walk:
         assert client is not None
         call_params = {**step.params, **params}
         tries = _Tries(self, candidate)
+        bounded = client.bounds_calls
 
         async def attempt() -> tuple[A, Any]:
             timeout, deadline_binds = self.attempt_timeout(candidate)
@@ -446,7 +449,11 @@ class Walk:
             began = time.perf_counter()
             with ticket:
                 try:
-                    async with asyncio.timeout(timeout + slack):
+                    # A provider that bounds its own calls needs no second timer, one fewer
+                    # on the loop's heap a call; a deadline still gets one, as it bounds the
+                    # wait for a connection too.
+                    own_timer = deadline_binds or not bounded
+                    async with asyncio.timeout(timeout + slack) if own_timer else _NO_TIMER:
                         completion = await operation(client, payload, timeout, call_params)
                 except TimeoutError as exc:
                     if deadline_binds:

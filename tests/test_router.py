@@ -17,7 +17,9 @@ from pydantic import BaseModel
 
 from gateway import (
     AllProvidersFailed,
+    AttemptOutcome,
     DeadlineExceeded,
+    LLMFactory,
     PolicyError,
     Router,
     StreamInterrupted,
@@ -25,7 +27,7 @@ from gateway import (
 )
 from gateway.metrics import GatewayMetrics
 from gateway.policy import parse_policy
-from gateway.testing import FakeUpstream, Fault, set_waits_enabled
+from gateway.testing import FakeLLM, FakeUpstream, Fault, set_waits_enabled
 
 PRIMARY = "claude-sonnet-4-5"  # anthropic protocol
 BACKUP = "gpt-4o-mini"  # openai protocol
@@ -269,6 +271,29 @@ async def test_a_hung_provider_is_bounded_by_timeout_s(up: FakeUpstream) -> None
     assert r.attempts[0].outcome == "timeout"
     assert elapsed < 5  # generous: the bound is 0.3 s
     await asyncio.sleep(0.1)
+
+
+async def test_a_provider_that_does_not_bound_its_own_calls_is_bounded_by_the_router() -> None:
+    # The default transport ends its calls within timeout_s by itself and the router trusts it
+    # (`bounds_calls`); a call to any other provider runs under the router's own timer.
+    LLMFactory.register("fake", FakeLLM)
+    try:
+        policy = parse_policy(
+            "version: 1\n"
+            "defaults: {retry: {attempts: 1}}\n"
+            "providers:\n"
+            "  slow: {type: fake, model: slow-1, timeout_s: 0.2, options: {latency_s: 30}}\n"
+            "  quick: {type: fake, model: quick-1}\n"
+            "tasks: {default: {chain: [slow, quick]}}\n"
+        )
+        async with Router(policy) as router:
+            slow = router.candidates["slow"].client
+            assert slow is not None and not slow.bounds_calls
+            answer = await router.generate(MESSAGES)
+    finally:
+        LLMFactory.unregister("fake")
+    assert answer.provider == "quick"
+    assert [a.outcome for a in answer.attempts] == [AttemptOutcome.TIMEOUT, AttemptOutcome.SUCCESS]
 
 
 async def test_the_deadline_bounds_the_whole_request(up: FakeUpstream) -> None:

@@ -104,6 +104,13 @@ class LLMService:
         is `saturated` (0 for a provider with no pool of its own)."""
         return 0.0
 
+    @property
+    def bounds_calls(self) -> bool:
+        """Whether `complete` and `embed` end by themselves within `pool_wait_s` + the
+        `timeout_s` they are given, raising a `ProviderError` of kind `timeout` past it. The
+        router sets a timer of its own around a call to a provider that does not."""
+        return False
+
     def __init__(
         self,
         *,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import math
 import ssl
 import urllib.request
 from abc import ABC, abstractmethod
@@ -121,6 +122,9 @@ class Transport(ABC):
     """
 
     slots: ConnectionSlots | None = None
+    bounds_send: bool = False
+    """Whether `send` ends by itself within `request.timeout_s` of holding a connection, with
+    an error the transport maps to a timeout: a caller then needs no timer of its own."""
 
     @abstractmethod
     async def send(self, request: WireRequest) -> Any:
@@ -470,7 +474,11 @@ class AiohttpTransport(HTTPTransport):
 
     An exchange that finds them all busy waits at most `pool_wait_s` for one (`slots`), then
     raises `PoolExhausted`; aiohttp's own pool limit is the same size, so it never waits.
+    aiohttp's total timeout bounds a whole answer from connecting to its last byte
+    (`bounds_send`).
     """
+
+    bounds_send = True
 
     def __init__(
         self,
@@ -536,7 +544,9 @@ def _aiohttp_timeout(timeout_s: float, stream: bool) -> aiohttp.ClientTimeout:
 
     if stream:
         return aiohttp.ClientTimeout(sock_connect=timeout_s, sock_read=timeout_s)
-    return aiohttp.ClientTimeout(total=timeout_s)
+    # aiohttp rounds a timeout of 5 s or more up to the next whole second of the loop's clock
+    # (to share timers); here the bound is timeout_s as configured.
+    return aiohttp.ClientTimeout(total=timeout_s, ceil_threshold=math.inf)
 
 
 class _AiohttpExchange:

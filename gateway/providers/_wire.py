@@ -92,6 +92,10 @@ class WireService(LLMService):
         return slots.wait_s if slots is not None else 0.0
 
     @property
+    def bounds_calls(self) -> bool:
+        return self.transport.bounds_send
+
+    @property
     def wire_model(self) -> str:
         """What the request names as its model."""
         return self.model
