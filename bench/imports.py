@@ -18,9 +18,11 @@ CORE_DEPENDENCIES = (
     "tenacity",
     "pybreaker",
     "prometheus_client",
-    "httpx",
+    "aiohttp",
+    "msgspec",
     "yaml",
 )
+"""pyproject.toml's `dependencies`, as imported."""
 
 PROBES: dict[str, str] = {
     "openai": "import openai",
