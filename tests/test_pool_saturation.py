@@ -18,7 +18,7 @@ import pytest
 
 from gateway import AllProvidersFailed, AttemptOutcome, BreakerState, DeadlineExceeded, Router
 from gateway.errors import ConfigurationError, ProviderSaturated
-from gateway.policy import parse_policy
+from gateway.policy import Policy, parse_policy
 from gateway.providers import LLMFactory, OpenAIService
 from gateway.testing import FakeUpstream
 
@@ -266,60 +266,67 @@ class OneConnectionOpenAI(OpenAIService):
         super().__init__(**{**options, "max_connections": 1})
 
 
+@pytest.fixture
+def one_connection_type() -> Iterator[None]:
+    LLMFactory.register(OneConnectionOpenAI.type_name, OneConnectionOpenAI)
+    yield
+    LLMFactory.unregister(OneConnectionOpenAI.type_name)
+
+
+def one_connection_policy(up: FakeUpstream, *, defaults: str, limits: str, tasks: str) -> Policy:
+    """A policy whose provider `one` has a single connection to `up`, with `limits` (its
+    timeout_s and options) and the given `defaults` and `tasks` (YAML flow mappings)."""
+    return parse_policy(
+        "version: 1\n"
+        f"defaults: {defaults}\n"
+        "providers:\n"
+        "  one: {type: one_connection_openai, model: gpt-4o-mini, base_url: "
+        f'"${{FAKE}}/v1", api_key: unused, {limits}}}\n'
+        f"tasks: {tasks}\n",
+        environ={"FAKE": up.url},
+    )
+
+
 async def test_the_providers_timeout_starts_once_a_connection_is_held(
-    upstream: FakeUpstream,
+    upstream: FakeUpstream, one_connection_type: None
 ) -> None:
     # Each call takes 0.4 s at the provider, within its timeout_s of 0.6; the second waits
     # ~0.4 s for the one connection first. Counting the wait as the provider's time made it a
     # `timeout` and a breaker failure.
-    LLMFactory.register(OneConnectionOpenAI.type_name, OneConnectionOpenAI)
-    try:
-        upstream.reply(MODEL, latency_s=0.4)
-        policy = parse_policy(
-            "version: 1\n"
-            "defaults: {retry: {attempts: 1}, breaker: {fail_max: 1}}\n"
-            "providers:\n"
-            "  one: {type: one_connection_openai, model: gpt-4o-mini, base_url: "
-            '"${FAKE}/v1", api_key: unused, timeout_s: 0.6, options: {pool_wait_s: 0.5}}\n'
-            "tasks: {default: {chain: [one]}}\n",
-            environ={"FAKE": upstream.url},
-        )
-        async with Router(policy) as router:
-            answers = await asyncio.gather(router.generate(QUESTION), router.generate(QUESTION))
-            assert [a.attempts[0].outcome for a in answers] == [AttemptOutcome.SUCCESS] * 2
-            assert router.candidates["one"].breaker.state == BreakerState.CLOSED
-    finally:
-        LLMFactory.unregister(OneConnectionOpenAI.type_name)
+    upstream.reply(MODEL, latency_s=0.4)
+    policy = one_connection_policy(
+        upstream,
+        defaults="{retry: {attempts: 1}, breaker: {fail_max: 1}}",
+        limits="timeout_s: 0.6, options: {pool_wait_s: 0.5}",
+        tasks="{default: {chain: [one]}}",
+    )
+    async with Router(policy) as router:
+        answers = await asyncio.gather(router.generate(QUESTION), router.generate(QUESTION))
+        assert [a.attempts[0].outcome for a in answers] == [AttemptOutcome.SUCCESS] * 2
+        assert router.candidates["one"].breaker.state == BreakerState.CLOSED
 
 
-async def test_a_deadline_bounds_the_wait_for_a_connection_too(upstream: FakeUpstream) -> None:
+async def test_a_deadline_bounds_the_wait_for_a_connection_too(
+    upstream: FakeUpstream, one_connection_type: None
+) -> None:
     # The provider bounds its own calls (aiohttp's timeout starts once a connection is held),
     # so the router sets no timer around them; under a deadline it still does. The second
     # request waits for the one connection, which is busy for 2 s, with 10 s of pool_wait_s
     # and a 0.3 s deadline: the deadline ends it, not the pool a second and a half later.
-    LLMFactory.register(OneConnectionOpenAI.type_name, OneConnectionOpenAI)
-    try:
-        upstream.reply(MODEL, latency_s=2.0)
-        policy = parse_policy(
-            "version: 1\n"
-            "defaults: {retry: {attempts: 1}}\n"
-            "providers:\n"
-            "  one: {type: one_connection_openai, model: gpt-4o-mini, base_url: "
-            '"${FAKE}/v1", api_key: unused, timeout_s: 30, options: {pool_wait_s: 10}}\n'
-            "tasks:\n"
-            "  default: {chain: [one]}\n"
-            "  hurried: {chain: [one], deadline_s: 0.3}\n",
-            environ={"FAKE": upstream.url},
-        )
-        async with Router(policy) as router:
-            holder = asyncio.create_task(router.generate(QUESTION))
-            while upstream.open_connections < 1:
-                await asyncio.sleep(0.01)
-            with pytest.raises(DeadlineExceeded) as raised:
-                await router.generate(QUESTION, task="hurried")
-            assert [a.outcome for a in raised.value.attempts] == [AttemptOutcome.DEADLINE]
-            assert not holder.done()  # it was the deadline, not the first call ending
-            assert (await holder).attempts[0].outcome is AttemptOutcome.SUCCESS
-            assert router.candidates["one"].breaker.state == BreakerState.CLOSED
-    finally:
-        LLMFactory.unregister(OneConnectionOpenAI.type_name)
+    upstream.reply(MODEL, latency_s=2.0)
+    policy = one_connection_policy(
+        upstream,
+        defaults="{retry: {attempts: 1}}",
+        limits="timeout_s: 30, options: {pool_wait_s: 10}",
+        tasks="{default: {chain: [one]}, hurried: {chain: [one], deadline_s: 0.3}}",
+    )
+    async with Router(policy) as router:
+        holder = asyncio.create_task(router.generate(QUESTION))
+        while upstream.open_connections < 1:
+            await asyncio.sleep(0.01)
+        with pytest.raises(DeadlineExceeded) as raised:
+            await router.generate(QUESTION, task="hurried")
+        assert [a.outcome for a in raised.value.attempts] == [AttemptOutcome.DEADLINE]
+        assert not holder.done()  # it was the deadline, not the first call ending
+        assert (await holder).attempts[0].outcome is AttemptOutcome.SUCCESS
+        assert router.candidates["one"].breaker.state == BreakerState.CLOSED

@@ -22,6 +22,7 @@ it raises `ResponseTooLargeError` once the bound is crossed, never after holding
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import json
 import math
@@ -68,9 +69,6 @@ characters of text, so a stream's bytes run to ~50 times its text; nothing of th
 only the text, so the bound on the whole stream can be looser than on one answer."""
 
 
-KEPT_TIMEOUTS = 16
-"""How many of aiohttp's timeout objects a transport keeps for reuse, per kind."""
-
 _encode_json = msgspec.json.Encoder().encode
 
 
@@ -79,17 +77,15 @@ def request_body(body: dict[str, Any]) -> bytes:
 
     msgspec encodes (~0.2 µs a request against ~2.2); it writes UTF-8 where json.dumps
     writes `\\u` escapes, which every JSON parser reads the same. It writes NaN and Infinity
-    as null, though, which would change a value the caller sent: an answer holding null is
-    encoded again by `json.dumps`, as is anything msgspec refuses, so those requests go (or
+    as null, though, which would change a value the caller sent: an encoding holding null is
+    made again by `json.dumps`, as is anything msgspec refuses, so those requests go (or
     fail) exactly as the standard library has them.
     """
     try:
         encoded = _encode_json(body)
     except (TypeError, ValueError, OverflowError, RecursionError, msgspec.MsgspecError):
-        encoded = b"null"
-    if b"null" in encoded:
         return json.dumps(body).encode()
-    return encoded
+    return json.dumps(body).encode() if b"null" in encoded else encoded
 
 
 class ResponseTooLargeError(Exception):
@@ -495,10 +491,6 @@ class AiohttpTransport(HTTPTransport):
         # Made on first use: an aiohttp session belongs to the event loop it was made in.
         self._session: aiohttp.ClientSession | None = None
         self._proxies = EnvironmentProxies()
-        # aiohttp's timeouts are immutable: one per timeout_s is made once, not per request.
-        # A request under a deadline has a timeout of its own, so few are kept.
-        self._whole_timeouts: dict[float, aiohttp.ClientTimeout] = {}
-        self._stream_timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     def open(self, request: WireRequest, *, stream: bool) -> _AiohttpExchange:
         import aiohttp
@@ -509,12 +501,7 @@ class AiohttpTransport(HTTPTransport):
                     limit=self.max_connections, ssl=self._tls or default_tls()
                 ),
             )
-        timeouts = self._stream_timeouts if stream else self._whole_timeouts
-        timeout = timeouts.get(request.timeout_s)
-        if timeout is None:
-            if len(timeouts) >= KEPT_TIMEOUTS:
-                timeouts.clear()
-            timeout = timeouts[request.timeout_s] = _aiohttp_timeout(request.timeout_s, stream)
+        timeout = _aiohttp_timeout(request.timeout_s, stream)
         return _AiohttpExchange(
             self._session.post(
                 request.url,
@@ -538,6 +525,9 @@ class AiohttpTransport(HTTPTransport):
             await self._session.close()
 
 
+# aiohttp's timeouts are immutable, so one per (timeout_s, stream) serves every request; a
+# request under a deadline has a timeout of its own, hence a bounded cache.
+@functools.lru_cache(maxsize=32)
 def _aiohttp_timeout(timeout_s: float, stream: bool) -> aiohttp.ClientTimeout:
     """`timeout_s` bounds a whole answer; a stream, its connection and each wait for data."""
     import aiohttp
